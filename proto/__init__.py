@@ -1,0 +1,2 @@
+"""Generated protocol modules (see ``proto/generate.py``). Importing this package is cheap;
+the generated modules import protobuf/grpc only when imported themselves."""

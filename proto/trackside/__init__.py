@@ -1,0 +1,1 @@
+"""trackside.v1 protocol package (generated modules)."""

@@ -1,0 +1,63 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Hello(_message.Message):
+    __slots__ = ("protocol", "run_id", "writer", "pid", "rank", "run_info")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    RUN_INFO_FIELD_NUMBER: _ClassVar[int]
+    protocol: int
+    run_id: str
+    writer: int
+    pid: int
+    rank: int
+    run_info: bytes
+    def __init__(self, protocol: _Optional[int] = ..., run_id: _Optional[str] = ..., writer: _Optional[int] = ..., pid: _Optional[int] = ..., rank: _Optional[int] = ..., run_info: _Optional[bytes] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("protocol", "acked_seq", "run_dir")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RUN_DIR_FIELD_NUMBER: _ClassVar[int]
+    protocol: int
+    acked_seq: int
+    run_dir: str
+    def __init__(self, protocol: _Optional[int] = ..., acked_seq: _Optional[int] = ..., run_dir: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("run_id", "writer", "seq", "record")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    writer: int
+    seq: int
+    record: bytes
+    def __init__(self, run_id: _Optional[str] = ..., writer: _Optional[int] = ..., seq: _Optional[int] = ..., record: _Optional[bytes] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("writer", "seq", "error")
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    writer: int
+    seq: int
+    error: str
+    def __init__(self, writer: _Optional[int] = ..., seq: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: bytes
+    def __init__(self, status: _Optional[bytes] = ...) -> None: ...
