@@ -79,3 +79,20 @@ def run_root(dir: str | None = None) -> str:
     if dir is not None:
         return os.path.abspath(os.path.join(os.fspath(dir), "trackside"))
     return os.path.abspath(os.environ.get(ENV_ROOT) or "trackside")
+
+
+def pid_alive(pid) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its reaper does not count)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -22,3 +22,77 @@ def load_codec(name: str):
 @pytest.fixture(params=IMPLEMENTATIONS)
 def codec(request):
     return load_codec(request.param)
+
+
+# -- a private daemon per test ---------------------------------------------------------------------
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ENV_KEYS = ("TRACKSIDE_DAEMON_DIR", "TRACKSIDE_DIR", "TRACKSIDE_RUN_ID", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK")
+
+
+def stop_daemon(folder, timeout: float = 20.0) -> None:
+    """Stop the daemon of ``folder`` (SIGTERM, then SIGKILL) and wait until it is gone."""
+    try:
+        with open(os.path.join(folder, "daemon.json")) as f:
+            pid = json.load(f)["pid"]
+    except (OSError, ValueError, KeyError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    from trackside.discovery import pid_alive
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ts(tmp_path, monkeypatch):
+    """An isolated trackside world: its own daemon folder and run root, the daemon stopped after.
+
+    Yields a namespace with ``root`` (the run root), ``daemon_dir`` and ``env`` (the environment
+    for child processes)."""
+    import types
+
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    daemon_dir = tmp_path / "daemon"
+    root = tmp_path / "trackside"
+    for k in ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("TRACKSIDE_DAEMON_DIR", str(daemon_dir))
+    monkeypatch.setenv("TRACKSIDE_DIR", str(root))
+    monkeypatch.setenv("TRACKSIDE_IDLE_TIMEOUT", "60")
+    ns = types.SimpleNamespace(root=str(root), daemon_dir=str(daemon_dir), tmp=tmp_path)
+    ns.env = dict(os.environ)
+    try:
+        yield ns
+    finally:
+        from trackside._run import _finish_all
+
+        _finish_all(0)
+        stop_daemon(str(daemon_dir))
+        for k, v in saved.items():  # init() exports the run id for children: undo it
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_script(code: str, env: dict, *args, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process with ``env``."""
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"script failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p

@@ -1,0 +1,502 @@
+"""The merge stage: log entries from every writer of one run in, final history rows out.
+
+Pure logic (no IO, no threads, no clock of its own): the run stream feeds it the entries it has
+made durable in the WAL, calls :meth:`Merger.finalize` after each batch and hands the rows to the
+summary and the uploader. Because the WAL holds the raw entries, the merger may keep rows pending
+in memory for as long as it likes; a crash loses nothing, the entries are replayed.
+
+Entries arrive already resolved by the SDK with the single-writer rules of the seeds: ``step`` is
+an int and ``commit`` says whether the writer closed that step. What is left to decide here is
+how several writers (processes, ranks) share a step, when a step is final, and what a late entry
+means. The rules, in one place:
+
+* Within one step, a key logged twice by the same writer keeps the later value; the same key
+  from different writers follows the metric's reduce rule (``define_metric(reduce=)``).
+* A row for step ``s`` is final when every live writer has moved past ``s`` (its highest step is
+  above ``s``, or equals ``s`` and is committed), when no live writer has logged anything, or
+  when the row was last touched more than ``merge_window`` seconds ago.
+* An entry for a step that is not pending and not above the highest step already emitted is
+  late: it is amended into the stored row, or dropped and counted (``late_steps=``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from heapq import heappop, heappush
+from typing import Callable, Iterable, NamedTuple, Optional
+
+__all__ = ["Merger", "MetricDef", "Metrics", "Row", "REDUCE_RULES", "SUMMARY_KINDS", "LATE_STEPS"]
+
+REDUCE_RULES = ("last", "mean", "sum", "min", "max")
+SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "best", "none", "copy")
+LATE_STEPS = ("amend", "drop", "error")
+_GOALS = ("minimize", "maximize")
+_GLOB_CHARS = frozenset("*?[")
+
+# (step: int, commit: bool, time_us: int, values: dict[str, int|float|bool|str|None],
+#  payload: bytes | None); rich values arrive already encoded in the payload
+Entry = tuple
+
+
+class Row(NamedTuple):
+    """One final history row.
+
+    ``amend=True``: the step may already be stored (it was emitted before, or declared final);
+    the store merges ``values`` into the stored row, creating it when there is none, and appends
+    ``payloads``. ``time_us`` is the latest time of the entries merged into the row.
+    """
+
+    step: int
+    time_us: int
+    values: dict
+    payloads: list
+    amend: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# metric definitions
+
+
+class MetricDef(NamedTuple):
+    """One ``define_metric`` call, validated. ``summary`` is ``None`` when the call did not ask
+    for a summary or asked for ``"copy"`` (the default: the plain last value), ``()`` for
+    ``"none"``, else the kinds in the order given."""
+
+    name: str
+    step_metric: Optional[str] = None
+    summary: Optional[tuple] = None
+    reduce: str = "last"
+    hidden: bool = False
+    goal: Optional[str] = None
+    step_sync: Optional[bool] = None
+
+
+class Metrics:
+    """The run's ``define_metric`` registry, shared by the merger (reduce rules) and the summary.
+
+    Names may be ``fnmatch`` globs (``"val/*"``, ``"*"``). For a key, an exact definition beats
+    every glob; among matching globs the longest pattern wins (it is the more specific one), and
+    between patterns of equal length the later definition. Defining a name again replaces the
+    earlier definition whole. :meth:`lookup` is a dict hit after the first call for a key.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, MetricDef] = {}
+        self._globs: dict[str, tuple] = {}  # pattern -> (compiled, MetricDef, order)
+        self._order = 0
+        self._cache: dict[str, Optional[MetricDef]] = {}
+        self.has_summary_rules = False  # lets the summary skip per-key lookups when False
+
+    def define(
+        self,
+        name: str,
+        step_metric: Optional[str] = None,
+        summary=None,
+        reduce: Optional[str] = None,
+        hidden: bool = False,
+        goal: Optional[str] = None,
+        step_sync: Optional[bool] = None,
+    ) -> MetricDef:
+        """Validate and record a definition; returns it. Raises ``ValueError`` (naming the bad
+        value and the accepted ones) without changing the registry."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"define_metric: name must be a non-empty string, got {name!r}")
+        if reduce is None:
+            reduce = "last"
+        if reduce not in REDUCE_RULES:
+            raise ValueError(f"define_metric({name!r}): reduce={reduce!r} is not one of {', '.join(REDUCE_RULES)}")
+        if goal is not None and goal not in _GOALS:
+            raise ValueError(f"define_metric({name!r}): goal={goal!r} is not one of {', '.join(_GOALS)}")
+        kinds = _parse_summary(name, summary, goal)
+        d = MetricDef(name, step_metric, kinds, reduce, bool(hidden), goal, step_sync)
+        self._order += 1
+        if _GLOB_CHARS.isdisjoint(name):
+            self._exact[name] = d
+        else:
+            self._globs.pop(name, None)  # a redefinition counts as the later one
+            self._globs[name] = (re.compile(fnmatch.translate(name)).match, d, self._order)
+        self._cache.clear()
+        self.has_summary_rules = any(x.summary is not None for x in self.definitions())
+        return d
+
+    def lookup(self, key: str) -> Optional[MetricDef]:
+        """The definition that applies to ``key``, or ``None``."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        d = self._exact.get(key)
+        if d is None:
+            best = None
+            for pattern, (match, gd, order) in self._globs.items():
+                if match(key) is not None:
+                    rank = (len(pattern), order)
+                    if best is None or rank > best[0]:
+                        best = (rank, gd)
+            d = best[1] if best is not None else None
+        self._cache[key] = d
+        return d
+
+    def reduce_of(self, key: str) -> str:
+        """The cross-writer reduce rule of ``key`` (``"last"`` unless defined)."""
+        d = self.lookup(key)
+        return "last" if d is None else d.reduce
+
+    def definitions(self) -> list[MetricDef]:
+        """Every current definition, exact names first, each in definition order."""
+        return list(self._exact.values()) + [gd for (_, gd, _) in self._globs.values()]
+
+
+def _parse_summary(name: str, summary, goal: Optional[str]) -> Optional[tuple]:
+    if summary is None:
+        return None
+    if isinstance(summary, str):
+        parts = summary.split(",")
+    else:
+        parts = list(summary)
+    kinds = []
+    for p in parts:
+        k = p.strip().lower() if isinstance(p, str) else p
+        if k not in SUMMARY_KINDS:
+            raise ValueError(
+                f"define_metric({name!r}): summary kind {p!r} is not one of {', '.join(SUMMARY_KINDS)}"
+            )
+        if k not in kinds:
+            kinds.append(k)
+    for alone in ("none", "copy"):
+        if alone in kinds and len(kinds) > 1:
+            raise ValueError(f"define_metric({name!r}): summary={summary!r} mixes {alone!r} with other kinds")
+    if kinds == ["none"]:
+        return ()
+    if kinds == ["copy"]:
+        return None  # "copy" (the SDK accepts it): the plain last value, as without a summary
+    if "best" in kinds and goal is None:
+        raise ValueError(f"define_metric({name!r}): summary 'best' needs goal='minimize' or goal='maximize'")
+    if not kinds:
+        raise ValueError(f"define_metric({name!r}): summary={summary!r} names no kind; use 'none' for no summary")
+    return tuple(kinds)
+
+
+# ---------------------------------------------------------------------------------------------
+# the merger
+
+
+def _is_number(v) -> bool:
+    # bool is an int subclass, but averaging flags is not what a user means by "mean"
+    t = type(v)
+    return t is float or t is int
+
+
+def _mean(vs):
+    return sum(vs) / len(vs)
+
+
+_REDUCERS = {"mean": _mean, "sum": sum, "min": min, "max": max}
+
+
+class _Pending:
+    """A row still open to entries. ``writer`` is the only writer that touched it, or ``None``
+    once a second one did; from then on ``by_writer`` keeps each writer's own values so the
+    reduce rule can see them all. ``values`` always holds the last-arrived value per key."""
+
+    __slots__ = ("time_us", "values", "payloads", "touched", "writer", "by_writer", "amend")
+
+    def __init__(self, time_us, values, payloads, touched, writer, amend):
+        self.time_us = time_us
+        self.values = values
+        self.payloads = payloads
+        self.touched = touched
+        self.writer = writer
+        self.by_writer = None
+        self.amend = amend
+
+
+_NO_STEP = float("-inf")
+
+
+class Merger:
+    """Merges the entries of all writers of ONE run into final rows (:class:`Row`).
+
+    Guarantees:
+
+    * no value is lost without a count: each (step, key) a writer logged ends up in exactly one
+      emitted row with that writer's latest value for it (the seeds' same-step rule), or is
+      counted in ``stats``: ``collisions`` when another writer's value for the same key and step
+      replaced it or was reduced with it, ``late_dropped`` under ``late_steps="drop"``;
+    * :meth:`add` never emits; :meth:`finalize` returns each final row once, in step order;
+    * a row is emitted as ``amend=False`` at most once per step; later values for that step come
+      out as ``amend=True`` rows.
+
+    ``late_steps``: ``"amend"`` keeps late values as amend rows; ``"drop"`` counts them in
+    ``stats["late_dropped"]`` and reports the first drop once (``warnings`` and ``on_warning``);
+    ``"error"`` behaves like ``"amend"`` here, because the SDK raises in the caller before such an
+    entry is sent: what still reaches the daemon is late only across writers (another writer's
+    progress closed the step), which the caller could not have known about.
+
+    Writers: ``add`` joins an unknown writer. A joined writer that has not logged yet holds
+    nothing back: otherwise a rank that never logs would stall every row for ``merge_window``.
+    The price: steps closed before its first entry are late for it (amended, by default).
+
+    ``now`` is a float in seconds from one monotonic clock (``time.monotonic()``). ``add`` without
+    ``now`` stamps rows with the latest ``now`` seen; before any, at the next ``finalize(now=)``.
+    ``finalize`` without ``now`` does not apply ``merge_window``.
+    """
+
+    def __init__(
+        self,
+        late_steps: str = "amend",
+        merge_window: Optional[float] = 10.0,
+        metrics: Optional[Metrics] = None,
+        on_warning: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        if late_steps not in LATE_STEPS:
+            raise ValueError(f"late_steps={late_steps!r} is not one of {', '.join(LATE_STEPS)}")
+        if merge_window is not None and not merge_window > 0:
+            raise ValueError(f"merge_window={merge_window!r} must be a positive number of seconds, or None")
+        self.late_steps = late_steps
+        self.merge_window = merge_window
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.on_warning = on_warning
+        self.warnings: list[str] = []
+        self.stats = {
+            "entries": 0,
+            "rows_emitted": 0,  # amend rows included
+            "amends": 0,
+            "collisions": 0,
+            "reduce_fallbacks": 0,  # collisions of non-numeric values under mean/sum/min/max
+            "late_dropped": 0,
+            "pending": 0,
+        }
+        # live writer -> [highest step, committed] or None before its first entry
+        self._cursors: dict[int, Optional[list]] = {}
+        self._pending: dict[int, _Pending] = {}
+        # steps of pending rows; may hold steps already emitted by the window (skipped on pop)
+        self._heap: list[int] = []
+        self._emitted_max = _NO_STEP
+        self._now: Optional[float] = None
+        self._next_window_check = float("inf")
+
+    # -- writers ----------------------------------------------------------------------------
+
+    def join(self, writer: int) -> None:
+        """Register a live writer. Joining again keeps its cursor."""
+        self._cursors.setdefault(writer, None)
+
+    def leave(self, writer: int) -> None:
+        """The writer is done: it no longer holds rows back. Its pending rows stay and finalize
+        by the usual rule. Adding entries afterwards joins it again, as a fresh writer."""
+        self._cursors.pop(writer, None)
+
+    @property
+    def writers(self):
+        """The live writers' ids (a read-only view)."""
+        return self._cursors.keys()
+
+    def live_writers(self) -> int:
+        """How many writers are live (joined, not left)."""
+        return len(self._cursors)
+
+    def pending(self) -> int:
+        """How many rows are pending (not emitted yet)."""
+        return len(self._pending)
+
+    # -- entries ----------------------------------------------------------------------------
+
+    def define_metric(
+        self,
+        name: str,
+        step_metric: Optional[str] = None,
+        summary=None,
+        reduce: Optional[str] = None,
+        hidden: bool = False,
+        goal: Optional[str] = None,
+        step_sync: Optional[bool] = None,
+    ) -> MetricDef:
+        """Record a definition in the shared registry; see :meth:`Metrics.define`. A new reduce
+        rule applies to rows emitted from now on, pending ones included."""
+        return self.metrics.define(name, step_metric, summary, reduce, hidden, goal, step_sync)
+
+    def add(self, writer: int, entries: Iterable[Entry], now: Optional[float] = None) -> None:
+        """Apply ``entries`` of one writer, in order. Emits nothing: call :meth:`finalize`.
+
+        Each entry is ``(step, commit, time_us, values, payload)``. ``values`` is copied;
+        ``payload`` (bytes or None) is kept as is, in arrival order, without decoding. A late
+        entry dropped under ``late_steps="drop"`` still moves the writer's cursor: the writer
+        did reach that step.
+        """
+        if now is None:
+            now = self._now
+        else:
+            self._now = now
+        if self.merge_window is not None:
+            if now is None:
+                self._next_window_check = _NO_STEP  # unstamped rows: stamp them at the next scan
+            elif now + self.merge_window < self._next_window_check:
+                self._next_window_check = now + self.merge_window
+
+        cursor = self._cursors.get(writer)
+        if cursor is None:
+            cur_step, cur_commit = None, False
+        else:
+            cur_step, cur_commit = cursor
+        pending = self._pending
+        heap = self._heap
+        emitted_max = self._emitted_max
+        n = 0
+        # The common case (one writer, step after step) costs a dict probe, one _Pending and a
+        # values copy per entry; the other branches run only when writers share a step.
+        for step, commit, time_us, values, payload in entries:
+            n += 1
+            if cur_step is None or step > cur_step:
+                cur_step = step
+                cur_commit = commit
+            elif step == cur_step and commit:
+                cur_commit = True
+
+            row = pending.get(step)
+            if row is None:
+                amend = False
+                if step <= emitted_max:
+                    if self.late_steps == "drop":
+                        self._drop(writer, step)
+                        continue
+                    amend = True
+                pending[step] = _Pending(
+                    time_us, dict(values), [] if payload is None else [payload], now, writer, amend
+                )
+                heappush(heap, step)
+                continue
+
+            if row.writer != writer:
+                by = row.by_writer
+                if by is None:  # second writer in this step: start keeping values per writer
+                    by = row.by_writer = {row.writer: dict(row.values)}
+                    row.writer = None
+                mine = by.get(writer)
+                if mine is None:
+                    by[writer] = dict(values)
+                else:
+                    mine.update(values)
+            row.values.update(values)
+            if payload is not None:
+                row.payloads.append(payload)
+            if time_us > row.time_us:
+                row.time_us = time_us
+            row.touched = now
+
+        self._cursors[writer] = [cur_step, cur_commit] if cur_step is not None else None
+        self.stats["entries"] += n
+        self.stats["pending"] = len(pending)
+
+    def _drop(self, writer: int, step: int) -> None:
+        self.stats["late_dropped"] += 1
+        if self.stats["late_dropped"] == 1:
+            msg = (
+                f"trackside: dropped a late entry from writer {writer} for step {step}: steps up to "
+                f"{self._emitted_max} were already written and late_steps='drop'. Further drops are "
+                f"only counted (stats['late_dropped']); use late_steps='amend' to keep late values."
+            )
+            self.warnings.append(msg)
+            if self.on_warning is not None:
+                self.on_warning(msg)
+
+    # -- finalization -----------------------------------------------------------------------
+
+    def watermark(self) -> float:
+        """Rows with a step below this are final by the writers' progress (``inf`` when no live
+        writer has logged anything)."""
+        w = float("inf")
+        for cursor in self._cursors.values():
+            if cursor is not None:
+                b = cursor[0] + 1 if cursor[1] else cursor[0]
+                if b < w:
+                    w = b
+        return w
+
+    def finalize(self, now: Optional[float] = None, everything: bool = False) -> list[Row]:
+        """The rows that became final since the last call, in step order, each exactly once.
+
+        ``everything=True`` (run finish, daemon drain) returns every pending row.
+        """
+        pending = self._pending
+        if now is not None:
+            self._now = now
+        if not pending:
+            return []
+        out: list[Row] = []
+        if everything:
+            for step in sorted(pending):
+                out.append(self._emit(step, pending[step]))
+            pending.clear()
+            self._heap.clear()
+            self._next_window_check = float("inf")
+        else:
+            heap = self._heap
+            w = self.watermark()
+            while heap and heap[0] < w:
+                step = heappop(heap)
+                row = pending.pop(step, None)
+                if row is not None:  # None: the window emitted it already
+                    out.append(self._emit(step, row))
+            if now is not None and self.merge_window is not None and pending and now >= self._next_window_check:
+                stale = self._scan_window(now)
+                if stale:
+                    out.extend(self._emit(step, pending.pop(step)) for step in stale)
+                    out.sort(key=lambda r: r.step)
+                    if len(heap) > 2 * len(pending) + 64:
+                        # steps the window emitted linger in the heap while a writer holds the
+                        # watermark back; rebuild so a stuck writer cannot grow it without bound
+                        self._heap = sorted(pending)
+        self.stats["pending"] = len(pending)
+        return out
+
+    def _scan_window(self, now: float) -> list[int]:
+        """Steps of rows last touched more than ``merge_window`` ago; also schedules the next
+        scan for when the oldest remaining row can go stale, so most calls skip the scan."""
+        cutoff = now - self.merge_window
+        stale = []
+        oldest = float("inf")
+        for step, row in self._pending.items():
+            t = row.touched
+            if t is None:
+                row.touched = t = now
+            if t < cutoff:
+                stale.append(step)
+            elif t < oldest:
+                oldest = t
+        self._next_window_check = oldest + self.merge_window
+        return stale
+
+    def _emit(self, step: int, row: _Pending) -> Row:
+        if row.by_writer is not None:
+            self._reduce(row)
+        if step > self._emitted_max:
+            self._emitted_max = step
+        stats = self.stats
+        stats["rows_emitted"] += 1
+        if row.amend:
+            stats["amends"] += 1
+        return Row(step, row.time_us, row.values, row.payloads, row.amend)
+
+    def _reduce(self, row: _Pending) -> None:
+        """Apply the reduce rules to keys that several writers set; count the collisions."""
+        by = row.by_writer
+        counts: dict[str, int] = {}
+        for vals in by.values():
+            for k in vals:
+                counts[k] = counts.get(k, 0) + 1
+        stats = self.stats
+        reduce_of = self.metrics.reduce_of
+        for k, c in counts.items():
+            if c == 1:
+                continue
+            stats["collisions"] += c - 1
+            rule = reduce_of(k)
+            if rule == "last":
+                continue  # row.values already holds the last-arrived value
+            vs = [vals[k] for vals in by.values() if k in vals]
+            if all(map(_is_number, vs)):
+                row.values[k] = _REDUCERS[rule](vs)
+            else:
+                stats["reduce_fallbacks"] += 1

@@ -1,0 +1,365 @@
+"""The sidecar daemon: one per host and user, on uvloop.
+
+It listens on a Unix socket (``trackside.protocol`` frames) and on gRPC (loopback), keeps a
+``RunStream`` per live run, and shuts down in order: on SIGTERM or SIGINT it stops taking work,
+drains every stream (commit, merge, store), fsyncs and closes; a second signal exits at once.
+With no run and no connection for ``idle_timeout`` seconds it exits by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import re
+import signal
+import sys
+import time
+
+import msgspec
+
+from trackside import discovery
+from trackside._version import __version__
+from trackside.protocol import (
+    LENGTH,
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    Batch,
+    Hello,
+    Refused,
+    StatusQuery,
+    StatusReply,
+    Welcome,
+    client_decoder,
+    pack,
+)
+
+from .store import Store
+from .stream import BadRecord, RunStream
+
+log = logging.getLogger("trackside.daemon")
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Connection:
+    """One writer's socket: frames in, acks out; closed alone when its frames are bad."""
+
+    __slots__ = ("writer", "stream", "writer_id", "peer")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.stream: RunStream | None = None
+        self.writer_id = 0
+        self.peer = "?"
+
+    def send(self, msg) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(pack(msg))
+
+    def refuse(self, reason: str) -> None:
+        log.warning("closing connection of writer %s (pid %s): %s", self.writer_id, self.peer, reason)
+        self.send(Refused(reason))
+        self.writer.close()
+
+
+class StoreHandle:
+    """A root's store with the one thread that writes it (SQLite likes one writer)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.store = self.pool.submit(Store, root).result()
+        self.runs = 0
+
+    async def call(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self.pool.submit(self.store.close).result()
+        self.pool.shutdown()
+
+
+class Daemon:
+    def __init__(self, folder: str | None = None, *, idle_timeout: float = 30.0, grpc_port: int | None = 0,
+                 grpc_host: str = "127.0.0.1"):
+        self.folder = folder or discovery.daemon_dir()
+        self.idle_timeout = idle_timeout
+        self.grpc_port = grpc_port
+        self.grpc_host = grpc_host
+        self.socket = discovery.socket_path(self.folder)
+        self.streams: dict[str, RunStream] = {}
+        self.stores: dict[str, StoreHandle] = {}
+        self.connections: set[Connection] = set()
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="wal")
+        self._stop = None
+        self._last_busy = time.monotonic()
+        self._lock_fd = None
+        self._grpc = None
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        fd = os.open(os.path.join(self.folder, discovery.LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = discovery.read_info(self.folder) or {}
+            raise AlreadyRunning(
+                f"a trackside daemon is already running for {self.folder} (pid {info.get('pid', '?')}); "
+                f"stop it with `trackside daemon stop` or use another TRACKSIDE_DAEMON_DIR"
+            ) from None
+        self._lock_fd = fd
+
+    async def serve(self) -> None:
+        """Run until told to stop, a signal, or idleness; then shut down in order."""
+        self._take_lock()
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        signals = 0
+
+        def on_signal():
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("signal received: draining")
+            self._stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)  # we hold the lock: whatever is there is stale
+        old_umask = os.umask(0o177)  # the socket is born 0600
+        try:
+            server = await asyncio.start_unix_server(self._handle, path=self.socket, limit=MAX_FRAME)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket, 0o600)
+        grpc_port = None
+        if self.grpc_port is not None:
+            from .grpc_service import start_grpc
+
+            self._grpc, grpc_port = await start_grpc(self, self.grpc_host, self.grpc_port)
+        discovery.write_info(self.folder, {
+            "pid": os.getpid(), "socket": self.socket, "grpc": f"{self.grpc_host}:{grpc_port}" if grpc_port else None,
+            "version": __version__, "started": time.time(),
+        })
+        log.info("trackside daemon %s listening on %s (gRPC %s)", __version__, self.socket, grpc_port)
+        idle = asyncio.create_task(self._idle_watch())
+        try:
+            await self._stop.wait()
+        finally:
+            idle.cancel()
+            server.close()
+            if self._grpc is not None:
+                await self._grpc.stop(grace=0.5)
+            await self._shutdown()
+            discovery.remove_info(self.folder, os.getpid())
+            try:
+                os.unlink(self.socket)
+            except FileNotFoundError:
+                pass
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _shutdown(self) -> None:
+        for conn in list(self.connections):
+            conn.writer.close()
+        for stream in list(self.streams.values()):
+            try:
+                await stream.close()
+            except Exception:
+                log.exception("run %s: error while draining", stream.run_id)
+        self.streams.clear()
+        for handle in self.stores.values():
+            handle.close()
+        self.stores.clear()
+        self.io_pool.shutdown()
+
+    async def _idle_watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, max(self.idle_timeout / 4, 0.05)))
+            now = time.monotonic()
+            for run_id, stream in list(self.streams.items()):
+                if not stream.idle():
+                    stream.idle_since = None
+                    continue
+                if stream.idle_since is None:
+                    stream.idle_since = now
+                # every writer said finish; or the writers vanished (killed) long enough ago
+                done = stream.finished_writers >= set(stream.seqs)
+                if done or now - stream.idle_since > max(self.idle_timeout, 5.0):
+                    await self._close_stream(run_id)
+            if self.connections or self.streams:
+                self._last_busy = time.monotonic()
+            elif self.idle_timeout > 0 and time.monotonic() - self._last_busy > self.idle_timeout:
+                log.info("idle for %.0f s: exiting", self.idle_timeout)
+                self._stop.set()
+                return
+
+    async def _close_stream(self, run_id: str) -> None:
+        stream = self.streams.pop(run_id)
+        await stream.close()
+        handle = self.stores[stream.root]
+        handle.runs -= 1
+        if handle.runs == 0:
+            del self.stores[stream.root]
+            handle.close()
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    async def open_stream(self, hello: Hello) -> RunStream:
+        if not RUN_ID.match(hello.run_id):
+            raise BadRecord(f"run id {hello.run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+        if not os.path.isabs(hello.root):
+            raise BadRecord(f"run root {hello.root!r} must be an absolute path")
+        lock = self._opening.setdefault(hello.run_id, asyncio.Lock())
+        async with lock:
+            stream = self.streams.get(hello.run_id)
+            if stream is not None:
+                if stream.root != hello.root:
+                    raise BadRecord(f"run {hello.run_id} is already live under {stream.root}, not {hello.root}")
+                return stream
+            handle = self.stores.get(hello.root)
+            if handle is None:
+                loop = asyncio.get_running_loop()
+                handle = await loop.run_in_executor(None, StoreHandle, hello.root)
+                self.stores[hello.root] = handle
+            run_dir = os.path.join(hello.root, "runs", hello.run_id)
+            stream = RunStream(hello.run_id, hello.root, run_dir, hello.run_info, handle.store, handle.call, self.io_pool)
+            handle.runs += 1
+            try:
+                await stream.start()
+            except BaseException:
+                handle.runs -= 1
+                raise
+            self.streams[hello.run_id] = stream
+            return stream
+
+    # -- the Unix socket -----------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(writer)
+        self.connections.add(conn)
+        try:
+            hello = await self._read(reader)
+            if isinstance(hello, StatusQuery):
+                conn.send(StatusReply(self.status()))
+                await writer.drain()
+                writer.close()
+                return
+            if not isinstance(hello, Hello):
+                return conn.refuse("the first frame must be hello")
+            conn.writer_id, conn.peer = hello.writer, hello.pid
+            if hello.protocol != PROTOCOL_VERSION:
+                return conn.refuse(f"protocol version {hello.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})")
+            try:
+                stream = await self.open_stream(hello)
+            except (BadRecord, OSError, ValueError) as e:
+                return conn.refuse(f"cannot open run {hello.run_id}: {e}")
+            conn.stream = stream
+            stream.connections.add(conn)
+            conn.send(Welcome(PROTOCOL_VERSION, stream.seqs.get(hello.writer, 0), stream.dir, stream.next_step))
+            while True:
+                msg = await self._read(reader)
+                if msg is None:
+                    return
+                if not isinstance(msg, Batch):
+                    return conn.refuse(f"unexpected {type(msg).__name__} frame after hello")
+                try:
+                    stream.accept(conn, hello.writer, msg.seq, msg.record)
+                except (BadRecord, ValueError) as e:
+                    return conn.refuse(str(e))
+        except _FrameError as e:
+            conn.refuse(str(e))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:  # one client's bad luck never takes the daemon down
+            log.exception("connection of writer %s failed", conn.writer_id)
+            conn.writer.close()
+        finally:
+            self.connections.discard(conn)
+            if conn.stream is not None:
+                conn.stream.connections.discard(conn)
+            self._last_busy = time.monotonic()
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader):
+        try:
+            head = await reader.readexactly(4)
+        except asyncio.IncompleteReadError as e:
+            if e.partial:
+                raise _FrameError("connection closed inside a frame header") from None
+            return None
+        (n,) = LENGTH.unpack(head)
+        if n > MAX_FRAME:
+            raise _FrameError(f"frame of {n} bytes exceeds the limit of {MAX_FRAME}")
+        try:
+            body = await reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise _FrameError(f"connection closed inside a frame ({n} bytes announced)") from None
+        try:
+            return client_decoder.decode(body)
+        except msgspec.DecodeError as e:
+            raise _FrameError(f"malformed frame: {e}") from None
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "connections": len(self.connections),
+            "runs": [s.status() for s in self.streams.values()],
+        }
+
+
+class _FrameError(Exception):
+    pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="trackside-daemon", description="the trackside sidecar daemon")
+    p.add_argument("--dir", help="daemon folder (default: $TRACKSIDE_DAEMON_DIR or a per-user runtime folder)")
+    p.add_argument("--idle-timeout", type=float, default=float(os.environ.get("TRACKSIDE_IDLE_TIMEOUT", 30)),
+                   help="exit after this many seconds without runs (0: never)")
+    p.add_argument("--grpc-port", type=int, default=0, help="gRPC port on loopback (0: any free port)")
+    p.add_argument("--no-grpc", action="store_true", help="do not start the gRPC listener")
+    p.add_argument("--detach", action="store_true",
+                   help="fork into the background (the parent returns at once; the daemon is nobody's child)")
+    p.add_argument("--log-level", default=os.environ.get("TRACKSIDE_LOG_LEVEL", "INFO"))
+    args = p.parse_args(argv)
+    if args.detach and os.fork() > 0:
+        os._exit(0)  # the spawner reaps this parent at once; the daemon never becomes a zombie
+    if args.detach:
+        os.setsid()
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    folder = discovery.daemon_dir() if args.dir is None else os.path.abspath(args.dir)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency, but never let its absence stop logging
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(daemon.serve())
+    except AlreadyRunning as e:
+        print(f"trackside daemon: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,60 @@
+"""trackside: log machine-learning training runs at microsecond cost.
+
+    import trackside
+    run = trackside.init(project="mnist", config={"lr": 1e-3})
+    for step in range(100):
+        run.log({"loss": loss})
+    run.finish()
+
+``import trackside`` is light: no grpc, psutil, numpy or CLI libraries until a feature needs
+them. The module-level ``log``, ``config``, ``summary``, ``define_metric`` and ``finish`` act on
+the run most recently started in this process (``trackside.run``).
+"""
+
+from ._version import __version__
+from ._run import Error, Run, UsageError, init
+
+__all__ = ["Api", "Error", "Run", "UsageError", "__version__", "define_metric", "finish", "init", "log"]
+
+
+def _active(what: str):
+    from ._run import _current
+
+    run = _current.get("run")
+    if run is None:
+        raise UsageError(f"trackside.{what}: no run is active; call trackside.init() first")
+    return run
+
+
+def log(data: dict, step: int | None = None, commit: bool | None = None) -> None:
+    """``Run.log`` on the active run."""
+    _active("log").log(data, step=step, commit=commit)
+
+
+def define_metric(name: str, step_metric: str | None = None, **kwargs) -> None:
+    """``Run.define_metric`` on the active run."""
+    _active("define_metric").define_metric(name, step_metric, **kwargs)
+
+
+def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:
+    """Finish the active run, if any."""
+    from ._run import _current
+
+    run = _current.get("run")
+    if run is not None:
+        run.finish(exit_code=exit_code)
+
+
+def __getattr__(name: str):
+    if name in ("run", "config", "summary"):
+        from ._run import _current
+
+        run = _current.get("run")
+        if name == "run" or run is None:
+            return run
+        return getattr(run, name)
+    if name == "Api":
+        from .api import Api
+
+        return Api
+    raise AttributeError(f"module 'trackside' has no attribute {name!r}")

@@ -1,0 +1,529 @@
+"""``init`` and ``Run``: what training code calls.
+
+``Run.log`` resolves the step with the single-writer rules and hands the entry to the transport
+buffer; everything else (durability, merging across ranks, the store) happens in the daemon.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import re
+import signal
+import string
+import sys
+import threading
+import time
+import warnings
+import weakref
+
+from . import discovery
+
+LATE_STEPS = ("amend", "drop", "error")
+MODES = ("online", "offline", "disabled")
+DURABILITY = ("fsync", "flush", "none")
+# the seeds' naming rule: letters, digits and underscores, not starting with a digit; "/" groups
+_GOOD_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9_.\-]+)*$")
+_ID_CHARS = string.ascii_lowercase + string.digits
+
+DEFAULT_SETTINGS = {
+    "durability": "fsync",
+    "late_steps": "amend",
+    "merge_window": 10.0,
+    "flush_interval": 0.02,
+    "max_buffer": 256 << 20,
+    "buffer_policy": "block",
+    "console": True,
+    "finish_timeout": 120.0,
+}
+
+
+class Error(Exception):
+    """Base of trackside's errors."""
+
+
+class UsageError(Error, ValueError):
+    """A call trackside cannot honour as made (the message says what to change)."""
+
+
+def new_run_id() -> str:
+    return "".join(random.choice(_ID_CHARS) for _ in range(8))
+
+
+class Config(dict):
+    """The run's configuration: a dict whose changes reach the run (``config.lr = ...`` too)."""
+
+    def __init__(self, run: "Run", initial: dict | None = None):
+        super().__init__(initial or {})
+        object.__setattr__(self, "_run", run)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._run._event("config", {key: value})
+
+    def update(self, other=(), /, **kw):
+        d = dict(other, **kw)
+        super().update(d)
+        if d:
+            self._run._event("config", d)
+
+    def setdefaults(self, d: dict) -> None:
+        self.update({k: v for k, v in d.items() if k not in self})
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+class Summary(dict):
+    """The run's summary. Computed from logged values (last value unless ``define_metric`` says
+    otherwise); values assigned here win over computed ones."""
+
+    def __init__(self, run: "Run"):
+        super().__init__()
+        object.__setattr__(self, "_run", run)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._run._event("summary", {"set": {key: value}})
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._run._event("summary", {"del": [key]})
+
+    def update(self, other=(), /, **kw):
+        d = dict(other, **kw)
+        super().update(d)
+        if d:
+            self._run._event("summary", {"set": d})
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+class Run:
+    """One training run as seen from one process (a writer). Made by ``trackside.init``."""
+
+    def __init__(self, *, id, project, name, config, tags, group, job_type, root, mode, settings, resume, rank):
+        self.id = id
+        self.project = project
+        self.name = name or id
+        self.tags = tuple(tags or ())
+        self.group = group
+        self.job_type = job_type
+        self.root = root
+        self.dir = os.path.join(root, "runs", id)
+        self.mode = mode
+        self.settings = settings
+        self.resume = resume
+        self.rank = rank
+        self.step = 0
+        self.finished = False
+        self.late_dropped = 0
+        self._seen_keys: set[str] = set()  # keys already checked against the naming rules
+        self._late_steps = settings["late_steps"]
+        self._client = None
+        self._meta_thread = None
+        self.summary = Summary(self)
+        self.config = Config(self)
+        if config:
+            dict.update(self.config, _plain_config(config))
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    def log(self, data: dict, step: int | None = None, commit: bool | None = None) -> None:
+        """Log ``data`` (str keys to numbers, bools, strings, None) at a step.
+
+        Without ``step``, the values go to the current step, which is then committed (the next
+        call starts a new one) unless ``commit=False``. ``step=s`` above the current step commits
+        the pending row and moves to ``s``; ``step`` equal to it adds to it; a lower step follows
+        the run's ``late_steps`` policy. Returns once the entry is in the send buffer: it does not
+        wait for disk or network. Raises TypeError for a value that cannot be logged, naming the
+        key; nothing of a rejected call is logged.
+        """
+        client = self._client
+        if client is None:
+            if self.mode == "disabled":
+                return
+            raise UsageError(f"run {self.id} is finished: log() after finish() is not recorded; start a new run with trackside.init()")
+        if type(data) is not dict:
+            if not isinstance(data, dict):
+                raise TypeError(f"log() takes a dict of values, not {type(data).__name__}")
+            data = dict(data)
+        cur = self.step
+        if step is None:
+            s = cur
+            commit_now = commit is not False
+        else:
+            if not isinstance(step, int):
+                raise TypeError(f"step must be an int, not {type(step).__name__}")
+            s = step
+            # an explicit step stays open until a later step is logged, unless commit=True
+            commit_now = commit is True
+            if s < cur:
+                if self._late_steps == "error":
+                    raise UsageError(f"step {s} is lower than the current step {cur} (late_steps='error'); "
+                                     f"log with step >= {cur}, or init with settings={{'late_steps': 'amend'}}")
+                if self._late_steps == "drop":
+                    self.late_dropped += 1
+                    if self.late_dropped == 1:
+                        warnings.warn(f"trackside: dropping values logged at step {s} < current step {cur} "
+                                      f"(late_steps='drop'); later drops are counted in run.late_dropped",
+                                      stacklevel=2)
+                    return
+        if not self._seen_keys.issuperset(data):
+            self._check_keys(data)
+        try:
+            client.add(s, commit_now, time.time_ns() // 1000, data, None)
+        except TypeError:
+            # numpy/torch scalars and friends: converted here, off the fast path
+            client.add(s, commit_now, time.time_ns() // 1000, _plain_values(data), None)
+        if s >= cur:
+            self.step = s + 1 if commit_now else s
+
+    def _check_keys(self, data: dict) -> None:
+        for k in data:
+            if k in self._seen_keys:
+                continue
+            if type(k) is not str:
+                raise TypeError(f"log() keys must be str, not {type(k).__name__} ({k!r})")
+            self._seen_keys.add(k)
+            if not _GOOD_KEY.match(k):
+                warnings.warn(
+                    f"trackside: metric name {k!r} breaks the naming rules (letters, digits and underscores, "
+                    f"not starting with a digit; '/' separates groups); it is logged, but may be hard to query",
+                    stacklevel=3)
+
+    def define_metric(self, name: str, step_metric: str | None = None, *, summary: str | None = None,
+                      reduce: str | None = None, hidden: bool = False, step_sync: bool | None = None,
+                      goal: str | None = None, overwrite: bool | None = None) -> None:
+        """Say how a metric (or a glob like ``"val/*"``) is summarized and merged across writers.
+
+        ``summary``: comma-separated of min, max, mean, first, last, none. ``reduce``: how values
+        of one step from several writers combine: last (default), mean, sum, min, max.
+        """
+        if not isinstance(name, str) or not name:
+            raise UsageError("define_metric needs a metric name or glob")
+        if reduce is not None and reduce not in ("last", "mean", "sum", "min", "max"):
+            raise UsageError(f"reduce={reduce!r} is not one of last, mean, sum, min, max")
+        if summary is not None:
+            kinds = [s.strip() for s in summary.split(",") if s.strip()]
+            bad = [k for k in kinds if k not in ("min", "max", "mean", "first", "last", "none", "best", "copy")]
+            if bad:
+                raise UsageError(f"summary={summary!r}: unknown kind(s) {bad}; use min, max, mean, first, last, none")
+        self._event("define_metric", {k: v for k, v in {
+            "name": name, "step_metric": step_metric, "summary": summary, "reduce": reduce, "hidden": hidden,
+            "goal": goal,
+        }.items() if v is not None})
+
+    def _event(self, kind: str, data) -> None:
+        if self._client is not None:
+            self._client.event(kind, data)
+        elif self.mode != "disabled" and self.finished:
+            raise UsageError(f"run {self.id} is finished: changes after finish() are not recorded")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
+        """Flush everything and return once the daemon has it durable and in the store."""
+        if self.finished:
+            return
+        self.finished = True
+        _live_runs.discard(self)
+        if _current.get("run") is self:
+            _current.pop("run", None)
+        client, self._client = self._client, None
+        if client is None:
+            return
+        _console.detach(client)
+        if self._meta_thread is not None:
+            self._meta_thread.join(10)  # git and package versions belong to the run's record
+        client.exit_code = exit_code or 0
+        ok = client.finish(timeout=self.settings["finish_timeout"])
+        if not ok:
+            reason = client._error or f"the daemon did not confirm within {self.settings['finish_timeout']:.0f} s"
+            print(f"trackside: run {self.id} finished without confirmation that everything is stored: {reason}",
+                  file=sys.stderr)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(exit_code=1 if exc_type else 0)
+
+    def __repr__(self) -> str:
+        return f"<trackside.Run {self.id} project={self.project!r} step={self.step}>"
+
+    def _after_fork(self) -> None:
+        if self._client is not None:
+            self._client.after_fork()
+
+
+def _plain_config(config) -> dict:
+    if isinstance(config, dict):
+        return dict(config)
+    if hasattr(config, "__dict__"):  # argparse.Namespace and friends
+        return dict(vars(config))
+    raise TypeError(f"config must be a dict or a namespace, not {type(config).__name__}")
+
+
+def _plain_values(data: dict) -> dict:
+    """Scalars from array libraries (numpy, torch: anything with ``.item()`` and an empty shape)
+    become Python scalars; anything else is an error naming the key."""
+    plain = {}
+    for k, v in data.items():
+        if v is None or isinstance(v, (int, float, str, bool)):
+            plain[k] = v
+        elif hasattr(v, "item") and tuple(getattr(v, "shape", (None,))) == ():
+            plain[k] = v.item()
+        else:
+            raise TypeError(f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str or None")
+    return plain
+
+
+# -- module-level state ------------------------------------------------------------------------
+
+_current: dict = {}
+_live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
+
+
+class _ConsoleTee:
+    """Copies what the process prints (sys.stdout / sys.stderr) to the run's console log."""
+
+    def __init__(self):
+        self.clients: list = []
+        self._installed = False
+        self._lock = threading.Lock()
+
+    def attach(self, client) -> None:
+        with self._lock:
+            self.clients.append(client)
+            if not self._installed:
+                self._installed = True
+                sys.stdout = _TeeStream(sys.stdout, "stdout", self)
+                sys.stderr = _TeeStream(sys.stderr, "stderr", self)
+
+    def detach(self, client) -> None:
+        with self._lock:
+            if client in self.clients:
+                self.clients.remove(client)
+            if not self.clients and self._installed:
+                self._installed = False
+                for name in ("stdout", "stderr"):
+                    s = getattr(sys, name)
+                    if isinstance(s, _TeeStream):
+                        s.flush_partial()
+                        setattr(sys, name, s.inner)
+
+    def emit(self, lines) -> None:
+        for c in list(self.clients):
+            c.event("console", lines)
+
+
+_console = _ConsoleTee()
+
+
+class _TeeStream:
+    def __init__(self, inner, name: str, tee: _ConsoleTee):
+        self.inner = inner
+        self.name = name
+        self.tee = tee
+        self._partial = ""
+
+    def write(self, s: str) -> int:
+        n = self.inner.write(s)
+        if s:
+            text = self._partial + s
+            lines = text.split("\n")
+            self._partial = lines.pop()
+            if lines:
+                now = time.time_ns() // 1000
+                self.tee.emit([[now, self.name, line] for line in lines])
+        return n
+
+    def flush_partial(self) -> None:
+        if self._partial:
+            self.tee.emit([[time.time_ns() // 1000, self.name, self._partial]])
+            self._partial = ""
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def init(project: str | None = None, name: str | None = None, *, id: str | None = None, config=None,
+         tags=None, group: str | None = None, job_type: str | None = None, dir=None, resume=None,
+         mode: str | None = None, settings: dict | None = None, entity=None, notes=None, reinit=None,
+         **unknown) -> Run:
+    """Start a run (or join one: a child process of a run joins it as another writer).
+
+    Starts the host's daemon when none is running. ``mode="disabled"`` returns a run whose
+    calls do nothing. Raises UsageError for bad arguments and TransportError when no daemon
+    can be reached.
+    """
+    if unknown:
+        raise UsageError(f"init() got unknown argument(s): {', '.join(sorted(unknown))}")
+    mode = mode or os.environ.get("TRACKSIDE_MODE", "online")
+    if mode not in MODES:
+        raise UsageError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+    merged = dict(DEFAULT_SETTINGS)
+    if settings:
+        unknown_settings = set(settings) - set(DEFAULT_SETTINGS) - {"system_sample_interval", "system_log_interval"}
+        if unknown_settings:
+            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown_settings))}; known: {', '.join(DEFAULT_SETTINGS)}")
+        merged.update(settings)
+    if merged["late_steps"] not in LATE_STEPS:
+        raise UsageError(f"late_steps={merged['late_steps']!r} is not one of {', '.join(LATE_STEPS)}")
+    if merged["durability"] not in DURABILITY:
+        raise UsageError(f"durability={merged['durability']!r} is not one of {', '.join(DURABILITY)}")
+    joined = False
+    if id is None and os.environ.get(discovery.ENV_RUN_ID):
+        id = os.environ[discovery.ENV_RUN_ID]  # a child process (a rank) joins its parent's run
+        joined = True
+    if id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", str(id)):
+        raise UsageError(f"run id {id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+    if resume not in (None, False, True, "allow", "must", "never", "auto"):
+        raise UsageError(f"resume={resume!r} is not one of allow, must, never, auto")
+    root = discovery.run_root(dir) if dir is not None else (
+        os.environ.get(discovery.ENV_ROOT) and os.path.abspath(os.environ[discovery.ENV_ROOT]) or discovery.run_root())
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    run = Run(id=id or new_run_id(), project=project or os.environ.get("TRACKSIDE_PROJECT") or "uncategorized",
+              name=name, config=config, tags=tags, group=group, job_type=job_type, root=root, mode=mode,
+              settings=merged, resume=resume, rank=rank)
+    if mode == "disabled":
+        return run
+    if resume == "must" and not _run_exists(root, run.id):
+        raise UsageError(f"resume='must' but run {run.id} does not exist under {root}")
+    if resume == "never" and _run_exists(root, run.id):
+        raise UsageError(f"resume='never' but run {run.id} already exists under {root}")
+    from .transport import Client  # socket and thread machinery only when a run really starts
+
+    info = {"project": run.project, "name": run.name, "group": group, "job_type": job_type,
+            "tags": list(run.tags), "settings": merged}
+    client = Client(run.id, root, info, rank=rank, flush_interval=merged["flush_interval"],
+                    max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"])
+    if mode == "offline":
+        raise UsageError("mode='offline' needs `trackside sync`, which is not available yet; use mode='online'")
+    client.start()
+    run._client = client
+    if client.welcome is not None and client.welcome.next_step:
+        run.step = client.welcome.next_step
+    if not joined:
+        client.event("run", {**info, "config": dict(run.config), "metadata": _metadata_quick()})
+        os.environ[discovery.ENV_RUN_ID] = run.id
+        os.environ[discovery.ENV_ROOT] = root
+        run._meta_thread = threading.Thread(target=_record_environment, args=(client,), name="trackside-meta",
+                                            daemon=True)
+        run._meta_thread.start()
+    else:
+        client.event("join", {"rank": rank, "pid": os.getpid()})
+    if merged["console"]:
+        _console.attach(client)
+    _current["run"] = run
+    _live_runs.add(run)
+    _install_exit_handlers()
+    return run
+
+
+def _run_exists(root: str, run_id: str) -> bool:
+    return os.path.isdir(os.path.join(root, "runs", run_id))
+
+
+def _metadata_quick() -> dict:
+    import platform
+    import socket
+
+    from ._version import __version__
+
+    return {
+        "host": socket.gethostname(), "pid": os.getpid(), "program": sys.argv[0] if sys.argv else None,
+        "args": sys.argv[1:], "cwd": os.getcwd(), "python": platform.python_version(),
+        "executable": sys.executable, "platform": platform.platform(), "trackside": __version__,
+        "started_at": time.time(),
+    }
+
+
+def _record_environment(client) -> None:
+    """Git commit and diff, installed packages: slow calls, off the caller's thread."""
+    import subprocess
+
+    meta: dict = {}
+
+    def git(*args):
+        try:
+            r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        meta["git"] = {
+            "commit": commit.strip(),
+            "branch": (git("rev-parse", "--abbrev-ref", "HEAD") or "").strip() or None,
+            "remote": (git("config", "--get", "remote.origin.url") or "").strip() or None,
+            "diff": git("diff", "HEAD") or "",
+        }
+    try:
+        from importlib import metadata as md
+
+        meta["packages"] = {d.metadata["Name"]: d.version for d in md.distributions() if d.metadata["Name"]}
+    except Exception:
+        pass
+    try:
+        client.event("meta", meta)
+    except Exception:
+        pass
+
+
+_exit_installed = False
+
+
+def _install_exit_handlers() -> None:
+    global _exit_installed
+    if _exit_installed:
+        return
+    _exit_installed = True
+    atexit.register(_finish_all, 0)
+    prev_hook = sys.excepthook
+
+    def excepthook(tp, value, tb):
+        _finish_all(1)
+        prev_hook(tp, value, tb)
+
+    sys.excepthook = excepthook
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        def on_term(signum, frame):
+            _finish_all(128 + signum)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _finish_all(exit_code: int) -> None:
+    for run in list(_live_runs):
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as e:  # exiting: say it, never raise
+            print(f"trackside: could not finish run {run.id}: {e}", file=sys.stderr)
+
+
+def _after_fork_in_child() -> None:
+    for run in list(_live_runs):
+        run._after_fork()

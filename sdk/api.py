@@ -1,0 +1,379 @@
+"""Read back what runs logged: ``Api`` over a run root's local store.
+
+    api = trackside.Api()                      # $TRACKSIDE_DIR, else ./trackside
+    run = api.run("3kf9")                      # an id or a unique prefix of one
+    run.history(keys=["loss"], min_step=100)   # [{"_step": 100, "_timestamp": ..., "loss": 0.3}, ...]
+    for row in run.scan_history(): ...         # every row, a page at a time
+
+Reads are live: a query sees every batch the daemon committed before it started, while the
+run is still writing. Nothing here writes to the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+
+import msgspec
+
+from trackside.daemon.store import DB_NAME, SchemaVersionError, StoreError, open_readonly
+
+__all__ = [
+    "Api",
+    "ConsoleLine",
+    "RunNotFoundError",
+    "RunView",
+    "SchemaVersionError",
+    "StoreError",
+    "StoreNotFoundError",
+]
+
+_META_KEYS = ("_step", "_timestamp")
+_STEP_MIN = -(2**63)
+_STEP_END = 2**63 - 1  # exclusive upper bound standing for "no max_step"
+
+_decode = msgspec.msgpack.Decoder().decode
+UNSET = msgspec.UNSET
+astuple = msgspec.structs.astuple
+
+
+def _picker(keys: tuple[str, ...]):
+    """A decoder of history blobs that reads only ``keys`` (absent ones are UNSET) and skips
+    the other values without building them: 1.6x faster than decoding whole rows for 2 of 10."""
+    fields = [(f"k{i}", Any, UNSET) for i in range(len(keys))]
+    struct = msgspec.defstruct("Picked", fields, rename={f"k{i}": k for i, k in enumerate(keys)})
+    return msgspec.msgpack.Decoder(struct).decode
+
+
+class StoreNotFoundError(FileNotFoundError):
+    """The run root holds no store (nothing was logged there, or it is the wrong folder)."""
+
+
+class RunNotFoundError(KeyError):
+    """No run matches the id (or the prefix matches several)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ConsoleLine(NamedTuple):
+    time: float  # seconds since the epoch
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+
+def default_root() -> str:
+    """The run root when none is given: ``$TRACKSIDE_DIR``, else ``./trackside``."""
+    return os.environ.get("TRACKSIDE_DIR") or os.path.join(os.getcwd(), "trackside")
+
+
+def _last_part(path: Optional[str]) -> Optional[str]:
+    # accept the documented "entity/project" and "entity/project/run_id" forms
+    return path.rstrip("/").rsplit("/", 1)[-1] if path else path
+
+
+class Api:
+    """Read-only access to the store of one run root.
+
+    ``root``: the run root (the folder holding ``trackside.db``); default ``$TRACKSIDE_DIR``,
+    else ``./trackside``. The folder given to ``init(dir=D)`` works too (its ``trackside``
+    subfolder is used). Raises StoreNotFoundError when there is no store, SchemaVersionError
+    when the store is from a newer trackside. Usable from several threads; ``close()`` (or a
+    ``with`` block) releases the database.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike, None] = None, *, timeout: float = 5.0):
+        root = os.path.abspath(os.fspath(root)) if root is not None else os.path.abspath(default_root())
+        path = os.path.join(root, DB_NAME)
+        if not os.path.isfile(path):
+            nested = os.path.join(root, "trackside", DB_NAME)
+            if os.path.isfile(nested):
+                root, path = os.path.dirname(nested), nested
+            else:
+                raise StoreNotFoundError(
+                    f"no trackside store at {path}: nothing has been logged under {root}. Pass "
+                    f"Api(root=...) (or set TRACKSIDE_DIR) to the run root your runs wrote: "
+                    f"./trackside by default, <dir>/trackside for init(dir=<dir>)"
+                )
+        self.root = root
+        self.path = path
+        self._conn: Optional[sqlite3.Connection] = open_readonly(path, timeout=timeout)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"this Api on {self.path} is closed")
+        return self._conn
+
+    def runs(self, project: Optional[str] = None) -> list["RunView"]:
+        """The runs of ``project`` (all projects when None), newest first. ``"entity/project"``
+        is accepted: the last part names the project."""
+        project = _last_part(project)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        args: tuple = ()
+        if project:
+            sql += " WHERE project = ?"
+            args = (project,)
+        sql += " ORDER BY created_at DESC, rid DESC"
+        return [RunView(self, row) for row in self.conn.execute(sql, args)]
+
+    def run(self, path: str) -> "RunView":
+        """The run with this id, or whose id starts with it when exactly one does.
+
+        ``"entity/project/run_id"`` and ``"project/run_id"`` are accepted (the project, when
+        given, must match). Raises RunNotFoundError naming the id when no run (or several)
+        match."""
+        parts = [p for p in str(path).split("/") if p]
+        if not parts:
+            raise RunNotFoundError(f"empty run id {path!r}")
+        run_id = parts[-1]
+        project = parts[-2] if len(parts) >= 2 else None
+        conn = self.conn
+        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            # ids sort as UTF-8 bytes; every id with this prefix lies in [prefix, prefix + U+10FFFF)
+            found = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 6",
+                (run_id, run_id + "\U0010ffff"),
+            ).fetchall()
+            if len(found) > 1:
+                ids = ", ".join(r[1] for r in found[:5]) + (", ..." if len(found) > 5 else "")
+                raise RunNotFoundError(f"run id prefix {run_id!r} matches several runs ({ids}); give more characters")
+            if not found:
+                (count,) = conn.execute("SELECT count(*) FROM runs").fetchone()
+                raise RunNotFoundError(
+                    f"no run {run_id!r} in {self.path} ({count} run{'' if count == 1 else 's'}; "
+                    f"`trackside runs` lists them)"
+                )
+            row = found[0]
+        view = RunView(self, row)
+        if project is not None and view.project != project:
+            raise RunNotFoundError(f"run {view.id!r} is in project {view.project!r}, not {project!r}")
+        return view
+
+    def close(self) -> None:
+        """Close the database connection. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Api":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Api {self.root}>"
+
+
+_RUN_COLUMNS = (
+    "rid, run_id, project, name, group_name, job_type, tags, state, exit_code, created_at, updated_at,"
+    " finished_at, root_dir, history_rows, last_step, config, summary, metadata"
+)
+
+
+class RunView:
+    """One run as the store holds it.
+
+    Attributes are a snapshot taken when the view was made (``refresh()`` takes a new one):
+    ``id``, ``project``, ``name``, ``group``, ``job_type``, ``tags`` (list), ``state``
+    ("running", "finished", "failed" or "crashed"), ``exit_code``, ``created_at``,
+    ``updated_at`` and ``finished_at`` (seconds since the epoch, or None), ``dir`` (the run's
+    files), ``history_rows``, ``last_step``. ``summary``, ``config`` and ``metadata`` are new
+    dicts on each access. History, keys and console are read live.
+    """
+
+    __slots__ = (
+        "_api", "_rid", "id", "project", "name", "group", "job_type", "tags", "state", "exit_code",
+        "created_at", "updated_at", "finished_at", "dir", "history_rows", "last_step",
+        "_config", "_summary", "_metadata",
+    )
+
+    def __init__(self, api: Api, row: tuple):
+        self._api = api
+        self._load(row)
+
+    def _load(self, row: tuple) -> None:
+        (
+            self._rid, self.id, self.project, self.name, self.group, self.job_type, tags, self.state,
+            self.exit_code, self.created_at, self.updated_at, self.finished_at, root_dir,
+            self.history_rows, self.last_step, self._config, self._summary, self._metadata,
+        ) = row
+        self.tags = json.loads(tags) if tags else []
+        self.dir = os.path.join(root_dir, "runs", self.id)
+
+    def refresh(self) -> "RunView":
+        """Re-read the run's attributes from the store; returns self."""
+        row = self._api.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE rid = ?", (self._rid,)).fetchone()
+        if row is not None:
+            self._load(row)
+        return self
+
+    @property
+    def summary(self) -> dict:
+        """The run's summary (the last value of each key unless the run set it otherwise)."""
+        return json.loads(self._summary) if self._summary else {}
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self._config) if self._config else {}
+
+    @property
+    def metadata(self) -> dict:
+        return json.loads(self._metadata) if self._metadata else {}
+
+    @property
+    def runtime(self) -> float:
+        """Seconds from creation to the end (or to the last write while running)."""
+        end = self.finished_at if self.finished_at is not None else self.updated_at
+        return max(0.0, end - self.created_at)
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Every key the run has logged to its history, sorted."""
+        return [k for (k,) in self._api.conn.execute(
+            "SELECT key FROM history_keys WHERE rid = ? ORDER BY key", (self._rid,)
+        )]
+
+    def history(
+        self,
+        keys: Union[str, Sequence[str], None] = None,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        pandas: bool = False,
+        *,
+        samples: Optional[int] = None,
+    ):
+        """The run's history rows with ``min_step <= step < max_step``, in step order.
+
+        Each row is a dict with ``_step``, ``_timestamp`` (seconds since the epoch) and the
+        logged values: all of them, or only ``keys``; a row with none of ``keys`` is left out
+        and a key a row lacks is absent from it. A row with opaque payloads has them as
+        ``_payloads`` (list of bytes) when ``keys`` is None or names ``_payloads``.
+        ``samples`` keeps at most that many rows, evenly spaced (first and last kept).
+        ``pandas=True`` returns a pandas DataFrame (raises ImportError without pandas).
+        Loads every row at once: use ``scan_history`` for a run too large for memory.
+        """
+        if pandas:
+            try:
+                import pandas as pd
+            except ImportError:
+                raise ImportError(
+                    "history(pandas=True) needs pandas, which is not installed: pip install pandas "
+                    "(or call history() without pandas=True for a list of dicts)"
+                ) from None
+        rows = [row for page in self._pages(keys, min_step, max_step, None) for row in page]
+        if samples is not None and 0 < samples < len(rows):
+            if samples == 1:
+                rows = rows[-1:]
+            else:
+                last = len(rows) - 1
+                rows = [rows[round(i * last / (samples - 1))] for i in range(samples)]
+        if pandas:
+            return pd.DataFrame.from_records(rows)
+        return rows
+
+    def scan_history(
+        self,
+        keys: Union[str, Sequence[str], None] = None,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        page_size: int = 1000,
+    ) -> Iterator[dict]:
+        """Every history row with ``min_step <= step < max_step``, as ``history`` returns
+        them, read ``page_size`` steps at a time: memory stays bounded however long the run.
+        Rows committed while the scan runs are included if their step is still ahead."""
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, not {page_size}")
+        for page in self._pages(keys, min_step, max_step, page_size):
+            yield from page
+
+    def _pages(self, keys, min_step, max_step, page_size) -> Iterator[list[dict]]:
+        conn = self._api.conn
+        rid = self._rid
+        if isinstance(keys, str):
+            keys = [keys]
+        want_payloads = keys is None or "_payloads" in keys
+        if keys is not None:
+            keys = [k for k in dict.fromkeys(keys) if k not in _META_KEYS and k != "_payloads"]
+        meta_only = keys is not None and not keys and not want_payloads  # every row has _step
+        pick = _picker(tuple(keys)) if keys else None
+        lo = _STEP_MIN if min_step is None else int(min_step)
+        hi = _STEP_END if max_step is None else int(max_step)
+        if want_payloads:
+            want_payloads = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM history_payloads WHERE rid = ?)", (rid,)
+            ).fetchone()[0]
+        sql = "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? AND step < ? ORDER BY step"
+        if page_size is not None:
+            sql += f" LIMIT {int(page_size)}"
+        while lo < hi:
+            # each page is its own short read: a long scan never pins an old snapshot, which
+            # would keep the writer from checkpointing its WAL
+            raw = conn.execute(sql, (rid, lo, hi)).fetchall()
+            if not raw:
+                return
+            payloads = self._payloads(raw[0][0], raw[-1][0]) if want_payloads else None
+            page = []
+            for step, time_us, data in raw:
+                if meta_only:
+                    page.append({"_step": step, "_timestamp": time_us / 1e6})
+                    continue
+                has_payloads = payloads is not None and step in payloads
+                if keys is None:
+                    row = {"_step": step, "_timestamp": time_us / 1e6}
+                    row.update(_decode(data))
+                else:
+                    picked = [(k, v) for k, v in zip(keys, astuple(pick(data))) if v is not UNSET] if pick else ()
+                    if not picked and not has_payloads:
+                        continue
+                    row = {"_step": step, "_timestamp": time_us / 1e6}
+                    row.update(picked)
+                if has_payloads:
+                    row["_payloads"] = payloads[step]
+                page.append(row)
+            yield page
+            if page_size is None or len(raw) < page_size:
+                return
+            lo = raw[-1][0] + 1
+
+    def _payloads(self, first: int, last: int) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {}
+        for step, data in self._api.conn.execute(
+            "SELECT step, data FROM history_payloads WHERE rid = ? AND step >= ? AND step <= ? ORDER BY step, idx",
+            (self._rid, first, last),
+        ):
+            out.setdefault(step, []).append(data)
+        return out
+
+    # -- console ---------------------------------------------------------------------------------
+
+    def console_lines(self, stream: Optional[str] = None) -> list[ConsoleLine]:
+        """The captured console lines in order, as ``(time, stream, text)``; only ``stream``'s
+        ("stdout" or "stderr") when given."""
+        sql = "SELECT time_us, stream, text FROM console WHERE rid = ?"
+        args: tuple = (self._rid,)
+        if stream is not None:
+            sql += " AND stream = ?"
+            args += (stream,)
+        return [ConsoleLine(t / 1e6, s, text) for t, s, text in self._api.conn.execute(sql + " ORDER BY seq", args)]
+
+    def console(self) -> str:
+        """The captured console output, one line per logged line, in order."""
+        return "".join(text + "\n" for (text,) in self._api.conn.execute(
+            "SELECT text FROM console WHERE rid = ? ORDER BY seq", (self._rid,)
+        ))
+
+    def __repr__(self) -> str:
+        name = f" name={self.name!r}" if self.name else ""
+        return f"<RunView {self.project}/{self.id}{name} state={self.state}>"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, RunView) and other._api.path == self._api.path and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((self._api.path, self.id))

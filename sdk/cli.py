@@ -1,0 +1,142 @@
+"""The ``trackside`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from ._version import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trackside", description="log and read machine-learning training runs")
+    p.add_argument("--version", action="version", version=f"trackside {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="start, stop or inspect this host's daemon")
+    d.add_argument("action", choices=["start", "stop", "status", "run"],
+                   help="start: in the background; run: in the foreground; stop; status")
+    d.add_argument("--idle-timeout", type=float, default=None, help="seconds without runs before it exits (0: never)")
+
+    r = sub.add_parser("runs", help="list the runs of a run root")
+    r.add_argument("--root", help="run root (default: $TRACKSIDE_DIR or ./trackside)")
+    r.add_argument("--project")
+    r.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    h = sub.add_parser("history", help="print a run's history")
+    h.add_argument("run", help="run id (or a unique prefix)")
+    h.add_argument("--root")
+    h.add_argument("--keys", nargs="+", help="only these keys")
+    h.add_argument("--min-step", type=int)
+    h.add_argument("--max-step", type=int)
+    h.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    s = sub.add_parser("summary", help="print a run's summary")
+    s.add_argument("run")
+    s.add_argument("--root")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    try:
+        return _COMMANDS[args.command](args)
+    except (KeyError, FileNotFoundError, LookupError) as e:
+        print(f"trackside: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+def _daemon(args) -> int:
+    from . import discovery
+
+    folder = discovery.daemon_dir()
+    if args.action == "run":
+        from trackside.daemon.server import main as daemon_main
+
+        extra = [] if args.idle_timeout is None else ["--idle-timeout", str(args.idle_timeout)]
+        return daemon_main(["--dir", folder, *extra])
+    info = discovery.read_info(folder)
+    alive = info is not None and _alive(info.get("pid"))
+    if args.action == "status":
+        if not alive:
+            print(f"no trackside daemon is running for {folder}")
+            return 1
+        from .transport import daemon_status
+
+        print(f"trackside daemon {info.get('version')} pid {info['pid']}, socket {info['socket']}, gRPC {info.get('grpc')}")
+        status = daemon_status(info)
+        for run in status.get("runs", []):
+            print(f"  run {run['run_id']}: {run['writers']} writer(s), {run['records']} batches, {run['entries']} entries, "
+                  f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}")
+        return 0
+    if args.action == "stop":
+        if not alive:
+            print(f"no trackside daemon is running for {folder}")
+            return 0
+        os.kill(info["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(info["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(info["pid"]):
+            print(f"trackside daemon pid {info['pid']} did not stop within 30 s", file=sys.stderr)
+            return 1
+        print(f"stopped trackside daemon pid {info['pid']}")
+        return 0
+    # start
+    if alive:
+        print(f"trackside daemon already running: pid {info['pid']}")
+        return 0
+    from .transport import ensure_daemon
+
+    ensure_daemon(folder).close()
+    info = discovery.read_info(folder) or {}
+    print(f"started trackside daemon pid {info.get('pid')} on {info.get('socket')}")
+    return 0
+
+
+def _alive(pid) -> bool:
+    from .discovery import pid_alive
+
+    return pid_alive(pid)
+
+
+def _runs(args) -> int:
+    from .api import Api
+    from .display import print_runs
+
+    print_runs(Api(args.root).runs(project=args.project), args.format)
+    return 0
+
+
+def _history(args) -> int:
+    from .api import Api
+    from .display import print_history
+
+    run = Api(args.root).run(args.run)
+    rows = run.history(keys=args.keys, min_step=args.min_step, max_step=args.max_step)
+    print_history(rows, args.keys, args.format)
+    return 0
+
+
+def _summary(args) -> int:
+    from .api import Api
+    from .display import print_summary
+
+    print_summary(Api(args.root).run(args.run), args.format)
+    return 0
+
+
+_COMMANDS = {"daemon": _daemon, "runs": _runs, "history": _history, "summary": _summary}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

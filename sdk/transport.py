@@ -1,0 +1,397 @@
+"""The training side of the socket: a buffer that ``log()`` appends to, and a flusher thread.
+
+``add`` encodes an entry into the current batch (C code, no syscall) and returns. The flusher
+thread frames the batch every ``flush_interval`` seconds or when it is full, sends it to the
+daemon with one ``sendall``, and keeps it until the daemon acknowledges it as durable. After a
+lost connection or a daemon restart it reconnects (starting a daemon when none runs) and sends
+again every batch not yet acknowledged; the daemon drops the ones it already has, by
+``(writer, seq)``. The buffer is bounded: when un-acknowledged data passes ``max_buffer``
+bytes, ``add`` waits (policy "block", the default) or drops the entry and counts it ("drop").
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+from . import discovery
+from . import _native as codec
+from ._native.constants import RECORD_EVENT
+from .protocol import (
+    LENGTH,
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    Ack,
+    Batch,
+    Done,
+    Event,
+    Hello,
+    Refused,
+    StatusQuery,
+    Welcome,
+    encode_event,
+    pack,
+    server_decoder,
+)
+
+
+class TransportError(RuntimeError):
+    """The daemon refused this writer's data, or could not be reached in time."""
+
+
+def connect(path: str, timeout: float = 5.0) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        raise
+    s.settimeout(None)
+    return s
+
+
+def daemon_status(info: dict, timeout: float = 5.0) -> dict:
+    """The running daemon's status (runs, writers, offsets), asked over its socket."""
+    sock = connect(info["socket"], timeout)
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(pack(StatusQuery()))
+        reply = _read_frame(sock)
+    finally:
+        sock.close()
+    return reply.status
+
+
+def spawn_daemon(folder: str) -> None:
+    """Start a daemon for ``folder`` in its own session; it outlives this process."""
+    logf = open(os.path.join(folder, "daemon.log"), "ab")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "trackside.daemon", "--dir", folder, "--detach"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/", close_fds=True, timeout=30,
+        )
+    finally:
+        logf.close()
+
+
+def ensure_daemon(folder: str, timeout: float = 15.0) -> socket.socket:
+    """A connection to the host's daemon, starting one when none answers."""
+    path = discovery.socket_path(folder)
+    try:
+        return connect(path)
+    except OSError:
+        pass
+    spawn_daemon(folder)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            return connect(path)
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"no trackside daemon answered on {path} within {timeout:.0f} s ({e}); "
+                    f"see {os.path.join(folder, 'daemon.log')}"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+class Client:
+    """One writer's link to the daemon for one run. ``add`` is called by the training code."""
+
+    def __init__(self, run_id: str, root: str, run_info: dict, *, rank: int = 0, flush_interval: float = 0.02,
+                 batch_entries: int = 4096, batch_bytes: int = 1 << 20, max_buffer: int = 256 << 20,
+                 buffer_policy: str = "block", folder: str | None = None, reconnect_timeout: float = 60.0):
+        if buffer_policy not in ("block", "drop"):
+            raise ValueError(f"buffer_policy must be 'block' or 'drop', not {buffer_policy!r}")
+        self.run_id = run_id
+        self.root = root
+        self.run_info = run_info
+        self.rank = rank
+        self.flush_interval = flush_interval
+        self.batch_entries = batch_entries
+        self.batch_bytes = batch_bytes
+        self.max_buffer = max_buffer
+        self.buffer_policy = buffer_policy
+        self.folder = folder or discovery.daemon_dir()
+        self.reconnect_timeout = reconnect_timeout
+        self.dropped = 0
+        self.welcome: Welcome | None = None
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.writer = random.getrandbits(62) + 1
+        self._lock = threading.Lock()  # guards the encoder, events and the un-acked map
+        self._acked = threading.Condition(self._lock)
+        self._enc = codec.BatchEncoder()
+        self._events: list[tuple[str, object]] = []
+        self._seq = 0
+        self._unacked: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._unacked_bytes = 0
+        self._outbox: list[tuple[int, bytes]] = []  # framed, not yet sent
+        self._lost = False
+        self._acked_seq = 0
+        self._done_seq = 0
+        self._wake = threading.Event()
+        self._closing = False
+        self._error: str | None = None
+        self._sock: socket.socket | None = None
+        self._gen = 0  # connection generation: a reader thread of an old socket stays quiet
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    # -- the caller's side -----------------------------------------------------------------------
+
+    def add(self, step, commit, time_us: int, values: dict, payload=None) -> None:
+        """Encode one entry into the current batch; raises TypeError/OverflowError for bad values."""
+        if self._error is not None:
+            raise TransportError(self._error)
+        if self._unacked_bytes > self.max_buffer and not self._wait_for_room():
+            return
+        with self._lock:
+            n = self._enc.add(step, commit, time_us, values, payload)
+            full = n >= self.batch_entries or self._enc.nbytes >= self.batch_bytes
+        if full:
+            self._wake.set()
+
+    def _wait_for_room(self) -> bool:
+        if self.buffer_policy == "drop":
+            self.dropped += 1
+            if self.dropped == 1:
+                warnings.warn(
+                    f"trackside: the send buffer is full ({self.max_buffer} bytes not yet acknowledged); "
+                    f"dropping entries and counting them (buffer_policy='drop')", stacklevel=4)
+            return False
+        with self._acked:
+            while self._unacked_bytes > self.max_buffer and self._error is None:
+                self._wake.set()
+                self._acked.wait(0.1)
+        return True
+
+    def event(self, kind: str, data) -> None:
+        """Queue a run-level change (config, summary, ...): it travels in order with the logs."""
+        with self._lock:
+            self._events.append((kind, data))
+        self._wake.set()
+
+    def start(self) -> None:
+        """Connect (starting a daemon if needed) and start the flusher; raises TransportError."""
+        self._connect()
+        self._thread = threading.Thread(target=self._flusher, name="trackside-flusher", daemon=True)
+        self._thread.start()
+
+    def finish(self, timeout: float = 120.0) -> bool:
+        """Send everything and wait until the daemon has it durable and stored; True if so."""
+        self.event("finish", {"exit_code": getattr(self, "exit_code", 0)})
+        target = self._seq_after_flush()
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while self._done_seq < target and self._error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.set()
+                self._acked.wait(min(left, 0.05))
+            ok = self._done_seq >= target
+        self.close()
+        return ok
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until everything added so far is durable at the daemon."""
+        target = self._seq_after_flush()
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while self._acked_seq < target and self._error is None and time.monotonic() < deadline:
+                self._wake.set()
+                self._acked.wait(0.05)
+            return self._acked_seq >= target
+
+    def _seq_after_flush(self) -> int:
+        """Frame what was added so far; the seq of the last batch that holds it."""
+        self._take()
+        self._wake.set()
+        return self._seq
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # -- the flusher thread ----------------------------------------------------------------------
+
+    def _flusher(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._lost:
+                self._lost = False
+                self._reconnect()
+            try:
+                self._send_pending()
+            except OSError:
+                self._reconnect()
+            if self._closing:
+                return
+
+    def _take(self) -> None:
+        """Frame what is pending as batches with the next sequence numbers, into the outbox."""
+        records = []
+        with self._lock:
+            if len(self._enc):
+                self._seq += 1
+                records.append((self._seq, self._enc.take(self.writer, self._seq)))
+            events, self._events = self._events, []
+            for kind, data in events:
+                self._seq += 1
+                body = encode_event(Event(self.writer, self._seq, kind, data))
+                records.append((self._seq, codec.frame(RECORD_EVENT, body)))
+            for seq, rec in records:
+                self._unacked[seq] = rec
+                self._unacked_bytes += len(rec)
+            self._outbox.extend(records)
+
+    def _send_pending(self) -> None:
+        self._take()
+        with self._lock:
+            records, self._outbox = self._outbox, []
+        if records and self._sock is not None:
+            # one syscall for everything framed since the last send
+            self._sock.sendall(b"".join(pack(Batch(seq, rec)) for seq, rec in records))
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        sock = ensure_daemon(self.folder)
+        try:
+            sock.sendall(pack(Hello(PROTOCOL_VERSION, self.run_id, self.writer, os.getpid(), self.rank,
+                                    self.root, self.run_info)))
+            msg = _read_frame(sock)
+        except OSError:
+            sock.close()
+            raise
+        if isinstance(msg, Refused):
+            sock.close()
+            raise TransportError(f"the trackside daemon refused run {self.run_id}: {msg.reason}")
+        if not isinstance(msg, Welcome):
+            sock.close()
+            raise TransportError(f"the trackside daemon answered {type(msg).__name__} to hello")
+        self.welcome = msg
+        with self._acked:
+            self._ack(msg.acked_seq)
+            resend = list(self._unacked.items())  # the outbox is a subset: sent below
+            self._outbox.clear()
+            self._gen += 1
+            gen = self._gen
+        if resend:
+            sock.sendall(b"".join(pack(Batch(seq, rec)) for seq, rec in resend))
+        self._sock = sock
+        threading.Thread(target=self._reader, args=(sock, gen), name="trackside-acks", daemon=True).start()
+
+    def _reconnect(self) -> None:
+        old, self._sock = self._sock, None
+        if old is not None:
+            try:
+                old.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while self._error is None:
+            try:
+                self._connect()
+                return
+            except TransportError as e:
+                if "refused run" in str(e) or time.monotonic() > deadline:
+                    self._fail(str(e))
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self._fail(f"lost the trackside daemon and could not reconnect within {self.reconnect_timeout:.0f} s")
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _reader(self, sock: socket.socket, gen: int) -> None:
+        try:
+            while True:
+                msg = _read_frame(sock)
+                with self._acked:
+                    if gen != self._gen:
+                        return
+                    if isinstance(msg, Ack):
+                        self._ack(msg.seq)
+                    elif isinstance(msg, Done):
+                        self._done_seq = max(self._done_seq, msg.seq)
+                        self._acked.notify_all()
+                    elif isinstance(msg, Refused):
+                        self._error = f"the trackside daemon closed this writer's connection: {msg.reason}"
+                        self._acked.notify_all()
+                        return
+        except (OSError, TransportError, EOFError):
+            if gen == self._gen and not self._closing:
+                self._lost = True  # the flusher reconnects and resends what is not acked
+                self._wake.set()
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _ack(self, seq: int) -> None:
+        """Free every batch up to ``seq`` (caller holds the lock)."""
+        if seq > self._acked_seq:
+            self._acked_seq = seq
+        while self._unacked:
+            first = next(iter(self._unacked))
+            if first > seq:
+                break
+            self._unacked_bytes -= len(self._unacked.pop(first))
+        self._acked.notify_all()
+
+    def _fail(self, message: str) -> None:
+        with self._acked:
+            self._error = message
+            self._acked.notify_all()
+
+    def after_fork(self) -> None:
+        """In a forked child: a new writer of the same run, with nothing inherited in flight."""
+        if self._sock is not None:
+            try:
+                os.close(self._sock.detach())  # the parent's connection stays the parent's
+            except OSError:
+                pass
+        self._init_state()
+        self.start()
+
+
+def _read_frame(sock: socket.socket):
+    head = _recv_exactly(sock, 4)
+    (n,) = LENGTH.unpack(head)
+    if n > MAX_FRAME:
+        raise TransportError(f"the daemon sent a frame of {n} bytes")
+    return server_decoder.decode(_recv_exactly(sock, n))
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    return bytes(buf)

@@ -1,0 +1,257 @@
+"""The training-side API in one process: the seeds' step semantics, config, summary, console,
+metadata, bad input and the disabled mode, read back through the store."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import trackside
+from trackside._run import UsageError
+
+
+def history(run):
+    return trackside.Api(run.root).run(run.id).history()
+
+
+def test_log_without_step_commits_one_row_per_call(ts):
+    run = trackside.init(project="p")
+    for i in range(5):
+        run.log({"loss": 1.0 / (i + 1)})
+    assert run.step == 5
+    run.finish()
+    rows = history(run)
+    assert [r["_step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+
+
+def test_commit_false_merges_into_the_same_row(ts):
+    run = trackside.init(project="p")
+    run.log({"a": 1}, commit=False)
+    run.log({"b": 2}, commit=False)
+    run.log({"c": 3})
+    run.log({"a": 4})
+    run.finish()
+    rows = history(run)
+    assert [(r["_step"], {k: v for k, v in r.items() if not k.startswith("_")}) for r in rows] == [
+        (0, {"a": 1, "b": 2, "c": 3}),
+        (1, {"a": 4}),
+    ]
+
+
+def test_explicit_step_merges_same_step_and_jumps_forward(ts):
+    run = trackside.init(project="p")
+    run.log({"x": 1}, step=0)
+    run.log({"y": 2}, step=0)  # same step: merged
+    run.log({"x": 3}, step=10)  # jump: step 0 committed
+    assert run.step == 10
+    run.log({"y": 4})  # no step: goes to the open step 10 and commits it
+    assert run.step == 11
+    run.finish()
+    rows = history(run)
+    assert [(r["_step"], r.get("x"), r.get("y")) for r in rows] == [(0, 1, 2), (10, 3, 4)]
+
+
+def test_same_key_later_value_wins_within_a_step(ts):
+    run = trackside.init(project="p")
+    run.log({"loss": 1.0}, commit=False)
+    run.log({"loss": 2.0})
+    run.finish()
+    assert history(run)[0]["loss"] == 2.0
+
+
+def test_late_step_amend_is_the_default(ts):
+    run = trackside.init(project="p")
+    run.log({"a": 1}, step=5, commit=True)
+    run.log({"b": 2}, step=3)
+    run.log({"a": 7}, step=5)
+    run.finish()
+    rows = {r["_step"]: r for r in history(run)}
+    assert rows[3]["b"] == 2
+    assert rows[5]["a"] == 7
+
+
+def test_late_step_drop_counts_and_warns_once(ts):
+    run = trackside.init(project="p", settings={"late_steps": "drop"})
+    run.log({"a": 1}, step=5, commit=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.log({"b": 2}, step=3)
+        run.log({"b": 3}, step=4)
+    assert run.late_dropped == 2
+    assert len([w for w in caught if "late_steps='drop'" in str(w.message)]) == 1
+    run.finish()
+    assert [r["_step"] for r in history(run)] == [5]
+
+
+def test_late_step_error_raises_and_keeps_earlier_data(ts):
+    run = trackside.init(project="p", settings={"late_steps": "error"})
+    run.log({"a": 1}, step=5, commit=True)
+    with pytest.raises(UsageError, match="step 3 is lower than the current step 6"):
+        run.log({"b": 2}, step=3)
+    run.log({"a": 2})
+    run.finish()
+    assert [(r["_step"], r["a"]) for r in history(run)] == [(5, 1), (6, 2)]
+
+
+def test_unloggable_value_names_the_key_and_loses_nothing(ts):
+    run = trackside.init(project="p")
+    run.log({"ok": 1.0})
+    with pytest.raises(TypeError, match="'bad'"):
+        run.log({"fine": 2.0, "bad": object()})
+    with pytest.raises(TypeError, match="keys must be str"):
+        run.log({3: 1.0})
+    with pytest.raises(TypeError, match="dict"):
+        run.log([1, 2])
+    run.log({"ok": 3.0})
+    run.finish()
+    rows = history(run)
+    assert [(r["_step"], r["ok"]) for r in rows] == [(0, 1.0), (1, 3.0)]
+    assert all("fine" not in r for r in rows)
+
+
+def test_array_scalars_are_logged_as_numbers(ts):
+    np = pytest.importorskip("numpy")
+    run = trackside.init(project="p")
+    run.log({"f32": np.float32(0.5), "i64": np.int64(7), "f64": np.float64(0.25)})
+    run.finish()
+    row = history(run)[0]
+    assert (row["f32"], row["i64"], row["f64"]) == (0.5, 7, 0.25)
+
+
+def test_bad_key_names_are_accepted_and_warned_once(ts):
+    run = trackside.init(project="p")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.log({"my metric!": 1})
+        run.log({"my metric!": 2})
+    assert len([w for w in caught if "naming rules" in str(w.message)]) == 1
+    run.finish()
+    assert [r["my metric!"] for r in history(run)] == [1, 2]
+
+
+def test_log_after_finish_is_an_error(ts):
+    run = trackside.init(project="p")
+    run.log({"a": 1})
+    run.finish()
+    with pytest.raises(UsageError, match="finish"):
+        run.log({"a": 2})
+    assert len(history(run)) == 1
+
+
+def test_config_summary_and_define_metric(ts):
+    run = trackside.init(project="p", config={"lr": 0.1, "layers": [64, 64]})
+    run.config.update({"batch": 32})
+    run.config.dropout = 0.2
+    run.define_metric("val/*", summary="min,max")
+    for i, v in enumerate([0.5, 0.2, 0.9]):
+        run.log({"val/loss": v, "train/loss": v * 2})
+    run.summary["best_epoch"] = 3
+    run.summary["train/loss"] = -1.0  # an assignment wins over the computed value
+    run.finish()
+    r = trackside.Api(run.root).run(run.id)
+    assert r.config == {"lr": 0.1, "layers": [64, 64], "batch": 32, "dropout": 0.2}
+    assert r.summary["val/loss"] == {"min": 0.2, "max": 0.9}
+    assert r.summary["best_epoch"] == 3
+    assert r.summary["train/loss"] == -1.0
+
+
+def test_module_level_functions_act_on_the_current_run(ts):
+    run = trackside.init(project="p")
+    assert trackside.run is run
+    trackside.log({"a": 1})
+    trackside.config.update({"k": 1})
+    trackside.summary["s"] = 2
+    trackside.finish()
+    assert trackside.run is None
+    r = trackside.Api(ts.root).run(run.id)
+    assert r.history()[0]["a"] == 1 and r.config["k"] == 1 and r.summary["s"] == 2
+
+
+def test_context_manager_finishes_and_records_failure(ts):
+    with pytest.raises(RuntimeError):
+        with trackside.init(project="p") as run:
+            run.log({"a": 1})
+            raise RuntimeError("boom")
+    r = trackside.Api(ts.root).run(run.id)
+    assert r.state == "failed" and r.exit_code == 1
+    assert r.history()[0]["a"] == 1
+
+
+def test_console_output_and_metadata_are_recorded(ts, tmp_path):
+    code = (
+        "import trackside, sys\n"
+        "run = trackside.init(project='p')\n"
+        "print('epoch 1 done')\n"
+        "print('warning: something', file=sys.stderr)\n"
+        "run.log({'a': 1})\n"
+        "run.finish()\n"
+        "print(run.id)\n"
+    )
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], cwd=repo, check=True)
+    (repo / "train.py").write_text(code)
+    subprocess.run(git + ["add", "train.py"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=repo, check=True)
+    (repo / "train.py").write_text(code + "# changed\n")
+    p = subprocess.run([sys.executable, "train.py", "--lr", "3"], cwd=repo, env=ts.env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    run_id = p.stdout.strip().splitlines()[-1]
+    r = trackside.Api(ts.root).run(run_id)
+    console = r.console()
+    assert "epoch 1 done" in console and "warning: something" in console
+    meta = r.metadata
+    assert meta["args"] == ["--lr", "3"]
+    assert meta["python"].count(".") == 2
+    assert meta["git"]["commit"] and "# changed" in meta["git"]["diff"]
+    assert "trackside" in {k.lower() for k in meta["packages"]}
+
+
+def test_init_dir_puts_the_root_under_it(ts, tmp_path):
+    run = trackside.init(project="p", dir=tmp_path / "elsewhere")
+    run.log({"a": 1})
+    run.finish()
+    assert run.root == str(tmp_path / "elsewhere" / "trackside")
+    assert trackside.Api(str(tmp_path / "elsewhere" / "trackside")).run(run.id).history()[0]["a"] == 1
+
+
+def test_resume_continues_steps_of_the_same_run(ts):
+    run = trackside.init(project="p", id="resumable")
+    run.log({"a": 1})
+    run.log({"a": 2})
+    run.finish()
+    os.environ.pop("TRACKSIDE_RUN_ID", None)
+    run = trackside.init(project="p", id="resumable", resume="must")
+    assert run.step == 2
+    run.log({"a": 3})
+    run.finish()
+    assert [(r["_step"], r["a"]) for r in history(run)] == [(0, 1), (1, 2), (2, 3)]
+    os.environ.pop("TRACKSIDE_RUN_ID", None)
+    with pytest.raises(UsageError, match="does not exist"):
+        trackside.init(project="p", id="missing", resume="must")
+
+
+def test_bad_init_arguments_are_clear(ts):
+    with pytest.raises(UsageError, match="mode"):
+        trackside.init(mode="sometimes")
+    with pytest.raises(UsageError, match="late_steps"):
+        trackside.init(settings={"late_steps": "maybe"})
+    with pytest.raises(UsageError, match="unknown setting"):
+        trackside.init(settings={"nope": 1})
+    with pytest.raises(UsageError, match="run id"):
+        trackside.init(id="../etc")
+
+
+def test_disabled_mode_does_nothing(ts):
+    run = trackside.init(mode="disabled")
+    run.log({"a": 1})
+    run.config.update({"x": 1})
+    run.summary["y"] = 2
+    run.finish()
+    assert not os.path.exists(ts.daemon_dir + "/daemon.sock")
+    assert not os.path.exists(ts.root)
