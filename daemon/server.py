@@ -203,7 +203,10 @@ class Daemon:
                 # every writer said finish; or the writers vanished (killed) long enough ago
                 done = stream.finished_writers >= set(stream.seqs)
                 if done or now - stream.idle_since > max(self.idle_timeout, 5.0):
-                    await self._close_stream(run_id)
+                    try:
+                        await self._close_stream(run_id)
+                    except Exception:
+                        log.exception("run %s: closing its stream failed", run_id)
             if self.connections or self.streams:
                 self._last_busy = time.monotonic()
             elif self.idle_timeout > 0 and time.monotonic() - self._last_busy > self.idle_timeout:

@@ -110,9 +110,10 @@ class BatchEncoder:
     record (the same bytes ``encode_batch`` gives for those entries) and starts a new batch.
     """
 
-    __slots__ = ("_body", "_keys", "_prev_keys", "_count", "_t0", "_prev_time")
+    __slots__ = ("_body", "_keys", "_prev_keys", "_count", "_t0", "_prev_time", "_busy")
 
     def __init__(self):
+        self._busy = False
         self._reset()
 
     def _reset(self) -> None:
@@ -137,12 +138,19 @@ class BatchEncoder:
         if not isinstance(values, dict):
             raise TypeError(f"log values must be a dict, not {type(values).__name__}")
         _check_time(time_us)
-        if payload is not None and not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        if payload is not None:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            if isinstance(payload, memoryview) and not payload.c_contiguous:
+                raise TypeError("payload must be contiguous bytes, not a non-contiguous memoryview")
+            payload = bytes(payload)  # a view of wider items counts bytes, not items
+        if self._busy:
+            raise RuntimeError("BatchEncoder.add called while another add is running on the same encoder")
         keys = self._keys
         out = self._body
         mark = len(out)
         nkeys = len(keys)
+        self._busy = True
         try:
             self._put_entry(out, keys, step, commit, time_us, values, payload)
         except BaseException:
@@ -150,6 +158,8 @@ class BatchEncoder:
             for k in [k for k, i in keys.items() if i >= nkeys]:
                 del keys[k]
             raise
+        finally:
+            self._busy = False
         if self._count == 0:
             self._t0 = time_us
         self._prev_time = time_us
@@ -290,6 +300,8 @@ class _Reader:
 def decode_batch(body) -> tuple[int, int, list]:
     """``(writer, seq, entries)`` from the body of a LOG record; CodecError if malformed."""
     mv = memoryview(body)
+    if not mv.c_contiguous or mv.itemsize != 1:
+        mv = memoryview(mv.tobytes())  # read bytes, whatever view of them was given
     r = _Reader(mv, 0, len(mv))
     writer = r.uvarint()
     seq = r.uvarint()
@@ -360,6 +372,8 @@ def parse_record(buf, pos: int = 0, end: int = -1) -> tuple[int, int, int, int]:
     Status is one of the ``PARSE_*`` constants; never raises on bad bytes. ``end`` (default: the
     buffer's end) bounds the bytes this call may look at.
     """
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, not {pos}")
     if end < 0 or end > len(buf):
         end = len(buf)
     if end - pos < RECORD_HEADER_SIZE:

@@ -229,9 +229,12 @@ class Client:
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
-                sock.close()
+                # shutdown, not just close: it wakes the ack reader blocked in recv on this
+                # socket, and only then does the daemon see the connection end
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            sock.close()
 
     # -- the flusher thread ----------------------------------------------------------------------
 

@@ -1,0 +1,36 @@
+"""Type stubs of the Cython codec; the pure-Python twin ``_twin`` has the same API."""
+
+from collections.abc import Iterable
+from typing import Final, Optional, Tuple, Union
+
+_Bytes = Union[bytes, bytearray, memoryview]
+_Scalar = Union[int, float, bool, str, None]
+# (step, commit, time_us, values, payload); the payload may be left out
+_Entry = Union[
+    Tuple[Optional[int], Optional[bool], int, dict[str, _Scalar], Optional[_Bytes]],
+    Tuple[Optional[int], Optional[bool], int, dict[str, _Scalar]],
+]
+_Decoded = Tuple[Optional[int], Optional[bool], int, dict[str, _Scalar], Optional[bytes]]
+
+IMPLEMENTATION: Final[str]
+
+def crc32(data: _Bytes, value: int = 0) -> int: ...
+def frame(rtype: int, body: _Bytes, flags: int = 0) -> bytes: ...
+def encode_batch(writer: int, seq: int, entries: Iterable[_Entry]) -> bytes: ...
+def decode_batch(body: _Bytes) -> tuple[int, int, list[_Decoded]]: ...
+def parse_record(buf: _Bytes, pos: int = 0, end: int = -1) -> tuple[int, int, int, int]: ...
+
+class BatchEncoder:
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def add(
+        self,
+        step: Optional[int],
+        commit: Optional[bool],
+        time_us: int,
+        values: dict[str, _Scalar],
+        payload: Optional[_Bytes] = None,
+    ) -> int: ...
+    def take(self, writer: int, seq: int) -> bytes: ...
