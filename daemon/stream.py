@@ -27,7 +27,7 @@ from trackside.protocol import Ack, Done, event_decoder
 
 from .merger import Merger
 from .summary import Summary
-from .wal import WAL
+from .wal import WAL, WALError
 
 log = logging.getLogger("trackside.daemon")
 
@@ -85,6 +85,7 @@ class RunStream:
         self.connections: set = set()
         self.finished_writers: set[int] = set()
         self.warnings: list[str] = []
+        self.error: str | None = None  # set while the WAL cannot be made durable
         self.damage: list[tuple] = []
         self.stats = {"records": 0, "entries": 0, "duplicates": 0, "bytes": 0}
         self.next_step = 0
@@ -161,7 +162,21 @@ class RunStream:
             self._wanted.clear()
             group, self._pending = self._pending, []
             if group:
-                await loop.run_in_executor(self._io_pool, self.wal.commit, group[-1][0])
+                try:
+                    await loop.run_in_executor(self._io_pool, self.wal.commit, group[-1][0])
+                except (OSError, WALError) as e:
+                    # a full or failing disk: nothing is acknowledged, so the writers' buffers
+                    # fill and log() applies backpressure; the WAL keeps the records and retries
+                    if self.error is None:
+                        log.error("run %s: cannot make the WAL durable (%s); holding acks and retrying", self.run_id, e)
+                    self.error = f"WAL write failed: {e}"
+                    self._pending = group + self._pending
+                    await asyncio.sleep(1.0)
+                    self._wanted.set()
+                    continue
+                if self.error is not None:
+                    log.info("run %s: WAL writes work again", self.run_id)
+                    self.error = None
                 acks: dict = {}
                 for _, conn, writer, seq, _, _ in group:
                     if conn is not None:
@@ -308,6 +323,7 @@ class RunStream:
             "durable_offset": self.wal.durable_offset,
             "merge_backlog": self._merge_queue.qsize(),
             "pending_rows": self.merger.pending(),
+            "error": self.error,
             **self.stats,
             **{f"merge_{k}": v for k, v in self.merger.stats.items()},
         }

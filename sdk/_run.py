@@ -135,6 +135,7 @@ class Run:
         self._seen_keys: set[str] = set()  # keys already checked against the naming rules
         self._late_steps = settings["late_steps"]
         self._client = None
+        self._last_client = None
         self._meta_thread = None
         self.summary = Summary(self)
         self.config = Config(self)
@@ -251,11 +252,18 @@ class Run:
         if self._meta_thread is not None:
             self._meta_thread.join(10)  # git and package versions belong to the run's record
         client.exit_code = exit_code or 0
+        self._last_client = client
         ok = client.finish(timeout=self.settings["finish_timeout"])
         if not ok:
             reason = client._error or f"the daemon did not confirm within {self.settings['finish_timeout']:.0f} s"
             print(f"trackside: run {self.id} finished without confirmation that everything is stored: {reason}",
                   file=sys.stderr)
+
+    @property
+    def dropped(self) -> int:
+        """Entries dropped because the send buffer was full (``buffer_policy="drop"`` only)."""
+        client = self._client or self._last_client
+        return client.dropped if client is not None else 0
 
     def __enter__(self) -> "Run":
         return self

@@ -255,3 +255,104 @@ def test_disabled_mode_does_nothing(ts):
     run.finish()
     assert not os.path.exists(ts.daemon_dir + "/daemon.sock")
     assert not os.path.exists(ts.root)
+
+
+def test_forked_child_joins_the_run_as_another_writer(ts):
+    run = trackside.init(project="p")
+    run.log({"parent": 1}, step=0)
+    pid = os.fork()
+    if pid == 0:  # the child: a new writer of the same run
+        code = 1
+        try:
+            run.log({"child": 2}, step=0)
+            run.finish()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    run.log({"parent": 3}, step=1)
+    run.finish()
+    rows = history(run)
+    assert rows[0]["parent"] == 1 and rows[0]["child"] == 2
+    assert rows[1]["parent"] == 3
+
+
+def test_sigterm_flushes_what_was_logged(ts):
+    code = (
+        "import time, trackside\n"
+        "run = trackside.init(project='p')\n"
+        "print(run.id, flush=True)\n"
+        "for i in range(500):\n"
+        "    run.log({'i': i})\n"
+        "print('logged', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], env=ts.env, stdout=subprocess.PIPE, text=True)
+    run_id = p.stdout.readline().strip()
+    assert p.stdout.readline().strip() == "logged"
+    p.terminate()
+    assert p.wait(30) == -15  # the default SIGTERM outcome, after the flush
+    r = trackside.Api(ts.root).run(run_id)
+    assert [row["i"] for row in r.history()] == list(range(500))
+    assert r.state == "failed" and r.exit_code == 128 + 15
+
+
+def _pause_daemon(ts):
+    import signal
+
+    from trackside import discovery
+
+    pid = discovery.read_info(ts.daemon_dir)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    return lambda: os.kill(pid, signal.SIGCONT)
+
+
+def test_full_buffer_drops_and_counts_under_drop_policy(ts):
+    run = trackside.init(project="p", settings={"max_buffer": 2000, "buffer_policy": "drop", "flush_interval": 0.001})
+    run.log({"a": 0})
+    assert run._client.flush()
+    resume = _pause_daemon(ts)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i in range(1, 2000):
+                run.log({"a": i, "pad": "x" * 50})
+                if i % 100 == 0:
+                    import time
+
+                    time.sleep(0.01)  # let the flusher frame batches that stay unacknowledged
+        assert run.dropped > 0
+        assert len([w for w in caught if "dropping entries" in str(w.message)]) == 1
+    finally:
+        resume()
+    run.finish()
+    stored = len(history(run))
+    assert stored + run.dropped == 2000
+
+
+def test_full_buffer_blocks_log_until_the_daemon_catches_up(ts):
+    import threading
+    import time
+
+    run = trackside.init(project="p", settings={"max_buffer": 2000, "flush_interval": 0.001})
+    run.log({"a": 0})
+    assert run._client.flush()
+    resume = _pause_daemon(ts)
+    done = threading.Event()
+
+    def logger():
+        for i in range(1, 500):
+            run.log({"a": i, "pad": "x" * 50})
+            if i % 50 == 0:
+                time.sleep(0.01)
+        done.set()
+
+    t = threading.Thread(target=logger)
+    t.start()
+    blocked = not done.wait(1.0)
+    resume()
+    t.join(60)
+    assert blocked, "log() should wait while the buffer is full"
+    run.finish()
+    assert [r["a"] for r in history(run)] == list(range(500))

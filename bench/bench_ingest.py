@@ -1,0 +1,399 @@
+"""Ingestion end to end: the caller's cost of ``run.log()``, sustained records/s into the store,
+``finish()`` latency, and the daemon's CPU and memory while it keeps up.
+
+Every scenario runs alone: a fresh temp folder for the daemon (``TRACKSIDE_DAEMON_DIR``) and
+the run root (``TRACKSIDE_DIR``), writers as separate Python processes started with those
+variables (the first one's ``init()`` spawns the daemon), and at the end the daemon is stopped
+(SIGTERM, waited for) and the folders deleted.
+
+1. caller cost: one writer times each of ``--records`` calls of ``run.log({10 floats})`` with
+   ``time.perf_counter_ns`` (the dict is built outside the timed window; values change every
+   call), next to an empty timing loop.
+2. sustained: 1 and 4 writer processes each log ``--records`` records of 10 floats as fast as
+   they can, all at the same steps 0..N-1 (so the daemon merges across writers), each with its
+   own keys (``rank<r>/...``; ``--keys same`` makes them collide, reduced by ``last``). Time
+   runs from the first ``log()`` of any writer to the return of the last ``finish()`` (which
+   returns once everything is durable and in the store); the store's row count is checked.
+3. the daemon's CPU seconds (user + sys) over the timed part and its peak RSS (sampled every
+   50 ms, and VmHWM).
+
+    python bench/bench_ingest.py [--records 100000] [--writers 1 4] [--durability fsync] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import emit, parser  # noqa: E402
+
+KEYS = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch",
+        "train/step_time", "val/loss", "val/acc", "gpu/mem_gb")
+
+# the targets the design sets; printed next to the figures, never asserted
+TARGET_MEDIAN_US = 3.0
+TARGET_P99_US = 30.0
+TARGET_RECORDS_S = 120_000
+TARGET_RSS_MB = 150.0
+TARGET_FINISH_MS = 200.0
+
+
+# -- the writer process ---------------------------------------------------------------------------
+
+def _say(obj) -> None:
+    # straight to fd 1: sys.stdout is teed into the run's console log once init() has run
+    os.write(1, (json.dumps(obj) + "\n").encode())
+
+
+def _wait_go() -> None:
+    line = sys.stdin.readline()
+    if line.strip() != "go":
+        raise SystemExit(f"writer: expected 'go', got {line!r}")
+
+
+def _row_maker(keys):
+    """A function of ``a`` returning a fresh dict of the keys, every value depending on ``a``:
+    as cheap as a dict literal, so the loop measures log() and not the dict building."""
+    body = ", ".join(f"{k!r}: a * {j + 1}.0 + {j}.5" for j, k in enumerate(keys))
+    return eval(f"lambda a: {{{body}}}")
+
+
+def _pct(sorted_xs, q: float):
+    return sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))]
+
+
+def _stats_us(samples_ns) -> dict:
+    xs = sorted(samples_ns)
+    return {"median_us": _pct(xs, 0.5) / 1e3, "p99_us": _pct(xs, 0.99) / 1e3, "p999_us": _pct(xs, 0.999) / 1e3,
+            "max_us": xs[-1] / 1e3, "mean_us": sum(xs) / len(xs) / 1e3}
+
+
+def writer_main(spec: dict) -> None:
+    import trackside
+
+    rank = spec["rank"]
+    kwargs = {"project": "bench", "settings": {"durability": spec["durability"]}}
+    if rank == 0:
+        kwargs["id"] = spec["run_id"]  # the others join it through TRACKSIDE_RUN_ID
+    run = trackside.init(**kwargs)
+    # git/package metadata is collected by a thread once per run: let it end before timing
+    meta = getattr(run, "_meta_thread", None)
+    if meta is not None:
+        meta.join(30)
+    keys = KEYS if spec["keys"] == "same" else tuple(f"rank{rank}/{k}" for k in KEYS)
+    make = _row_maker(keys)
+    n = spec["records"]
+    log = run.log
+    mono = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for every process on the host
+    out = {"rank": rank, "pid": os.getpid()}
+    _say({"ready": True, "pid": os.getpid()})
+    _wait_go()
+
+    if spec["mode"] == "caller":
+        pc = time.perf_counter_ns
+        empty = [0] * n
+        for i in range(n):
+            d = make(i * 1e-6)
+            t0 = pc()
+            t1 = pc()
+            empty[i] = t1 - t0
+        samples = [0] * n
+        out["first_log"] = mono()
+        for i in range(n):
+            d = make(i * 1e-6)
+            t0 = pc()
+            log(d)
+            t1 = pc()
+            samples[i] = t1 - t0
+        out["last_log"] = mono()
+        out["log_cost"] = _stats_us(samples)
+        out["empty_loop"] = _stats_us(empty)
+    else:
+        out["first_log"] = mono()
+        for i in range(n):
+            log(make(i * 1e-6))
+        out["last_log"] = mono()
+    run.finish()
+    out["finished"] = mono()
+    out["late_dropped"] = run.late_dropped
+    _say(out)
+
+
+# -- the parent: one isolated scenario ------------------------------------------------------------
+
+class Scenario:
+    """A temp folder with a daemon dir and a run root; writers started in it; cleaned up after."""
+
+    def __init__(self, durability: str, records: int, keys: str):
+        self.tmp = tempfile.mkdtemp(prefix="trackside-bench-", dir="/tmp")
+        self.daemon_dir = os.path.join(self.tmp, "daemon")
+        self.root = os.path.join(self.tmp, "root")
+        os.makedirs(self.daemon_dir, mode=0o700)
+        self.env = dict(os.environ)
+        for k in ("TRACKSIDE_RUN_ID", "TRACKSIDE_NO_EXTENSIONS", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK"):
+            self.env.pop(k, None)
+        self.env.update({"TRACKSIDE_DAEMON_DIR": self.daemon_dir, "TRACKSIDE_DIR": self.root,
+                         "TRACKSIDE_IDLE_TIMEOUT": "120"})
+        self.run_id = "bench" + os.urandom(4).hex()
+        self.spec = {"durability": durability, "records": records, "keys": keys, "run_id": self.run_id}
+        self.procs: list[subprocess.Popen] = []
+        self.daemon_pid = None
+
+    def start_writer(self, rank: int, mode: str) -> subprocess.Popen:
+        env = dict(self.env)
+        if rank > 0:
+            env["TRACKSIDE_RUN_ID"] = self.run_id
+        env["RANK"] = str(rank)
+        spec = dict(self.spec, rank=rank, mode=mode)
+        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--writer-spec", json.dumps(spec)],
+                             env=env, cwd=self.tmp, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=open(os.path.join(self.tmp, f"writer{rank}.err"), "wb"), text=True)
+        self.procs.append(p)
+        return p
+
+    def read(self, p: subprocess.Popen) -> dict:
+        line = p.stdout.readline()
+        if not line:
+            p.wait()
+            with open(os.path.join(self.tmp, f"writer{self.procs.index(p)}.err")) as f:
+                err = f.read()[-3000:]
+            raise RuntimeError(f"writer exited with {p.returncode}:\n{err}")
+        return json.loads(line)
+
+    def run(self, writers: int, mode: str) -> dict:
+        first = self.start_writer(0, mode)
+        self.read(first)  # init() returned: the daemon runs and the run exists
+        others = [self.start_writer(r, mode) for r in range(1, writers)]
+        for p in others:
+            self.read(p)
+        from trackside import discovery
+
+        info = discovery.read_info(self.daemon_dir)
+        self.daemon_pid = info["pid"]
+        mon = DaemonMonitor(self.daemon_pid)
+        mon.start()
+        for p in self.procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [self.read(p) for p in self.procs]
+        mon.stop()
+        for p in self.procs:
+            p.wait(30)
+        expected = self.spec["records"]
+        rows, stored_at = self._wait_rows(expected)
+        t0 = min(r["first_log"] for r in results)
+        t_fin = max(r["finished"] for r in results)
+        t_end = max(t_fin, stored_at) if rows == expected else t_fin
+        total = self.spec["records"] * writers
+        return {
+            "writers": writers,
+            "records": total,
+            "rows_stored": rows,
+            "rows_expected": expected,
+            "seconds": (t_end - t0) / 1e9,
+            "records_per_s": total / ((t_end - t0) / 1e9),
+            "log_loop_s": max((r["last_log"] - r["first_log"]) / 1e9 for r in results),
+            "finish_after_last_log_ms": max((r["finished"] - r["last_log"]) / 1e6 for r in results),
+            "finish_after_all_logs_ms": (t_fin - max(r["last_log"] for r in results)) / 1e6,
+            **mon.figures(),
+            "writer_results": results,
+        }
+
+    def _wait_rows(self, expected: int, timeout: float = 30.0) -> tuple[int, int]:
+        """The store's history row count once it reaches ``expected`` (or the timeout)."""
+        from trackside import Api
+
+        deadline = time.monotonic() + timeout
+        rows = -1
+        with Api(self.root) as api:
+            view = api.run(self.run_id)
+            while True:
+                rows = view.refresh().history_rows
+                if rows >= expected or time.monotonic() > deadline:
+                    return rows, time.monotonic_ns()
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        from trackside import discovery
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        info = discovery.read_info(self.daemon_dir)
+        pid = (info or {}).get("pid") or self.daemon_pid
+        if pid and discovery.pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while discovery.pid_alive(pid):
+                if time.monotonic() > deadline:
+                    print(f"bench: daemon {pid} did not stop within 60 s of SIGTERM: killing it", file=sys.stderr)
+                    os.kill(pid, signal.SIGKILL)
+                    deadline = float("inf")
+                time.sleep(0.02)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class DaemonMonitor:
+    """CPU seconds (user + sys) between start() and stop(), RSS sampled every 50 ms, VmHWM."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        c = self.proc.cpu_times()
+        self.cpu0 = c.user + c.system
+        self.peak_rss = self.proc.memory_info().rss
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+            except Exception:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        c = self.proc.cpu_times()
+        self.cpu1 = c.user + c.system
+        self.rss_end = self.proc.memory_info().rss
+        self.hwm = None
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.hwm = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+
+    def figures(self) -> dict:
+        return {
+            "daemon_cpu_s": self.cpu1 - self.cpu0,
+            "daemon_peak_rss_mb": self.peak_rss / 2**20,
+            "daemon_vmhwm_mb": self.hwm / 2**20 if self.hwm is not None else None,
+            "daemon_rss_end_mb": self.rss_end / 2**20,
+        }
+
+
+def scenario(args, writers: int, mode: str) -> dict:
+    s = Scenario(args.durability, args.records, args.keys)
+    try:
+        return s.run(writers, mode)
+    finally:
+        s.close()
+
+
+def _versions() -> dict:
+    import sqlite3
+
+    out = {"sqlite": sqlite3.sqlite_version}
+    for mod in ("uvloop", "psutil"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--writer-spec":
+        writer_main(json.loads(sys.argv[2]))
+        return
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=100_000, help="log() calls per writer (default 100,000)")
+    p.add_argument("--writers", type=int, nargs="+", default=[1, 4], help="writer counts for the sustained runs")
+    p.add_argument("--durability", default="fsync", choices=("fsync", "flush", "none"))
+    p.add_argument("--keys", default="own", choices=("own", "same"),
+                   help="several writers: own keys per writer (default) or the same keys (collide, reduced)")
+    p.add_argument("--skip-caller", action="store_true", help="skip the caller-cost scenario")
+    args = p.parse_args()
+
+    import trackside._native as native
+
+    if native.IMPLEMENTATION != "cython":
+        print(f"bench: warning: the codec is {native.IMPLEMENTATION!r}, not 'cython'", file=sys.stderr)
+
+    figures: dict = {"records": args.records, "durability": args.durability, "keys": args.keys,
+                     "versions": _versions()}
+    rows: list[dict] = []
+
+    def row(figure, value, unit, target=None, ok=None):
+        r = {"figure": figure, "value": value, "unit": unit, "target": target or ""}
+        if ok is not None:
+            r["met"] = "yes" if ok else "NO"
+        rows.append(r)
+
+    if not args.skip_caller:
+        c = scenario(args, 1, "caller")
+        w = c["writer_results"][0]
+        figures["caller"] = {"log": w["log_cost"], "empty_loop": w["empty_loop"],
+                             **{k: v for k, v in c.items() if k != "writer_results"}}
+        lc, el = w["log_cost"], w["empty_loop"]
+        row("log() median", lc["median_us"], "us", f"<= {TARGET_MEDIAN_US:g}", lc["median_us"] <= TARGET_MEDIAN_US)
+        row("log() p99", lc["p99_us"], "us", f"<= {TARGET_P99_US:g}", lc["p99_us"] <= TARGET_P99_US)
+        row("log() p99.9", lc["p999_us"], "us")
+        row("log() max", lc["max_us"], "us")
+        row("log() mean", lc["mean_us"], "us")
+        row("empty timing loop median / p99 / max", f"{el['median_us']:.3f} / {el['p99_us']:.3f} / "
+            f"{el['max_us']:.1f}", "us")
+        row("  (caller run) finish() after last log()", c["finish_after_last_log_ms"], "ms")
+
+    figures["sustained"] = {}
+    for n in args.writers:
+        r = scenario(args, n, "sustained")
+        figures["sustained"][str(n)] = r
+        tag = f"{n} writer{'s' if n > 1 else ''}"
+        row(f"{tag}: records/s end to end", r["records_per_s"], "rec/s",
+            f">= {TARGET_RECORDS_S:,}" if n == 1 else "", r["records_per_s"] >= TARGET_RECORDS_S if n == 1 else None)
+        row(f"{tag}: records, rows stored / expected", f"{r['records']:,}, {r['rows_stored']:,} / "
+            f"{r['rows_expected']:,}", "")
+        row(f"{tag}: log() loop (slowest writer)", r["log_loop_s"], "s")
+        row(f"{tag}: finish() after its last log() (max)", r["finish_after_last_log_ms"], "ms",
+            f"<= {TARGET_FINISH_MS:g}", r["finish_after_last_log_ms"] <= TARGET_FINISH_MS)
+        row(f"{tag}: daemon CPU (user+sys)", r["daemon_cpu_s"], "s")
+        row(f"{tag}: daemon CPU per 100k records", r["daemon_cpu_s"] / r["records"] * 1e5, "s")
+        row(f"{tag}: daemon peak RSS (50 ms samples)", r["daemon_peak_rss_mb"], "MB",
+            f"< {TARGET_RSS_MB:g}", r["daemon_peak_rss_mb"] < TARGET_RSS_MB)
+        row(f"{tag}: daemon VmHWM", r["daemon_vmhwm_mb"], "MB")
+
+    v = figures["versions"]
+    emit(
+        args,
+        "ingest: log() caller cost, records/s into the store, finish(), daemon CPU and memory",
+        figures,
+        rows,
+        ["figure", "value", "unit", "target", "met"],
+        notes=[
+            "",
+            "versions: " + ", ".join(f"{k}={x}" for k, x in v.items()),
+            f"{args.records:,} log() calls of 10 floats per writer; durability={args.durability}; "
+            f"several writers log the same steps with {args.keys} keys.",
+            "Caveats: writers and the daemon share this machine's cores (4 writers on 2 cores compete with the",
+            "daemon). Records/s runs from the first log() of any writer to the return of the last finish();",
+            "finish() returns once everything is fsynced and in the SQLite store. Caller cost is timed per call",
+            "with perf_counter_ns (nothing subtracted), after the run's one-time metadata thread ended; the",
+            "flusher thread and the garbage collector run as in training code. Daemon CPU counts from the",
+            "start signal to the last finish(); VmHWM includes its start-up. One run per scenario: expect",
+            "variance of 10-20% between runs on a shared machine.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
