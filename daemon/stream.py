@@ -27,6 +27,7 @@ from trackside.protocol import Ack, Done, event_decoder
 
 from .merger import Merger
 from .summary import Summary
+from .store import StoreError
 from .wal import WAL, WALError
 
 log = logging.getLogger("trackside.daemon")
@@ -211,6 +212,8 @@ class RunStream:
         for end, conn, writer, seq, rtype, body in group:
             if rtype == RECORD_LOG:
                 _, _, entries = codec.decode_batch(body)
+                if any(e[4] is not None for e in entries):
+                    entries = [self._with_payload(e, writer, seq) for e in entries]
                 if writer not in self.merger.writers:
                     self.merger.join(writer)
                 self.merger.add(writer, entries, now)
@@ -237,9 +240,7 @@ class RunStream:
         if everything:
             exit_code = max((d.get("exit_code") or 0 for _, _, d in finished), key=abs)
             final_state = ("finished" if exit_code == 0 else "failed", exit_code)
-        await self._store_call(
-            self.store.apply,
-            self.run_id,
+        await self._store(
             rows=rows,
             config=config,
             metadata=meta,
@@ -275,6 +276,41 @@ class RunStream:
             self.finished_writers.add(writer)
             finished.append((conn, seq, data or {}))
 
+    def _with_payload(self, entry, writer: int, seq: int):
+        """Rich values travel as a msgpack map in the payload; in the row they are values."""
+        step, commit, time_us, values, payload = entry
+        if payload is None:
+            return entry
+        try:
+            rich = msgspec.msgpack.decode(payload)
+            if not isinstance(rich, dict):
+                raise TypeError(f"a {type(rich).__name__}, not a map")
+        except (msgspec.DecodeError, TypeError) as e:
+            self._warn(f"writer {writer} batch {seq}: step {step} has a payload that is not a map of values ({e}); kept aside")
+            return entry
+        return (step, commit, time_us, {**values, **rich}, None)
+
+    async def _store(self, **changes) -> None:
+        """Write one transaction into the store, retrying while the store cannot take it (a full
+        disk): merging stops, the merge queue fills, acks wait, and the writers slow down."""
+        delay = 0.5
+        while True:
+            try:
+                await self._store_call(self.store.apply, self.run_id, **changes)
+            except (StoreError, OSError) as e:
+                if self.error is None:
+                    log.error("run %s: cannot write the store (%s); retrying", self.run_id, e)
+                self.error = f"store write failed: {e}"
+                if self._closing and delay > 8:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if self.error is not None and self.error.startswith("store"):
+                log.info("run %s: store writes work again", self.run_id)
+                self.error = None
+            return
+
     async def _ticker(self) -> None:
         """Finalize rows held back by a silent writer once the merge window passes."""
         while True:
@@ -298,9 +334,7 @@ class RunStream:
         rows = self.merger.finalize(time.monotonic(), everything=False)
         if rows or self._summary_dirty:
             self.summary.update(rows)
-            await self._store_call(
-                self.store.apply, self.run_id, rows=rows, summary=self.summary.snapshot(), cursor=None
-            )
+            await self._store(rows=rows, summary=self.summary.snapshot(), cursor=None)
         self.wal.close()
 
     # -- reporting -------------------------------------------------------------------------------

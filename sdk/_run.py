@@ -189,8 +189,10 @@ class Run:
         try:
             client.add(s, commit_now, time.time_ns() // 1000, data, None)
         except TypeError:
-            # numpy/torch scalars and friends: converted here, off the fast path
-            client.add(s, commit_now, time.time_ns() // 1000, _plain_values(data), None)
+            # rich values (media, tables, histograms) and array scalars: handled here, off the
+            # fast path; scalars stay values, rich values travel as the entry's payload
+            values, payload = _split_values(data, self, s)
+            client.add(s, commit_now, time.time_ns() // 1000, values, payload)
         if s >= cur:
             self.step = s + 1 if commit_now else s
 
@@ -287,18 +289,30 @@ def _plain_config(config) -> dict:
     raise TypeError(f"config must be a dict or a namespace, not {type(config).__name__}")
 
 
-def _plain_values(data: dict) -> dict:
-    """Scalars from array libraries (numpy, torch: anything with ``.item()`` and an empty shape)
-    become Python scalars; anything else is an error naming the key."""
-    plain = {}
+def _split_values(data: dict, run: "Run", step: int) -> tuple[dict, bytes | None]:
+    """Split a log() dict into plain values and a payload of rich values.
+
+    Scalars from array libraries (numpy, torch: anything with ``.item()`` and an empty shape)
+    become Python scalars. An object with a ``_trackside_log(run, key, step)`` method (the data
+    types) is turned into its logged form: a JSON-like dict with a ``_type``; such values go
+    into the entry's payload (msgpack), and the daemon merges them into the row. Anything else
+    is a TypeError naming the key.
+    """
+    import msgspec
+
+    plain: dict = {}
+    rich: dict = {}
     for k, v in data.items():
         if v is None or isinstance(v, (int, float, str, bool)):
             plain[k] = v
+        elif hasattr(v, "_trackside_log"):
+            rich[k] = v._trackside_log(run, k, step)
         elif hasattr(v, "item") and tuple(getattr(v, "shape", (None,))) == ():
             plain[k] = v.item()
         else:
-            raise TypeError(f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str or None")
-    return plain
+            raise TypeError(f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str, "
+                            f"None or a trackside data type")
+    return plain, (msgspec.msgpack.encode(rich) if rich else None)
 
 
 # -- module-level state ------------------------------------------------------------------------

@@ -356,3 +356,21 @@ def test_full_buffer_blocks_log_until_the_daemon_catches_up(ts):
     assert blocked, "log() should wait while the buffer is full"
     run.finish()
     assert [r["a"] for r in history(run)] == list(range(500))
+
+
+def test_rich_values_travel_as_payload_and_land_in_the_row(ts):
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+        def _trackside_log(self, run, key, step):
+            return {"_type": "point", "x": self.x, "key": key, "step": step}
+
+    run = trackside.init(project="p")
+    run.log({"loss": 0.5, "pt": Point(3)})
+    run.log({"loss": 0.25})
+    run.finish()
+    rows = history(run)
+    assert rows[0]["pt"] == {"_type": "point", "x": 3, "key": "pt", "step": 0}
+    assert rows[0]["loss"] == 0.5 and "pt" not in rows[1]
+    assert trackside.Api(run.root).run(run.id).summary["pt"]["x"] == 3
