@@ -14,7 +14,30 @@ the run most recently started in this process (``trackside.run``).
 from ._version import __version__
 from ._run import Error, Run, UsageError, init
 
-__all__ = ["Api", "Error", "Run", "UsageError", "__version__", "define_metric", "finish", "init", "log"]
+__all__ = ["Api", "Artifact", "Audio", "Classes", "Error", "Histogram", "Html", "Image", "JoinedTable",
+           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "UsageError", "__version__", "define_metric", "finish", "init", "log"]
+
+
+# names imported on first use, so that `import trackside` stays light
+_LAZY = {
+    "Api": ".api",
+    "Table": ".data_types.table",
+    "JoinedTable": ".data_types.table",
+    "Histogram": ".data_types.histogram",
+    "Image": ".data_types.image",
+    "Classes": ".data_types.image",
+    "Audio": ".data_types.audio",
+    "Video": ".data_types.video",
+    "Html": ".data_types.html",
+    "Object3D": ".data_types.object3d",
+    "Molecule": ".data_types.molecule",
+    "plot": ".data_types.plots",
+    "Artifact": ".artifacts",
+}
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | {"run", "config", "summary"})
 
 
 def _active(what: str):
@@ -53,8 +76,8 @@ def __getattr__(name: str):
         if name == "run" or run is None:
             return run
         return getattr(run, name)
-    if name == "Api":
-        from .api import Api
+    if name in _LAZY:
+        import importlib
 
-        return Api
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'trackside' has no attribute {name!r}")

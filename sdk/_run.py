@@ -90,6 +90,7 @@ class Summary(dict):
         object.__setattr__(self, "_run", run)
 
     def __setitem__(self, key, value):
+        value = self._run._logged_form(key, value)
         super().__setitem__(key, value)
         self._run._event("summary", {"set": {key: value}})
 
@@ -98,7 +99,7 @@ class Summary(dict):
         self._run._event("summary", {"del": [key]})
 
     def update(self, other=(), /, **kw):
-        d = dict(other, **kw)
+        d = {k: self._run._logged_form(k, v) for k, v in dict(other, **kw).items()}
         super().update(d)
         if d:
             self._run._event("summary", {"set": d})
@@ -230,6 +231,12 @@ class Run:
             "name": name, "step_metric": step_metric, "summary": summary, "reduce": reduce, "hidden": hidden,
             "goal": goal,
         }.items() if v is not None})
+
+    def _logged_form(self, key: str, value):
+        """A data type (histogram, image, ...) as it is stored; other values as they are."""
+        if hasattr(value, "_trackside_log"):
+            return value._trackside_log(self, key, self.step)
+        return value
 
     def _event(self, kind: str, data) -> None:
         if self._client is not None:

@@ -21,6 +21,8 @@ import threading
 import time
 import warnings
 
+import msgspec
+
 from . import discovery
 from . import _native as codec
 from ._native.constants import RECORD_EVENT
@@ -40,6 +42,19 @@ from .protocol import (
     pack,
     server_decoder,
 )
+
+
+def _plain(obj):
+    """msgspec hook for config and summary values: array scalars and arrays, paths."""
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} in a run's config or summary: use numbers, strings, "
+                    f"lists and dicts of them")
+
+
+_event_data_encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
 
 
 class TransportError(RuntimeError):
@@ -178,9 +193,13 @@ class Client:
         return True
 
     def event(self, kind: str, data) -> None:
-        """Queue a run-level change (config, summary, ...): it travels in order with the logs."""
+        """Queue a run-level change (config, summary, ...): it travels in order with the logs.
+
+        ``data`` is encoded here, so a value that cannot be stored raises TypeError in the
+        caller instead of stopping the flusher."""
+        raw = msgspec.Raw(_event_data_encoder.encode(data))
         with self._lock:
-            self._events.append((kind, data))
+            self._events.append((kind, raw))
         self._wake.set()
 
     def start(self) -> None:
