@@ -290,3 +290,46 @@ def test_daemon_cli_start_status_stop(ts):
     assert p.returncode == 0 and "stopped" in p.stdout
     p = subprocess.run(cli + ["daemon", "status"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
+
+
+def test_full_disk_holds_acks_and_loses_nothing(ts, tmp_path):
+    """A run root on a small filesystem that fills up: the daemon stops acknowledging (log()
+    waits once the buffer is full), reports the error, and once space is back everything
+    logged is stored, exactly once; the WAL is never corrupt."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root): no filesystem to fill")
+    try:
+        import threading
+
+        from trackside.transport import daemon_status
+
+        filler = mnt / "filler"
+        run = trackside.init(project="p", dir=mnt, settings={"max_buffer": 200_000})
+        run.log({"a": -1})
+        assert run._client.flush()
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        with open(filler, "wb") as f:  # leave ~100 KB
+            f.write(b"\0" * (free - 100_000))
+        done = threading.Event()
+
+        def logger():
+            for i in range(20000):
+                run.log({"a": i, "b": i * 0.5, "pad": "p" * 64})
+            done.set()
+
+        t = threading.Thread(target=logger)
+        t.start()
+        info = discovery.read_info(ts.daemon_dir)
+        assert wait_for(lambda: any(r.get("error") for r in daemon_status(info)["runs"]), timeout=30)
+        assert not done.is_set()  # backpressure: log() waits while nothing is acknowledged
+        filler.unlink()
+        t.join(120)
+        assert done.is_set()
+        run.finish()
+        rows = trackside.Api(run.root).run(run.id).history()
+        assert [r["a"] for r in rows] == list(range(-1, 20000))
+    finally:
+        stop_daemon(ts.daemon_dir)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
