@@ -44,10 +44,14 @@ def daemon_pid(ts) -> int:
 
 
 def wait_for(predicate, timeout=20.0, interval=0.02):
+    """Poll ``predicate`` until true; a run or store not there yet counts as false."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        try:
+            if predicate():
+                return True
+        except (LookupError, FileNotFoundError):
+            pass
         time.sleep(interval)
     return False
 
@@ -138,7 +142,14 @@ time.sleep(60)
     p.kill()
     p.wait()
     api = trackside.Api(ts.root)
-    assert wait_for(lambda: len(api.run(run_id).history()) >= 99)
+
+    def stored():
+        try:
+            return len(api.run(run_id).history()) >= 99
+        except KeyError:  # flushed means durable in the WAL; the store may not hold the run yet
+            return False
+
+    assert wait_for(stored)
     rows = api.run(run_id).history()
     assert [r["x"] for r in rows][:99] == list(range(99))
 
