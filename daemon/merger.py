@@ -276,17 +276,27 @@ class Merger:
         self._emitted_max = _NO_STEP
         self._now: Optional[float] = None
         self._next_window_check = float("inf")
+        self._joined: dict[int, float] = {}  # writer -> join time, until its first entry
 
     # -- writers ----------------------------------------------------------------------------
 
-    def join(self, writer: int) -> None:
-        """Register a live writer. Joining again keeps its cursor."""
-        self._cursors.setdefault(writer, None)
+    def join(self, writer: int, now: Optional[float] = None) -> None:
+        """Register a live writer. Joining again keeps its cursor.
+
+        With ``now`` (the writer connected at that time), a writer that has not logged yet
+        holds every row back for up to ``merge_window`` seconds: ranks start a little apart,
+        and a rank's first steps should merge by the reduce rule, not arrive as amendments.
+        Without ``now``, or once the window has passed, it holds nothing back."""
+        if writer not in self._cursors:
+            self._cursors[writer] = None
+            if now is not None:
+                self._joined[writer] = now
 
     def leave(self, writer: int) -> None:
         """The writer is done: it no longer holds rows back. Its pending rows stay and finalize
         by the usual rule. Adding entries afterwards joins it again, as a fresh writer."""
         self._cursors.pop(writer, None)
+        self._joined.pop(writer, None)
 
     @property
     def writers(self):
@@ -407,11 +417,16 @@ class Merger:
         """Rows with a step below this are final by the writers' progress (``inf`` when no live
         writer has logged anything)."""
         w = float("inf")
-        for cursor in self._cursors.values():
+        for writer, cursor in self._cursors.items():
             if cursor is not None:
                 b = cursor[0] + 1 if cursor[1] else cursor[0]
                 if b < w:
                     w = b
+            elif writer in self._joined:
+                joined = self._joined[writer]
+                if self.merge_window is None or self._now is None or self._now - joined < self.merge_window:
+                    return float("-inf")  # a writer that just connected: wait for its first entry
+                del self._joined[writer]
         return w
 
     def finalize(self, now: Optional[float] = None, everything: bool = False) -> list[Row]:

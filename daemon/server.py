@@ -39,6 +39,7 @@ from trackside.protocol import (
 
 from .store import Store
 from .stream import BadRecord, RunStream
+from .sysmetrics import Sampler
 
 log = logging.getLogger("trackside.daemon")
 
@@ -90,7 +91,8 @@ class StoreHandle:
 
 class Daemon:
     def __init__(self, folder: str | None = None, *, idle_timeout: float = 30.0, grpc_port: int | None = 0,
-                 grpc_host: str = "127.0.0.1"):
+                 grpc_host: str = "127.0.0.1", system_metrics: bool = True, sample_interval: float = 1.0,
+                 log_interval: float = 10.0):
         self.folder = folder or discovery.daemon_dir()
         self.idle_timeout = idle_timeout
         self.grpc_port = grpc_port
@@ -105,6 +107,9 @@ class Daemon:
         self._lock_fd = None
         self._grpc = None
         self._opening: dict[str, asyncio.Lock] = {}
+        # one sampler for the host, shared by every run (defaults for runs that set no intervals)
+        self.sampler = Sampler(self.streams.values, enabled=system_metrics, sample_interval=sample_interval,
+                               log_interval=log_interval)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -158,6 +163,7 @@ class Daemon:
         })
         log.info("trackside daemon %s listening on %s (gRPC %s)", __version__, self.socket, grpc_port)
         idle = asyncio.create_task(self._idle_watch())
+        self.sampler.start()
         try:
             await self._stop.wait()
         finally:
@@ -179,6 +185,10 @@ class Daemon:
     async def _shutdown(self) -> None:
         for conn in list(self.connections):
             conn.writer.close()
+        try:  # each run's last system-metrics window, while the stores are open; NVML shut down
+            await self.sampler.stop()
+        except Exception:
+            log.exception("stopping the system-metrics sampler failed")
         for stream in list(self.streams.values()):
             try:
                 await stream.close()
@@ -216,6 +226,7 @@ class Daemon:
 
     async def _close_stream(self, run_id: str) -> None:
         stream = self.streams.pop(run_id)
+        await self.sampler.close_run(stream)  # its last system-metrics window, before the store may close
         await stream.close()
         handle = self.stores[stream.root]
         handle.runs -= 1
@@ -275,7 +286,9 @@ class Daemon:
             except (BadRecord, OSError, ValueError) as e:
                 return conn.refuse(f"cannot open run {hello.run_id}: {e}")
             conn.stream = stream
-            stream.connections.add(conn)
+            stream.attach(conn, hello.writer)
+            stream.add_pid(hello.pid, hello.rank)
+            self.sampler.wake()
             conn.send(Welcome(PROTOCOL_VERSION, stream.seqs.get(hello.writer, 0), stream.dir, stream.next_step))
             while True:
                 msg = await self._read(reader)
@@ -298,6 +311,7 @@ class Daemon:
             self.connections.discard(conn)
             if conn.stream is not None:
                 conn.stream.connections.discard(conn)
+                conn.stream.remove_pid(conn.peer)
             self._last_busy = time.monotonic()
 
     @staticmethod
@@ -328,6 +342,7 @@ class Daemon:
             "version": __version__,
             "connections": len(self.connections),
             "runs": [s.status() for s in self.streams.values()],
+            "system_metrics": self.sampler.status(),
         }
 
 
@@ -345,7 +360,18 @@ def main(argv=None) -> int:
     p.add_argument("--detach", action="store_true",
                    help="fork into the background (the parent returns at once; the daemon is nobody's child)")
     p.add_argument("--log-level", default=os.environ.get("TRACKSIDE_LOG_LEVEL", "INFO"))
+    p.add_argument("--sample-interval", type=float, default=1.0,
+                   help="seconds between system-metrics samples, for runs that set no system_sample_interval")
+    p.add_argument("--log-interval", type=float, default=10.0,
+                   help="seconds of samples aggregated into one stored row, for runs that set no system_log_interval")
+    p.add_argument("--no-system-metrics", action="store_true",
+                   help="sample no system metrics (CPU, memory, disk, network, GPUs) for any run")
     args = p.parse_args(argv)
+    # a daemon spawned from an SDK background thread inherits that thread's blocked signals
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    for flag in ("sample_interval", "log_interval"):
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} must be a positive number of seconds, not {getattr(args, flag)}")
     if args.detach and os.fork() > 0:
         os._exit(0)  # the spawner reaps this parent at once; the daemon never becomes a zombie
     if args.detach:
@@ -353,7 +379,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     folder = discovery.daemon_dir() if args.dir is None else os.path.abspath(args.dir)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port)
+    daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port,
+                    system_metrics=not args.no_system_metrics, sample_interval=args.sample_interval,
+                    log_interval=args.log_interval)
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency, but never let its absence stop logging

@@ -17,12 +17,29 @@ Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
   scalar reads never page them in.
 - ``history_keys``: every key a run has logged, for listing without scanning history.
 - ``console``: captured output lines, ``seq`` numbered per run from 0.
+- ``artifacts``: one row per artifact version (``name``, ``version`` from 0), its ``manifest``
+  (JSON: entry name -> a logged object or a content-addressed file, paths relative to the run
+  root) and, for a table logged with ``run.log``, the run's ``run_key``, ``step`` and
+  ``increment`` (INCREMENTAL tables: 0, 1, ... per run and key). ``artifact_aliases`` maps
+  ``(name, alias)`` to a version ("latest" and the user's own); ``artifact_logs`` maps the SDK's
+  id of each log call to the version it stored, so a replayed event stores nothing twice and the
+  SDK can wait for its artifact. These tables are created with ``IF NOT EXISTS`` when the daemon
+  opens a store: adding them changes nothing an older reader reads.
+- ``media`` (schema 2): an index of the typed values (images, histograms, ...) in history rows:
+  one row per (run, key, step, file) with the file's ``path`` (relative to the run folder; ''
+  for a value without a file), ``sha256`` and the ``type`` of the value owning it. Filled in
+  the transaction that writes the rows, so readers can find a key's media without scanning
+  history; a store of schema 1 is indexed once when a newer daemon opens it.
+- ``system_metrics`` (schema 3): the sampled system metrics of a run, one row per (run, time,
+  host): ``data`` is a msgpack map of ``system/...`` keys aggregated over one log interval
+  (``daemon/sysmetrics.py``), ``time_us`` the end of that interval.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -37,11 +54,12 @@ __all__ = [
     "SchemaVersionError",
     "Store",
     "StoreError",
+    "check_artifact",
     "open_readonly",
 ]
 
 DB_NAME = "trackside.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 STATES = ("running", "finished", "failed", "crashed")
 DEFAULT_PROJECT = "uncategorized"
 
@@ -99,6 +117,67 @@ CREATE TABLE console (
     PRIMARY KEY (rid, seq)
 ) WITHOUT ROWID;
 """
+
+# Artifacts (and the tables runs log, which are artifacts too). Created on open, not versioned:
+# they only add tables, so a reader of SCHEMA_VERSION 1 without them reads everything else.
+_ARTIFACT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    aid          INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    rid          INTEGER NOT NULL,
+    digest       TEXT NOT NULL,
+    description  TEXT,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    manifest     TEXT NOT NULL,
+    run_key      TEXT,
+    step         INTEGER,
+    increment    INTEGER,
+    created_at   REAL NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts (rid, run_key, version);
+CREATE TABLE IF NOT EXISTS artifact_aliases (
+    name     TEXT NOT NULL,
+    alias    TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    PRIMARY KEY (name, alias)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS artifact_logs (
+    uid  TEXT PRIMARY KEY,
+    aid  INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+_VERSION_ALIAS = re.compile(r"^v[0-9]+$")  # "v3": a version, never a user's alias
+
+# Migrations: version -> the statements that bring a store of the version before it there. A new
+# store runs _SCHEMA and then every migration, so both paths end with the same tables.
+_MEDIA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS media (
+    rid     INTEGER NOT NULL,
+    key     TEXT NOT NULL,
+    step    INTEGER NOT NULL,
+    path    TEXT NOT NULL,
+    sha256  TEXT,
+    type    TEXT NOT NULL,
+    PRIMARY KEY (rid, key, step, path)
+) WITHOUT ROWID;
+"""
+_MIGRATIONS = {2: _MEDIA_SCHEMA}
+# System metrics have a time axis, not steps: one row per (run, window end, host), the window's
+# aggregates as a msgpack map. The host is in the key: each host's daemon stores its own rows.
+_SYSTEM_SCHEMA = """
+CREATE TABLE IF NOT EXISTS system_metrics (
+    rid      INTEGER NOT NULL,
+    time_us  INTEGER NOT NULL,
+    host     TEXT NOT NULL,
+    data     BLOB NOT NULL,
+    PRIMARY KEY (rid, time_us, host)
+) WITHOUT ROWID;
+"""
+_MIGRATIONS[3] = _SYSTEM_SCHEMA
+_TYPED = b"\xa5_type"  # msgpack's "_type" key: a history blob without it holds no typed value
 
 _PAGE_SIZE = 8192  # a history row with 10 keys is ~250 bytes: 8 KiB pages insert ~15% faster than 4 KiB
 
@@ -237,6 +316,9 @@ class Store:
         conn.execute("PRAGMA cache_size = -16384")  # 16 MiB
         if version == 0:
             self._create()
+        elif version < SCHEMA_VERSION:
+            self._migrate()
+        self._add_tables(_ARTIFACT_SCHEMA)
         conn.create_function("ts_merge", 2, self._merge_blobs, deterministic=True)
         for rid, run_id in conn.execute("SELECT rid, run_id FROM runs"):
             self._rids[run_id] = rid
@@ -247,14 +329,67 @@ class Store:
         try:
             # a second process may have created it while we waited for the lock
             if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
+                for schema in (_SCHEMA, *(_MIGRATIONS[v] for v in sorted(_MIGRATIONS))):
+                    for stmt in schema.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _migrate(self) -> None:
+        """Bring an older store up to SCHEMA_VERSION, one version at a time, in one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # read again under the lock: another process may have migrated it meanwhile
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS.get(v, "").split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                if v == 2:
+                    self._index_stored_media()
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _index_stored_media(self) -> None:
+        """Index the typed values of rows stored before the media index existed."""
+        cur = self._conn.execute("SELECT rid, step, data FROM history WHERE instr(data, ?) > 0", (_TYPED,))
+        for rid, step, data in cur.fetchall():
+            try:
+                values = self._decode(data)
+            except msgspec.DecodeError:
+                continue
+            self._index_media(rid, step, values)
+
+    def _index_media(self, rid: int, step: int, values: Mapping) -> None:
+        """Replace the media index of (rid, step, key) for each typed value in ``values``."""
+        conn = self._conn
+        for key, value in values.items():
+            if type(value) is not dict or "_type" not in value:
+                continue
+            refs = dict.fromkeys(_media_refs(value))
+            if not refs:
+                refs = {("", None, str(value["_type"])): None}
+            conn.execute("DELETE FROM media WHERE rid = ? AND key = ? AND step = ?", (rid, key, step))
+            conn.executemany(
+                "INSERT OR REPLACE INTO media (rid, key, step, path, sha256, type) VALUES (?, ?, ?, ?, ?, ?)",
+                [(rid, key, step, path, sha, kind) for path, sha, kind in refs],
+            )
+
+    def _add_tables(self, schema: str) -> None:
+        """Create the tables of ``schema`` (``IF NOT EXISTS`` statements) that are missing."""
+        with self._tx():
+            for stmt in schema.split(";"):
+                if stmt.strip():
+                    self._conn.execute(stmt)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -477,6 +612,9 @@ class Store:
                 params,
             )
             merged = self._merged
+            for r, p in zip(rows, params):
+                if _TYPED in p[3]:  # a bytes search: rows of plain numbers pay next to nothing
+                    self._index_media(rid, r.step, r.values)
             known = self._keys.get(rid)
             if known is None:
                 known = self._keys[rid] = {
@@ -554,6 +692,8 @@ class Store:
         summary: Optional[Mapping] = None,
         cursor: Optional[int] = None,
         final_state: Optional[tuple[str, Optional[int]]] = None,
+        artifacts: Iterable = (),
+        system: Iterable = (),
     ) -> int:
         """Everything the daemon has for a run since its last call, in ONE transaction.
 
@@ -563,6 +703,8 @@ class Store:
         cursor (None keeps it); ``final_state`` = ``(state, exit_code)`` ends the run. Because
         the cursor commits with the data, a daemon that replays its WAL from ``run_cursor``
         after a crash stores each record exactly once. Returns ``write_rows``'s count.
+        ``artifacts``: artifact versions to index, each as ``check_artifact`` returns it (see
+        ``add_artifact``). ``system``: system-metrics rows as in ``write_system_metrics``.
         Raises as the single methods do; on an exception nothing of the call is stored.
         """
         if final_state is not None and (final_state[0] == "running" or final_state[0] not in STATES):
@@ -574,6 +716,10 @@ class Store:
             merged = self._write_rows(rid, rows, cursor)
             if console:
                 self._append_console(rid, console)
+            for artifact in artifacts:
+                self._add_artifact(rid, artifact)
+            if system:
+                self._write_system(rid, system)
             sets, params = ["updated_at = ?"], [time.time()]
             for column, update in (("config", config), ("metadata", metadata)):
                 if update:
@@ -591,6 +737,81 @@ class Store:
             if len(sets) > 1:
                 conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE rid = ?", (*params, rid))
             return merged
+
+    # -- system metrics --------------------------------------------------------------------------
+
+    def write_system_metrics(self, run_id: str, rows: Iterable) -> None:
+        """Store system-metrics rows ``(time_us, host, values)`` of a run (``values``: a dict of
+        msgpack-serializable values). A row for a (time, host) already stored replaces it, so
+        writing the same rows twice stores them once. Raises TypeError for a value msgpack
+        cannot encode (nothing of the call is stored)."""
+        with self._tx():
+            self._write_system(self._rid(run_id), rows)
+
+    def _write_system(self, rid: int, rows) -> None:
+        encode = self._encode
+        try:
+            params = [(rid, int(t), str(host), encode(values)) for t, host, values in rows]
+        except (TypeError, msgspec.EncodeError) as e:
+            raise TypeError(f"system metrics cannot be stored: {e}") from None
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO system_metrics (rid, time_us, host, data) VALUES (?, ?, ?, ?)", params
+        )
+
+    # -- artifacts -------------------------------------------------------------------------------
+
+    def add_artifact(self, run_id: str, artifact: Mapping) -> tuple[str, int]:
+        """Store one artifact version logged by ``run_id``; returns ``(name, version)``.
+
+        ``artifact`` is an "artifact" event's data (checked with ``check_artifact``). The
+        version is the name's next one (from 0), and "latest" and the given aliases move to it.
+        An artifact logged with ``log_artifact`` whose digest equals the latest version's is
+        that version (nothing new is stored; the aliases move); a table logged with ``run.log``
+        (``run_key`` set) is always a new version, and an INCREMENTAL one gets the next
+        increment number of its name. Idempotent per ``uid``: the same call again returns
+        the version stored the first time. Raises ValueError/TypeError for bad data.
+        """
+        artifact = check_artifact(artifact)
+        with self._tx():
+            return self._add_artifact(self._rid(run_id), artifact)
+
+    def _add_artifact(self, rid: int, a: Mapping) -> tuple[str, int]:
+        conn = self._conn
+        name = a["name"]
+        done = conn.execute(
+            "SELECT a.name, a.version FROM artifact_logs l JOIN artifacts a ON a.aid = l.aid WHERE l.uid = ?",
+            (a["uid"],),
+        ).fetchone()
+        if done is not None:  # a replayed event
+            return done[0], done[1]
+        latest = conn.execute(
+            "SELECT aid, version, digest FROM artifacts WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+        ).fetchone()
+        if latest is not None and a["run_key"] is None and latest[2] == a["digest"]:
+            aid, version = latest[0], latest[1]
+        else:
+            version = latest[1] + 1 if latest is not None else 0
+            increment = None
+            if a["incremental"]:
+                (increment,) = conn.execute(
+                    "SELECT coalesce(max(increment) + 1, 0) FROM artifacts WHERE name = ? AND increment IS NOT NULL",
+                    (name,),
+                ).fetchone()
+            aid = conn.execute(
+                "INSERT INTO artifacts (name, version, type, rid, digest, description, metadata, manifest, run_key,"
+                " step, increment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, version, a["type"], rid, a["digest"], a["description"],
+                    _dumps(a["metadata"], "artifact metadata"), _dumps(a["manifest"], "artifact manifest"),
+                    a["run_key"], a["step"], increment, time.time(),
+                ),
+            ).lastrowid
+        conn.execute("INSERT INTO artifact_logs (uid, aid) VALUES (?, ?)", (a["uid"], aid))
+        conn.executemany(
+            "INSERT OR REPLACE INTO artifact_aliases (name, alias, version) VALUES (?, ?, ?)",
+            [(name, alias, version) for alias in dict.fromkeys(["latest", *a["aliases"]])],
+        )
+        return name, version
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -615,6 +836,67 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.path}{' (closed)' if self._conn is None else ''}>"
+
+
+def check_artifact(data) -> dict:
+    """An "artifact" event's data, checked: raises ValueError or TypeError saying what is wrong.
+
+    Fields: ``uid`` (the log call's id), ``name``, ``type``, ``digest``, ``manifest`` (a dict of
+    entry name to entry), optional ``description``, ``metadata`` (dict), ``aliases`` (list of
+    str), ``run_key`` and ``step`` (a table logged with ``run.log``), ``incremental`` (bool)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"artifact event data must be a map, not {type(data).__name__}")
+    out = {}
+    for field in ("uid", "name", "type", "digest"):
+        v = data.get(field)
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"artifact {field} must be a non-empty string, not {v!r}")
+        out[field] = v
+    if ":" in out["name"] or len(out["name"]) > 512:
+        raise ValueError(f"artifact name {out['name']!r} must have no ':' and at most 512 characters")
+    manifest = data.get("manifest")
+    if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in manifest.items()):
+        raise TypeError("artifact manifest must be a map of entry name to entry")
+    out["manifest"] = manifest
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"artifact metadata must be a map, not {type(metadata).__name__}")
+    out["metadata"] = metadata
+    description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        raise TypeError("artifact description must be a string")
+    out["description"] = description
+    aliases = data.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a and ":" not in a and "/" not in a
+                                                 and not _VERSION_ALIAS.match(a) for a in aliases):
+        raise ValueError(f"artifact aliases must be strings without ':' or '/' and not of the form vN: {aliases!r}")
+    out["aliases"] = aliases
+    run_key, step = data.get("run_key"), data.get("step")
+    if run_key is not None and not isinstance(run_key, str):
+        raise TypeError("artifact run_key must be a string")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise TypeError("artifact step must be an int")
+    out["run_key"], out["step"] = run_key, step
+    out["incremental"] = bool(data.get("incremental"))
+    return out
+
+
+def _media_refs(value, owner: str = ""):
+    """``(path, sha256, type)`` of each file a logged value references, depth first."""
+    if isinstance(value, dict):
+        kind = value.get("_type")
+        kind = str(kind) if kind is not None else owner
+        path = value.get("path")
+        if isinstance(path, str) and kind:
+            sha = value.get("sha256")
+            yield path, sha if isinstance(sha, str) else None, kind
+        for v in value.values():
+            if isinstance(v, (dict, list)):
+                yield from _media_refs(v, kind)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                yield from _media_refs(v, owner)
 
 
 def _check_state(state: str) -> None:

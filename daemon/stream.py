@@ -27,7 +27,7 @@ from trackside.protocol import Ack, Done, event_decoder
 
 from .merger import Merger
 from .summary import Summary
-from .store import StoreError
+from .store import StoreError, check_artifact
 from .wal import WAL, WALError
 
 log = logging.getLogger("trackside.daemon")
@@ -67,6 +67,7 @@ class RunStream:
         self.root = root
         self.dir = run_dir
         settings = info.get("settings") or {}
+        self.settings = settings  # the first writer's init settings (the sampler reads its own)
         self.durability = settings.get("durability", "fsync")
         self.store = store
         self._store_call = store_call  # runs a function in the store's thread
@@ -84,6 +85,7 @@ class RunStream:
         self.summary = Summary(self.merger.metrics)
         self.seqs: dict[int, int] = {}  # writer -> highest seq appended to the WAL
         self.connections: set = set()
+        self.pids: dict[int, tuple[int, int]] = {}  # training process -> (connections, rank): system metrics watch it
         self.finished_writers: set[int] = set()
         self.warnings: list[str] = []
         self.error: str | None = None  # set while the WAL cannot be made durable
@@ -98,6 +100,7 @@ class RunStream:
         self._last_summary = 0.0
         self._summary_dirty = False
         self._tasks: list[asyncio.Task] = []
+        self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -240,6 +243,7 @@ class RunStream:
         if everything:
             exit_code = max((d.get("exit_code") or 0 for _, _, d in finished), key=abs)
             final_state = ("finished" if exit_code == 0 else "failed", exit_code)
+        artifacts, self._artifacts = self._artifacts, []
         await self._store(
             rows=rows,
             config=config,
@@ -248,6 +252,7 @@ class RunStream:
             summary=summary,
             cursor=cursor,
             final_state=final_state,
+            artifacts=artifacts,
         )
         for conn, seq, _ in finished:
             if conn is not None:
@@ -271,6 +276,9 @@ class RunStream:
             await self._store_call(self.store.upsert_run, self.run_id, **_run_fields(data, self.root))
         elif kind == "join":
             self.merger.join(writer)
+        elif kind == "artifact":
+            # checked here, so that one writer's bad artifact is a warning, never a failed group
+            self._artifacts.append(check_artifact(data))
         elif kind == "finish":
             self.merger.leave(writer)
             self.finished_writers.add(writer)
@@ -318,6 +326,26 @@ class RunStream:
             if self.merger.pending() and self._merge_queue.empty():
                 await self._merge_queue.put([])
 
+    # -- system metrics ----------------------------------------------------------------------------
+
+    def add_pid(self, pid: int, rank: int) -> None:
+        """A training process connected (one call per connection): the sampler watches it."""
+        n, _ = self.pids.get(pid, (0, rank))
+        self.pids[pid] = (n + 1, rank)
+
+    def remove_pid(self, pid: int) -> None:
+        """One connection of ``pid`` closed; the sampler stops watching it with its last one."""
+        n, rank = self.pids.get(pid, (0, 0))
+        if n > 1:
+            self.pids[pid] = (n - 1, rank)
+        else:
+            self.pids.pop(pid, None)
+
+    async def write_system(self, host: str, rows, metadata=None) -> None:
+        """Store system-metrics rows ``(time_us, values)`` sampled on ``host`` (and metadata to
+        merge), retried like every store write. Returns once they are in the store."""
+        await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
+
     # -- shutdown --------------------------------------------------------------------------------
 
     def idle(self) -> bool:
@@ -346,6 +374,12 @@ class RunStream:
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         log.warning("run %s: %s", self.run_id, message)
+
+    def attach(self, conn, writer: int) -> None:
+        """A writer connected: it takes part in merging from now on (see Merger.join)."""
+        self.connections.add(conn)
+        if writer not in self.finished_writers:
+            self.merger.join(writer, time.monotonic())
 
     def status(self) -> dict:
         return {

@@ -15,7 +15,7 @@ from ._version import __version__
 from ._run import Error, Run, UsageError, init
 
 __all__ = ["Api", "Artifact", "Audio", "Classes", "Error", "Histogram", "Html", "Image", "JoinedTable",
-           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "UsageError", "__version__", "define_metric", "finish", "init", "log"]
+           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "UsageError", "__version__", "define_metric", "finish", "init", "log", "log_artifact", "use_artifact"]
 
 
 # names imported on first use, so that `import trackside` stays light
@@ -32,6 +32,8 @@ _LAZY = {
     "Object3D": ".data_types.object3d",
     "Molecule": ".data_types.molecule",
     "plot": ".data_types.plots",
+    "plots": ".data_types.plots",  # the seeds' older names: plots.ROC, plots.precision_recall, plots.HeatMap
+    "sklearn": ".data_types.plots",  # sklearn.plot_confusion_matrix
     "Artifact": ".artifacts",
 }
 
@@ -57,6 +59,16 @@ def log(data: dict, step: int | None = None, commit: bool | None = None) -> None
 def define_metric(name: str, step_metric: str | None = None, **kwargs) -> None:
     """``Run.define_metric`` on the active run."""
     _active("define_metric").define_metric(name, step_metric, **kwargs)
+
+
+def log_artifact(artifact, name: str | None = None, type: str | None = None, aliases=None):
+    """``Run.log_artifact`` on the active run."""
+    return _active("log_artifact").log_artifact(artifact, name=name, type=type, aliases=aliases)
+
+
+def use_artifact(artifact_or_name, type: str | None = None):
+    """``Run.use_artifact`` on the active run."""
+    return _active("use_artifact").use_artifact(artifact_or_name, type=type)
 
 
 def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:

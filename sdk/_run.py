@@ -36,7 +36,10 @@ DEFAULT_SETTINGS = {
     "buffer_policy": "block",
     "console": True,
     "finish_timeout": 120.0,
+    "system_metrics": True,  # the daemon samples CPU, memory, disk, network, GPUs for the run
 }
+# seconds; unset means the daemon's default (1 s and 10 s unless it was started otherwise)
+_SYSTEM_INTERVALS = ("system_sample_interval", "system_log_interval")
 
 
 class Error(Exception):
@@ -233,16 +236,36 @@ class Run:
         }.items() if v is not None})
 
     def _logged_form(self, key: str, value):
-        """A data type (histogram, image, ...) as it is stored; other values as they are."""
-        if hasattr(value, "_trackside_log"):
-            return value._trackside_log(self, key, self.step)
-        return value
+        """A data type (histogram, image, ...), a list of them or a figure as it is stored;
+        other values as they are."""
+        if self.mode == "disabled":  # nothing is recorded: write no files either
+            return value
+        form = _rich_form(self, key, value, self.step)
+        return value if form is None else form
 
     def _event(self, kind: str, data) -> None:
         if self._client is not None:
             self._client.event(kind, data)
         elif self.mode != "disabled" and self.finished:
             raise UsageError(f"run {self.id} is finished: changes after finish() are not recorded")
+
+    # -- artifacts -------------------------------------------------------------------------------
+
+    def log_artifact(self, artifact, name: str | None = None, type: str | None = None, aliases=None):
+        """Store an ``Artifact`` (or a file or folder path) as the next version of its name;
+        returns it once the store holds it (``artifact.version`` is set, e.g. ``"v0"``).
+        Waits for the daemon (it blocks, unlike ``log``). See ``trackside.artifacts``."""
+        from .artifacts import log_artifact
+
+        return log_artifact(self, artifact, name=name, type=type, aliases=aliases)
+
+    def use_artifact(self, artifact_or_name, type: str | None = None):
+        """The artifact version ``"name:alias"`` (``latest``, ``vN`` or your alias) from the
+        run root's store; ``.get(entry)`` gives back the objects. Raises
+        ArtifactNotFoundError (a KeyError) naming the versions and aliases that exist."""
+        from .artifacts import use_artifact
+
+        return use_artifact(self, artifact_or_name, type=type)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -254,6 +277,9 @@ class Run:
         _live_runs.discard(self)
         if _current.get("run") is self:
             _current.pop("run", None)
+        if getattr(self, "_exported_id", False) and os.environ.get(discovery.ENV_RUN_ID) == self.id:
+            # children started from now on are not ranks of this run
+            os.environ.pop(discovery.ENV_RUN_ID, None)
         client, self._client = self._client, None
         if client is None:
             return
@@ -317,9 +343,40 @@ def _split_values(data: dict, run: "Run", step: int) -> tuple[dict, bytes | None
         elif hasattr(v, "item") and tuple(getattr(v, "shape", (None,))) == ():
             plain[k] = v.item()
         else:
-            raise TypeError(f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str, "
-                            f"None or a trackside data type")
+            form = _rich_form(run, k, v, step)
+            if form is None:
+                raise TypeError(f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str, "
+                                f"None, a trackside data type, a list of data types or a matplotlib/plotly figure")
+            rich[k] = form
     return plain, (msgspec.msgpack.encode(rich) if rich else None)
+
+
+def _figure(v):
+    """The data type of a matplotlib figure (or the pyplot module) or a plotly figure, else None.
+    Checked by module name, so that neither library is imported to find out."""
+    name = getattr(v, "__name__", None) if type(v) is type(sys) else type(v).__module__
+    if isinstance(name, str) and name.startswith(("matplotlib", "plotly")):
+        from .data_types.plots import as_data_type
+
+        return as_data_type(v)
+    return None
+
+
+def _rich_form(run: "Run", key: str, v, step: int):
+    """The logged form of a data type, a non-empty list or tuple of data types (``{"_type":
+    "list", "items": [...]}``) or a figure; None for any other value."""
+    if hasattr(v, "_trackside_log"):
+        return v._trackside_log(run, key, step)
+    if isinstance(v, (list, tuple)) and v:
+        items = []
+        for x in v:
+            form = _rich_form(run, key, x, step) if not isinstance(x, (list, tuple)) else None
+            if form is None:
+                return None
+            items.append(form)
+        return {"_type": "list", "items": items}
+    fig = _figure(v)
+    return fig._trackside_log(run, key, step) if fig is not None else None
 
 
 # -- module-level state ------------------------------------------------------------------------
@@ -334,7 +391,7 @@ class _ConsoleTee:
     def __init__(self):
         self.clients: list = []
         self._installed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant for the same reason as the transport's
 
     def attach(self, client) -> None:
         with self._lock:
@@ -358,7 +415,7 @@ class _ConsoleTee:
 
     def emit(self, lines) -> None:
         for c in list(self.clients):
-            c.event("console", lines)
+            c.event("console", lines, ordered=False)
 
 
 _console = _ConsoleTee()
@@ -411,10 +468,12 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         raise UsageError(f"mode={mode!r} is not one of {', '.join(MODES)}")
     merged = dict(DEFAULT_SETTINGS)
     if settings:
-        unknown_settings = set(settings) - set(DEFAULT_SETTINGS) - {"system_sample_interval", "system_log_interval"}
+        unknown_settings = set(settings) - set(DEFAULT_SETTINGS) - set(_SYSTEM_INTERVALS)
         if unknown_settings:
-            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown_settings))}; known: {', '.join(DEFAULT_SETTINGS)}")
+            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown_settings))}; "
+                             f"known: {', '.join([*DEFAULT_SETTINGS, *_SYSTEM_INTERVALS])}")
         merged.update(settings)
+    _check_system_settings(merged)
     if merged["late_steps"] not in LATE_STEPS:
         raise UsageError(f"late_steps={merged['late_steps']!r} is not one of {', '.join(LATE_STEPS)}")
     if merged["durability"] not in DURABILITY:
@@ -455,6 +514,7 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         client.event("run", {**info, "config": dict(run.config), "metadata": _metadata_quick()})
         os.environ[discovery.ENV_RUN_ID] = run.id
         os.environ[discovery.ENV_ROOT] = root
+        run._exported_id = True  # finish() takes it back: a later init() here starts a new run
         run._meta_thread = threading.Thread(target=_record_environment, args=(client,), name="trackside-meta",
                                             daemon=True)
         run._meta_thread.start()
@@ -466,6 +526,21 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     _live_runs.add(run)
     _install_exit_handlers()
     return run
+
+
+def _check_system_settings(settings: dict) -> None:
+    if not isinstance(settings["system_metrics"], bool):
+        raise UsageError(f"system_metrics={settings['system_metrics']!r} must be True or False")
+    for name in _SYSTEM_INTERVALS:
+        value = settings.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            raise UsageError(f"{name}={value!r} must be a positive number of seconds")
+    sample, window = settings.get("system_sample_interval"), settings.get("system_log_interval")
+    if sample is not None and window is not None and window < sample:
+        raise UsageError(f"system_log_interval={window!r} is shorter than system_sample_interval={sample!r}: "
+                         f"a stored row aggregates the samples of one log interval")
 
 
 def _run_exists(root: str, run_id: str) -> bool:
@@ -490,6 +565,9 @@ def _record_environment(client) -> None:
     """Git commit and diff, installed packages: slow calls, off the caller's thread."""
     import subprocess
 
+    from .transport import _block_signals
+
+    _block_signals()
     meta: dict = {}
 
     def git(*args):
@@ -520,6 +598,7 @@ def _record_environment(client) -> None:
 
 
 _exit_installed = False
+_signal_exit_code: int | None = None  # set when SIGTERM ends the process
 
 
 def _install_exit_handlers() -> None:
@@ -527,7 +606,7 @@ def _install_exit_handlers() -> None:
     if _exit_installed:
         return
     _exit_installed = True
-    atexit.register(_finish_all, 0)
+    atexit.register(_finish_all, None)
     prev_hook = sys.excepthook
 
     def excepthook(tp, value, tb):
@@ -537,15 +616,20 @@ def _install_exit_handlers() -> None:
     sys.excepthook = excepthook
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         def on_term(signum, frame):
-            _finish_all(128 + signum)
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            # Unwind like Ctrl-C does, and finish the runs at exit: finishing here, inside
+            # whatever the main thread was doing (holding a lock, printing), could deadlock.
+            global _signal_exit_code
+            _signal_exit_code = 128 + signum
+            signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM stops the process at once
+            raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, on_term)
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _finish_all(exit_code: int) -> None:
+def _finish_all(exit_code: int | None) -> None:
+    if exit_code is None:  # at exit: a SIGTERM exit is a failure, a normal exit is not
+        exit_code = _signal_exit_code or 0
     for run in list(_live_runs):
         try:
             run.finish(exit_code=exit_code)

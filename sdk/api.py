@@ -153,6 +153,15 @@ class Api:
             raise RunNotFoundError(f"run {view.id!r} is in project {view.project!r}, not {project!r}")
         return view
 
+    def artifact(self, name: str, type: Optional[str] = None):
+        """The artifact version ``"name:alias"`` (``latest`` when no alias; ``vN``; an alias
+        of your own) as an ``Artifact`` whose ``get(entry)`` rebuilds the stored objects.
+        Raises ArtifactNotFoundError (a KeyError) naming the versions and aliases that exist,
+        ValueError when ``type`` is given and differs."""
+        from .artifacts import load_artifact
+
+        return load_artifact(self, name, type)
+
     def close(self) -> None:
         """Close the database connection. Idempotent."""
         conn, self._conn = self._conn, None
@@ -247,6 +256,7 @@ class RunView:
         pandas: bool = False,
         *,
         samples: Optional[int] = None,
+        objects: bool = False,
     ):
         """The run's history rows with ``min_step <= step < max_step``, in step order.
 
@@ -256,7 +266,10 @@ class RunView:
         ``_payloads`` (list of bytes) when ``keys`` is None or names ``_payloads``.
         ``samples`` keeps at most that many rows, evenly spaced (first and last kept).
         ``pandas=True`` returns a pandas DataFrame (raises ImportError without pandas).
-        Loads every row at once: use ``scan_history`` for a run too large for memory.
+        Rich values (images, histograms, lists of media ...) are their logged form, a dict
+        with ``"_type"``; ``objects=True`` rebuilds them as the objects that were logged (reads
+        their files; see ``media``). Loads every row at once: use ``scan_history`` for a run
+        too large for memory.
         """
         if pandas:
             try:
@@ -273,6 +286,8 @@ class RunView:
             else:
                 last = len(rows) - 1
                 rows = [rows[round(i * last / (samples - 1))] for i in range(samples)]
+        if objects:
+            rows = [self._rebuild_row(row) for row in rows]
         if pandas:
             return pd.DataFrame.from_records(rows)
         return rows
@@ -283,13 +298,18 @@ class RunView:
         min_step: Optional[int] = None,
         max_step: Optional[int] = None,
         page_size: int = 1000,
+        *,
+        objects: bool = False,
     ) -> Iterator[dict]:
         """Every history row with ``min_step <= step < max_step``, as ``history`` returns
         them, read ``page_size`` steps at a time: memory stays bounded however long the run.
-        Rows committed while the scan runs are included if their step is still ahead."""
+        Rows committed while the scan runs are included if their step is still ahead.
+        ``objects=True`` rebuilds rich values as in ``history``."""
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, not {page_size}")
         for page in self._pages(keys, min_step, max_step, page_size):
+            if objects:
+                page = [self._rebuild_row(row) for row in page]
             yield from page
 
     def _pages(self, keys, min_step, max_step, page_size) -> Iterator[list[dict]]:
@@ -350,6 +370,102 @@ class RunView:
             out.setdefault(step, []).append(data)
         return out
 
+    # -- media -----------------------------------------------------------------------------------
+
+    def media(self, key: str, step: Optional[int] = None):
+        """The rich values logged at ``key`` (images, audio, histograms, charts, lists of them
+        ...), rebuilt as objects equal to the ones logged.
+
+        With ``step``: the object logged there (a list for a list of media); KeyError when
+        ``key`` holds no rich value at that step. Without: ``[(step, object), ...]`` in step
+        order, ``[]`` when there is none. Plain values (numbers, strings) are not media and are
+        left out. Reads the files from the run folder: FileNotFoundError names a missing one,
+        ValueError a damaged one (its SHA-256 differs from the one logged).
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"media() takes a key (str), not {type(key).__name__}")
+        lo, hi = (None, None) if step is None else (int(step), int(step) + 1)
+        steps = self._media_steps(key, lo, hi)
+        found = []
+        if steps is None:  # a store without the media index (schema 1): scan the key's history
+            rows = ((r["_step"], r[key]) for page in self._pages([key], lo, hi, 1000) for r in page if key in r)
+        else:
+            rows = self._values_at(key, steps)
+        from trackside.data_types.base import from_json
+
+        for s, value in rows:
+            if type(value) is dict and "_type" in value:
+                found.append((s, from_json(value, self.dir)))
+        if step is None:
+            return found
+        if not found:
+            raise KeyError(f"run {self.id} has no media at key {key!r} step {step}")
+        return found[0][1]
+
+    def media_files(self, key: Optional[str] = None) -> list[dict]:
+        """The media index: one dict per file a rich value references (``step``, ``key``,
+        ``path`` absolute or None for a value without a file such as a histogram,
+        ``sha256``, ``type``), for ``key`` or every key, in key and step order. Empty for a
+        store without the index (written by trackside before schema 2)."""
+        if not self._has_media_index():
+            return []
+        sql = "SELECT key, step, path, sha256, type FROM media WHERE rid = ?"
+        args: tuple = (self._rid,)
+        if key is not None:
+            sql += " AND key = ?"
+            args += (key,)
+        return [
+            {"step": s, "key": k, "path": os.path.join(self.dir, p) if p else None, "sha256": sha, "type": t}
+            for k, s, p, sha, t in self._api.conn.execute(sql + " ORDER BY key, step, path", args)
+        ]
+
+    def rebuild(self, value):
+        """A logged form read from this run (a history or summary value) as its object:
+        ``run.rebuild(run.summary["gradients"])`` is the Histogram that was logged. Other
+        values come back as they are."""
+        from trackside.data_types.base import from_json
+
+        return from_json(value, self.dir)
+
+    def _rebuild_row(self, row: dict) -> dict:
+        from trackside.data_types.base import from_json
+
+        for k, v in row.items():
+            if type(v) is dict and "_type" in v:
+                row[k] = from_json(v, self.dir)
+        return row
+
+    def _has_media_index(self) -> bool:
+        # asked each time (microseconds): a daemon may migrate the store while this Api is open
+        return self._api.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'media')"
+        ).fetchone()[0] == 1
+
+    def _media_steps(self, key: str, lo: Optional[int], hi: Optional[int]) -> Optional[list[int]]:
+        """The steps the media index lists for ``key`` in [lo, hi), or None without an index."""
+        if not self._has_media_index():
+            return None
+        lo = _STEP_MIN if lo is None else lo
+        hi = _STEP_END if hi is None else hi
+        return [s for (s,) in self._api.conn.execute(
+            "SELECT DISTINCT step FROM media WHERE rid = ? AND key = ? AND step >= ? AND step < ? ORDER BY step",
+            (self._rid, key, lo, hi),
+        )]
+
+    def _values_at(self, key: str, steps: list[int]) -> Iterator[tuple[int, Any]]:
+        pick = _picker((key,))
+        conn = self._api.conn
+        for i in range(0, len(steps), 500):  # SQLite's limit on bound parameters is 999 on old builds
+            chunk = steps[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for s, data in conn.execute(
+                f"SELECT step, data FROM history WHERE rid = ? AND step IN ({marks}) ORDER BY step",
+                (self._rid, *chunk),
+            ):
+                (value,) = astuple(pick(data))
+                if value is not UNSET:
+                    yield s, value
+
     # -- console ---------------------------------------------------------------------------------
 
     def console_lines(self, stream: Optional[str] = None) -> list[ConsoleLine]:
@@ -367,6 +483,75 @@ class RunView:
         return "".join(text + "\n" for (text,) in self._api.conn.execute(
             "SELECT text FROM console WHERE rid = ? ORDER BY seq", (self._rid,)
         ))
+
+    # -- tables and artifacts --------------------------------------------------------------------
+
+    def table(self, key: str, version: Union[int, str, None] = None):
+        """The table the run logged under ``key`` (a ``Table`` equal to the one logged, or a
+        ``JoinedTable``): the latest version, or version ``N`` (an int, ``"vN"``, or
+        ``"latest"``). An INCREMENTAL table is the concatenation of its increments up to that
+        version. Raises ArtifactNotFoundError (a KeyError) naming the run's tables, or its
+        versions, when there is no such table or version."""
+        from .artifacts import run_table
+
+        return run_table(self._api, self.id, key, version)
+
+    def table_increments(self, key: str) -> list:
+        """The increments of the INCREMENTAL table logged under ``key``, in order, as
+        ``TableIncrement(increment, version, step, table)`` (``table``: that increment's rows)."""
+        from .artifacts import run_table_increments
+
+        return run_table_increments(self._api, self.id, key)
+
+    def table_keys(self) -> list[str]:
+        """The keys under which the run logged tables, sorted."""
+        from .artifacts import run_table_keys
+
+        return run_table_keys(self._api, self.id)
+
+    def logged_artifacts(self) -> list:
+        """The artifact versions the run logged (its tables too), oldest first."""
+        from .artifacts import run_artifacts
+
+        return run_artifacts(self._api, self.id)
+
+    # -- system metrics ---------------------------------------------------------------------------
+
+    def system_metrics(self, keys: Union[str, Sequence[str], None] = None, host: Optional[str] = None) -> list[dict]:
+        """The run's system metrics in time order: one dict per log interval and host, with
+        ``_timestamp`` (seconds since the epoch, the end of the interval), ``host`` and the
+        ``system/...`` keys (a gauge's mean, and its maximum as ``<key>_max``). Only ``keys``
+        when given (a row with none of them is left out), only ``host``'s rows when given.
+        Empty when the daemon sampled nothing for the run (``system_metrics`` off, or a store
+        written before system metrics existed)."""
+        if isinstance(keys, str):
+            keys = [keys]
+        if keys is not None:
+            keys = [k for k in dict.fromkeys(keys) if k not in ("_timestamp", "host")]
+        sql = "SELECT time_us, host, data FROM system_metrics WHERE rid = ?"
+        args: tuple = (self._rid,)
+        if host is not None:
+            sql += " AND host = ?"
+            args += (host,)
+        try:
+            raw = self._api.conn.execute(sql + " ORDER BY time_us, host", args).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # a store from before system metrics
+                return []
+            raise
+        out = []
+        for time_us, row_host, data in raw:
+            row = {"_timestamp": time_us / 1e6, "host": row_host}
+            if keys is None:
+                row.update(_decode(data))
+            elif keys:  # (keys naming only "_timestamp" or "host": every row, with just those)
+                values = _decode(data)
+                picked = {k: values[k] for k in keys if k in values}
+                if not picked:
+                    continue
+                row.update(picked)
+            out.append(row)
+        return out
 
     def __repr__(self) -> str:
         name = f" name={self.name!r}" if self.name else ""

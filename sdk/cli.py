@@ -32,12 +32,28 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--keys", nargs="+", help="only these keys")
     h.add_argument("--min-step", type=int)
     h.add_argument("--max-step", type=int)
+    h.add_argument("--system", action="store_true",
+                   help="the run's system metrics (CPU, memory, disk, network, GPUs) by time and host, not its steps")
     h.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
     s = sub.add_parser("summary", help="print a run's summary")
     s.add_argument("run")
     s.add_argument("--root")
     s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    t = sub.add_parser("table", help="print a table a run logged, filtered, grouped and sorted")
+    t.add_argument("run", help="run id (or a unique prefix)")
+    t.add_argument("key", help="the key the table was logged under")
+    t.add_argument("--root")
+    t.add_argument("--version", help="N, vN or an alias (default: latest)")
+    t.add_argument("--where", metavar="EXPR",
+                   help="keep rows where EXPR holds: COL OP VALUE joined by and/or (OP: == != < <= > >= "
+                        "contains startswith), e.g. \"label == cat and score > 0.5\"")
+    t.add_argument("--group-by", metavar="COL", help="one row per value of COL: count and means of number columns")
+    t.add_argument("--sort", metavar="COL", help="sort by COL (after grouping: any output column)")
+    t.add_argument("--desc", action="store_true", help="sort in descending order")
+    t.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    t.add_argument("--format", choices=["table", "json", "csv"], default="table")
     return p
 
 
@@ -77,6 +93,12 @@ def _daemon(args) -> int:
         for run in status.get("runs", []):
             print(f"  run {run['run_id']}: {run['writers']} writer(s), {run['records']} batches, {run['entries']} entries, "
                   f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}")
+        sm = status.get("system_metrics")
+        if sm:
+            print(f"  system metrics: {'on' if sm['enabled'] else 'off'}, every {sm['sample_interval']} s, "
+                  f"stored every {sm['log_interval']} s by default; {sm['samples']} samples"
+                  f"{'' if sm['mean_sample_us'] is None else ' of %.0f us' % sm['mean_sample_us']}; "
+                  f"GPUs: {sm['gpu'] or 'not looked at yet (no run so far)'}")
         return 0
     if args.action == "stop":
         if not alive:
@@ -122,6 +144,15 @@ def _history(args) -> int:
     from .display import print_history
 
     run = Api(args.root).run(args.run)
+    if args.system:
+        if args.min_step is not None or args.max_step is not None:
+            print("trackside: --min-step and --max-step select steps; system metrics have a time axis "
+                  "(leave them out with --system)", file=sys.stderr)
+            return 2
+        from .display import print_system_metrics
+
+        print_system_metrics(run.system_metrics(keys=args.keys), args.keys, args.format)
+        return 0
     rows = run.history(keys=args.keys, min_step=args.min_step, max_step=args.max_step)
     print_history(rows, args.keys, args.format)
     return 0
@@ -135,7 +166,29 @@ def _summary(args) -> int:
     return 0
 
 
+def _table(args) -> int:
+    from .api import Api
+    from .tablequery import QueryError, print_rows, query
+
+    run = Api(args.root).run(args.run)
+    version = args.version
+    if version is not None and version.isdigit():
+        version = int(version)
+    table = run.table(args.key, version=version)
+    if hasattr(table, "joined"):  # a JoinedTable: its joined rows
+        table = table.joined()
+    try:
+        columns, rows = query(table.columns, table.data, where=args.where, group_by=args.group_by, sort=args.sort,
+                              descending=args.desc, limit=args.limit)
+    except QueryError as e:
+        print(f"trackside: {e}", file=sys.stderr)
+        return 2
+    print_rows(columns, rows, args.format, title=f"{args.key} of {run.id}")
+    return 0
+
+
 _COMMANDS = {"daemon": _daemon, "runs": _runs, "history": _history, "summary": _summary}
+_COMMANDS["table"] = _table
 
 
 if __name__ == "__main__":

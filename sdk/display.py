@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional, Sequence, TextIO
 
 import orjson
 
-__all__ = ["FORMATS", "print_history", "print_runs", "print_summary"]
+__all__ = ["FORMATS", "print_history", "print_runs", "print_summary", "print_system_metrics"]
 
 FORMATS = ("table", "json", "csv")
 
@@ -99,6 +99,35 @@ def print_summary(run, fmt: str = "table", file: Optional[TextIO] = None) -> Non
         _table(["key", "value"], [[k, _cell(v)] for k, v in items], file, title=f"summary of {run.id}", right={"value"})
 
 
+def print_system_metrics(
+    rows: Iterable[dict], keys: Optional[Sequence[str]] = None, fmt: str = "table", file: Optional[TextIO] = None
+) -> None:
+    """Print system-metrics rows (dicts as ``RunView.system_metrics`` returns them).
+
+    Columns: ``_timestamp`` (table: local time to the millisecond), ``host`` and ``keys``; when
+    ``keys`` is None, every key of the rows in first-seen order. json: a list of objects; csv:
+    a header line and one line per row, a key a row lacks left empty."""
+    file = _out(file, fmt)
+    rows = list(rows)
+    meta = ("_timestamp", "host")
+    if keys is None:
+        keys = list(dict.fromkeys(k for row in rows for k in row if k not in meta))
+    else:
+        keys = [k for k in keys if k not in meta]
+    columns = [*meta, *keys]
+    if fmt == "json":
+        _write_json([{k: row[k] for k in columns if k in row} for row in rows], file)
+    elif fmt == "csv":
+        w = csv.writer(file, lineterminator="\n")
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_csv_cell(row.get(k)) for k in columns])
+    else:
+        body = [[_when_ms(row.get("_timestamp")), str(row.get("host", "")), *(_cell(row.get(k)) for k in keys)]
+                for row in rows]
+        _table(["time", "host", *keys], body, file, title="system metrics", right=set(keys))
+
+
 # -- helpers -------------------------------------------------------------------------------------
 
 
@@ -168,6 +197,10 @@ def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
 
 def _when(t: Optional[float]) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _when_ms(t: Optional[float]) -> str:
+    return "" if t is None else _when(t) + f".{int(t * 1000) % 1000:03d}"
 
 
 def _duration(seconds: float) -> str:

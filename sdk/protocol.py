@@ -69,7 +69,8 @@ class Event(msgspec.Struct, array_like=True, omit_defaults=True):
     kinds: "config" (data: dict to merge), "summary" (data: {"set": dict, "del": [keys]}),
     "define_metric" (data: dict of define_metric's arguments), "console" (data: list of
     [time_us, stream, text]), "meta" (data: dict merged into the run's metadata), "finish"
-    (data: {"exit_code": int}; this writer is done)."""
+    (data: {"exit_code": int}; this writer is done), "artifact" (data: an artifact version to
+    index: uid, name, type, digest, manifest ...; see ``daemon/store.py`` ``check_artifact``)."""
 
     writer: int
     seq: int

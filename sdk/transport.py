@@ -145,7 +145,9 @@ class Client:
 
     def _init_state(self) -> None:
         self.writer = random.getrandbits(62) + 1
-        self._lock = threading.Lock()  # guards the encoder, events and the un-acked map
+        # re-entrant: a SIGTERM handler (main thread) may finish the run while the code it
+        # interrupted holds this lock
+        self._lock = threading.RLock()  # guards the encoder, events and the un-acked map
         self._acked = threading.Condition(self._lock)
         self._enc = codec.BatchEncoder()
         self._events: list[tuple[str, object]] = []
@@ -173,9 +175,14 @@ class Client:
         if self._unacked_bytes > self.max_buffer and not self._wait_for_room():
             return
         with self._lock:
-            n = self._enc.add(step, commit, time_us, values, payload)
-            full = n >= self.batch_entries or self._enc.nbytes >= self.batch_bytes
-        if full:
+            enc = self._enc
+            n = enc.add(step, commit, time_us, values, payload)
+            full = n >= self.batch_entries or enc.nbytes >= self.batch_bytes
+            if full and (n >= 4 * self.batch_entries or enc.nbytes >= 4 * self.batch_bytes):
+                # the flusher is stuck (a busy or paused daemon): frame here, so that no batch
+                # outgrows the WAL's record limit and its bytes count against max_buffer
+                self._frame_batch()
+        if full and not self._wake.is_set():  # the flusher clears it before it takes the batch
             self._wake.set()
 
     def _wait_for_room(self) -> bool:
@@ -192,15 +199,23 @@ class Client:
                 self._acked.wait(0.1)
         return True
 
-    def event(self, kind: str, data) -> None:
-        """Queue a run-level change (config, summary, ...): it travels in order with the logs.
+    def event(self, kind: str, data, ordered: bool = True) -> None:
+        """Queue a run-level change (config, summary, define_metric ...).
 
-        ``data`` is encoded here, so a value that cannot be stored raises TypeError in the
-        caller instead of stopping the flusher."""
+        ``ordered`` events take their place between the entries logged before and after them
+        (a ``define_metric`` applies to what follows it); unordered ones (console lines) ride
+        with the next batch. ``data`` is encoded here, so a value that cannot be stored raises
+        TypeError in the caller instead of stopping the flusher."""
         raw = msgspec.Raw(_event_data_encoder.encode(data))
         with self._lock:
-            self._events.append((kind, raw))
-        self._wake.set()
+            if ordered:
+                if len(self._enc):
+                    self._frame_batch()
+                self._frame_event(kind, raw)
+            else:
+                self._events.append((kind, raw))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self) -> None:
         """Connect (starting a daemon if needed) and start the flusher; raises TransportError."""
@@ -258,6 +273,7 @@ class Client:
     # -- the flusher thread ----------------------------------------------------------------------
 
     def _flusher(self) -> None:
+        _block_signals()
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -268,25 +284,36 @@ class Client:
                 self._send_pending()
             except OSError:
                 self._reconnect()
+            except Exception as e:  # a bug must not silently stop logging: say so, in the caller
+                self._fail(f"the trackside flusher failed: {type(e).__name__}: {e}")
+                return
             if self._closing:
                 return
 
     def _take(self) -> None:
         """Frame what is pending as batches with the next sequence numbers, into the outbox."""
-        records = []
         with self._lock:
             if len(self._enc):
-                self._seq += 1
-                records.append((self._seq, self._enc.take(self.writer, self._seq)))
+                self._frame_batch()
             events, self._events = self._events, []
             for kind, data in events:
-                self._seq += 1
-                body = encode_event(Event(self.writer, self._seq, kind, data))
-                records.append((self._seq, codec.frame(RECORD_EVENT, body)))
-            for seq, rec in records:
-                self._unacked[seq] = rec
-                self._unacked_bytes += len(rec)
-            self._outbox.extend(records)
+                self._frame_event(kind, data)
+
+    def _frame_batch(self) -> None:
+        """Frame the current batch into the outbox (caller holds the lock)."""
+        self._seq += 1
+        record = self._enc.take(self.writer, self._seq)
+        self._unacked[self._seq] = record
+        self._unacked_bytes += len(record)
+        self._outbox.append((self._seq, record))
+
+    def _frame_event(self, kind: str, data) -> None:
+        """Frame one event record into the outbox (caller holds the lock)."""
+        self._seq += 1
+        record = codec.frame(RECORD_EVENT, encode_event(Event(self.writer, self._seq, kind, data)))
+        self._unacked[self._seq] = record
+        self._unacked_bytes += len(record)
+        self._outbox.append((self._seq, record))
 
     def _send_pending(self) -> None:
         self._take()
@@ -350,6 +377,7 @@ class Client:
             delay = min(delay * 2, 1.0)
 
     def _reader(self, sock: socket.socket, gen: int) -> None:
+        _block_signals()
         try:
             while True:
                 msg = _read_frame(sock)
@@ -399,6 +427,15 @@ class Client:
                 pass
         self._init_state()
         self.start()
+
+
+def _block_signals() -> None:
+    """Keep SIGTERM and SIGINT off this thread. The kernel hands a process signal to any thread
+    that does not block it; Python only runs handlers in the main thread, so a signal landing
+    here would wait until the main thread next runs Python code (an hour-long sleep, say)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 def _read_frame(sock: socket.socket):

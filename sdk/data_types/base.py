@@ -40,13 +40,35 @@ class DataType:
         return self.to_json(run)
 
 
+# the modules defining the data types, imported when a logged form names a type not yet loaded
+_MODULES = ("histogram", "image", "audio", "video", "html", "object3d", "molecule", "plots", "table")
+LIST_TYPE = "list"  # the logged form of a list of data types: {"_type": "list", "items": [...]}
+
+
 def from_json(obj, source: str):
-    """Rebuild a data type from its logged form; other values come back as they are."""
+    """Rebuild a data type from its logged form (a list of them for ``{"_type": "list"}``);
+    other values come back as they are."""
     if isinstance(obj, dict):
-        cls = _TYPES.get(obj.get("_type"))
+        kind = obj.get("_type")
+        if kind == LIST_TYPE and isinstance(obj.get("items"), list):
+            return [from_json(item, source) for item in obj["items"]]
+        cls = _TYPES.get(kind)
+        if cls is None and isinstance(kind, str):
+            _load_modules()
+            cls = _TYPES.get(kind)
         if cls is not None:
             return cls.from_json(obj, source)
     return obj
+
+
+def _load_modules() -> None:
+    import importlib
+
+    for name in _MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ImportError:  # a module not written yet, or an optional dependency it needs at import
+            pass
 
 
 def store_bytes(run_dir: str, data: bytes, ext: str) -> dict:
