@@ -310,7 +310,7 @@ class Daemon:
         finally:
             self.connections.discard(conn)
             if conn.stream is not None:
-                conn.stream.connections.discard(conn)
+                conn.stream.detach(conn)
                 conn.stream.remove_pid(conn.peer)
             self._last_busy = time.monotonic()
 

@@ -381,6 +381,15 @@ class RunStream:
         if writer not in self.finished_writers:
             self.merger.join(writer, time.monotonic())
 
+    def detach(self, conn) -> None:
+        """A writer's connection ended. One that never sent anything (a process forked from a
+        rank that did not log, say) stops holding rows back; one that did may come back (a
+        reconnect), and its rows wait for it up to the merge window."""
+        self.connections.discard(conn)
+        writer = conn.writer_id
+        if writer not in self.seqs and not any(c.writer_id == writer for c in self.connections):
+            self.merger.leave(writer)
+
     def status(self) -> dict:
         return {
             "run_id": self.run_id,

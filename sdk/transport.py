@@ -164,6 +164,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._gen = 0  # connection generation: a reader thread of an old socket stays quiet
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._pid = os.getpid()
 
     # -- the caller's side -----------------------------------------------------------------------
@@ -172,6 +173,8 @@ class Client:
         """Encode one entry into the current batch; raises TypeError/OverflowError for bad values."""
         if self._error is not None:
             raise TransportError(self._error)
+        if self._thread is None:
+            self.start()  # a forked child's first use of the run it inherited
         if self._unacked_bytes > self.max_buffer and not self._wait_for_room():
             return
         with self._lock:
@@ -207,6 +210,8 @@ class Client:
         with the next batch. ``data`` is encoded here, so a value that cannot be stored raises
         TypeError in the caller instead of stopping the flusher."""
         raw = msgspec.Raw(_event_data_encoder.encode(data))
+        if self._thread is None and kind != "finish":
+            self.start()
         with self._lock:
             if ordered:
                 if len(self._enc):
@@ -219,12 +224,18 @@ class Client:
 
     def start(self) -> None:
         """Connect (starting a daemon if needed) and start the flusher; raises TransportError."""
-        self._connect()
-        self._thread = threading.Thread(target=self._flusher, name="trackside-flusher", daemon=True)
-        self._thread.start()
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._connect()
+            thread = threading.Thread(target=self._flusher, name="trackside-flusher", daemon=True)
+            thread.start()
+            self._thread = thread
 
     def finish(self, timeout: float = 120.0) -> bool:
         """Send everything and wait until the daemon has it durable and stored; True if so."""
+        if self._thread is None:  # never connected (a forked child that did not log): nothing to send
+            return True
         self.event("finish", {"exit_code": getattr(self, "exit_code", 0)})
         target = self._seq_after_flush()
         deadline = time.monotonic() + timeout
@@ -241,6 +252,8 @@ class Client:
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything added so far is durable at the daemon."""
+        if self._thread is None:
+            return True
         target = self._seq_after_flush()
         deadline = time.monotonic() + timeout
         with self._acked:
@@ -425,8 +438,7 @@ class Client:
                 os.close(self._sock.detach())  # the parent's connection stays the parent's
             except OSError:
                 pass
-        self._init_state()
-        self.start()
+        self._init_state()  # it connects on first use: most forked children never log
 
 
 def _block_signals() -> None:
