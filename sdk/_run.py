@@ -54,7 +54,20 @@ def new_run_id() -> str:
     return "".join(random.choice(_ID_CHARS) for _ in range(8))
 
 
-class Config(dict):
+class _AttrDict(dict):
+    """A dict whose keys also read and write as attributes (``config.lr = 0.1``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+class Config(_AttrDict):
     """The run's configuration: a dict whose changes reach the run (``config.lr = ...`` too)."""
 
     def __init__(self, run: "Run", initial: dict | None = None):
@@ -74,17 +87,8 @@ class Config(dict):
     def setdefaults(self, d: dict) -> None:
         self.update({k: v for k, v in d.items() if k not in self})
 
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
-    def __setattr__(self, key, value):
-        self[key] = value
-
-
-class Summary(dict):
+class Summary(_AttrDict):
     """The run's summary. Computed from logged values (last value unless ``define_metric`` says
     otherwise); values assigned here win over computed ones."""
 
@@ -106,15 +110,6 @@ class Summary(dict):
         super().update(d)
         if d:
             self._run._event("summary", {"set": d})
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def __setattr__(self, key, value):
-        self[key] = value
 
 
 class Run:

@@ -32,6 +32,7 @@ import uuid
 
 import msgspec
 
+from ._media import load_file
 from .base import DataType, from_json, store_bytes
 
 __all__ = ["IMMUTABLE", "INCREMENTAL", "JoinedTable", "LOG_MODES", "MUTABLE", "Table"]
@@ -518,19 +519,7 @@ def read_rows(obj: dict, source: str) -> tuple[list, list, list]:
 
 def read_columns(obj: dict, source: str) -> tuple[list, list, list, int]:
     """``(columns, types, column values, nrows)`` as stored: data-type cells as their logged form."""
-    try:
-        rel = obj["path"]
-    except KeyError:
-        raise ValueError(f"logged {obj.get('_type')!r} value has no rows file: {obj!r}") from None
-    path = os.path.join(os.fspath(source), rel)
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"the table rows file {path} is missing (was the run folder moved?)") from None
-    want = obj.get("sha256")
-    if want and hashlib.sha256(blob).hexdigest() != want:
-        raise ValueError(f"the table rows file {path} is damaged: its SHA-256 is not {want}")
+    blob = load_file(obj, source)  # checked against its SHA-256
     try:
         doc = _decode(blob)
         if doc.get("format") != FORMAT:
