@@ -53,13 +53,16 @@ class AlreadyRunning(RuntimeError):
 class Connection:
     """One writer's socket: frames in, acks out; closed alone when its frames are bad."""
 
-    __slots__ = ("writer", "stream", "writer_id", "peer")
+    __slots__ = ("writer", "stream", "writer_id", "peer", "rank", "records", "bytes")
 
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.stream: RunStream | None = None
         self.writer_id = 0
         self.peer = "?"
+        self.rank = None
+        self.records = 0  # batches accepted on this connection, for `trackside top`
+        self.bytes = 0
 
     def send(self, msg) -> None:
         if not self.writer.is_closing():
@@ -92,8 +95,11 @@ class StoreHandle:
 class Daemon:
     def __init__(self, folder: str | None = None, *, idle_timeout: float = 30.0, grpc_port: int | None = 0,
                  grpc_host: str = "127.0.0.1", system_metrics: bool = True, sample_interval: float = 1.0,
-                 log_interval: float = 10.0):
+                 log_interval: float = 10.0, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"):
         self.folder = folder or discovery.daemon_dir()
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self._metrics = None
         self.idle_timeout = idle_timeout
         self.grpc_port = grpc_port
         self.grpc_host = grpc_host
@@ -157,9 +163,15 @@ class Daemon:
             from .grpc_service import start_grpc
 
             self._grpc, grpc_port = await start_grpc(self, self.grpc_host, self.grpc_port)
+        metrics = None
+        if self.metrics_port is not None:
+            from .metrics import start_metrics
+
+            self._metrics, port = start_metrics(self, loop, self.metrics_host, self.metrics_port)
+            metrics = f"{self.metrics_host}:{port}"
         discovery.write_info(self.folder, {
             "pid": os.getpid(), "socket": self.socket, "grpc": f"{self.grpc_host}:{grpc_port}" if grpc_port else None,
-            "version": __version__, "started": time.time(),
+            "version": __version__, "started": time.time(), "metrics": metrics,
         })
         log.info("trackside daemon %s listening on %s (gRPC %s)", __version__, self.socket, grpc_port)
         idle = asyncio.create_task(self._idle_watch())
@@ -171,6 +183,8 @@ class Daemon:
             server.close()
             if self._grpc is not None:
                 await self._grpc.stop(grace=0.5)
+            if self._metrics is not None:
+                self._metrics.shutdown()
             await self._shutdown()
             discovery.remove_info(self.folder, os.getpid())
             try:
@@ -278,7 +292,7 @@ class Daemon:
                 return
             if not isinstance(hello, Hello):
                 return conn.refuse("the first frame must be hello")
-            conn.writer_id, conn.peer = hello.writer, hello.pid
+            conn.writer_id, conn.peer, conn.rank = hello.writer, hello.pid, hello.rank
             if hello.protocol != PROTOCOL_VERSION:
                 return conn.refuse(f"protocol version {hello.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})")
             try:
@@ -300,6 +314,8 @@ class Daemon:
                     stream.accept(conn, hello.writer, msg.seq, msg.record)
                 except (BadRecord, ValueError) as e:
                     return conn.refuse(str(e))
+                conn.records += 1
+                conn.bytes += len(msg.record)
         except _FrameError as e:
             conn.refuse(str(e))
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -341,9 +357,15 @@ class Daemon:
             "pid": os.getpid(),
             "version": __version__,
             "connections": len(self.connections),
-            "runs": [s.status() for s in self.streams.values()],
+            "runs": [dict(s.status(), writer_stats=self._writer_stats(s)) for s in self.streams.values()],
             "system_metrics": self.sampler.status(),
         }
+
+
+    def _writer_stats(self, stream: RunStream) -> list:
+        """Per connected writer of ``stream``: batches and bytes accepted on its connection."""
+        return [{"writer": c.writer_id, "pid": c.peer, "rank": c.rank, "records": c.records, "bytes": c.bytes}
+                for c in self.connections if c.stream is stream]
 
 
 class _FrameError(Exception):
@@ -364,6 +386,9 @@ def main(argv=None) -> int:
                    help="seconds between system-metrics samples, for runs that set no system_sample_interval")
     p.add_argument("--log-interval", type=float, default=10.0,
                    help="seconds of samples aggregated into one stored row, for runs that set no system_log_interval")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics (the figures of `trackside top`) on this port (0: any free port)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default: loopback)")
     p.add_argument("--no-system-metrics", action="store_true",
                    help="sample no system metrics (CPU, memory, disk, network, GPUs) for any run")
     args = p.parse_args(argv)
@@ -381,7 +406,7 @@ def main(argv=None) -> int:
     os.makedirs(folder, mode=0o700, exist_ok=True)
     daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port,
                     system_metrics=not args.no_system_metrics, sample_interval=args.sample_interval,
-                    log_interval=args.log_interval)
+                    log_interval=args.log_interval, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency, but never let its absence stop logging

@@ -20,6 +20,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["start", "stop", "status", "run"],
                    help="start: in the background; run: in the foreground; stop; status")
     d.add_argument("--idle-timeout", type=float, default=None, help="seconds without runs before it exits (0: never)")
+    d.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                   help="start/run: serve Prometheus metrics on 127.0.0.1:N (needs prometheus-client)")
+    d.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default: loopback)")
+
+    b = sub.add_parser("bench", help="profile logging on this machine: throughput, log() cost, lag, daemon cost",
+                       description="Writer processes log into a private daemon and run root (deleted afterwards) "
+                                   "and the figures are printed: records/s and values/s, log() cost, lag to "
+                                   "durable and to stored, finish() time, the daemon's CPU and peak RSS.")
+    b.add_argument("--writers", type=int, default=1, help="writer processes, logging the same steps (default 1)")
+    b.add_argument("--keys", type=int, default=10, dest="keys_per_record", metavar="N",
+                   help="float keys per record (default 10)")
+    b.add_argument("--kinds", default="float", metavar="K[,K]",
+                   help="value kinds per record: float (always), histogram, image, table (default: float)")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--records", type=int, help="records per writer")
+    g.add_argument("--seconds", type=float, help="log for this many seconds (default 10, unless --records)")
+    b.add_argument("--rate", type=float, default=0, help="records/s per writer (default 0: as fast as possible)")
+    b.add_argument("--durability", choices=["fsync", "flush", "none"], default="fsync")
+    b.add_argument("--transport", default="unix", help="unix only (gRPC comes later)")
+    b.add_argument("--dest", default="store", help="store (the local store) only; 'none' and server URLs come later")
+    b.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/bench.schema.json)")
+    b.add_argument("--plot", metavar="FILE.png", help="draw throughput and lag over time (needs matplotlib)")
+
+    tp = sub.add_parser("top", help="live view of this host's daemon: per run and writer rates, WAL, backlog")
+    tp.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
 
     r = sub.add_parser("runs", help="list the runs of a run root")
     r.add_argument("--root", help="run root (default: $TRACKSIDE_DIR or ./trackside)")
@@ -79,6 +105,8 @@ def _daemon(args) -> int:
         from trackside.daemon.server import main as daemon_main
 
         extra = [] if args.idle_timeout is None else ["--idle-timeout", str(args.idle_timeout)]
+        if args.metrics_port is not None:
+            extra += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
         return daemon_main(["--dir", folder, *extra])
     info = discovery.read_info(folder)
     alive = info is not None and _alive(info.get("pid"))
@@ -119,7 +147,18 @@ def _daemon(args) -> int:
         return 0
     from .transport import ensure_daemon
 
-    ensure_daemon(folder).close()
+    daemon_args = []
+    if args.metrics_port is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            print("trackside: --metrics-port needs prometheus-client: pip install 'trackside[metrics]'", file=sys.stderr)
+            return 2
+        daemon_args += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
+    ensure_daemon(folder, daemon_args=daemon_args).close()
+    deadline = time.monotonic() + 5  # the socket answers a moment before daemon.json is written
+    while not (discovery.read_info(folder) or {}).get("pid") and time.monotonic() < deadline:
+        time.sleep(0.02)
     info = discovery.read_info(folder) or {}
     print(f"started trackside daemon pid {info.get('pid')} on {info.get('socket')}")
     return 0
@@ -189,6 +228,77 @@ def _table(args) -> int:
 
 _COMMANDS = {"daemon": _daemon, "runs": _runs, "history": _history, "summary": _summary}
 _COMMANDS["table"] = _table
+
+
+def _bench(args) -> int:
+    from . import profiler
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if "float" not in kinds:
+        kinds.insert(0, "float")
+    problems = []
+    if args.writers < 1:
+        problems.append(f"--writers must be at least 1, not {args.writers}")
+    if args.keys_per_record < 1:
+        problems.append(f"--keys must be at least 1, not {args.keys_per_record}")
+    if args.records is not None and args.records < 1:
+        problems.append(f"--records must be at least 1, not {args.records}")
+    if args.seconds is not None and not args.seconds > 0:
+        problems.append(f"--seconds must be positive, not {args.seconds}")
+    if args.rate < 0:
+        problems.append(f"--rate must be 0 (flat out) or positive, not {args.rate}")
+    if args.transport != "unix":
+        problems.append(f"--transport {args.transport!r}: only 'unix' is measured so far (gRPC comes later)")
+    if args.dest != "store":
+        problems.append(f"--dest {args.dest!r}: only 'store' (the local store) is available; 'none' (WAL only) "
+                        f"and server URLs come with uploads")
+    try:
+        profiler.check_kinds(kinds)
+    except ValueError as e:
+        problems.append(str(e))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            problems.append("--plot needs matplotlib: pip install 'trackside[bench]'")
+    if problems:
+        for p in problems:
+            print(f"trackside bench: {p}", file=sys.stderr)
+        return 2
+    opts = {"writers": args.writers, "keys_per_record": args.keys_per_record, "kinds": kinds,
+            "records": args.records, "seconds": None if args.records else (args.seconds or 10.0),
+            "durability": args.durability, "rate": args.rate, "transport": "unix", "dest": "store"}
+    live = sys.stderr.isatty()
+
+    def progress(line):
+        sys.stderr.write("\r\x1b[2K" + line)
+        sys.stderr.flush()
+
+    res = profiler.run_bench(opts, progress=progress if live else None)
+    if live:
+        sys.stderr.write("\r\x1b[2K")
+    if args.plot:
+        profiler.plot(res, args.plot)
+    if args.json:
+        import json
+
+        print(json.dumps(res, indent=2))
+    else:
+        print("\n".join(profiler.report_lines(res)))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0 if res["rows_stored"] >= res["rows_expected"] else 1
+
+
+def _top(args) -> int:
+    from . import discovery
+    from .top import run_top
+
+    return run_top(discovery.daemon_dir(), once=args.once, interval=args.interval)
+
+
+_COMMANDS["bench"] = _bench
+_COMMANDS["top"] = _top
 
 
 if __name__ == "__main__":

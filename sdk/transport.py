@@ -85,26 +85,26 @@ def daemon_status(info: dict, timeout: float = 5.0) -> dict:
     return reply.status
 
 
-def spawn_daemon(folder: str) -> None:
+def spawn_daemon(folder: str, daemon_args=()) -> None:
     """Start a daemon for ``folder`` in its own session; it outlives this process."""
     logf = open(os.path.join(folder, "daemon.log"), "ab")
     try:
         subprocess.run(
-            [sys.executable, "-m", "trackside.daemon", "--dir", folder, "--detach"],
+            [sys.executable, "-m", "trackside.daemon", "--dir", folder, "--detach", *daemon_args],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/", close_fds=True, timeout=30,
         )
     finally:
         logf.close()
 
 
-def ensure_daemon(folder: str, timeout: float = 15.0) -> socket.socket:
+def ensure_daemon(folder: str, timeout: float = 15.0, daemon_args=()) -> socket.socket:
     """A connection to the host's daemon, starting one when none answers."""
     path = discovery.socket_path(folder)
     try:
         return connect(path)
     except OSError:
         pass
-    spawn_daemon(folder)
+    spawn_daemon(folder, daemon_args)
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
