@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import emit, median, parser  # noqa: E402
+from trackside.profiler import DaemonMonitor, _say, _wait_go, row_maker, stats_us  # noqa: E402
+from trackside.profiler import Scenario as ProfilerScenario  # noqa: E402
 
 KEYS = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch",
         "train/step_time", "val/loss", "val/acc", "gpu/mem_gb")
@@ -56,34 +53,6 @@ TARGET_FINISH_MS = 200.0
 
 # -- the writer process ---------------------------------------------------------------------------
 
-def _say(obj) -> None:
-    # straight to fd 1: sys.stdout is teed into the run's console log once init() has run
-    os.write(1, (json.dumps(obj) + "\n").encode())
-
-
-def _wait_go() -> None:
-    line = sys.stdin.readline()
-    if line.strip() != "go":
-        raise SystemExit(f"writer: expected 'go', got {line!r}")
-
-
-def _row_maker(keys):
-    """A function of ``a`` returning a fresh dict of the keys, every value depending on ``a``:
-    as cheap as a dict literal, so the loop measures log() and not the dict building."""
-    body = ", ".join(f"{k!r}: a * {j + 1}.0 + {j}.5" for j, k in enumerate(keys))
-    return eval(f"lambda a: {{{body}}}")
-
-
-def _pct(sorted_xs, q: float):
-    return sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))]
-
-
-def _stats_us(samples_ns) -> dict:
-    xs = sorted(samples_ns)
-    return {"median_us": _pct(xs, 0.5) / 1e3, "p99_us": _pct(xs, 0.99) / 1e3, "p999_us": _pct(xs, 0.999) / 1e3,
-            "max_us": xs[-1] / 1e3, "mean_us": sum(xs) / len(xs) / 1e3}
-
-
 def writer_main(spec: dict) -> None:
     import trackside
 
@@ -97,7 +66,7 @@ def writer_main(spec: dict) -> None:
     if meta is not None:
         meta.join(30)
     keys = KEYS if spec["keys"] == "same" else tuple(f"rank{rank}/{k}" for k in KEYS)
-    make = _row_maker(keys)
+    make = row_maker(keys)
     n = spec["records"]
     log = run.log
     mono = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for every process on the host
@@ -122,8 +91,8 @@ def writer_main(spec: dict) -> None:
             t1 = pc()
             samples[i] = t1 - t0
         out["last_log"] = mono()
-        out["log_cost"] = _stats_us(samples)
-        out["empty_loop"] = _stats_us(empty)
+        out["log_cost"] = stats_us(samples)
+        out["empty_loop"] = stats_us(empty)
     elif spec.get("rate"):
         # paced: chunks of 100 calls on a fixed schedule, below what the daemon can take
         per_ns = 1e9 / spec["rate"]
@@ -148,52 +117,18 @@ def writer_main(spec: dict) -> None:
 
 # -- the parent: one isolated scenario ------------------------------------------------------------
 
-class Scenario:
-    """A temp folder with a daemon dir and a run root; writers started in it; cleaned up after."""
+class Scenario(ProfilerScenario):
+    """``trackside bench``'s scenario (temp folders, writers, clean-up) with this file's writer
+    and its own run(): one writer mode, the store's row count awaited at the end."""
 
     def __init__(self, durability: str, records: int, keys: str, rate: float = 0):
-        self.tmp = tempfile.mkdtemp(prefix="trackside-bench-", dir="/tmp")
-        self.daemon_dir = os.path.join(self.tmp, "daemon")
-        self.root = os.path.join(self.tmp, "root")
-        os.makedirs(self.daemon_dir, mode=0o700)
-        self.env = dict(os.environ)
-        for k in ("TRACKSIDE_RUN_ID", "TRACKSIDE_NO_EXTENSIONS", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK"):
-            self.env.pop(k, None)
-        self.env.update({"TRACKSIDE_DAEMON_DIR": self.daemon_dir, "TRACKSIDE_DIR": self.root,
-                         "TRACKSIDE_IDLE_TIMEOUT": "120"})
-        self.run_id = "bench" + os.urandom(4).hex()
-        self.spec = {"durability": durability, "records": records, "keys": keys, "run_id": self.run_id, "rate": rate}
-        self.procs: list[subprocess.Popen] = []
-        self._errs: list = []
-        self.daemon_pid = None
-
-    def start_writer(self, rank: int, mode: str) -> subprocess.Popen:
-        env = dict(self.env)
-        if rank > 0:
-            env["TRACKSIDE_RUN_ID"] = self.run_id
-        env["RANK"] = str(rank)
-        spec = dict(self.spec, rank=rank, mode=mode)
-        err = open(os.path.join(self.tmp, f"writer{rank}.err"), "wb")
-        self._errs.append(err)
-        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--writer-spec", json.dumps(spec)],
-                             env=env, cwd=self.tmp, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=err, text=True)
-        self.procs.append(p)
-        return p
-
-    def read(self, p: subprocess.Popen) -> dict:
-        line = p.stdout.readline()
-        if not line:
-            p.wait()
-            with open(os.path.join(self.tmp, f"writer{self.procs.index(p)}.err")) as f:
-                err = f.read()[-3000:]
-            raise RuntimeError(f"writer exited with {p.returncode}:\n{err}")
-        return json.loads(line)
+        super().__init__({"durability": durability, "records": records, "keys": keys, "rate": rate},
+                         writer_cmd=[sys.executable, os.path.abspath(__file__)])
 
     def run(self, writers: int, mode: str) -> dict:
-        first = self.start_writer(0, mode)
+        first = self.start_writer(0, mode=mode)
         self.read(first)  # init() returned: the daemon runs and the run exists
-        others = [self.start_writer(r, mode) for r in range(1, writers)]
+        others = [self.start_writer(r, mode=mode) for r in range(1, writers)]
         for p in others:
             self.read(p)
         from trackside import discovery
@@ -254,80 +189,6 @@ class Scenario:
                 if time.monotonic() > deadline:
                     return 0, time.monotonic_ns()
                 time.sleep(0.05)
-
-    def close(self) -> None:
-        from trackside import discovery
-
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    f.close()
-        for f in self._errs:
-            f.close()
-        info = discovery.read_info(self.daemon_dir)
-        pid = (info or {}).get("pid") or self.daemon_pid
-        if pid and discovery.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while discovery.pid_alive(pid):
-                if time.monotonic() > deadline:
-                    print(f"bench: daemon {pid} did not stop within 60 s of SIGTERM: killing it", file=sys.stderr)
-                    os.kill(pid, signal.SIGKILL)
-                    deadline = float("inf")
-                time.sleep(0.02)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class DaemonMonitor:
-    """CPU seconds (user + sys) between start() and stop(), RSS sampled every 50 ms, VmHWM."""
-
-    def __init__(self, pid: int):
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def start(self) -> None:
-        c = self.proc.cpu_times()
-        self.cpu0 = c.user + c.system
-        self.peak_rss = self.proc.memory_info().rss
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            except Exception:
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        c = self.proc.cpu_times()
-        self.cpu1 = c.user + c.system
-        self.rss_end = self.proc.memory_info().rss
-        self.hwm = None
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        self.hwm = int(line.split()[1]) * 1024
-        except OSError:
-            pass
-
-    def figures(self) -> dict:
-        return {
-            "daemon_cpu_s": self.cpu1 - self.cpu0,
-            "daemon_peak_rss_mb": self.peak_rss / 2**20,
-            "daemon_vmhwm_mb": self.hwm / 2**20 if self.hwm is not None else None,
-            "daemon_rss_end_mb": self.rss_end / 2**20,
-        }
-
 
 def scenario(args, writers: int, mode: str, rate: float = 0) -> dict:
     s = Scenario(args.durability, args.records, args.keys, rate)

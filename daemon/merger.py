@@ -44,7 +44,9 @@ class Row(NamedTuple):
 
     ``amend=True``: the step may already be stored (it was emitted before, or declared final);
     the store merges ``values`` into the stored row, creating it when there is none, and appends
-    ``payloads``. ``time_us`` is the latest time of the entries merged into the row.
+    ``payloads``. ``time_us`` is the latest time of the entries merged into the row. Rows are
+    read-only: ``values`` may be an entry's own dict, and rows without payloads may share one
+    empty list.
     """
 
     step: int
@@ -213,6 +215,7 @@ class _Pending:
 
 
 _NO_STEP = float("-inf")
+_NO_PAYLOADS: list = []  # rows without payloads share it: one object less per row for the GC to track
 
 
 class Merger:
@@ -277,6 +280,12 @@ class Merger:
         self._now: Optional[float] = None
         self._next_window_check = float("inf")
         self._joined: dict[int, float] = {}  # writer -> join time, until its first entry
+        # Rows of a writer logging alone, committed step after step, are final once added: they
+        # skip _Pending and the heap (see _add_alone). Not emitted yet, so they count as pending.
+        # Never both these and _pending: anything that could reopen them spills them back there.
+        self._ready: list[Row] = []
+        self._ready_marks: list[tuple] = []  # (index in _ready, now) of each add that extended it
+        self._ready_writer: Optional[int] = None
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -288,6 +297,7 @@ class Merger:
         and a rank's first steps should merge by the reduce rule, not arrive as amendments.
         Without ``now``, or once the window has passed, it holds nothing back."""
         if writer not in self._cursors:
+            self._spill()  # the new writer may hold the ready rows back
             self._cursors[writer] = None
             if now is not None:
                 self._joined[writer] = now
@@ -309,7 +319,7 @@ class Merger:
 
     def pending(self) -> int:
         """How many rows are pending (not emitted yet)."""
-        return len(self._pending)
+        return len(self._pending) + len(self._ready)
 
     # -- entries ----------------------------------------------------------------------------
 
@@ -330,10 +340,11 @@ class Merger:
     def add(self, writer: int, entries: Iterable[Entry], now: Optional[float] = None) -> None:
         """Apply ``entries`` of one writer, in order. Emits nothing: call :meth:`finalize`.
 
-        Each entry is ``(step, commit, time_us, values, payload)``. ``values`` is copied;
-        ``payload`` (bytes or None) is kept as is, in arrival order, without decoding. A late
-        entry dropped under ``late_steps="drop"`` still moves the writer's cursor: the writer
-        did reach that step.
+        Each entry is ``(step, commit, time_us, values, payload)``. ``values`` is never changed,
+        and an entry that makes a row alone may become that row's ``values`` without a copy: do
+        not change it after the call. ``payload`` (bytes or None) is kept as is, in arrival
+        order, without decoding. A late entry dropped under ``late_steps="drop"`` still moves
+        the writer's cursor: the writer did reach that step.
         """
         if now is None:
             now = self._now
@@ -345,18 +356,29 @@ class Merger:
             elif now + self.merge_window < self._next_window_check:
                 self._next_window_check = now + self.merge_window
 
-        cursor = self._cursors.get(writer)
+        cursors = self._cursors
+        cursor = cursors.get(writer)
         if cursor is None:
             cur_step, cur_commit = None, False
         else:
             cur_step, cur_commit = cursor
         pending = self._pending
+        if not isinstance(entries, (list, tuple)):
+            entries = list(entries)
+        n = 0
+        if not pending and (not cursors or (len(cursors) == 1 and writer in cursors)) and (
+            not self._ready or self._ready_writer == writer
+        ):
+            n = self._add_alone(writer, entries, cur_step, now)
+            if n:
+                cur_step, cur_commit = entries[n - 1][0], True
+        if n < len(entries):
+            self._spill()
         heap = self._heap
         emitted_max = self._emitted_max
-        n = 0
-        # The common case (one writer, step after step) costs a dict probe, one _Pending and a
-        # values copy per entry; the other branches run only when writers share a step.
-        for step, commit, time_us, values, payload in entries:
+        # The usual path costs a dict probe, one _Pending and a values copy per entry; the other
+        # branches run only when writers share a step.
+        for step, commit, time_us, values, payload in entries[n:] if n else entries:
             n += 1
             if cur_step is None or step > cur_step:
                 cur_step = step
@@ -395,9 +417,49 @@ class Merger:
                 row.time_us = time_us
             row.touched = now
 
-        self._cursors[writer] = [cur_step, cur_commit] if cur_step is not None else None
+        cursors[writer] = [cur_step, cur_commit] if cur_step is not None else None
         self.stats["entries"] += n
-        self.stats["pending"] = len(pending)
+        self.stats["pending"] = len(pending) + len(self._ready)
+
+    def _add_alone(self, writer: int, entries, cur_step, now) -> int:
+        """The fast path of :meth:`add` for ``writer`` logging alone (no other live writer,
+        nothing pending): the leading entries that commit a step above every step seen become
+        final rows at once. Returns how many entries it took; the rest go the usual way."""
+        ready = self._ready
+        start = len(ready)
+        floor = self._emitted_max  # the highest step emitted, logged or ready: an entry must pass it
+        if cur_step is not None and cur_step > floor:
+            floor = cur_step
+        if start:
+            floor = max(floor, ready[-1].step)
+        new_row = tuple.__new__  # Row(...) costs twice as much: its __new__ is Python code
+        for step, commit, time_us, values, payload in entries:
+            if not commit or step <= floor:
+                break
+            ready.append(new_row(Row, (step, time_us, values, _NO_PAYLOADS if payload is None else [payload], False)))
+            floor = step
+        taken = len(ready) - start
+        if taken:
+            self._ready_marks.append((start, now))
+            self._ready_writer = writer
+        return taken
+
+    def _spill(self) -> None:
+        """Move the ready rows (see ``_add_alone``) into ``_pending``, as the usual path would
+        have left them, before anything that could hold them back or add to them."""
+        ready = self._ready
+        if not ready:
+            return
+        marks = self._ready_marks
+        pending = self._pending
+        writer = self._ready_writer
+        ends = [start for start, _ in marks[1:]] + [len(ready)]
+        for (start, touched), end in zip(marks, ends):
+            for row in ready[start:end]:
+                pending[row.step] = _Pending(row.time_us, dict(row.values), list(row.payloads), touched, writer, False)
+                heappush(self._heap, row.step)
+        self._ready = []
+        marks.clear()
 
     def _drop(self, writer: int, step: int) -> None:
         self.stats["late_dropped"] += 1
@@ -437,6 +499,13 @@ class Merger:
         pending = self._pending
         if now is not None:
             self._now = now
+        if self._ready:  # final by construction, and nothing else is pending
+            out, self._ready = self._ready, []
+            self._ready_marks.clear()
+            self._emitted_max = max(self._emitted_max, out[-1].step)
+            self.stats["rows_emitted"] += len(out)
+            self.stats["pending"] = 0
+            return out
         if not pending:
             return []
         out: list[Row] = []
@@ -497,6 +566,8 @@ class Merger:
     def _reduce(self, row: _Pending) -> None:
         """Apply the reduce rules to keys that several writers set; count the collisions."""
         by = row.by_writer
+        if sum(map(len, by.values())) == len(row.values):
+            return  # the writers' keys are disjoint (``values`` holds their union): no collision
         counts: dict[str, int] = {}
         for vals in by.values():
             for k in vals:

@@ -43,7 +43,7 @@ import re
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import msgspec
 
@@ -178,6 +178,18 @@ CREATE TABLE IF NOT EXISTS system_metrics (
 """
 _MIGRATIONS[3] = _SYSTEM_SCHEMA
 _TYPED = b"\xa5_type"  # msgpack's "_type" key: a history blob without it holds no typed value
+
+# History rows go in with multi-row INSERTs: one sqlite3 call per 256 rows instead of one per
+# row takes ~0.4 us off each row's ~2 us. A batch is cut into chunks of these sizes (256 as
+# often as it fits, then the rest in binary), so a handful of cached statements serve any count.
+# 256 rows are 1,024 variables, far below SQLite's limit (32,766).
+_INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+_INSERT_HISTORY = {
+    n: "INSERT INTO history (rid, step, time_us, data) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
+    + " ON CONFLICT (rid, step) DO UPDATE SET data = ts_merge(data, excluded.data),"
+    " time_us = min(time_us, excluded.time_us)"
+    for n in _INSERT_SIZES
+}
 
 _PAGE_SIZE = 8192  # a history row with 10 keys is ~250 bytes: 8 KiB pages insert ~15% faster than 4 KiB
 
@@ -595,32 +607,46 @@ class Store:
         with self._tx():
             return self._write_rows(self._rid(run_id), rows, cursor)
 
-    def _write_rows(self, rid: int, rows, cursor) -> int:
+    def _write_rows(self, rid: int, rows, cursor, typed_steps=None) -> int:
         conn = self._conn
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
         if rows:
             encode = self._encode
             try:
-                params = [(rid, r.step, r.time_us, encode(r.values)) for r in rows]
+                blobs = [encode(r.values) for r in rows]
             except (TypeError, msgspec.EncodeError) as e:
                 raise TypeError(_bad_row(rows, encode, e)) from None
+            # the parameters of all rows in one flat list, (rid, step, time_us, data) after another
+            params = [rid] * (4 * len(rows))
+            params[1::4] = [r.step for r in rows]
+            params[2::4] = [r.time_us for r in rows]
+            params[3::4] = blobs
             self._merged = 0
-            conn.executemany(
-                "INSERT INTO history (rid, step, time_us, data) VALUES (?, ?, ?, ?) ON CONFLICT (rid, step)"
-                " DO UPDATE SET data = ts_merge(data, excluded.data), time_us = min(time_us, excluded.time_us)",
-                params,
-            )
+            done = 0
+            for size in _INSERT_SIZES:  # whole chunks of the largest size, then the rest in binary
+                sql = _INSERT_HISTORY[size]
+                while len(rows) - done >= size:
+                    conn.execute(sql, params[4 * done : 4 * (done + size)])
+                    done += size
             merged = self._merged
-            for r, p in zip(rows, params):
-                if _TYPED in p[3]:  # a bytes search: rows of plain numbers pay next to nothing
-                    self._index_media(rid, r.step, r.values)
+            if typed_steps is None:
+                for r, data in zip(rows, blobs):
+                    if _TYPED in data:  # a bytes search: rows of plain numbers pay ~0.25 us for it
+                        self._index_media(rid, r.step, r.values)
+            elif typed_steps:
+                for r in rows:
+                    if r.step in typed_steps:
+                        self._index_media(rid, r.step, r.values)
             known = self._keys.get(rid)
             if known is None:
                 known = self._keys[rid] = {
                     k for (k,) in conn.execute("SELECT key FROM history_keys WHERE rid = ?", (rid,))
                 }
-            new_keys = set().union(*[r.values.keys() for r in rows]) - known
+            new_keys = set()
+            for r in rows:
+                if not known.issuperset(r.values):  # rarely: a run logs the same keys step after step
+                    new_keys.update(r.values.keys() - known)
             if new_keys:
                 conn.executemany(
                     "INSERT OR IGNORE INTO history_keys (rid, key) VALUES (?, ?)", [(rid, k) for k in new_keys]
@@ -694,6 +720,7 @@ class Store:
         final_state: Optional[tuple[str, Optional[int]]] = None,
         artifacts: Iterable = (),
         system: Iterable = (),
+        typed_steps: Optional[Collection[int]] = None,
     ) -> int:
         """Everything the daemon has for a run since its last call, in ONE transaction.
 
@@ -705,6 +732,9 @@ class Store:
         after a crash stores each record exactly once. Returns ``write_rows``'s count.
         ``artifacts``: artifact versions to index, each as ``check_artifact`` returns it (see
         ``add_artifact``). ``system``: system-metrics rows as in ``write_system_metrics``.
+        ``typed_steps``: the steps among ``rows`` that may hold typed values (dicts with a
+        ``"_type"``, indexed in ``media``); a caller that knows saves the search of every row,
+        which None (the default) does.
         Raises as the single methods do; on an exception nothing of the call is stored.
         """
         if final_state is not None and (final_state[0] == "running" or final_state[0] not in STATES):
@@ -713,7 +743,7 @@ class Store:
         with self._tx():
             conn = self._conn
             rid = self._rid(run_id)
-            merged = self._write_rows(rid, rows, cursor)
+            merged = self._write_rows(rid, rows, cursor, typed_steps)
             if console:
                 self._append_console(rid, console)
             for artifact in artifacts:

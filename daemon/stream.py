@@ -101,6 +101,7 @@ class RunStream:
         self._summary_dirty = False
         self._tasks: list[asyncio.Task] = []
         self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
+        self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -229,11 +230,13 @@ class RunStream:
                 self._warn(f"ignored {ev.kind!r} event of writer {writer} (seq {seq}): {e}")
         everything = bool(finished) and self.merger.live_writers() == 0
         rows = self.merger.finalize(now, everything=everything)
-        cursor = group[-1][0] if self.merger.pending() == 0 else None
+        # the WAL cursor moves only past records whose rows are all stored (an empty group is
+        # the ticker's: rows the merge window let go)
+        cursor = group[-1][0] if group and self.merger.pending() == 0 else None
         if rows:
             self.summary.update(rows)
             self._summary_dirty = True
-            self.next_step = max(self.next_step, max(r.step for r in rows) + 1)
+            self.next_step = max(self.next_step, rows[-1].step + 1)  # rows come in step order
         summary = None
         if self._summary_dirty and (finished or now - self._last_summary >= SUMMARY_EVERY):
             summary = self.summary.snapshot()
@@ -246,6 +249,7 @@ class RunStream:
         artifacts, self._artifacts = self._artifacts, []
         await self._store(
             rows=rows,
+            typed_steps=self._take_typed(rows),
             config=config,
             metadata=meta,
             console=console,
@@ -296,7 +300,17 @@ class RunStream:
         except (msgspec.DecodeError, TypeError) as e:
             self._warn(f"writer {writer} batch {seq}: step {step} has a payload that is not a map of values ({e}); kept aside")
             return entry
+        self._typed_steps.add(step)
         return (step, commit, time_us, {**values, **rich}, None)
+
+    def _take_typed(self, rows) -> set:
+        """The steps of ``rows`` that got rich values: only their rows can hold media to index
+        (plain entries carry scalars only)."""
+        if not self._typed_steps or not rows:
+            return set()
+        typed = self._typed_steps.intersection([r.step for r in rows])
+        self._typed_steps -= typed
+        return typed
 
     async def _store(self, **changes) -> None:
         """Write one transaction into the store, retrying while the store cannot take it (a full
@@ -362,7 +376,9 @@ class RunStream:
         rows = self.merger.finalize(time.monotonic(), everything=False)
         if rows or self._summary_dirty:
             self.summary.update(rows)
-            await self._store(rows=rows, summary=self.summary.snapshot(), cursor=None)
+            await self._store(
+                rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(), cursor=None
+            )
         self.wal.close()
 
     # -- reporting -------------------------------------------------------------------------------

@@ -111,25 +111,65 @@ class Summary:
             self._add_rows(rows_or_mapping)
 
     def _add_rows(self, rows: Iterable[Row]) -> None:
-        last = self._last
-        last_step = self._last_step
-        metrics = self.metrics
-        for row in rows:
-            step = row.step
-            values = row.values
-            if step >= self._max_step:
-                # rows nearly always come in step order: no per-key comparison needed
-                self._max_step = step
-                last.update(values)
-                for k in values:
-                    last_step[k] = step
-            else:
-                for k, v in values.items():
-                    if step >= last_step.get(k, _NO_STEP):
-                        last[k] = v
+        if not isinstance(rows, (list, tuple)):
+            rows = list(rows)
+        if not rows:
+            return
+        steps = [row.step for row in rows]
+        if steps[0] >= self._max_step and steps == sorted(steps):
+            # rows nearly always come in step order: no per-key comparison needed
+            self._fold_in_order(rows)
+            self._max_step = steps[-1]
+        else:
+            last = self._last
+            last_step = self._last_step
+            for row in rows:
+                step = row.step
+                values = row.values
+                if step >= self._max_step:
+                    self._max_step = step
+                    last.update(values)
+                    for k in values:
                         last_step[k] = step
-            if metrics.has_summary_rules:
-                self._add_stats(step, values)
+                else:
+                    for k, v in values.items():
+                        if step >= last_step.get(k, _NO_STEP):
+                            last[k] = v
+                            last_step[k] = step
+        if self.metrics.has_summary_rules:
+            for row in rows:
+                self._add_stats(row.step, row.values)
+
+    def _fold_in_order(self, rows: list) -> None:
+        """Fold rows in step order into the last values: each key takes its value and step from
+        the last row that has it. Scanning backwards, a row whose keys were all seen (nearly
+        every row: a run logs the same keys step after step) costs one set comparison."""
+        seen: set = set()
+        values_of: dict = {}
+        steps_of: dict = {}
+        for row in reversed(rows):
+            values = row.values
+            if seen.issuperset(values):
+                continue
+            step = row.step
+            for k, v in values.items():
+                if k not in seen:
+                    seen.add(k)
+                    values_of[k] = v
+                    steps_of[k] = step
+        last = self._last
+        new = seen.difference(last)
+        if new:
+            # keys new to the summary enter in the order they were logged (the snapshot's order)
+            for row in rows:
+                for k in row.values:
+                    if k in new:
+                        last[k] = None
+                        new.discard(k)
+                if not new:
+                    break
+        last.update(values_of)
+        self._last_step.update(steps_of)
 
     def _add_stats(self, step: int, values: dict) -> None:
         lookup = self.metrics.lookup

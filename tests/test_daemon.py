@@ -343,3 +343,32 @@ def test_full_disk_holds_acks_and_loses_nothing(ts, tmp_path):
     finally:
         stop_daemon(ts.daemon_dir)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_merge_window_stores_rows_held_back_by_a_silent_writer(ts):
+    """A rank that stops in the middle of a step (hung, not dead) holds rows back only for
+    the merge window; then the daemon stores them while the run is live."""
+    run = start_run(settings={"merge_window": 1.0})
+    code = """
+import os, time, trackside
+os.environ["RANK"] = "1"
+run = trackside.init()
+run.log({"r1": 1}, step=0, commit=False)  # stays in step 0
+assert run._client.flush()
+print("ready", flush=True)
+time.sleep(30)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, TRACKSIDE_RUN_ID=run.id),
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        for step in range(5):
+            run.log({"r0": step}, step=step, commit=True)
+        assert run._client.flush()
+        api = trackside.Api(ts.root)
+        assert wait_for(lambda: len(api.run(run.id).history()) == 5, timeout=15)
+        rows = api.run(run.id).history()
+        assert rows[0] == {**rows[0], "r0": 0, "r1": 1}
+    finally:
+        p.kill()
+        p.wait()

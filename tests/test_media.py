@@ -546,6 +546,17 @@ def test_media_index_is_filled_by_the_store_and_by_migrating_an_old_store(tmp_pa
     con.close()
 
 
+def test_media_index_holds_rich_values_amended_into_an_earlier_step(ts):
+    def body(run):
+        run.log({"loss": 1.0}, step=0)
+        run.log({"loss": 0.5}, step=3, commit=True)
+        run.log({"h": wandb.Histogram([1, 2, 3])}, step=0)  # late: amended into step 0
+
+    view = logged(body)
+    assert view.media("h") == [(0, wandb.Histogram([1, 2, 3]))]
+    assert [(f["key"], f["step"], f["type"]) for f in view.media_files()] == [("h", 0, "histogram")]
+
+
 def test_media_reads_back_from_a_store_without_the_index(ts):
     view = logged(lambda run: wandb.log({"h": wandb.Histogram([1, 2, 3]), "loss": 1.0}))
     con = sqlite3.connect(os.path.join(ts.root, "trackside.db"))

@@ -70,6 +70,15 @@ def test_values_are_copied():
     assert v == {"a": 99}
 
 
+def test_single_writer_same_step_again_merges_into_its_row():
+    # a committed step is final at once for a writer logging alone, until the same step comes again
+    m = Merger()
+    m.add(1, [e(0, {"a": 1}), e(1, {"a": 2})])
+    m.add(1, [e(1, {"b": 3})])
+    assert m.finalize() == [Row(0, 0, {"a": 1}, [], False), Row(1, 0, {"a": 2, "b": 3}, [], False)]
+    assert m.stats["amends"] == 0
+
+
 # -- several writers -----------------------------------------------------------------------------
 
 
@@ -148,6 +157,15 @@ def test_fresh_writer_does_not_block_rows():
     m.join(2)  # never logs
     m.add(1, [e(0, {"a": 0}), e(1, {"a": 1})])
     assert steps(m.finalize()) == [0, 1]
+
+
+def test_writer_joining_before_finalize_holds_a_lone_writers_rows():
+    m = Merger(merge_window=10.0)
+    m.add(1, [e(0, {"a": 0}), e(1, {"a": 1})], now=0.0)
+    m.join(2, now=0.0)  # connected after writer 1's entries arrived, before they were final
+    assert m.finalize(now=1.0) == [] and m.pending() == 2
+    m.add(2, [e(0, {"b": 0})], now=1.0)
+    assert [(r.step, r.values) for r in m.finalize(now=1.0)] == [(0, {"a": 0, "b": 0})]
 
 
 def test_writer_logging_first_time_after_steps_closed_amends_them():
