@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import fcntl
+import gc
 import logging
 import os
 import re
@@ -392,6 +393,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-system-metrics", action="store_true",
                    help="sample no system metrics (CPU, memory, disk, network, GPUs) for any run")
     args = p.parse_args(argv)
+    # The daemon allocates millions of short-lived rows and dicts, none in cycles that matter:
+    # collecting every 700 allocations cost ~0.6 us per record. Collect far less often, and
+    # keep what start-up loaded out of the collector's sight.
+    gc.set_threshold(20_000, 20, 20)
     # a daemon spawned from an SDK background thread inherits that thread's blocked signals
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     for flag in ("sample_interval", "log_interval"):
@@ -414,6 +419,7 @@ def main(argv=None) -> int:
     else:
         runner = uvloop.run
     try:
+        gc.freeze()
         runner(daemon.serve())
     except AlreadyRunning as e:
         print(f"trackside daemon: {e}", file=sys.stderr)
