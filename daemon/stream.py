@@ -33,6 +33,7 @@ from .wal import WAL, WALError
 log = logging.getLogger("trackside.daemon")
 
 MERGE_QUEUE = 64  # committed groups waiting to be merged; past it, acks wait (backpressure)
+REPLAY_GROUP = 256  # WAL records materialized at a time when a run's stream restarts
 SUMMARY_EVERY = 1.0  # seconds between summary snapshots written to the store while live
 
 
@@ -108,6 +109,7 @@ class RunStream:
     async def start(self) -> None:
         cursor, self.next_step = await self._store_call(self.store.run_cursor, self.run_id)
         replay = []
+        replayed = 0
         for rec in self.wal.records():
             if rec.type == RECORD_LOG:
                 writer, seq = read_writer_seq(rec.body)
@@ -118,9 +120,14 @@ class RunStream:
                 self.seqs[writer] = seq
             if rec.offset >= cursor:
                 replay.append((rec.end, None, writer, seq, rec.type, rec.body))
+                replayed += 1
+                if len(replay) >= REPLAY_GROUP:  # bounded memory, however long the backlog
+                    await self._materialize(replay)
+                    replay = []
         if replay:
-            log.info("run %s: replaying %d records from WAL offset %d", self.run_id, len(replay), cursor)
             await self._materialize(replay)
+        if replayed:
+            log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
         self._tasks = [
             asyncio.create_task(self._committer(), name=f"commit-{self.run_id}"),
             asyncio.create_task(self._materializer(), name=f"merge-{self.run_id}"),
