@@ -6,49 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 
-
-def machine() -> dict:
-    """The machine and software versions, printed with every result."""
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-    }
-    try:
-        import trackside
-        import trackside._native as native
-
-        info["trackside"] = trackside.__version__
-        info["codec"] = native.IMPLEMENTATION
-    except ImportError:
-        pass
-    for mod in ("msgspec", "Cython"):
-        try:
-            info[mod.lower()] = __import__(mod).__version__
-        except ImportError:
-            pass
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from trackside.profiler import machine  # the same machine line as `trackside bench`
 
 
 def parser(description: str) -> argparse.ArgumentParser:
