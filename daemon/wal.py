@@ -552,10 +552,17 @@ class WAL:
             self._end += n
             end = self._end
             full = len(self._buf) >= WRITE_THRESHOLD
-        if full:
-            with self._io_lock:
+        # Write a large buffer out early, unless a commit is writing right now (an append must
+        # never wait for someone else's fsync). The record is buffered already: a failed write
+        # here keeps it buffered, and the next commit retries and reports the error.
+        if full and self._io_lock.acquire(blocking=False):
+            try:
                 if len(self._buf) >= WRITE_THRESHOLD:
                     self._write_out()
+            except WALError:
+                pass
+            finally:
+                self._io_lock.release()
         return end
 
     def append_batch(self, writer: int, seq: int, entries) -> int:
