@@ -29,7 +29,6 @@ from one writer; daemon RSS < 150 MB; finish() within 200 ms of the last log().
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -37,11 +36,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import emit, median, parser  # noqa: E402
-from trackside.profiler import DaemonMonitor, _say, _wait_go, row_maker, stats_us  # noqa: E402
+from trackside.profiler import DaemonMonitor  # noqa: E402
 from trackside.profiler import Scenario as ProfilerScenario  # noqa: E402
 
-KEYS = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch",
-        "train/step_time", "val/loss", "val/acc", "gpu/mem_gb")
+# this file's writer modes, as options of trackside bench's writer (trackside.profiler.writer_main)
+MODES = {
+    "caller": {"time_calls": True, "empty_loop": True, "probes": False},  # every log() timed
+    "sustained": {"time_calls": False, "probes": False},  # flat out (or paced with --rate)
+}
 
 # the targets the design sets; printed next to the figures, never asserted
 TARGET_MEDIAN_US = 3.0
@@ -53,82 +55,19 @@ TARGET_FINISH_MS = 200.0
 
 # -- the writer process ---------------------------------------------------------------------------
 
-def writer_main(spec: dict) -> None:
-    import trackside
-
-    rank = spec["rank"]
-    kwargs = {"project": "bench", "settings": {"durability": spec["durability"]}}
-    if rank == 0:
-        kwargs["id"] = spec["run_id"]  # the others join it through TRACKSIDE_RUN_ID
-    run = trackside.init(**kwargs)
-    # git/package metadata is collected by a thread once per run: let it end before timing
-    meta = getattr(run, "_meta_thread", None)
-    if meta is not None:
-        meta.join(30)
-    keys = KEYS if spec["keys"] == "same" else tuple(f"rank{rank}/{k}" for k in KEYS)
-    make = row_maker(keys)
-    n = spec["records"]
-    log = run.log
-    mono = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for every process on the host
-    out = {"rank": rank, "pid": os.getpid()}
-    _say({"ready": True, "pid": os.getpid()})
-    _wait_go()
-
-    if spec["mode"] == "caller":
-        pc = time.perf_counter_ns
-        empty = [0] * n
-        for i in range(n):
-            d = make(i * 1e-6)
-            t0 = pc()
-            t1 = pc()
-            empty[i] = t1 - t0
-        samples = [0] * n
-        out["first_log"] = mono()
-        for i in range(n):
-            d = make(i * 1e-6)
-            t0 = pc()
-            log(d)
-            t1 = pc()
-            samples[i] = t1 - t0
-        out["last_log"] = mono()
-        out["log_cost"] = stats_us(samples)
-        out["empty_loop"] = stats_us(empty)
-    elif spec.get("rate"):
-        # paced: chunks of 100 calls on a fixed schedule, below what the daemon can take
-        per_ns = 1e9 / spec["rate"]
-        out["first_log"] = t0 = mono()
-        for i in range(n):
-            if i % 100 == 0:
-                ahead = t0 + i * per_ns - mono()
-                if ahead > 0:
-                    time.sleep(ahead / 1e9)
-            log(make(i * 1e-6))
-        out["last_log"] = mono()
-    else:
-        out["first_log"] = mono()
-        for i in range(n):
-            log(make(i * 1e-6))
-        out["last_log"] = mono()
-    run.finish()
-    out["finished"] = mono()
-    out["late_dropped"] = run.late_dropped
-    _say(out)
-
-
 # -- the parent: one isolated scenario ------------------------------------------------------------
 
 class Scenario(ProfilerScenario):
-    """``trackside bench``'s scenario (temp folders, writers, clean-up) with this file's writer
-    and its own run(): one writer mode, the store's row count awaited at the end."""
+    """``trackside bench``'s scenario and writer (temp folders, writers, clean-up) with its own
+    run(): one writer mode, the store's row count awaited at the end."""
 
     def __init__(self, durability: str, records: int, keys: str, rate: float = 0):
-        super().__init__({"durability": durability, "records": records, "keys": keys, "rate": rate},
-                         writer_cmd=[sys.executable, os.path.abspath(__file__)])
+        super().__init__({"durability": durability, "records": records, "keys": keys, "rate": rate})
 
     def run(self, writers: int, mode: str) -> dict:
-        first = self.start_writer(0, mode=mode)
+        first = self.start_writer(0, **MODES[mode])
         self.read(first)  # init() returned: the daemon runs and the run exists
-        others = [self.start_writer(r, mode=mode) for r in range(1, writers)]
+        others = [self.start_writer(r, **MODES[mode]) for r in range(1, writers)]
         for p in others:
             self.read(p)
         from trackside import discovery
@@ -229,9 +168,6 @@ def _versions() -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--writer-spec":
-        writer_main(json.loads(sys.argv[2]))
-        return
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=100_000, help="log() calls per writer (default 100,000)")
     p.add_argument("--writers", type=int, nargs="+", default=[1, 4], help="writer counts of the sustained runs")

@@ -413,3 +413,15 @@ def test_cli_table_filters_groups_and_sorts(ts, capsys):
     assert "no column 'nope'" in capsys.readouterr().err
     assert main(["table", run.id, "missing"]) == 1
     assert "logged no table under 'missing'" in capsys.readouterr().err
+
+
+def test_damaged_rows_file_is_a_clear_error(tmp_path):
+    import hashlib
+
+    from trackside.data_types.table import read_columns
+
+    (tmp_path / "rows.msgpack").write_bytes(b"\xc1 not msgpack")
+    obj = {"_type": "table-file", "path": "rows.msgpack",
+           "sha256": hashlib.sha256(b"\xc1 not msgpack").hexdigest()}
+    with pytest.raises(ValueError, match="rows.msgpack cannot be read"):
+        read_columns(obj, str(tmp_path))

@@ -529,7 +529,7 @@ def read_columns(obj: dict, source: str) -> tuple[list, list, list, int]:
                              f"({FORMAT_VERSION}): upgrade trackside")
         return list(doc["columns"]), list(doc["types"]), doc["data"], int(doc["nrows"])
     except (msgspec.DecodeError, KeyError, AttributeError, TypeError) as e:
-        raise ValueError(f"the table rows file {path} cannot be read: {e}") from None
+        raise ValueError(f"the table rows file {obj.get('path')} cannot be read: {e}") from None
 
 
 def concat(tables: list, log_mode: str = INCREMENTAL) -> Table:
