@@ -182,3 +182,362 @@ class Ingest:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class UploadStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Append = channel.unary_unary(
+                '/trackside.v1.Upload/Append',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.UploadRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.UploadReply.FromString,
+                _registered_method=True)
+        self.MissingFiles = channel.unary_unary(
+                '/trackside.v1.Upload/MissingFiles',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.MissingFilesRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.MissingFilesReply.FromString,
+                _registered_method=True)
+        self.PutFile = channel.stream_unary(
+                '/trackside.v1.Upload/PutFile',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.FileChunk.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.FileReply.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/trackside.v1.Upload/Status',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.StatusRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.StatusReply.FromString,
+                _registered_method=True)
+
+
+class UploadServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Append(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MissingFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutFile(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_UploadServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Append': grpc.unary_unary_rpc_method_handler(
+                    servicer.Append,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.UploadRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.UploadReply.SerializeToString,
+            ),
+            'MissingFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.MissingFiles,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.MissingFilesRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.MissingFilesReply.SerializeToString,
+            ),
+            'PutFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutFile,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.FileChunk.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.FileReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.StatusRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.StatusReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'trackside.v1.Upload', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('trackside.v1.Upload', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Upload:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Append(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackside.v1.Upload/Append',
+            trackside_dot_v1_dot_trackside__pb2.UploadRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MissingFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackside.v1.Upload/MissingFiles',
+            trackside_dot_v1_dot_trackside__pb2.MissingFilesRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.MissingFilesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/trackside.v1.Upload/PutFile',
+            trackside_dot_v1_dot_trackside__pb2.FileChunk.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.FileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackside.v1.Upload/Status',
+            trackside_dot_v1_dot_trackside__pb2.StatusRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReadStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Query = channel.unary_unary(
+                '/trackside.v1.Read/Query',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.QueryRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.QueryReply.FromString,
+                _registered_method=True)
+        self.Scan = channel.unary_stream(
+                '/trackside.v1.Read/Scan',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.QueryRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.QueryReply.FromString,
+                _registered_method=True)
+        self.GetFile = channel.unary_stream(
+                '/trackside.v1.Read/GetFile',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.FileRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.FileChunk.FromString,
+                _registered_method=True)
+
+
+class ReadServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Query(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReadServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Query': grpc.unary_unary_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.QueryRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.QueryReply.SerializeToString,
+            ),
+            'Scan': grpc.unary_stream_rpc_method_handler(
+                    servicer.Scan,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.QueryRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.QueryReply.SerializeToString,
+            ),
+            'GetFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetFile,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.FileRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.FileChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'trackside.v1.Read', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('trackside.v1.Read', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Read:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackside.v1.Read/Query',
+            trackside_dot_v1_dot_trackside__pb2.QueryRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trackside.v1.Read/Scan',
+            trackside_dot_v1_dot_trackside__pb2.QueryRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trackside.v1.Read/GetFile',
+            trackside_dot_v1_dot_trackside__pb2.FileRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
