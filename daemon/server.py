@@ -39,6 +39,7 @@ from trackside.protocol import (
 )
 
 from .store import Store
+from .sink import StoreHandle
 from .stream import BadRecord, RunStream
 from .sysmetrics import Sampler
 
@@ -74,23 +75,6 @@ class Connection:
         self.send(Refused(reason))
         self.writer.close()
 
-
-class StoreHandle:
-    """A root's store with the one thread that writes it (SQLite likes one writer)."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
-        self.store = self.pool.submit(Store, root).result()
-        self.runs = 0
-
-    async def call(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
-
-    def close(self) -> None:
-        self.pool.submit(self.store.close).result()
-        self.pool.shutdown()
 
 
 class Daemon:

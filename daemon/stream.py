@@ -103,6 +103,8 @@ class RunStream:
         self._tasks: list[asyncio.Task] = []
         self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
+        self._unmerged = 0  # committed groups not yet through the materializer
+        self._durable_waiters: list = []  # (WAL offset, future): resolved once the WAL is durable there
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -165,6 +167,48 @@ class RunStream:
         self._pending.append((offset_end, conn, writer, seq, rtype, body))
         self._wanted.set()
 
+    def accept_record(self, record) -> tuple[bool, int]:
+        """Append one framed WAL record that carries its own ``(writer, seq)`` (an upload, a
+        sync): ``(new, end offset)``; a record already held is not appended again (new=False).
+        Raises BadRecord."""
+        status, rtype, start, end = codec.parse_record(record)
+        if status != PARSE_OK or end != len(record):
+            raise BadRecord(f"record: {PARSE_REASONS.get(status, 'record does not fill the frame')}")
+        body = memoryview(record)[start:end]
+        if rtype == RECORD_LOG:
+            writer, seq = read_writer_seq(body)
+        elif rtype == RECORD_EVENT:
+            try:
+                ev = event_decoder.decode(body)
+            except msgspec.DecodeError as e:
+                raise BadRecord(f"malformed event: {e}") from None
+            writer, seq = ev.writer, ev.seq
+        else:
+            raise BadRecord(f"record type {rtype} is not a LOG or EVENT record")
+        new = seq > self.seqs.get(writer, 0)
+        self.accept(None, writer, seq, record)
+        return new, self._pending[-1][0]
+
+    async def durable(self, offset: int) -> None:
+        """Return once the WAL is durable up to ``offset`` (waits, without limit, while the
+        disk refuses writes: backpressure)."""
+        if self.wal.durable_offset >= offset and not self._pending:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((offset, fut))
+        self._wanted.set()
+        await fut
+
+    def _wake_durable(self, committed: int) -> None:
+        waiting = []
+        for offset, fut in self._durable_waiters:
+            if offset <= committed:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                waiting.append((offset, fut))
+        self._durable_waiters = waiting
+
     # -- stage 2: commit and ack ---------------------------------------------------------------
 
     async def _committer(self) -> None:
@@ -189,6 +233,8 @@ class RunStream:
                 if self.error is not None:
                     log.info("run %s: WAL writes work again", self.run_id)
                     self.error = None
+                if self._durable_waiters:
+                    self._wake_durable(group[-1][0])
                 acks: dict = {}
                 for _, conn, writer, seq, _, _ in group:
                     if conn is not None:
@@ -197,6 +243,7 @@ class RunStream:
                     conn.send(Ack(seq))
                 fresh = [g for g in group if g[4] is not None]
                 if fresh:
+                    self._unmerged += 1
                     await self._merge_queue.put(fresh)
             if self._closing and not self._pending:
                 await self._merge_queue.put(None)
@@ -213,6 +260,9 @@ class RunStream:
                 await self._materialize(group)
             except Exception:  # a bug here must not stop ingestion: the WAL keeps the data
                 log.exception("run %s: materializing failed; the WAL keeps the records", self.run_id)
+            finally:
+                if group:
+                    self._unmerged -= 1
 
     async def _materialize(self, group) -> None:
         now = time.monotonic()
@@ -368,6 +418,11 @@ class RunStream:
         await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
 
     # -- shutdown --------------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        """Everything appended is durable and through the materializer (rows a live writer
+        still holds back may wait in the merger)."""
+        return not self._pending and self._unmerged == 0
 
     def idle(self) -> bool:
         return not self.connections and not self._pending and self._merge_queue.empty()

@@ -1,0 +1,250 @@
+"""Where uploaded WAL records become stored runs: the ``LocalSink``.
+
+A sink takes the framed records of runs' WALs (from a daemon's uploader, or from ``trackside
+sync`` replaying an offline run) and stores them exactly once in a store: the records go
+through the same per-run pipeline as a live run in the daemon (``RunStream``: its own WAL,
+merge across writers, summary, materialize), so a run read back from a server or a synced
+store is the run the daemon would have stored.
+
+Exactly once: a record is identified by its ``(writer, seq)``. The sink's WAL of a run knows
+the highest seq of every writer it holds (recovered at start), so a retried or replayed batch
+appends nothing twice; the store's cursor says how far the WAL is materialized, so a crash
+between the two replays the rest and never stores a row twice.
+
+``trackside server`` puts a network API in front of one sink; ``trackside sync --to PATH``
+uses one in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import re
+import tempfile
+import time
+
+import msgspec
+
+from .store import Store
+from .stream import BadRecord, RunStream
+
+log = logging.getLogger("trackside.sink")
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+IDLE_CLOSE = 30.0  # seconds a run's stream stays open after its last upload
+
+
+class StoreHandle:
+    """A store with the one thread that writes it (SQLite likes one writer; so does ordering)."""
+
+    def __init__(self, root: str, db: str | None = None):
+        self.root = root
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+        kwargs = {"db": db} if db else {}
+        self.store = self.pool.submit(Store, root, **kwargs).result()
+        self.runs = 0
+
+    async def call(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self.pool.submit(self.store.close).result()
+        self.pool.shutdown()
+
+
+def check_file_path(path: str) -> str:
+    """A file path a sink accepts: relative to the run root, inside ``runs/<id>/`` (but not its
+    WAL) or ``artifacts/``, with no way out. Returns it normalized; raises BadRecord."""
+    if not isinstance(path, str) or not path or "\\" in path or "\0" in path:
+        raise BadRecord(f"file path {path!r} is not valid")
+    parts = path.split("/")
+    if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BadRecord(f"file path {path!r} must be relative, without '.' or '..' parts")
+    if parts[0] == "artifacts" and len(parts) >= 2:
+        return path
+    if parts[0] == "runs" and len(parts) >= 3 and RUN_ID.match(parts[1]) and parts[2] not in ("wal", "upload.json", "run.json"):
+        return path
+    raise BadRecord(f"file path {path!r} is not under runs/<run id>/ or artifacts/")
+
+
+def run_info(run_dir: str, info: dict | None = None) -> dict:
+    """The run's info (project, settings ...) kept in ``run_dir/run.json``: written from
+    ``info`` the first time, read back when ``info`` is empty (a stream reopened after a
+    restart merges with the run's own settings)."""
+    path = os.path.join(run_dir, "run.json")
+    if info:
+        if not os.path.exists(path):
+            os.makedirs(run_dir, exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(msgspec.json.encode(info))
+            os.replace(tmp, path)
+        return info
+    try:
+        with open(path, "rb") as f:
+            return msgspec.json.decode(f.read())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return {}
+
+
+class LocalSink:
+    """Stores the uploaded records of any number of runs into one store, exactly once."""
+
+    def __init__(self, root: str, *, db: str | None = None, idle_close: float = IDLE_CLOSE):
+        self.root = os.path.abspath(root)
+        self.db = db
+        self.idle_close = idle_close
+        self.streams: dict[str, RunStream] = {}
+        self._used: dict[str, float] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+        self.handle: StoreHandle | None = None
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sink-wal")
+        self._idle_task: asyncio.Task | None = None
+        self.stats = {"uploads": 0, "records": 0, "duplicates": 0, "files": 0, "file_bytes": 0}
+
+    async def start(self) -> None:
+        """Open the store, and finish materializing any run whose WAL is ahead of the store
+        (a sink stopped between making records durable and storing them)."""
+        os.makedirs(os.path.join(self.root, "runs"), exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self.handle = await loop.run_in_executor(None, StoreHandle, self.root, self.db)
+        for run_id in await loop.run_in_executor(None, self._runs_behind):
+            stream = await self._open(run_id, {})
+            await self._close(run_id, stream)
+        self._idle_task = asyncio.create_task(self._close_idle())
+
+    def _runs_behind(self) -> list[str]:
+        runs = os.path.join(self.root, "runs")
+        behind = []
+        for run_id in sorted(os.listdir(runs)):
+            wal_dir = os.path.join(runs, run_id, "wal")
+            if not RUN_ID.match(run_id) or not os.path.isdir(wal_dir):
+                continue
+            size = sum(e.stat().st_size for e in os.scandir(wal_dir) if e.is_file())
+            cursor, _ = self.handle.store.run_cursor(run_id)
+            if size and (cursor == 0 or cursor < size):
+                behind.append(run_id)  # cheap test: a WAL's logical end is at most its bytes on disk
+        return behind
+
+    async def append(self, run_id: str, info: dict, records) -> tuple[int, int]:
+        """Store a run's records (framed WAL records, in WAL order): returns ``(stored,
+        duplicates)`` once they are durable in the sink's WAL; they are merged and stored in
+        the store moments later. Raises BadRecord for a record it will not store (the records
+        before it are kept)."""
+        if not RUN_ID.match(run_id or ""):
+            raise BadRecord(f"run id {run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+        stream = await self._open(run_id, info or {})
+        self._used[run_id] = time.monotonic()
+        stored = duplicates = 0
+        end = None
+        try:
+            for record in records:
+                new, end = stream.accept_record(record)
+                if new:
+                    stored += 1
+                else:
+                    duplicates += 1
+        finally:
+            if end is not None:
+                await stream.durable(end)
+            self._used[run_id] = time.monotonic()
+            self.stats["uploads"] += 1
+            self.stats["records"] += stored
+            self.stats["duplicates"] += duplicates
+        return stored, duplicates
+
+    async def wait_stored(self, run_id: str, timeout: float = 30.0) -> None:
+        """Wait until everything appended to ``run_id`` is in the store (tests, sync)."""
+        stream = self.streams.get(run_id)
+        if stream is None:
+            return
+        deadline = time.monotonic() + timeout
+        while not stream.settled():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id}: not stored within {timeout} s")
+            await asyncio.sleep(0.01)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def missing_files(self, paths) -> list[str]:
+        return [p for p in paths if not os.path.exists(os.path.join(self.root, check_file_path(p)))]
+
+    def put_file(self, path: str, chunks) -> int:
+        """Write a file (an iterable of byte chunks) at ``path`` under the root, atomically;
+        a file already there is kept (files are content-addressed). Returns its size."""
+        target = os.path.join(self.root, check_file_path(path))
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    size += len(chunk)
+            if not os.path.exists(target):
+                os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.stats["files"] += 1
+        self.stats["file_bytes"] += size
+        return size
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    async def _open(self, run_id: str, info: dict) -> RunStream:
+        stream = self.streams.get(run_id)
+        if stream is not None:
+            return stream
+        lock = self._opening.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            stream = self.streams.get(run_id)
+            if stream is None:
+                run_dir = os.path.join(self.root, "runs", run_id)
+                info = await asyncio.get_running_loop().run_in_executor(None, run_info, run_dir, info)
+                stream = RunStream(run_id, self.root, run_dir, info, self.handle.store, self.handle.call, self.io_pool)
+                await stream.start()
+                self.streams[run_id] = stream
+                self._used[run_id] = time.monotonic()
+        return stream
+
+    async def _close(self, run_id: str, stream: RunStream) -> None:
+        self.streams.pop(run_id, None)
+        self._used.pop(run_id, None)
+        await stream.close()
+
+    async def _close_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_close / 4))
+            now = time.monotonic()
+            for run_id, stream in list(self.streams.items()):
+                if stream.idle() and now - self._used.get(run_id, now) > self.idle_close:
+                    try:
+                        await self._close(run_id, stream)
+                    except Exception:
+                        log.exception("run %s: closing its stream failed", run_id)
+
+    def status(self) -> dict:
+        return {
+            "root": self.root,
+            "db": "postgresql" if self.db and self.db.startswith("postgres") else "sqlite",
+            **self.stats,
+            "runs": [s.status() for s in self.streams.values()],
+        }
+
+    async def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        for run_id, stream in list(self.streams.items()):
+            try:
+                await self._close(run_id, stream)
+            except Exception:
+                log.exception("run %s: error while draining", run_id)
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        self.io_pool.shutdown()
