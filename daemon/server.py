@@ -39,7 +39,8 @@ from trackside.protocol import (
 )
 
 from .store import Store
-from .sink import StoreHandle
+from . import registry
+from .sink import StoreHandle, run_info
 from .stream import BadRecord, RunStream
 from .sysmetrics import Sampler
 
@@ -159,6 +160,7 @@ class Daemon:
             "version": __version__, "started": time.time(), "metrics": metrics,
         })
         log.info("trackside daemon %s listening on %s (gRPC %s)", __version__, self.socket, grpc_port)
+        await self._resume_runs()
         idle = asyncio.create_task(self._idle_watch())
         self.sampler.start()
         try:
@@ -227,6 +229,10 @@ class Daemon:
         stream = self.streams.pop(run_id)
         await self.sampler.close_run(stream)  # its last system-metrics window, before the store may close
         await stream.close()
+        if stream.complete():
+            registry.remove(self.folder, run_id)
+        if not stream.local:
+            return
         handle = self.stores[stream.root]
         handle.runs -= 1
         if handle.runs == 0:
@@ -236,32 +242,58 @@ class Daemon:
     # -- runs ------------------------------------------------------------------------------------
 
     async def open_stream(self, hello: Hello) -> RunStream:
-        if not RUN_ID.match(hello.run_id):
-            raise BadRecord(f"run id {hello.run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
-        if not os.path.isabs(hello.root):
-            raise BadRecord(f"run root {hello.root!r} must be an absolute path")
-        lock = self._opening.setdefault(hello.run_id, asyncio.Lock())
+        return await self._open_run(hello.run_id, hello.root, hello.run_info)
+
+    async def _open_run(self, run_id: str, root: str, info: dict) -> RunStream:
+        if not RUN_ID.match(run_id):
+            raise BadRecord(f"run id {run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+        if not os.path.isabs(root):
+            raise BadRecord(f"run root {root!r} must be an absolute path")
+        dest = info.get("dest") or "local"
+        if dest not in ("local", "offline") and not str(dest).startswith(("grpc://", "grpcs://")):
+            raise BadRecord(f"destination {dest!r} is not 'local', 'offline' or a grpc:// or grpcs:// URL")
+        lock = self._opening.setdefault(run_id, asyncio.Lock())
         async with lock:
-            stream = self.streams.get(hello.run_id)
+            stream = self.streams.get(run_id)
             if stream is not None:
-                if stream.root != hello.root:
-                    raise BadRecord(f"run {hello.run_id} is already live under {stream.root}, not {hello.root}")
+                if stream.root != root:
+                    raise BadRecord(f"run {run_id} is already live under {stream.root}, not {root}")
                 return stream
-            handle = self.stores.get(hello.root)
-            if handle is None:
-                loop = asyncio.get_running_loop()
-                handle = await loop.run_in_executor(None, StoreHandle, hello.root)
-                self.stores[hello.root] = handle
-            run_dir = os.path.join(hello.root, "runs", hello.run_id)
-            stream = RunStream(hello.run_id, hello.root, run_dir, hello.run_info, handle.store, handle.call, self.io_pool)
-            handle.runs += 1
+            loop = asyncio.get_running_loop()
+            run_dir = os.path.join(root, "runs", run_id)
+            # the run's info beside its WAL (sync reads it) and in the registry (a restart resumes it)
+            info = await loop.run_in_executor(None, run_info, run_dir, info)
+            await loop.run_in_executor(None, registry.add, self.folder, run_id, root)
+            handle = None
+            if dest == "local":  # offline and uploading runs keep no store on this host
+                handle = self.stores.get(root)
+                if handle is None:
+                    handle = await loop.run_in_executor(None, StoreHandle, root)
+                    self.stores[root] = handle
+                handle.runs += 1
+            stream = RunStream(run_id, root, run_dir, info, handle and handle.store, handle and handle.call, self.io_pool)
             try:
                 await stream.start()
             except BaseException:
-                handle.runs -= 1
+                if handle is not None:
+                    handle.runs -= 1
                 raise
-            self.streams[hello.run_id] = stream
+            self.streams[run_id] = stream
             return stream
+
+    async def _resume_runs(self) -> None:
+        """Reopen the runs a previous daemon left unfinished (not all stored, not all uploaded):
+        each replays its WAL from its cursor and closes once idle."""
+        for run_id, root in registry.entries(self.folder):
+            run_dir = os.path.join(root, "runs", run_id)
+            if not os.path.isdir(os.path.join(run_dir, "wal")):
+                registry.remove(self.folder, run_id)  # the run folder is gone: nothing to resume
+                continue
+            try:
+                await self._open_run(run_id, root, {})
+                log.info("run %s: resumed", run_id)
+            except Exception:
+                log.exception("run %s: cannot resume it", run_id)
 
     # -- the Unix socket -----------------------------------------------------------------------
 

@@ -10,11 +10,18 @@ Stages, each one object reading one queue and writing the next (DESIGN §2):
 
 Raw records are durable before they are merged, so a crash never loses a half-built step: on
 restart the WAL is replayed from the store's cursor.
+
+A run's destination (``info["dest"]``) picks what follows the commit: ``"local"`` (the default)
+runs stage 3 into the run root's store; ``"offline"`` keeps the WAL only (``trackside sync``
+replays it later); a server URL runs an ``Uploader`` that sends the WAL to a ``trackside
+server``, where the same stages run. Without a local stage 3, system metrics go into the WAL as
+events of the host's own writer, so they travel with the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -23,7 +30,7 @@ import msgspec
 
 from trackside import _native as codec
 from trackside._native.constants import PARSE_OK, PARSE_REASONS, RECORD_EVENT, RECORD_LOG
-from trackside.protocol import Ack, Done, event_decoder
+from trackside.protocol import Ack, Done, Event, encode_event, event_decoder
 
 from .merger import Merger
 from .summary import Summary
@@ -63,8 +70,13 @@ def read_writer_seq(body) -> tuple[int, int]:
 class RunStream:
     """The daemon's state for one run: its WAL, merger, summary and the writers attached."""
 
-    def __init__(self, run_id: str, root: str, run_dir: str, info: dict, store, store_call, io_pool):
+    def __init__(self, run_id: str, root: str, run_dir: str, info: dict, store, store_call, io_pool,
+                 *, read_only: bool = False):
         self.run_id = run_id
+        self.info = info
+        self.dest = info.get("dest") or "local"  # "local", "offline" or a server URL
+        self.local = self.dest == "local"
+        self.uploader = None
         self.root = root
         self.dir = run_dir
         settings = info.get("settings") or {}
@@ -73,7 +85,11 @@ class RunStream:
         self.store = store
         self._store_call = store_call  # runs a function in the store's thread
         self._io_pool = io_pool
-        self.wal = WAL(
+        # read_only: the WAL belongs to someone else (a daemon writing an offline run) and this
+        # stream only stores what it holds (`trackside sync` into the run's own root): see catch_up
+        self.read_only = read_only
+        self._read_from = 0
+        self.wal = None if read_only else WAL(
             os.path.join(run_dir, "wal"),
             durability=self.durability,
             reporter=self._report_damage,
@@ -109,7 +125,13 @@ class RunStream:
     # -- start and recovery ------------------------------------------------------------------
 
     async def start(self) -> None:
+        if not self.local:
+            return await self._start_without_store()
         cursor, self.next_step = await self._store_call(self.store.run_cursor, self.run_id)
+        if self.read_only:
+            self._read_from = cursor
+            await self.catch_up()
+            return
         replay = []
         replayed = 0
         for rec in self.wal.records():
@@ -135,6 +157,62 @@ class RunStream:
             asyncio.create_task(self._materializer(), name=f"merge-{self.run_id}"),
             asyncio.create_task(self._ticker(), name=f"tick-{self.run_id}"),
         ]
+
+    async def catch_up(self) -> int:
+        """A read-only stream: store the records its WAL gained since the last call (in groups,
+        so memory stays bounded); returns how many."""
+        loop = asyncio.get_running_loop()
+        done = 0
+        while True:
+            group = await loop.run_in_executor(self._io_pool, self._read_group)
+            if not group:
+                return done
+            await self._materialize(group)
+            self._read_from = group[-1][0]
+            done += len(group)
+
+    def _read_group(self) -> list:
+        from .wal import read_records
+
+        group = []
+        for rec in read_records(os.path.join(self.dir, "wal"), self._read_from, reporter=self._report_damage):
+            if rec.type == RECORD_LOG:
+                writer, seq = read_writer_seq(rec.body)
+            else:
+                ev = event_decoder.decode(rec.body)
+                writer, seq = ev.writer, ev.seq
+            group.append((rec.end, None, writer, seq, rec.type, rec.body))
+            self.stats["records"] += 1
+            if len(group) >= REPLAY_GROUP:
+                break
+        return group
+
+    async def _start_without_store(self) -> None:
+        """Offline or uploading: recover the writers' seqs; the uploader (if any) goes on from
+        its own cursor."""
+        for rec in self.wal.records():
+            if rec.type == RECORD_LOG:
+                writer, seq = read_writer_seq(rec.body)
+            else:
+                ev = event_decoder.decode(rec.body)
+                writer, seq = ev.writer, ev.seq
+            if seq > self.seqs.get(writer, 0):
+                self.seqs[writer] = seq
+        self._tasks = [asyncio.create_task(self._committer(), name=f"commit-{self.run_id}")]
+        if self.dest != "offline":
+            from .uploader import RemoteDestination, Uploader
+
+            dest = RemoteDestination(self.dest, token=os.environ.get("TRACKSIDE_TOKEN") or None,
+                                     ca=os.environ.get("TRACKSIDE_TLS_CA") or None)
+            info = {k: v for k, v in self.info.items() if k not in ("root", "dest")}
+            self.uploader = Uploader(self.run_id, self.root, self.dir, info, dest,
+                                     limit=lambda: self.wal.durable_offset,
+                                     interval=float(self.settings.get("upload_interval", 1.0)))
+            self._upload_stop = asyncio.Event()
+            backlog = await asyncio.get_running_loop().run_in_executor(self._io_pool, self.uploader.count_backlog)
+            self.uploader.durable(self.wal.durable_offset, backlog)
+            self._tasks.append(asyncio.create_task(self.uploader.run(stop=self._upload_stop),
+                                                   name=f"upload-{self.run_id}"))
 
     # -- stage 1: accept ---------------------------------------------------------------------
 
@@ -242,12 +320,26 @@ class RunStream:
                 for conn, seq in acks.items():
                     conn.send(Ack(seq))
                 fresh = [g for g in group if g[4] is not None]
-                if fresh:
+                if not self.local:
+                    self._committed_without_store(fresh)
+                elif fresh:
                     self._unmerged += 1
                     await self._merge_queue.put(fresh)
             if self._closing and not self._pending:
-                await self._merge_queue.put(None)
+                if self.local:
+                    await self._merge_queue.put(None)
                 return
+
+    def _committed_without_store(self, group) -> None:
+        """Offline or uploading, a writer's finish is done once its records are durable."""
+        for end, conn, writer, seq, rtype, body in group:
+            if rtype == RECORD_EVENT:
+                if event_decoder.decode(body).kind == "finish":
+                    self.finished_writers.add(writer)
+                    if conn is not None:
+                        conn.send(Done(seq))
+        if self.uploader is not None and group:
+            self.uploader.durable(group[-1][0], len(group))
 
     # -- stage 3: merge and store --------------------------------------------------------------
 
@@ -270,6 +362,7 @@ class RunStream:
         meta: dict = {}
         console: list = []
         finished: list = []
+        system: list = []
         for end, conn, writer, seq, rtype, body in group:
             if rtype == RECORD_LOG:
                 _, _, entries = codec.decode_batch(body)
@@ -282,7 +375,7 @@ class RunStream:
                 continue
             ev = event_decoder.decode(body)
             try:
-                await self._apply_event(ev, conn, config, meta, console, finished)
+                await self._apply_event(ev, conn, config, meta, console, finished, system)
             except (ValueError, TypeError, AttributeError) as e:  # one writer's bad event
                 self._warn(f"ignored {ev.kind!r} event of writer {writer} (seq {seq}): {e}")
         everything = bool(finished) and self.merger.live_writers() == 0
@@ -314,13 +407,14 @@ class RunStream:
             cursor=cursor,
             final_state=final_state,
             artifacts=artifacts,
+            system=system,
         )
         for conn, seq, _ in finished:
             if conn is not None:
                 conn.send(Done(seq))
 
 
-    async def _apply_event(self, ev, conn, config, meta, console, finished) -> None:
+    async def _apply_event(self, ev, conn, config, meta, console, finished, system) -> None:
         kind, data, writer, seq = ev.kind, ev.data, ev.writer, ev.seq
         if kind == "config":
             config.update(data)
@@ -340,6 +434,10 @@ class RunStream:
         elif kind == "artifact":
             # checked here, so that one writer's bad artifact is a warning, never a failed group
             self._artifacts.append(check_artifact(data))
+        elif kind == "system":  # a host's system metrics, from a WAL that travelled (see write_system)
+            host = str(data["host"])
+            system.extend((int(t), host, dict(values)) for t, values in data["rows"])
+            meta.update(data.get("metadata") or {})
         elif kind == "finish":
             self.merger.leave(writer)
             self.finished_writers.add(writer)
@@ -415,9 +513,27 @@ class RunStream:
     async def write_system(self, host: str, rows, metadata=None) -> None:
         """Store system-metrics rows ``(time_us, values)`` sampled on ``host`` (and metadata to
         merge), retried like every store write. Returns once they are in the store."""
-        await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
+        if self.local:
+            await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
+            return
+        # no store here: into the WAL, as an event of this host's writer, to travel with the run
+        writer = system_writer(host)
+        seq = self.seqs.get(writer, 0) + 1
+        data = {"host": host, "rows": [[t, values] for t, values in rows], "metadata": metadata or None}
+        body = encode_event(Event(writer, seq, "system", data))
+        end = self.wal.append(codec.frame(RECORD_EVENT, body))
+        self.seqs[writer] = seq
+        self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
+        self._wanted.set()
 
     # -- shutdown --------------------------------------------------------------------------------
+
+    def complete(self) -> bool:
+        """After close: nothing of this run is left for a later daemon to do (every row
+        stored, or everything uploaded; an offline run waits for ``trackside sync``)."""
+        if self.uploader is not None:
+            return self.uploader.caught_up()
+        return not self.local or self.merger.pending() == 0
 
     def settled(self) -> bool:
         """Everything appended is durable and through the materializer (rows a live writer
@@ -425,12 +541,27 @@ class RunStream:
         return not self._pending and self._unmerged == 0
 
     def idle(self) -> bool:
+        if self.uploader is not None and not self.uploader.caught_up():
+            return False
         return not self.connections and not self._pending and self._merge_queue.empty()
 
     async def close(self) -> None:
         """Drain: commit what is appended, merge and store it, fsync and close the WAL."""
         self._closing = True
         self._wanted.set()
+        if self.read_only:
+            rows = self.merger.finalize(time.monotonic(), everything=False)
+            if rows or self._summary_dirty:
+                self.summary.update(rows)
+                await self._store(rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(),
+                                  cursor=None)
+            return
+        if not self.local:
+            await self._tasks[0]
+            if self.uploader is not None:
+                await self._stop_uploader(self._tasks[1])
+            self.wal.close()
+            return
         committer, materializer, ticker = self._tasks
         ticker.cancel()
         await committer
@@ -442,6 +573,19 @@ class RunStream:
                 rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(), cursor=None
             )
         self.wal.close()
+
+    async def _stop_uploader(self, task, grace: float = 5.0) -> None:
+        """Let the uploader send what is durable (a few seconds at most: a destination that is
+        away must not hold the daemon); its cursor is saved, so the next start goes on."""
+        self._upload_stop.set()
+        try:
+            await asyncio.wait_for(task, grace)
+        except asyncio.TimeoutError:
+            log.warning("run %s: uploads to %s go on at the next start (%d bytes behind)",
+                        self.run_id, self.dest, self.uploader.status()["lag_bytes"])
+        except Exception:
+            log.exception("run %s: the uploader failed", self.run_id)
+        self.uploader.dest.close()
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -474,14 +618,22 @@ class RunStream:
             "root": self.root,
             "writers": len(self.seqs),
             "connections": len(self.connections),
-            "wal_bytes": self.wal.end_offset,
-            "durable_offset": self.wal.durable_offset,
+            "wal_bytes": self.wal.end_offset if self.wal else self._read_from,
+            "durable_offset": self.wal.durable_offset if self.wal else self._read_from,
             "merge_backlog": self._merge_queue.qsize(),
             "pending_rows": self.merger.pending(),
             "error": self.error,
+            "dest": self.dest,
+            "upload": self.uploader.status() if self.uploader is not None else None,
             **self.stats,
             **{f"merge_{k}": v for k, v in self.merger.stats.items()},
         }
+
+
+def system_writer(host: str) -> int:
+    """The writer id of a host's system metrics in a WAL: the same on every start of the host's
+    daemon (its seqs go on from the WAL), different across hosts uploading into one run."""
+    return int.from_bytes(hashlib.sha256(f"system:{host}".encode()).digest()[:8], "big") >> 1
 
 
 def _run_fields(data: dict, root: str) -> dict:

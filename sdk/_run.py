@@ -37,6 +37,8 @@ DEFAULT_SETTINGS = {
     "console": True,
     "finish_timeout": 120.0,
     "system_metrics": True,  # the daemon samples CPU, memory, disk, network, GPUs for the run
+    "server": None,  # a `trackside server` URL (grpc:// or grpcs://) to upload to; default $TRACKSIDE_SERVER
+    "upload_interval": 1.0,  # seconds between uploads to the server while keeping up
 }
 # seconds; unset means the daemon's default (1 s and 10 s unless it was started otherwise)
 _SYSTEM_INTERVALS = ("system_sample_interval", "system_log_interval")
@@ -126,6 +128,9 @@ class Run:
         self.dir = os.path.join(root, "runs", id)
         self.mode = mode
         self.settings = settings
+        # where the daemon sends the run: its local store, nowhere yet (offline: the WAL only,
+        # `trackside sync` later) or a server
+        self.dest = "offline" if mode == "offline" else (settings.get("server") or "local")
         self.resume = resume
         self.rank = rank
         self.step = 0
@@ -469,6 +474,9 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
                              f"known: {', '.join([*DEFAULT_SETTINGS, *_SYSTEM_INTERVALS])}")
         merged.update(settings)
     _check_system_settings(merged)
+    merged["server"] = merged["server"] or os.environ.get("TRACKSIDE_SERVER") or None
+    if merged["server"] is not None and not str(merged["server"]).startswith(("grpc://", "grpcs://")):
+        raise UsageError(f"server={merged['server']!r} must be a grpc://host:port or grpcs://host:port URL")
     if merged["late_steps"] not in LATE_STEPS:
         raise UsageError(f"late_steps={merged['late_steps']!r} is not one of {', '.join(LATE_STEPS)}")
     if merged["durability"] not in DURABILITY:
@@ -496,11 +504,9 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     from .transport import Client  # socket and thread machinery only when a run really starts
 
     info = {"project": run.project, "name": run.name, "group": group, "job_type": job_type,
-            "tags": list(run.tags), "settings": merged}
+            "tags": list(run.tags), "settings": merged, "dest": run.dest}
     client = Client(run.id, root, info, rank=rank, flush_interval=merged["flush_interval"],
                     max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"])
-    if mode == "offline":
-        raise UsageError("mode='offline' needs `trackside sync`, which is not available yet; use mode='online'")
     client.start()
     run._client = client
     if client.welcome is not None and client.welcome.next_step:

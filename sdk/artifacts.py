@@ -488,6 +488,10 @@ def log_artifact(run, artifact, name: Optional[str] = None, type: Optional[str] 
         "uid": uid, "name": artifact.name, "type": artifact.type, "digest": digest, "manifest": manifest,
         "description": artifact.description, "metadata": artifact.metadata, "aliases": aliases,
     })
+    if run.dest != "local":
+        # offline or uploading: the destination numbers the version when the run gets there
+        artifact.version, artifact.digest, artifact._manifest, artifact._root = None, digest, manifest, run.root
+        return artifact
     found = _stored(run, uid, STORE_WAIT)
     if found is None:
         raise Error(f"the trackside daemon did not store artifact {artifact.name!r} within {STORE_WAIT:.0f} s "

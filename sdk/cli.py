@@ -43,9 +43,38 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/bench.schema.json)")
     b.add_argument("--plot", metavar="FILE.png", help="draw throughput and lag over time (needs matplotlib)")
 
+    st = sub.add_parser("status", help="this host's daemon: its runs, where each goes and how far its upload lags")
+    st.set_defaults(action="status", idle_timeout=None, metrics_port=None, metrics_host="127.0.0.1")
+
+    sy = sub.add_parser("sync", help="replay runs' WALs (offline runs) into a store or a trackside server",
+                        description="Replays each run folder's WAL into the destination: a server URL "
+                                    "(grpc://host:port, grpcs://...), another run root, or by default the run's "
+                                    "own root. Idempotent: running it again sends only what is new.")
+    sy.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                    help="run folders (<root>/runs/<id>); default: every offline run under the run root")
+    sy.add_argument("--to", metavar="URL|PATH", help="destination (default: each run's own root)")
+    sy.add_argument("--root", help="run root whose offline runs to sync when no RUN_DIR is given")
+    sy.add_argument("--follow", action="store_true", help="keep syncing runs still being written, until they finish")
+    sy.add_argument("--token", help="server token (default: $TRACKSIDE_TOKEN)")
+    sy.add_argument("--ca", help="CA certificate of a grpcs:// server (default: $TRACKSIDE_TLS_CA, else system roots)")
+    sy.add_argument("--quiet", action="store_true", help="no progress bar")
+
     tp = sub.add_parser("top", help="live view of this host's daemon: per run and writer rates, WAL, backlog")
     tp.add_argument("--once", action="store_true", help="print one snapshot and exit")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+
+    sv = sub.add_parser("server", help="serve a team's runs: daemons and `trackside sync` upload to it, "
+                                       "trackside.Api('grpc://HOST:PORT') reads from it")
+    sv.add_argument("--root", default="trackside-server", help="where runs are kept (default: ./trackside-server)")
+    sv.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: loopback; any other address requires a token)")
+    sv.add_argument("--port", type=int, default=7311, help="port (default 7311; 0: any free port)")
+    sv.add_argument("--token", help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
+                                    "variable, the command line is visible to other users)")
+    sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
+    sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
+    sv.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
 
     r = sub.add_parser("runs", help="list the runs of a run root")
     r.add_argument("--root", help="run root (default: $TRACKSIDE_DIR or ./trackside)")
@@ -120,7 +149,13 @@ def _daemon(args) -> int:
         status = daemon_status(info)
         for run in status.get("runs", []):
             print(f"  run {run['run_id']}: {run['writers']} writer(s), {run['records']} batches, {run['entries']} entries, "
-                  f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}")
+                  f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}, to {run.get('dest', 'local')}")
+            up = run.get("upload")
+            if up:
+                state = (f"stopped: {up['error']}" if up["error"] else
+                         f"retrying: {up['retrying']}" if up["retrying"] else "ok")
+                print(f"    upload lag {up['lag_records']} records, {up['lag_seconds']:.1f} s "
+                      f"({up['lag_bytes']} bytes); {up['uploaded']} records uploaded; {state}")
         sm = status.get("system_metrics")
         if sm:
             print(f"  system metrics: {'on' if sm['enabled'] else 'off'}, every {sm['sample_interval']} s, "
@@ -161,6 +196,50 @@ def _daemon(args) -> int:
         time.sleep(0.02)
     info = discovery.read_info(folder) or {}
     print(f"started trackside daemon pid {info.get('pid')} on {info.get('socket')}")
+    return 0
+
+
+def _sync(args) -> int:
+    import asyncio
+
+    from trackside.daemon.sync import SyncError, find_runs, sync_runs
+
+    from .discovery import run_root
+
+    run_dirs = args.run_dirs or find_runs(run_root(args.root) if args.root else run_root())
+    if not run_dirs:
+        print("trackside sync: no offline runs to sync (pass run folders: <root>/runs/<id>)")
+        return 0
+    show = None
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                       transient=False)
+        tasks = {}
+
+        def show(p):
+            if p.run_id not in tasks:
+                tasks[p.run_id] = bar.add_task(f"run {p.run_id}", total=p.total_bytes)
+            bar.update(tasks[p.run_id], completed=p.done_bytes, total=max(p.total_bytes, p.done_bytes))
+
+        bar.start()
+    try:
+        results = asyncio.run(sync_runs(run_dirs, args.to, follow=args.follow, token=args.token, ca=args.ca,
+                                        on_progress=show))
+    except SyncError as e:
+        print(f"trackside sync: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("trackside sync: interrupted; run it again to go on where it stopped", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.stop()
+    for p in results:
+        print(f"run {p.run_id} -> {p.dest}: {p.records} new records, {p.duplicates} already there, "
+              f"{p.files} files, {p.seconds:.1f} s")
     return 0
 
 
@@ -299,6 +378,21 @@ def _top(args) -> int:
 
 _COMMANDS["bench"] = _bench
 _COMMANDS["top"] = _top
+
+
+def _server(args) -> int:
+    from trackside.daemon.team_server import main as server_main
+
+    argv = ["--root", args.root, "--host", args.host, "--port", str(args.port)]
+    for flag in ("db", "token", "tls_cert", "tls_key", "info_file"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    return server_main(argv)
+
+
+_COMMANDS["server"] = _server
+_COMMANDS["status"] = _daemon
+_COMMANDS["sync"] = _sync
 
 
 if __name__ == "__main__":
