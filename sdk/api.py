@@ -82,7 +82,17 @@ class Api:
     subfolder is used). Raises StoreNotFoundError when there is no store, SchemaVersionError
     when the store is from a newer trackside. Usable from several threads; ``close()`` (or a
     ``with`` block) releases the database.
+
+    ``Api("grpc://host:port")`` (or ``grpcs://``) reads from a ``trackside server`` instead: a
+    ``trackside.remote.RemoteApi`` with the same calls (``token=``, ``ca=`` keywords).
     """
+
+    def __new__(cls, root=None, *args, **kwargs):
+        if isinstance(root, str) and root.startswith(("grpc://", "grpcs://")):
+            from .remote import RemoteApi
+
+            return RemoteApi(root, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, root: Union[str, os.PathLike, None] = None, *, timeout: float = 5.0):
         root = os.path.abspath(os.fspath(root)) if root is not None else os.path.abspath(default_root())

@@ -1,0 +1,598 @@
+"""``trackside server``: the team destination.
+
+Daemons (through their uploaders) and ``trackside sync`` send the records of their runs' WALs
+to the ``trackside.v1.Upload`` service; a ``LocalSink`` stores each record exactly once and
+runs the same pipeline as a live run (merge, summary, store), so a run read back from the
+server is the run the daemon would have stored. ``trackside.Api("grpc://host:port")`` reads
+runs back through ``trackside.v1.Read``, a whitelisted set of the local ``Api``'s calls.
+
+Security (DESIGN §10): the server binds loopback unless told otherwise, and a non-loopback
+bind refuses to start without a token; with a token, every call must carry the metadata
+``authorization: Bearer <token>``. ``--tls-cert``/``--tls-key`` encrypt the connection.
+
+Shutdown in order: SIGTERM or SIGINT stops taking calls, lets the calls in flight finish, then
+drains the sink (every acknowledged batch is durable already; what is not yet in the store is
+stored) and closes the store. A second signal exits at once: the WAL still holds everything
+acknowledged, and the next start stores it.
+
+    trackside server --root /data/trackside --host 0.0.0.0 --token "$TOKEN" --tls-cert c.pem --tls-key k.pem
+    python -m trackside.daemon.team_server --port 0 --info-file server.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+
+import grpc
+import msgspec
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from trackside._version import __version__
+from trackside.proto.trackside.v1 import trackside_pb2 as pb
+from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
+
+from .sink import LocalSink, check_file_path
+from .store import StoreError
+from .stream import BadRecord
+
+log = logging.getLogger("trackside.server")
+
+DEFAULT_PORT = 7311
+DEFAULT_ROOT = "trackside-server"
+# An upload batch is at most 16 MiB of records; the limit leaves room for the envelope and
+# for a page of read results.
+MAX_MESSAGE = 64 * 1024 * 1024
+FILE_CHUNK = 1024 * 1024  # GetFile streams files in pieces of this size
+PAGE_ITEMS = 1000  # Scan sends results in pages of at most this many items ...
+PAGE_BYTES = 4 * 1024 * 1024  # ... or about this many bytes, whichever comes first
+CHUNK_WAIT = 120.0  # seconds PutFile waits for the next chunk before it gives the file up
+SIZE_HEADER = "trackside-file-size"  # PutFile metadata: the file's size, checked before it is kept
+SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # media and artifact files are named by their SHA-256
+STOP_GRACE = 10.0  # seconds calls in flight get to finish at shutdown
+SERVICES = ("trackside.v1.Upload", "trackside.v1.Read")
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_args = msgspec.msgpack.Decoder(dict[str, object]).decode
+
+
+class ConfigError(ValueError):
+    """The server will not start as configured (the message says what to change)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only ("localhost", 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+# -- the read-back calls ---------------------------------------------------------------------------
+# Each Read call names one of these functions; its msgpack arguments are their keyword
+# arguments. Nothing else of the server's Api can be reached.
+
+RUN_FIELDS = (
+    "id", "project", "name", "group", "job_type", "tags", "state", "exit_code",
+    "created_at", "updated_at", "finished_at", "history_rows", "last_step",
+)
+
+
+def _run_fields(run) -> dict:
+    fields = {f: getattr(run, f) for f in RUN_FIELDS}
+    fields.update(config=run.config, summary=run.summary, metadata=run.metadata)
+    return fields
+
+
+def _runs(api, project=None):
+    return [_run_fields(r) for r in api.runs(project=project)]
+
+
+def _run(api, run_id):
+    return _run_fields(api.run(run_id))
+
+
+def _keys(api, run_id):
+    return api.run(run_id).keys()
+
+
+def _table_keys(api, run_id):
+    return api.run(run_id).table_keys()
+
+
+def _history(api, run_id, keys=None, min_step=None, max_step=None, samples=None, page_size=1000):
+    run = api.run(run_id)
+    if samples is not None:  # sampling needs every row first
+        return run.history(keys, min_step, max_step, samples=samples)
+    return run.scan_history(keys, min_step, max_step, page_size=page_size)
+
+
+def _console_lines(api, run_id, stream=None):
+    return [tuple(line) for line in api.run(run_id).console_lines(stream)]
+
+
+def _system_metrics(api, run_id, keys=None, host=None):
+    return api.run(run_id).system_metrics(keys, host)
+
+
+def _media_files(api, run_id, key=None):
+    run = api.run(run_id)
+    out = []
+    for f in run.media_files(key):
+        if f["path"] is not None:  # the server's own path means nothing to a client: the one GetFile takes
+            f["path"] = f"runs/{run.id}/" + os.path.relpath(f["path"], run.dir).replace(os.sep, "/")
+        out.append(f)
+    return out
+
+
+QUERIES = {"runs": _runs, "run": _run, "keys": _keys, "table_keys": _table_keys}
+SCANS = {"history": _history, "console_lines": _console_lines, "system_metrics": _system_metrics,
+         "media_files": _media_files}
+
+
+def _pages(items):
+    """msgpack arrays of at most PAGE_ITEMS items or about PAGE_BYTES bytes; each item is
+    encoded once and the array header written by hand around them."""
+    parts: list[bytes] = []
+    size = 0
+    for item in items:
+        b = _encode(item)
+        parts.append(b)
+        size += len(b)
+        if len(parts) >= PAGE_ITEMS or size >= PAGE_BYTES:
+            yield _array(parts)
+            parts, size = [], 0
+    if parts:
+        yield _array(parts)
+
+
+def _array(parts: list[bytes]) -> bytes:
+    return b"\xdd" + len(parts).to_bytes(4, "big") + b"".join(parts)  # msgpack array 32
+
+
+def _read_error(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status a failed read call answers with."""
+    if isinstance(e, KeyError):  # RunNotFoundError, ArtifactNotFoundError, no media there
+        return grpc.StatusCode.NOT_FOUND, str(e.args[0]) if e.args else "not found"
+    if isinstance(e, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(e)
+    if isinstance(e, (ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    if isinstance(e, StoreError):
+        return grpc.StatusCode.UNAVAILABLE, f"the server's store: {e}"
+    log.error("read call failed", exc_info=e)
+    return grpc.StatusCode.INTERNAL, f"the server failed: {type(e).__name__}: {e}"
+
+
+# -- services --------------------------------------------------------------------------------------
+
+
+class UploadService(pb_grpc.UploadServicer):
+    def __init__(self, server: "TeamServer"):
+        self.server = server
+
+    async def Append(self, request, context):
+        sink = self.server.sink
+        try:
+            info = _decode_args(request.run_info) if request.run_info else {}
+            # the uploading daemon's own destination (this server's URL) must not make the
+            # server upload the run onwards: here the run is stored
+            info.pop("dest", None)
+            stored, duplicates = await sink.append(request.run_id, info, request.records)
+        except (BadRecord, ValueError) as e:  # msgspec.DecodeError and RecordTooLarge are ValueErrors
+            problem = f"run {request.run_id!r}: {e}"
+        else:
+            return pb.UploadReply(stored=stored, duplicates=duplicates)
+        log.warning("refused an upload: %s", problem)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    async def MissingFiles(self, request, context):
+        loop = asyncio.get_running_loop()
+        try:
+            missing = await loop.run_in_executor(self.server.file_pool, self.server.sink.missing_files,
+                                                 list(request.paths))
+        except BadRecord as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.MissingFilesReply(paths=missing)
+
+    async def PutFile(self, request_iterator, context):
+        loop = asyncio.get_running_loop()
+        chunks = request_iterator.__aiter__()
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PutFile: the stream carried no chunk")
+        path = first.path
+        try:
+            check_file_path(path)
+            size = dict(context.invocation_metadata() or ()).get(SIZE_HEADER)
+            expected = int(size) if size is not None else None
+        except (BadRecord, ValueError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PutFile: {e}")
+
+        async def next_chunk():
+            return await chunks.__anext__()
+
+        def data():
+            # runs in the file thread, which pulls each chunk from the loop as it writes: the
+            # client can send no faster than the disk takes the file
+            digest = hashlib.sha256(first.data)
+            received = len(first.data)
+            yield first.data
+            while True:
+                pending = asyncio.run_coroutine_threadsafe(next_chunk(), loop)
+                try:
+                    chunk = pending.result(CHUNK_WAIT)
+                except StopAsyncIteration:
+                    break
+                except concurrent.futures.TimeoutError:
+                    pending.cancel()
+                    raise BadRecord(f"PutFile {path}: no data for {CHUNK_WAIT:.0f} s") from None
+                if chunk.path and chunk.path != path:
+                    raise BadRecord(f"PutFile: one stream carries one file ({path!r}), not also {chunk.path!r}")
+                digest.update(chunk.data)
+                received += len(chunk.data)
+                yield chunk.data
+            # a cancelled stream ends like a complete one: only the size the client announced,
+            # or the SHA-256 a content-addressed name carries, tells a cut-off file apart
+            if expected is not None and received != expected:
+                raise BadRecord(f"PutFile {path}: {received} of {expected} bytes arrived; nothing kept")
+            name = path.rsplit("/", 1)[-1].split(".", 1)[0]
+            if SHA256_NAME.fullmatch(name) and digest.hexdigest() != name:
+                raise BadRecord(f"PutFile {path}: the content's SHA-256 differs from the one its name carries")
+
+        try:
+            size = await loop.run_in_executor(self.server.file_pool, self.server.sink.put_file, path, data())
+        except BadRecord as e:
+            problem = str(e)
+        else:
+            return pb.FileReply(bytes=size)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    async def Status(self, request, context):
+        status = {"version": __version__, "address": self.server.address, **self.server.sink.status()}
+        return pb.StatusReply(status=_encode(status))
+
+
+class ReadService(pb_grpc.ReadServicer):
+    def __init__(self, server: "TeamServer"):
+        self.server = server
+
+    async def _call(self, request, table: dict, context):
+        """The function and keyword arguments a Query or Scan names; aborts for anything else."""
+        fn = table.get(request.method)
+        if fn is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"no read call {request.method!r}: this server answers {', '.join(sorted(table))}")
+        try:
+            kwargs = _decode_args(request.args) if request.args else {}
+            inspect.signature(fn).bind(None, **kwargs)
+        except (msgspec.DecodeError, TypeError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.method}: bad arguments: {e}")
+        return fn, kwargs
+
+    async def Query(self, request, context):
+        fn, kwargs = await self._call(request, QUERIES, context)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.server.read_pool, lambda: _encode(fn(self.server.api, **kwargs)))
+        except Exception as e:
+            code, message = _read_error(e)
+        else:
+            return pb.QueryReply(result=result)
+        await context.abort(code, message)
+
+    async def Scan(self, request, context):
+        fn, kwargs = await self._call(request, SCANS, context)
+        loop = asyncio.get_running_loop()
+        pages = _pages(_lazy(fn, self.server.api, kwargs))
+        while True:
+            try:
+                page = await loop.run_in_executor(self.server.read_pool, next, pages, None)
+            except Exception as e:
+                code, message = _read_error(e)
+                break
+            if page is None:
+                return
+            yield pb.QueryReply(result=page)
+        await context.abort(code, message)
+
+    async def GetFile(self, request, context):
+        loop = asyncio.get_running_loop()
+        try:
+            f = await loop.run_in_executor(self.server.file_pool, self.server.open_file, request.path)
+        except BadRecord as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.path!r} on this server")
+        with f:
+            first = True
+            while True:
+                data = await loop.run_in_executor(self.server.file_pool, f.read, FILE_CHUNK)
+                if not data and not first:
+                    return
+                # the first chunk names the file (and says it exists, even when it is empty)
+                yield pb.FileChunk(path=request.path if first else "", data=data)
+                first = False
+
+
+def _lazy(fn, api, kwargs):
+    """Call ``fn`` only when the first page is asked for (in the read thread), then yield its items."""
+    yield from fn(api, **kwargs)
+
+
+class _TokenCheck(grpc.aio.ServerInterceptor):
+    """Every call must carry ``authorization: Bearer <token>``; others end UNAUTHENTICATED."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        if given is None:
+            message = ("this trackside server requires a token: pass token=... (or set TRACKSIDE_TOKEN) "
+                       "to the client")
+        elif hmac.compare_digest(given.encode() if isinstance(given, str) else given, self.expected):
+            return handler
+        else:
+            message = "the token is not the one this trackside server accepts"
+        return _refusal(handler, message)
+
+
+def _refusal(handler, message: str):
+    """A handler of the same shape as ``handler`` that ends the call UNAUTHENTICATED."""
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    async def unary(request, context):
+        await context.abort(code, message)
+
+    async def streaming(request, context):
+        await context.abort(code, message)
+        yield  # never reached: makes this a response stream
+
+    ser = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **ser)
+    return grpc.stream_stream_rpc_method_handler(streaming, **ser)
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+
+class TeamServer:
+    """A ``trackside server``: a LocalSink behind the Upload and Read services.
+
+    Raises ConfigError (at construction, or from ``start`` when the port cannot be bound) for
+    a configuration it refuses: a non-loopback ``host`` without a token, half a TLS pair, an
+    unreadable certificate.
+    """
+
+    def __init__(self, root: str, *, db: str | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 info_file: str | None = None):
+        self.root = os.path.abspath(root)
+        self.db = db
+        self.host = host
+        self.port = port
+        self.token = token or None
+        self.info_file = os.path.abspath(info_file) if info_file else None
+        if self.token is not None and not (self.token.isascii() and self.token.isprintable() and self.token.strip() == self.token):
+            raise ConfigError("the token must be printable ASCII without surrounding spaces (it travels as gRPC metadata)")
+        if not is_loopback(host) and self.token is None:
+            raise ConfigError(
+                f"refusing to listen on {host} without a token: anyone who can reach the port could read "
+                f"and write runs. Pass --token (or set TRACKSIDE_TOKEN), or listen on 127.0.0.1"
+            )
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        self.credentials = None
+        if tls_cert is not None:
+            pair = []
+            for what, path in (("key", tls_key), ("certificate", tls_cert)):
+                try:
+                    with open(path, "rb") as f:
+                        pair.append(f.read())
+                except OSError as e:
+                    raise ConfigError(f"cannot read the TLS {what} {path}: {e.strerror}") from None
+            self.credentials = grpc.ssl_server_credentials([(pair[0], pair[1])])
+        elif self.token is not None and not is_loopback(host):
+            log.warning("listening on %s with a token but without TLS: the token and the runs travel unencrypted "
+                        "(add --tls-cert and --tls-key)", host)
+        self.sink = LocalSink(self.root, db=db)
+        self.api = None
+        self.read_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="read")
+        self.file_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="files")
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def address(self) -> str:
+        return _address(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"{'grpcs' if self.credentials else 'grpc'}://{self.address}"
+
+    async def start(self) -> int:
+        """Open the store (storing what a previous life left in the WAL) and listen; returns
+        the bound port. Call ``close()`` afterwards, also when this raised."""
+        await self.sink.start()
+        from trackside.api import Api
+
+        loop = asyncio.get_running_loop()
+        kwargs = {"db": self.db} if self.db else {}
+        self.api = await loop.run_in_executor(None, lambda: Api(self.root, **kwargs))
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+        interceptors = [_TokenCheck(self.token)] if self.token else []
+        self._server = server = grpc.aio.server(options=options, interceptors=interceptors)
+        pb_grpc.add_UploadServicer_to_server(UploadService(self), server)
+        pb_grpc.add_ReadServicer_to_server(ReadService(self), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        target = _address(self.host, self.port)
+        try:
+            if self.credentials is not None:
+                port = server.add_secure_port(target, self.credentials)
+            else:
+                port = server.add_insecure_port(target)
+        except RuntimeError as e:
+            port = 0
+            reason = str(e)
+        else:
+            reason = "the address is in use or not this machine's"
+        if not port:
+            raise ConfigError(f"cannot listen on {target}: {reason}")
+        self.port = port
+        await server.start()
+        for name in ("", *SERVICES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.info_file:
+            _write_json(self.info_file, {"pid": os.getpid(), "address": self.address, "url": self.url,
+                                         "port": port, "root": self.root, "version": __version__})
+        log.info("trackside server %s listening on %s (store %s, token %s)", __version__, self.url,
+                 self.root, "required" if self.token else "not required")
+        return port
+
+    async def serve(self) -> None:
+        """Start, run until ``stop()`` or SIGTERM/SIGINT, then shut down in order; a second
+        signal exits at once."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        signals = 0
+
+        def on_signal():
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: exiting now (the WAL holds every acknowledged batch)")
+                os._exit(1)
+            log.info("signal received: finishing the calls in flight, then draining")
+            self._stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def close(self) -> None:
+        """Stop taking calls, let those in flight finish, drain the sink, close the store."""
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(grace=STOP_GRACE)
+            self._server = None
+        await self._close_store()
+        if self.info_file:
+            _remove_own_info(self.info_file)
+        log.info("trackside server stopped")
+
+    async def _close_store(self) -> None:
+        await self.sink.close()
+        if self.api is not None:
+            self.api.close()
+            self.api = None
+        self.read_pool.shutdown()
+        self.file_pool.shutdown()
+
+    def open_file(self, path: str):
+        """Open a file under the root for reading, by the path rules of uploads (``runs/<id>/...``
+        but not a WAL, or ``artifacts/...``); a symlink cannot lead out of the root."""
+        full = os.path.realpath(os.path.join(self.root, check_file_path(path)))
+        if not full.startswith(os.path.realpath(self.root) + os.sep):
+            raise BadRecord(f"file path {path!r} leads out of the server's root")
+        return open(full, "rb")
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Replace ``path`` atomically: a reader sees the old file or the new, never half."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".server-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _remove_own_info(path: str) -> None:
+    try:
+        with open(path) as f:
+            if json.load(f).get("pid") != os.getpid():
+                return  # another server took the file over
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv=None, prog: str = "trackside server") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="serve a team's runs: daemons and `trackside sync` upload "
+                                "to it, trackside.Api('grpc://HOST:PORT') reads from it")
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"where runs are kept (default: ./{DEFAULT_ROOT})")
+    p.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: loopback; any other address requires a token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
+    p.add_argument("--token", help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
+                   "variable, the command line is visible to other users)")
+    p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
+    p.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
+    p.add_argument("--log-level", default=os.environ.get("TRACKSIDE_LOG_LEVEL", "INFO"))
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be 0 to 65535, not {args.port}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token or os.environ.get("TRACKSIDE_TOKEN") or None
+    try:
+        server = TeamServer(args.root, db=args.db, host=args.host, port=args.port, token=token,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key, info_file=args.info_file)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency, but the server runs without it
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(server.serve())
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m trackside.daemon.team_server"))

@@ -1,0 +1,451 @@
+"""The client side of a ``trackside server``: uploads and the read-back API over gRPC.
+
+    api = trackside.Api("grpc://trackside.example.org:7311")   # a RemoteApi
+    run = api.run("3kf9")
+    run.history(keys=["loss"])                                  # the rows a local Api returns
+
+URLs: ``grpc://HOST:PORT`` (plain) or ``grpcs://HOST:PORT`` (TLS); the port defaults to 7311.
+The token is the ``token`` argument, else ``$TRACKSIDE_TOKEN``; for ``grpcs://`` the CA file
+is ``ca``, else ``$TRACKSIDE_TLS_CA``, else the system's roots.
+
+Imported on first use only (``import trackside`` does not import grpc).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import grpc
+import msgspec
+
+from trackside.daemon.store import StoreError
+from trackside.proto.trackside.v1 import trackside_pb2 as pb
+from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
+
+from .api import ConsoleLine, RunNotFoundError
+
+__all__ = [
+    "PermanentUploadError",
+    "RemoteApi",
+    "RemoteError",
+    "RemoteRunView",
+    "TransientUploadError",
+    "UploadClient",
+    "UploadError",
+    "is_server_url",
+]
+
+DEFAULT_PORT = 7311
+CHUNK = 1024 * 1024  # files go up and down in pieces of this size
+MAX_MESSAGE = 64 * 1024 * 1024  # as the server's: a 16 MiB batch with room to spare
+SCHEMES = ("grpc://", "grpcs://")
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+# Statuses a retry cannot cure: the uploader stops and says why. Every other status (the
+# server down, overloaded, restarting ...) is transient: the WAL keeps the records meanwhile.
+PERMANENT = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION",
+                       "UNIMPLEMENTED"})
+
+
+def is_server_url(text) -> bool:
+    """Whether ``text`` names a trackside server (``grpc://`` or ``grpcs://``)."""
+    return isinstance(text, str) and text.startswith(SCHEMES)
+
+
+def parse_url(url: str) -> tuple[str, bool]:
+    """``(target, tls)`` for a server URL: ``grpc://host:port`` -> ``("host:port", False)``.
+    Raises ValueError naming the accepted forms."""
+    m = re.fullmatch(r"(grpcs?)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)(?::(\d{1,5}))?/?", url if isinstance(url, str) else "")
+    if m is None:
+        raise ValueError(f"{url!r} is not a trackside server URL: use grpc://HOST:PORT, or grpcs://HOST:PORT for TLS")
+    scheme, host, port = m.groups()
+    return f"{host}:{port or DEFAULT_PORT}", scheme == "grpcs"
+
+
+class _Connection:
+    """A channel to one server and the metadata every call carries. gRPC channels are
+    thread-safe, and so is this."""
+
+    def __init__(self, url: str, token: Optional[str], ca: Optional[str], timeout: float):
+        target, tls = parse_url(url)
+        self.url = url
+        self.timeout = timeout
+        token = token if token is not None else os.environ.get("TRACKSIDE_TOKEN") or None
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+        if tls:
+            ca = ca if ca is not None else os.environ.get("TRACKSIDE_TLS_CA") or None
+            roots = None
+            if ca is not None:
+                try:
+                    with open(ca, "rb") as f:
+                        roots = f.read()
+                except OSError as e:
+                    raise FileNotFoundError(f"cannot read the CA file {ca} for {url}: {e.strerror}") from None
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+
+
+class UploadError(Exception):
+    """An upload the server did not take. ``code``: the gRPC status name ("UNAVAILABLE" ...);
+    ``server``: the URL."""
+
+    def __init__(self, message: str, code: str, server: str):
+        super().__init__(message)
+        self.code = code
+        self.server = server
+
+
+class PermanentUploadError(UploadError):
+    """Retrying will not help (a wrong token, a record the server refuses, an old server)."""
+
+
+class TransientUploadError(UploadError):
+    """The server is unreachable, busy or restarting: retry later; nothing was lost."""
+
+
+def _upload_error(e: grpc.RpcError, url: str, what: str) -> UploadError:
+    code = e.code().name if e.code() is not None else "UNKNOWN"
+    cls = PermanentUploadError if code in PERMANENT else TransientUploadError
+    return cls(f"trackside server {url}: {what} failed: {e.details() or code} ({code})", code, url)
+
+
+class UploadClient:
+    """Sends WAL records and files to a ``trackside server``. Every call blocks until the
+    server answers (at most ``timeout`` seconds) and raises PermanentUploadError or
+    TransientUploadError when it did not take the upload. Safe to share between threads."""
+
+    def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None, *, timeout: float = 60.0):
+        self.url = url
+        self._conn = _Connection(url, token, ca, timeout)
+        self._stub = pb_grpc.UploadStub(self._conn.channel)
+
+    def _call(self, what: str, method, request):
+        try:
+            return method(request, timeout=self._conn.timeout, metadata=self._conn.metadata)
+        except grpc.RpcError as e:
+            raise _upload_error(e, self.url, what) from None
+
+    def append(self, run_id: str, info: dict, records: Sequence[bytes]) -> tuple[int, int]:
+        """Store framed WAL records of ``run_id`` (in WAL order; ``info``: the run's info, used
+        when the run is new). Returns ``(stored, duplicates)``: the records new to the server,
+        durable there now, and those it already held. Idempotent: resend a batch freely."""
+        request = pb.UploadRequest(run_id=run_id, run_info=_encode(info or {}), records=records)
+        reply = self._call(f"uploading {len(records)} records of run {run_id}", self._stub.Append, request)
+        return reply.stored, reply.duplicates
+
+    def missing_files(self, paths: Sequence[str]) -> list[str]:
+        """The ones of ``paths`` (relative to the run root) the server does not hold yet."""
+        reply = self._call("asking for missing files", self._stub.MissingFiles, pb.MissingFilesRequest(paths=paths))
+        return list(reply.paths)
+
+    def put_file(self, path: str, local_file_path: Union[str, os.PathLike]) -> int:
+        """Send the file at ``local_file_path`` to be kept at ``path`` (relative to the run
+        root); streamed in 1 MiB pieces. Returns the size the server wrote."""
+        def chunks(f):
+            first = True
+            while True:
+                data = f.read(CHUNK)
+                if not data and not first:
+                    return
+                yield pb.FileChunk(path=path if first else "", data=data)
+                first = False
+
+        with open(local_file_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # the server keeps the file only when this many bytes arrived (a cut-off stream
+            # looks complete to it otherwise)
+            metadata = (*self._conn.metadata, ("trackside-file-size", str(size)))
+            timeout = self._conn.timeout + size / (10 * CHUNK)  # the deadline grows a second per 10 MiB
+            try:
+                reply = self._stub.PutFile(chunks(f), timeout=timeout, metadata=metadata)
+            except grpc.RpcError as e:
+                raise _upload_error(e, self.url, f"sending file {path}") from None
+        return reply.bytes
+
+    def status(self) -> dict:
+        """The server's status: version, address, its runs and upload counts."""
+        return _decode(self._call("asking for status", self._stub.Status, pb.StatusRequest()).status)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "UploadClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<UploadClient {self.url}>"
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+class RemoteError(StoreError):
+    """A read the server did not answer: unreachable, a wrong token, a server failure.
+    ``code`` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteApi:
+    """``trackside.Api`` over a ``trackside server``: the same calls and the same results,
+    read over the network. ``trackside.Api("grpc://...")`` makes one.
+
+    Reads are live, as with a local store. Files (media) are fetched on demand with
+    ``download``. Safe to use from several threads; ``close()`` (or a ``with`` block) closes
+    the connection.
+    """
+
+    def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None, *, timeout: float = 60.0):
+        self.url = self.root = url
+        self._conn = _Connection(url, token, ca, timeout)
+        self._stub = pb_grpc.ReadStub(self._conn.channel)
+        self._cache: Optional[str] = None  # where media files are fetched to, made on first use
+        self._cache_lock = threading.Lock()
+
+    def _error(self, e: grpc.RpcError, what: str) -> Exception:
+        code = e.code().name if e.code() is not None else "UNKNOWN"
+        message = f"{e.details() or code}"
+        if code == "NOT_FOUND":
+            return RunNotFoundError(message) if what == "run" else FileNotFoundError(message)
+        if code == "INVALID_ARGUMENT":
+            return ValueError(message)
+        return RemoteError(f"trackside server {self.url}: {what}: {message} ({code})", code)
+
+    def query(self, method: str, **args) -> Any:
+        """One read call (``runs``, ``run``, ``keys``, ``table_keys``) and its decoded result."""
+        try:
+            reply = self._stub.Query(pb.QueryRequest(method=method, args=_encode(args)),
+                                     timeout=self._conn.timeout, metadata=self._conn.metadata)
+        except grpc.RpcError as e:
+            raise self._error(e, "run" if "run_id" in args or method == "run" else method) from None
+        return _decode(reply.result)
+
+    def scan(self, method: str, **args) -> Iterator[Any]:
+        """The items of a streamed read call (``history``, ``console_lines``,
+        ``system_metrics``, ``media_files``), a page at a time."""
+        replies = self._stub.Scan(pb.QueryRequest(method=method, args=_encode(args)), metadata=self._conn.metadata)
+        try:
+            for reply in replies:
+                yield from _decode(reply.result)
+        except grpc.RpcError as e:
+            raise self._error(e, "run" if "run_id" in args else method) from None
+        finally:
+            replies.cancel()  # a scan left early stops the server's too
+
+    def runs(self, project: Optional[str] = None) -> list["RemoteRunView"]:
+        """The runs of ``project`` (all projects when None), newest first."""
+        return [RemoteRunView(self, fields) for fields in self.query("runs", project=project)]
+
+    def run(self, path: str) -> "RemoteRunView":
+        """The run with this id, or whose id starts with it when exactly one does
+        (``"project/run_id"`` accepted). Raises RunNotFoundError."""
+        return RemoteRunView(self, self.query("run", run_id=str(path)))
+
+    def download(self, path: str, dest_dir: Union[str, os.PathLike] = ".") -> str:
+        """Fetch the server's file ``path`` (relative to its root: ``runs/<id>/media/...``, as
+        ``media_files`` lists them, or ``artifacts/...``) to ``dest_dir/path``; returns the
+        local path. Written atomically. Raises FileNotFoundError when the server has no such
+        file."""
+        parts = [p for p in str(path).split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise ValueError(f"file path {path!r} must be relative, without '.' or '..' parts")
+        target = os.path.join(os.fspath(dest_dir), *parts)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".download-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    for chunk in self._stub.GetFile(pb.FileRequest(path=str(path)), metadata=self._conn.metadata):
+                        f.write(chunk.data)
+                except grpc.RpcError as e:
+                    raise self._error(e, f"file {path}") from None
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+    def _media_cache(self) -> str:
+        with self._cache_lock:
+            if self._cache is None:
+                self._cache = tempfile.mkdtemp(prefix="trackside-media-")
+            return self._cache
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        self._conn.close()
+
+    def __enter__(self) -> "RemoteApi":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RemoteApi {self.url}>"
+
+
+class RemoteRunView:
+    """One run on a server, as ``RunView`` shows a local one: the same attributes (a snapshot,
+    ``refresh()`` takes a new one) and the same history, console and system-metrics calls.
+    ``dir`` is the run's folder on the server relative to its root (what ``download`` takes);
+    ``media_files`` paths are relative to the server's root too."""
+
+    def __init__(self, api: RemoteApi, fields: dict):
+        self._api = api
+        self._load(fields)
+
+    def _load(self, fields: dict) -> None:
+        self.id = fields["id"]
+        self.project = fields["project"]
+        self.name = fields["name"]
+        self.group = fields["group"]
+        self.job_type = fields["job_type"]
+        self.tags = fields["tags"]
+        self.state = fields["state"]
+        self.exit_code = fields["exit_code"]
+        self.created_at = fields["created_at"]
+        self.updated_at = fields["updated_at"]
+        self.finished_at = fields["finished_at"]
+        self.history_rows = fields["history_rows"]
+        self.last_step = fields["last_step"]
+        self.dir = f"runs/{self.id}"
+        # kept encoded: each access returns new dicts, as a local RunView's do
+        self._config = _encode(fields["config"])
+        self._summary = _encode(fields["summary"])
+        self._metadata = _encode(fields["metadata"])
+
+    def refresh(self) -> "RemoteRunView":
+        """Re-read the run's attributes from the server; returns self."""
+        self._load(self._api.query("run", run_id=self.id))
+        return self
+
+    @property
+    def summary(self) -> dict:
+        return _decode(self._summary)
+
+    @property
+    def config(self) -> dict:
+        return _decode(self._config)
+
+    @property
+    def metadata(self) -> dict:
+        return _decode(self._metadata)
+
+    @property
+    def runtime(self) -> float:
+        """Seconds from creation to the end (or to the last write while running)."""
+        end = self.finished_at if self.finished_at is not None else self.updated_at
+        return max(0.0, end - self.created_at)
+
+    def keys(self) -> list[str]:
+        """Every key the run has logged to its history, sorted."""
+        return self._api.query("keys", run_id=self.id)
+
+    def history(self, keys: Union[str, Sequence[str], None] = None, min_step: Optional[int] = None,
+                max_step: Optional[int] = None, pandas: bool = False, *, samples: Optional[int] = None):
+        """As ``RunView.history``: rows with ``_step``, ``_timestamp`` and the values, for
+        ``min_step <= step < max_step``; ``pandas=True`` for a DataFrame. Rich values are their
+        logged form (see ``media`` for the objects)."""
+        if pandas:
+            try:
+                import pandas as pd
+            except ImportError:
+                raise ImportError("history(pandas=True) needs pandas, which is not installed: pip install pandas "
+                                  "(or call history() without pandas=True for a list of dicts)") from None
+        rows = list(self._api.scan("history", **_history_args(self.id, keys, min_step, max_step), samples=samples))
+        return pd.DataFrame.from_records(rows) if pandas else rows
+
+    def scan_history(self, keys: Union[str, Sequence[str], None] = None, min_step: Optional[int] = None,
+                     max_step: Optional[int] = None, page_size: int = 1000) -> Iterator[dict]:
+        """Every history row in step order, streamed from the server: memory stays bounded
+        however long the run."""
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, not {page_size}")
+        return self._api.scan("history", **_history_args(self.id, keys, min_step, max_step), page_size=page_size)
+
+    def console_lines(self, stream: Optional[str] = None) -> list[ConsoleLine]:
+        """The captured console lines in order, as ``(time, stream, text)``."""
+        return [ConsoleLine(*line) for line in self._api.scan("console_lines", run_id=self.id, stream=stream)]
+
+    def console(self) -> str:
+        """The captured console output, one line per logged line, in order."""
+        return "".join(line.text + "\n" for line in self.console_lines())
+
+    def system_metrics(self, keys: Union[str, Sequence[str], None] = None, host: Optional[str] = None) -> list[dict]:
+        """The run's system metrics in time order, as ``RunView.system_metrics``."""
+        if isinstance(keys, str):
+            keys = [keys]
+        return list(self._api.scan("system_metrics", run_id=self.id, keys=keys, host=host))
+
+    def media_files(self, key: Optional[str] = None) -> list[dict]:
+        """The media index (``step``, ``key``, ``path``, ``sha256``, ``type``); ``path`` is
+        relative to the server's root, for ``download``."""
+        return list(self._api.scan("media_files", run_id=self.id, key=key))
+
+    def media(self, key: str, step: Optional[int] = None):
+        """The rich values logged at ``key`` rebuilt as objects, as ``RunView.media``: their
+        files are fetched from the server first (into a temporary folder, once)."""
+        if not isinstance(key, str):
+            raise TypeError(f"media() takes a key (str), not {type(key).__name__}")
+        cache = self._api._media_cache()
+        for f in self.media_files(key):
+            if f["path"] and (step is None or f["step"] == step):
+                if not os.path.exists(os.path.join(cache, *f["path"].split("/"))):  # content-addressed
+                    self._api.download(f["path"], cache)
+        from trackside.data_types.base import from_json
+
+        run_dir = os.path.join(cache, "runs", self.id)
+        lo, hi = (None, None) if step is None else (step, step + 1)
+        found = [(r["_step"], from_json(r[key], run_dir)) for r in self.scan_history([key], lo, hi)
+                 if type(r.get(key)) is dict and "_type" in r[key]]
+        if step is None:
+            return found
+        if not found:
+            raise KeyError(f"run {self.id} has no media at key {key!r} step {step}")
+        return found[0][1]
+
+    def table_keys(self) -> list[str]:
+        """The keys under which the run logged tables, sorted."""
+        return self._api.query("table_keys", run_id=self.id)
+
+    def download(self, path: str, dest_dir: Union[str, os.PathLike] = ".") -> str:
+        """``RemoteApi.download``: fetch a file of the server to ``dest_dir/path``."""
+        return self._api.download(path, dest_dir)
+
+    def __repr__(self) -> str:
+        name = f" name={self.name!r}" if self.name else ""
+        return f"<RemoteRunView {self.project}/{self.id}{name} state={self.state}>"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, RemoteRunView) and other._api.url == self._api.url and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((self._api.url, self.id))
+
+
+def _history_args(run_id: str, keys, min_step, max_step) -> dict:
+    if isinstance(keys, str):
+        keys = [keys]
+    elif keys is not None:
+        keys = list(keys)
+    return {"run_id": run_id, "keys": keys, "min_step": min_step, "max_step": max_step}
