@@ -321,7 +321,10 @@ class RunStream:
                     conn.send(Ack(seq))
                 fresh = [g for g in group if g[4] is not None]
                 if not self.local:
-                    self._committed_without_store(fresh)
+                    try:
+                        self._committed_without_store(fresh)
+                    except Exception:  # a bug here must not stop acks: the WAL has the records
+                        log.exception("run %s: after-commit work failed", self.run_id)
                 elif fresh:
                     self._unmerged += 1
                     await self._merge_queue.put(fresh)
@@ -336,8 +339,7 @@ class RunStream:
             if rtype == RECORD_EVENT:
                 if event_decoder.decode(body).kind == "finish":
                     self.finished_writers.add(writer)
-                    if conn is not None:
-                        conn.send(Done(seq))
+        self._send_done(group)
         if self.uploader is not None and group:
             self.uploader.durable(group[-1][0], len(group))
 
@@ -409,9 +411,17 @@ class RunStream:
             artifacts=artifacts,
             system=system,
         )
-        for conn, seq, _ in finished:
-            if conn is not None:
-                conn.send(Done(seq))
+        self._send_done(group)
+
+    def _send_done(self, group) -> None:
+        """Tell each finished writer how far it is done: its finish and whatever it sent after
+        (console lines flushed at exit ride behind the finish event)."""
+        done: dict = {}
+        for _, conn, writer, seq, _, _ in group:
+            if conn is not None and writer in self.finished_writers:
+                done[conn] = seq
+        for conn, seq in done.items():
+            conn.send(Done(seq))
 
 
     async def _apply_event(self, ev, conn, config, meta, console, finished, system) -> None:

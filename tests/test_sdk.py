@@ -11,6 +11,8 @@ import pytest
 import trackside
 from trackside._run import UsageError
 
+from conftest import run_script
+
 
 def history(run):
     return trackside.Api(run.root).run(run.id).history()
@@ -394,3 +396,23 @@ def test_batches_stay_bounded_while_the_daemon_is_paused(ts):
     run.finish()
     rows = history(run)
     assert len(rows) == 200_001 and rows[-1]["a"] == 199_999
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_finish_returns_when_console_lines_ride_behind_the_finish_event(ts, mode):
+    """Output printed just before finish() is framed after the finish event; the daemon must
+    report the writer done through those records too, or finish() waits for its timeout."""
+    code = f"""
+import time, trackside
+run = trackside.init(project="p", mode={mode!r}, settings={{"finish_timeout": 20}})
+for i in range(40):
+    run.log({{"i": i}})
+    time.sleep(0.02)
+print("last words")
+t = time.monotonic()
+run.finish()
+print("finish took", time.monotonic() - t)
+"""
+    out = run_script(code, ts.env, timeout=60).stdout
+    took = float(out.split("finish took")[1])
+    assert took < 10, out
