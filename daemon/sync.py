@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from .sink import LocalSink, StoreHandle, run_info
 from .stream import RunStream
-from .uploader import RemoteDestination, SinkDestination, Uploader
+from .uploader import MAX_RECORDS, RemoteDestination, SinkDestination, Uploader
 
 FOLLOW_POLL = 0.5  # seconds between looks at a followed run's WAL
 FOLLOW_QUIET = 2.0  # a followed run whose writers all finished is done once its WAL is this quiet
@@ -85,7 +85,7 @@ def _wal_size(run_dir: str) -> int:
 async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bool = False,
                     token: Optional[str] = None, ca: Optional[str] = None,
                     on_progress: Optional[Callable[[Progress], None]] = None,
-                    interval: float = 0.0) -> list[Progress]:
+                    interval: float = 0.0, max_records: int = MAX_RECORDS) -> list[Progress]:
     """Sync each run folder into ``to`` (URL, run root, or None: the run's own root)."""
     checked = [(os.path.abspath(d), *_check_run_dir(d)) for d in run_dirs]
     results = []
@@ -112,7 +112,8 @@ async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bo
                     sink = LocalSink(target)
                     await sink.start()
                     dest = SinkDestination(sink)
-                await _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval)
+                await _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval,
+                                      max_records)
                 if sink is not None:
                     await sink.wait_stored(run_id)
             progress.seconds = time.monotonic() - started
@@ -125,10 +126,12 @@ async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bo
     return results
 
 
-async def _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval) -> None:
+async def _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval,
+                          max_records) -> None:
     info = {k: v for k, v in run_info(run_dir).items() if k not in ("root", "dest")}
     state = "sync-" + hashlib.sha256(str(dest).encode()).hexdigest()[:12] + ".json"
-    uploader = Uploader(run_id, root, run_dir, info, dest, state_file=state, interval=interval)
+    uploader = Uploader(run_id, root, run_dir, info, dest, state_file=state, interval=interval,
+                        max_records=max_records)
     stop = asyncio.Event()
     task = asyncio.create_task(uploader.run(follow=follow, stop=stop))
     try:

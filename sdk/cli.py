@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--token", help="server token (default: $TRACKSIDE_TOKEN)")
     sy.add_argument("--ca", help="CA certificate of a grpcs:// server (default: $TRACKSIDE_TLS_CA, else system roots)")
     sy.add_argument("--quiet", action="store_true", help="no progress bar")
+    sy.add_argument("--batch-records", type=int, default=4096, metavar="N",
+                    help="WAL records per upload (default 4096; fewer for a slow link)")
 
     tp = sub.add_parser("top", help="live view of this host's daemon: per run and writer rates, WAL, backlog")
     tp.add_argument("--once", action="store_true", help="print one snapshot and exit")
@@ -227,7 +229,7 @@ def _sync(args) -> int:
         bar.start()
     try:
         results = asyncio.run(sync_runs(run_dirs, args.to, follow=args.follow, token=args.token, ca=args.ca,
-                                        on_progress=show))
+                                        on_progress=show, max_records=max(args.batch_records, 1)))
     except SyncError as e:
         print(f"trackside sync: {e}", file=sys.stderr)
         return 1

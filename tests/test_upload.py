@@ -1,0 +1,215 @@
+"""Runs uploaded by the daemon to a `trackside server`, and the faults that must lose nothing:
+the server stopped and started again, killed mid-batch, the daemon killed mid-upload, a
+refused token, `trackside sync` interrupted. After each, the server holds every record the
+training process logged, exactly once. Real daemons, servers and training processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import trackside
+from trackside.remote import UploadClient
+
+from conftest import run_script, stop_daemon
+from test_server import servers, stop, wait_until  # noqa: F401  (servers is a fixture)
+
+TRAIN = """
+import sys, time, trackside
+steps, pause = int(sys.argv[1]), float(sys.argv[2])
+run = trackside.init(project="team", name="upload", config={"lr": 0.1},
+                     settings={"upload_interval": 0.2, "system_metrics": False})
+print(run.id, flush=True)
+for i in range(steps):
+    run.log({"loss": 1.0 / (i + 1), "i": i})
+    if i % 100 == 0:
+        print("line", i, flush=True)
+    if pause:
+        time.sleep(pause)
+run.finish()
+print("done", flush=True)
+"""
+
+
+def env_for(ts, url, **extra):
+    env = dict(ts.env, TRACKSIDE_SERVER=url, **extra)
+    env.pop("TRACKSIDE_TOKEN", None) if "TRACKSIDE_TOKEN" not in extra else None
+    return env
+
+
+def train(ts, url, steps=300, pause=0.0, **extra):
+    out = run_script(TRAIN, env_for(ts, url, **extra), steps, pause, timeout=120).stdout
+    return out.split()[0]
+
+
+def assert_complete(url, run_id, steps, timeout=30):
+    """The server holds every step once, and every console line once (a duplicated record
+    would repeat lines: rows alone merge duplicates away)."""
+    api = trackside.Api(url)
+    wait_until(lambda: api.run(run_id).history_rows == steps and api.run(run_id).state == "finished", timeout)
+    run = api.run(run_id)
+    rows = run.history()
+    assert [r["_step"] for r in rows] == list(range(steps))
+    assert [r["i"] for r in rows] == list(range(steps))
+    assert run.config == {"lr": 0.1}
+    lines = [line for line in run.console().splitlines() if line.startswith("line ")]
+    assert lines == [f"line {i}" for i in range(0, steps, 100)]
+
+
+def daemon_pid(ts):
+    with open(os.path.join(ts.daemon_dir, "daemon.json")) as f:
+        return json.load(f)["pid"]
+
+
+def test_a_run_uploads_to_the_server_and_keeps_no_local_store(ts, servers, tmp_path):
+    server = servers.start(tmp_path / "server")
+    run_id = train(ts, server.url, steps=500)
+    assert_complete(server.url, run_id, 500)
+    assert not os.path.exists(os.path.join(ts.root, "trackside.db"))
+    # the daemon's upload cursor reached the end: a later sync of the same WAL sends nothing new
+    state = json.load(open(os.path.join(ts.root, "runs", run_id, "upload.json")))
+    assert state["records"] > 0
+
+
+def test_media_files_reach_the_server_before_their_rows(ts, servers, tmp_path):
+    server = servers.start(tmp_path / "server")
+    code = """
+import numpy as np, trackside
+run = trackside.init(project="team", settings={"upload_interval": 0.2, "system_metrics": False})
+for i in range(3):
+    run.log({"img": trackside.Image(np.full((8, 8, 3), i * 60, dtype=np.uint8)), "i": i})
+run.finish()
+print(run.id)
+"""
+    run_id = run_script(code, env_for(ts, server.url)).stdout.split()[-1]
+    api = trackside.Api(server.url)
+    wait_until(lambda: api.run(run_id).history_rows == 3)
+    files = api.run(run_id).media_files("img")
+    assert len(files) == 3
+    for f in files:
+        assert os.path.isfile(os.path.join(server.root, "runs", run_id, f["path"].split(f"runs/{run_id}/")[-1]))
+
+
+def test_the_server_stopped_during_a_run_and_started_later_gets_everything(ts, servers, tmp_path):
+    root = tmp_path / "server"
+    server = servers.start(root)
+    port = server.port
+    p = subprocess.Popen([sys.executable, "-c", TRAIN, "400", "0.005"], env=env_for(ts, server.url),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = p.stdout.readline().strip()
+    time.sleep(0.5)
+    stop(server.proc)  # a clean stop mid-run: the uploader retries with backoff
+    out, err = p.communicate(timeout=120)  # training never waits on the server
+    assert p.returncode == 0, err
+    status = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
+                            text=True).stdout
+    assert f"run {run_id}" in status and "upload lag" in status
+    server = servers.start(root, "--port", str(port))
+    assert_complete(server.url, run_id, 400, timeout=60)
+
+
+def test_a_server_killed_mid_batch_stores_everything_once(ts, servers, tmp_path):
+    root = tmp_path / "server"
+    server = servers.start(root)
+    port = server.port
+    p = subprocess.Popen([sys.executable, "-c", TRAIN, "3000", "0.0005"], env=env_for(ts, server.url),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = p.stdout.readline().strip()
+    for line in p.stdout:
+        if line.startswith("line") and int(line.split()[1]) >= 1000:
+            break
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    server = servers.start(root, "--port", str(port))
+    assert_complete(server.url, run_id, 3000, timeout=60)
+
+
+def test_the_daemon_killed_mid_upload_resumes_from_its_cursor(ts, servers, tmp_path):
+    """The run finishes while the server is away; the daemon is killed with its WAL not
+    uploaded; the next daemon resumes the run by itself and uploads the rest, once."""
+    root = tmp_path / "server"
+    server = servers.start(root)
+    port = server.port
+    url = server.url
+    p = subprocess.Popen([sys.executable, "-c", TRAIN, "2000", "0.001"], env=env_for(ts, url),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = p.stdout.readline().strip()
+    for line in p.stdout:
+        if line.startswith("line") and int(line.split()[1]) >= 800:
+            break
+    os.kill(server.pid, signal.SIGKILL)  # part of the run is on the server, the rest is not
+    server.proc.wait()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    os.kill(daemon_pid(ts), signal.SIGKILL)
+    time.sleep(0.2)
+    server = servers.start(root, "--port", str(port))
+    env = env_for(ts, url)
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
+                   capture_output=True)
+    assert_complete(url, run_id, 2000, timeout=60)
+
+
+def test_a_refused_token_stops_uploads_and_sync_sends_them_later(ts, servers, tmp_path, monkeypatch):
+    server = servers.start(tmp_path / "server", "--token", "right")
+    run_id = train(ts, server.url, steps=200, TRACKSIDE_TOKEN="wrong")
+    run_dir = os.path.join(ts.root, "runs", run_id)
+
+    def refused():
+        out = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
+                             text=True).stdout
+        return "stopped:" in out and "token" in out.lower()
+
+    wait_until(refused)
+    stop_daemon(ts.daemon_dir)
+    env = dict(ts.env)
+    env.pop("TRACKSIDE_TOKEN", None)
+    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", server.url, "--token", "right"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    monkeypatch.setenv("TRACKSIDE_TOKEN", "right")  # for reading back
+    assert_complete(server.url, run_id, 200)
+
+
+def test_sync_interrupted_and_run_again_stores_everything_once(ts, servers, tmp_path):
+    server = servers.start(tmp_path / "server")
+    code = """
+import trackside
+run = trackside.init(project="team", mode="offline", config={"lr": 0.1}, settings={"system_metrics": False})
+for i in range(4000):
+    run.log({"loss": 1.0 / (i + 1), "i": i})
+    if i % 100 == 0:
+        print("line", i, flush=True)
+        run._client.flush()  # many WAL records: the sync below has many batches to be cut off in
+run.finish()
+print(run.id)
+"""
+    run_id = run_script(code, ts.env, timeout=120).stdout.split()[-1]
+    stop_daemon(ts.daemon_dir)
+    run_dir = os.path.join(ts.root, "runs", run_id)
+    cmd = [sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", server.url, "--batch-records", "1"]
+    p = subprocess.Popen(cmd, env=ts.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:
+        state = [f for f in os.listdir(run_dir) if f.startswith("sync-")]
+        if state:
+            break
+        time.sleep(0.005)
+    p.kill()  # cut off mid-sync, after at least one batch was acknowledged
+    p.wait()
+    assert state, "the sync made no progress to cut off"
+    with UploadClient(server.url) as client:
+        partial = client.status()["records"]
+    p = subprocess.run(cmd, env=ts.env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert_complete(server.url, run_id, 4000)
+    with UploadClient(server.url) as client:
+        status = client.status()
+    assert status["records"] > partial
