@@ -1,10 +1,19 @@
-"""The embedded local store: one SQLite database per run root, ``<root>/trackside.db``.
+"""The store: one SQLite database per run root, ``<root>/trackside.db``, or a PostgreSQL database.
 
-One writer (the daemon, through one ``Store``) and any number of readers (``trackside.api``,
-the CLI, a UI) at once: the database runs in WAL mode, so a reader never waits for the writer
-and sees every transaction committed before its statement began.
+One writer (the daemon, or a ``trackside server``, through one ``Store``) and any number of
+readers (``trackside.api``, the CLI, a UI) at once: a reader never waits for the writer and
+sees every transaction committed before its statement began. SQLite runs in WAL mode for this;
+PostgreSQL does it anyway (MVCC).
 
-Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
+PostgreSQL: ``Store(root, db="postgresql://user@host/database")`` keeps the tables below in
+that database (an empty one, or one a trackside store created; needs ``pip install
+'trackside[server]'``) and the files (media, tables, artifacts) under ``root`` as for SQLite;
+``trackside.Api(root, db=...)`` reads it back. Both backends run the same statements and the
+same schema; the few differences (placeholders, column types, the schema version, how an
+amended step's values merge) live in ``daemon/db.py``. The writer holds one connection, each
+reader its own.
+
+Schema (SQLite's ``PRAGMA user_version``, PostgreSQL's ``meta`` table = ``SCHEMA_VERSION``):
 
 - ``runs``: one row per run. ``rid`` is a small integer key used by every other table (an
   integer in each history row instead of the run id string keeps rows short and inserts fast).
@@ -40,12 +49,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import threading
 import time
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import msgspec
+
+from .db import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 
 __all__ = [
     "DB_NAME",
@@ -55,6 +65,7 @@ __all__ = [
     "Store",
     "StoreError",
     "check_artifact",
+    "open_reader",
     "open_readonly",
 ]
 
@@ -182,61 +193,58 @@ _TYPED = b"\xa5_type"  # msgpack's "_type" key: a history blob without it holds 
 # History rows go in with multi-row INSERTs: one sqlite3 call per 256 rows instead of one per
 # row takes ~0.4 us off each row's ~2 us. A batch is cut into chunks of these sizes (256 as
 # often as it fits, then the rest in binary), so a handful of cached statements serve any count.
-# 256 rows are 1,024 variables, far below SQLite's limit (32,766).
+# 256 rows are 1,024 variables, far below SQLite's limit (32,766) and PostgreSQL's (65,535).
+# The conflict clause that merges a stored step is the database's (daemon/db.py).
 _INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 _INSERT_HISTORY = {
     n: "INSERT INTO history (rid, step, time_us, data) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
-    + " ON CONFLICT (rid, step) DO UPDATE SET data = ts_merge(data, excluded.data),"
-    " time_us = min(time_us, excluded.time_us)"
     for n in _INSERT_SIZES
 }
-
-_PAGE_SIZE = 8192  # a history row with 10 keys is ~250 bytes: 8 KiB pages insert ~15% faster than 4 KiB
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written (the message says why and what to do)."""
+_LOOKUP_SIZES = (1, 8, 64, 512)  # steps per look-up of stored rows (PostgreSQL's merge in Python)
 
 
 class SchemaVersionError(StoreError):
     """The database was written by a newer trackside whose schema this one cannot read."""
 
 
-def _check_version(conn: sqlite3.Connection, path: str) -> int:
+def _check_version(db) -> int:
     """The database's schema version; raises SchemaVersionError when it is newer than ours."""
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.OperationalError as e:  # e.g. a read-only folder without the -shm file
-        raise StoreError(f"cannot read the store {path}: {e}") from None
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"{path} is not a trackside store ({e})") from None
+    version = db.schema_version()
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
-            f"{path} was written by a newer trackside (store schema {version}; this trackside "
+            f"{db.where} was written by a newer trackside (store schema {version}; this trackside "
             f"reads up to {SCHEMA_VERSION}): upgrade trackside (pip install -U trackside)"
         )
     return version
 
 
-def open_readonly(path: str, timeout: float = 5.0) -> sqlite3.Connection:
-    """A read-only connection to the store at ``path`` that sees the writer's commits as they
-    happen. Raises SchemaVersionError for a newer store, StoreError for a file that is not one.
-    The caller checks that the file exists (to give its own hint)."""
-    from urllib.parse import quote
-
-    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+def open_reader(path: Optional[str] = None, *, db: Optional[str] = None, timeout: float = 5.0):
+    """A read-only connection to a store that sees the writer's commits as they happen: the
+    SQLite file at ``path``, or the PostgreSQL database of the URL ``db``. Returns the
+    database object of ``daemon/db.py`` (run SQL on its ``conn``). Raises SchemaVersionError
+    for a newer store, StoreError for a database that holds none. For a file, the caller
+    checks that it exists (to give its own hint)."""
+    if db is not None:
+        database = open_postgres(db, writer=False)
+    else:
+        database = SQLite.open_reader(path, timeout)
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
-    except sqlite3.OperationalError as e:
-        raise StoreError(f"cannot open the store {path} for reading: {e}") from None
-    try:
-        version = _check_version(conn, path)
-        if version == 0:
-            raise StoreError(f"{path} is not a trackside store (it has no trackside schema)")
+        if _check_version(database) == 0:
+            if database.name == "sqlite":
+                raise StoreError(f"{path} is not a trackside store (it has no trackside schema)")
+            raise StoreError(
+                f"no trackside store in {database.where}: nothing has been stored there yet (a trackside "
+                f"server started with --db {database.where} creates it)"
+            )
     except BaseException:
-        conn.close()
+        database.close()
         raise
-    return conn
+    return database
+
+
+def open_readonly(path: str, timeout: float = 5.0):
+    """A read-only ``sqlite3.Connection`` to the store file at ``path`` (see ``open_reader``)."""
+    return open_reader(path, timeout=timeout).conn
 
 
 def _json_default(obj: Any) -> Any:
@@ -274,106 +282,109 @@ class Store:
     """The writer of one run root's store. Not for readers: use ``trackside.api.Api``.
 
     ``Store(root)`` opens ``<root>/trackside.db``, creating the folder and the database if
-    needed. Raises SchemaVersionError when the database is from a newer trackside and
-    StoreError when the file is not a trackside store or cannot be opened in WAL mode.
+    needed. ``Store(root, db="postgresql://...")`` keeps the tables in that PostgreSQL database
+    instead (``root`` still holds the files), creating them in an empty database. Raises
+    SchemaVersionError when the database is from a newer trackside and StoreError when it is
+    not a trackside store or cannot be opened (in WAL mode, for SQLite; the server cannot be
+    reached, for PostgreSQL); ImportError naming the extra to install without psycopg.
 
     Each write method is one transaction: on return it is committed (visible to readers, and
-    safe from a process crash; ``synchronous=NORMAL`` means a power loss can undo the last
-    commits, which the daemon's own WAL replays). On an exception nothing of the call is stored;
-    SQLite's errors (a full disk, an I/O error) are raised as StoreError naming the database.
+    safe from a process crash; on SQLite ``synchronous=NORMAL`` means a power loss can undo the
+    last commits, which the daemon's own WAL replays). On an exception nothing of the call is
+    stored; the database's errors (a full disk, an I/O error, a lost server) are raised as
+    StoreError naming the database. On PostgreSQL a connection the server dropped is replaced
+    at the next call.
     A method may be called from any thread, one call at a time (calls are serialized).
     Methods that take a ``run_id`` create a placeholder run (project ``"uncategorized"``) if
     the run does not exist yet, so that data is never refused for lack of a ``upsert_run``.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, db: Optional[str] = None):
         self.root = os.path.abspath(os.fspath(root))
-        self.path = os.path.join(self.root, DB_NAME)
         os.makedirs(self.root, exist_ok=True)
+        self.db = db
         self._lock = threading.RLock()
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder().decode
         self._rids: dict[str, int] = {}
         self._keys: dict[int, set] = {}  # rid -> keys known to be in history_keys
         self._console_seq: dict[int, int] = {}  # rid -> next console seq
+        self._stale = False  # the caches could not be re-read after a rollback: re-read them first
         self._merged = 0
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"cannot open the store {self.path}: {e}") from None
-        self._conn = conn
+        if db is None:
+            self.path = os.path.join(self.root, DB_NAME)
+            self._db = SQLite.open_writer(self.path)
+        elif is_postgres(db):
+            self.path = describe(db)
+            self._db = open_postgres(db, writer=True)
+        else:
+            raise ValueError(
+                f"unsupported store database {describe(str(db))!r}: use None (SQLite, <root>/{DB_NAME}) "
+                f"or a postgresql:// URL"
+            )
+        # SQL runs on _conn: the sqlite3 connection, or the PostgreSQL one taking the same SQL
+        self._conn = self._db.conn
+        self._insert_history = {n: sql + self._db.history_on_conflict for n, sql in _INSERT_HISTORY.items()}
         try:
             self._setup()
         except BaseException:
-            conn.close()
+            self._db.close()
             raise
 
     def _setup(self) -> None:
-        conn = self._conn
-        version = _check_version(conn, self.path)
-        if version == 0:
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
-                raise StoreError(f"{self.path} is not a trackside store (it holds other tables); move it away")
-            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only takes effect before the first table
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise StoreError(
-                f"cannot put {self.path} in WAL mode (journal_mode stays {mode!r}); readers could not "
-                f"read while the daemon writes. Network file systems do not support it: use a local "
-                f"folder for the run root"
-            )
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate the -wal file back to 64 MiB
-        conn.execute("PRAGMA cache_size = -16384")  # 16 MiB
+        db = self._db
+        version = _check_version(db)
+        if version == 0 and db.table_count():
+            raise StoreError(f"{self.path} is not a trackside store (it holds other tables); {db.foreign_hint}")
+        db.prepare(new=version == 0)
         if version == 0:
             self._create()
         elif version < SCHEMA_VERSION:
             self._migrate()
         self._add_tables(_ARTIFACT_SCHEMA)
-        conn.create_function("ts_merge", 2, self._merge_blobs, deterministic=True)
-        for rid, run_id in conn.execute("SELECT rid, run_id FROM runs"):
+        db.register_merge(self._merge_blobs)
+        for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs"):
             self._rids[run_id] = rid
 
     def _create(self) -> None:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        db = self._db
+        db.begin()
         try:
             # a second process may have created it while we waited for the lock
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            if db.schema_version() == 0:
                 for schema in (_SCHEMA, *(_MIGRATIONS[v] for v in sorted(_MIGRATIONS))):
-                    for stmt in schema.split(";"):
-                        if stmt.strip():
-                            conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+                    for stmt in db.ddl(schema):
+                        self._conn.execute(stmt)
+                db.set_schema_version(SCHEMA_VERSION)
+            db.commit()
         except BaseException:
-            conn.execute("ROLLBACK")
+            db.rollback()
             raise
 
     def _migrate(self) -> None:
         """Bring an older store up to SCHEMA_VERSION, one version at a time, in one transaction."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        db = self._db
+        db.begin()
         try:
             # read again under the lock: another process may have migrated it meanwhile
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            version = db.schema_version()
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                for stmt in _MIGRATIONS.get(v, "").split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
+                for stmt in db.ddl(_MIGRATIONS.get(v, "")):
+                    self._conn.execute(stmt)
                 if v == 2:
                     self._index_stored_media()
             if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+                db.set_schema_version(SCHEMA_VERSION)
+            db.commit()
         except BaseException:
-            conn.execute("ROLLBACK")
+            db.rollback()
             raise
 
     def _index_stored_media(self) -> None:
         """Index the typed values of rows stored before the media index existed."""
-        cur = self._conn.execute("SELECT rid, step, data FROM history WHERE instr(data, ?) > 0", (_TYPED,))
+        cur = self._conn.execute(
+            f"SELECT rid, step, data FROM history WHERE {self._db.contains_bytes('data')}", (_TYPED,)
+        )
         for rid, step, data in cur.fetchall():
             try:
                 values = self._decode(data)
@@ -392,16 +403,16 @@ class Store:
                 refs = {("", None, str(value["_type"])): None}
             conn.execute("DELETE FROM media WHERE rid = ? AND key = ? AND step = ?", (rid, key, step))
             conn.executemany(
-                "INSERT OR REPLACE INTO media (rid, key, step, path, sha256, type) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO media (rid, key, step, path, sha256, type) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (rid, key, step, path) DO UPDATE SET sha256 = excluded.sha256, type = excluded.type",
                 [(rid, key, step, path, sha, kind) for path, sha, kind in refs],
             )
 
     def _add_tables(self, schema: str) -> None:
         """Create the tables of ``schema`` (``IF NOT EXISTS`` statements) that are missing."""
         with self._tx():
-            for stmt in schema.split(";"):
-                if stmt.strip():
-                    self._conn.execute(stmt)
+            for stmt in self._db.ddl(schema):
+                self._conn.execute(stmt)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -417,30 +428,37 @@ class Store:
             store = self.store
             store._lock.acquire()
             try:
-                store._live().execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                store._lock.release()
-                raise StoreError(
-                    f"cannot write {store.path}: {e} (is another process writing this store? "
-                    f"only one trackside daemon may write a run root)"
-                ) from None
+                store._live()
+                db = store._db
+                try:
+                    db.begin()
+                    if store._stale:
+                        store._forget_caches()
+                except db.Error as e:
+                    store._rollback()
+                    raise StoreError(f"cannot write {store.path}: {error_text(e)} ({db.busy_hint})") from None
             except BaseException:
                 store._lock.release()
                 raise
 
         def __exit__(self, exc_type, exc, tb):
             store = self.store
+            error = store._db.Error
             try:
                 if exc_type is None:
                     try:
-                        store._conn.execute("COMMIT")
+                        store._db.commit()
                         return False
-                    except sqlite3.Error as e:  # e.g. the disk is full
+                    except error as e:  # e.g. the disk is full
                         store._rollback()
-                        raise StoreError(f"cannot commit to {store.path}: {e}; nothing of this call is stored") from e
+                        raise StoreError(
+                            f"cannot commit to {store.path}: {error_text(e)}; nothing of this call is stored"
+                        ) from e
                 store._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write {store.path}: {exc}; nothing of this call is stored") from exc
+                if isinstance(exc, error):
+                    raise StoreError(
+                        f"cannot write {store.path}: {error_text(exc)}; nothing of this call is stored"
+                    ) from exc
                 return False
             finally:
                 store._lock.release()
@@ -448,21 +466,24 @@ class Store:
     def _tx(self) -> "_Tx":
         return self._Tx(self)
 
-    def _live(self) -> sqlite3.Connection:
+    def _live(self):
         if self._conn is None:
             raise StoreError(f"the store {self.path} is closed")
         return self._conn
 
     def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
-        self._forget_caches()
+        try:
+            self._db.rollback()
+            self._forget_caches()
+        except (self._db.Error, StoreError):  # e.g. the server is gone: re-read at the next transaction
+            self._stale = True
 
     def _forget_caches(self) -> None:
         # a rolled-back transaction may have added runs, keys or console lines the caches remember
-        self._rids = {run_id: rid for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs")}
         self._keys.clear()
         self._console_seq.clear()
+        self._rids = {run_id: rid for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs")}
+        self._stale = False
 
     def _rid(self, run_id: str) -> int:
         """The run's integer key, creating a placeholder run if it does not exist (inside a tx)."""
@@ -470,11 +491,10 @@ class Store:
         if rid is None:
             _check_run_id(run_id)
             now = time.time()
-            cur = self._conn.execute(
+            rid = self._rids[run_id] = self._db.insert_id(
                 "INSERT INTO runs (run_id, project, created_at, updated_at, root_dir) VALUES (?, ?, ?, ?, ?)",
-                (run_id, DEFAULT_PROJECT, now, now, self.root),
+                (run_id, DEFAULT_PROJECT, now, now, self.root), "rid",
             )
-            rid = self._rids[run_id] = cur.lastrowid
         return rid
 
     def _merge_blobs(self, old: bytes, new: bytes) -> bytes:
@@ -528,7 +548,7 @@ class Store:
             now = time.time()
             rid = self._rids.get(run_id)
             if rid is None:
-                cur = conn.execute(
+                self._rids[run_id] = self._db.insert_id(
                     "INSERT INTO runs (run_id, project, name, group_name, job_type, tags, config, metadata,"
                     " state, created_at, updated_at, root_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -536,8 +556,8 @@ class Store:
                         _dumps(dict(config or {}), "config"), _dumps(dict(metadata or {}), "metadata"),
                         state, created_at if created_at is not None else now, now, root_dir or self.root,
                     ),
+                    "rid",
                 )
-                self._rids[run_id] = cur.lastrowid
                 return
             merged_config = self._load_json(rid, "config")
             merged_config.update(config or {})
@@ -584,9 +604,12 @@ class Store:
             rid = self._rids.get(run_id)
             if rid is None:
                 return 0, 0
-            cursor, last = self._live().execute(
-                "SELECT wal_cursor, last_step FROM runs WHERE rid = ?", (rid,)
-            ).fetchone()
+            conn = self._live()
+            try:
+                cursor, last = conn.execute("SELECT wal_cursor, last_step FROM runs WHERE rid = ?", (rid,)).fetchone()
+            except self._db.Error as e:
+                self._rollback()  # on PostgreSQL: a lost connection is replaced for the next call
+                raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
             return cursor, (last + 1 if last is not None else 0)
 
     # -- history and console -------------------------------------------------------------------
@@ -617,16 +640,20 @@ class Store:
                 blobs = [encode(r.values) for r in rows]
             except (TypeError, msgspec.EncodeError) as e:
                 raise TypeError(_bad_row(rows, encode, e)) from None
-            # the parameters of all rows in one flat list, (rid, step, time_us, data) after another
-            params = [rid] * (4 * len(rows))
-            params[1::4] = [r.step for r in rows]
-            params[2::4] = [r.time_us for r in rows]
-            params[3::4] = blobs
             self._merged = 0
+            if self._db.merges_in_sql:  # SQLite: ts_merge merges a stored step in the upsert
+                steps, times = [r.step for r in rows], [r.time_us for r in rows]
+            else:
+                steps, times, blobs = self._merge_stored(rid, rows, blobs)
+            # the parameters of all rows in one flat list, (rid, step, time_us, data) after another
+            params = [rid] * (4 * len(steps))
+            params[1::4] = steps
+            params[2::4] = times
+            params[3::4] = blobs
             done = 0
             for size in _INSERT_SIZES:  # whole chunks of the largest size, then the rest in binary
-                sql = _INSERT_HISTORY[size]
-                while len(rows) - done >= size:
+                sql = self._insert_history[size]
+                while len(steps) - done >= size:
                     conn.execute(sql, params[4 * done : 4 * (done + size)])
                     done += size
             merged = self._merged
@@ -649,7 +676,8 @@ class Store:
                     new_keys.update(r.values.keys() - known)
             if new_keys:
                 conn.executemany(
-                    "INSERT OR IGNORE INTO history_keys (rid, key) VALUES (?, ?)", [(rid, k) for k in new_keys]
+                    "INSERT INTO history_keys (rid, key) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    [(rid, k) for k in new_keys],
                 )
                 known |= new_keys
             for r in rows:
@@ -657,7 +685,8 @@ class Store:
                     self._add_payloads(rid, r.step, r.payloads)
             top = max(r.step for r in rows)
             conn.execute(
-                "UPDATE runs SET history_rows = history_rows + ?, last_step = max(coalesce(last_step, ?), ?),"
+                "UPDATE runs SET history_rows = history_rows + ?,"
+                " last_step = CASE WHEN last_step IS NULL OR last_step < ? THEN ? ELSE last_step END,"
                 " wal_cursor = coalesce(?, wal_cursor), updated_at = ? WHERE rid = ?",
                 (len(rows) - merged, top, top, cursor, time.time(), rid),
             )
@@ -665,6 +694,49 @@ class Store:
         if cursor is not None:
             conn.execute("UPDATE runs SET wal_cursor = ? WHERE rid = ?", (cursor, rid))
         return 0
+
+    def _merge_stored(self, rid: int, rows: list, blobs: list) -> tuple[list, list, list]:
+        """For a database that cannot merge in SQL (PostgreSQL): ``(steps, times, blobs)`` with
+        one entry per step of ``rows``, each holding the values already stored for that step
+        (read in this transaction) and those of every row of it in order, and the step's earliest
+        timestamp; counts each merge in ``self._merged``, as ts_merge does on SQLite."""
+        first: dict[int, int] = {}  # step -> its index in the lists
+        steps, times, out = [], [], []
+        pending: dict[int, dict] = {}  # index -> merged values of a step that repeats in rows
+        for r, blob in zip(rows, blobs):
+            i = first.get(r.step)
+            if i is None:
+                first[r.step] = len(steps)
+                steps.append(r.step)
+                times.append(r.time_us)
+                out.append(blob)
+                continue
+            self._merged += 1
+            values = pending.get(i)
+            if values is None:
+                values = pending[i] = self._decode(out[i])
+            values.update(r.values)
+            times[i] = min(times[i], r.time_us)
+        for i, values in pending.items():
+            out[i] = self._encode(values)
+        for step, time_us, data in self._stored_rows(rid, steps):
+            i = first[step]
+            out[i] = self._merge_blobs(data, out[i])
+            times[i] = min(times[i], time_us)
+        return steps, times, out
+
+    def _stored_rows(self, rid: int, steps: list[int]) -> Iterable[tuple[int, int, bytes]]:
+        """``(step, time_us, data)`` of the stored history rows among ``steps``."""
+        top = _LOOKUP_SIZES[-1]
+        for i in range(0, len(steps), top):
+            chunk = steps[i : i + top]
+            # a few statement shapes serve any count: a chunk is padded with its last step
+            size = next(n for n in _LOOKUP_SIZES if n >= len(chunk))
+            chunk += [chunk[-1]] * (size - len(chunk))
+            yield from self._conn.execute(
+                f"SELECT step, time_us, data FROM history WHERE rid = ? AND step IN ({', '.join('?' * size)})",
+                (rid, *chunk),
+            ).fetchall()
 
     def _add_payloads(self, rid: int, step: int, payloads) -> None:
         conn = self._conn
@@ -785,7 +857,9 @@ class Store:
         except (TypeError, msgspec.EncodeError) as e:
             raise TypeError(f"system metrics cannot be stored: {e}") from None
         self._conn.executemany(
-            "INSERT OR REPLACE INTO system_metrics (rid, time_us, host, data) VALUES (?, ?, ?, ?)", params
+            "INSERT INTO system_metrics (rid, time_us, host, data) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (rid, time_us, host) DO UPDATE SET data = excluded.data",
+            params,
         )
 
     # -- artifacts -------------------------------------------------------------------------------
@@ -827,7 +901,7 @@ class Store:
                     "SELECT coalesce(max(increment) + 1, 0) FROM artifacts WHERE name = ? AND increment IS NOT NULL",
                     (name,),
                 ).fetchone()
-            aid = conn.execute(
+            aid = self._db.insert_id(
                 "INSERT INTO artifacts (name, version, type, rid, digest, description, metadata, manifest, run_key,"
                 " step, increment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -835,10 +909,12 @@ class Store:
                     _dumps(a["metadata"], "artifact metadata"), _dumps(a["manifest"], "artifact manifest"),
                     a["run_key"], a["step"], increment, time.time(),
                 ),
-            ).lastrowid
+                "aid",
+            )
         conn.execute("INSERT INTO artifact_logs (uid, aid) VALUES (?, ?)", (a["uid"], aid))
         conn.executemany(
-            "INSERT OR REPLACE INTO artifact_aliases (name, alias, version) VALUES (?, ?, ?)",
+            "INSERT INTO artifact_aliases (name, alias, version) VALUES (?, ?, ?)"
+            " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
             [(name, alias, version) for alias in dict.fromkeys(["latest", *a["aliases"]])],
         )
         return name, version
@@ -846,17 +922,13 @@ class Store:
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Commit nothing more and close; the last connection to close checkpoints the WAL into
-        the database. Idempotent."""
+        """Commit nothing more and close; on SQLite the last connection to close checkpoints
+        the WAL into the database. Idempotent."""
         with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is None:
+            if self._conn is None:
                 return
-            try:
-                conn.execute("PRAGMA optimize")
-            except sqlite3.Error:
-                pass
-            conn.close()
+            self._conn = None
+            self._db.close(optimize=True)
 
     def __enter__(self) -> "Store":
         return self

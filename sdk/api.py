@@ -5,6 +5,8 @@
     run.history(keys=["loss"], min_step=100)   # [{"_step": 100, "_timestamp": ..., "loss": 0.3}, ...]
     for row in run.scan_history(): ...         # every row, a page at a time
 
+    api = trackside.Api(root, db="postgresql://host/trackside")  # a store kept in PostgreSQL
+
 Reads are live: a query sees every batch the daemon committed before it started, while the
 run is still writing. Nothing here writes to the store.
 """
@@ -13,12 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 import msgspec
 
-from trackside.daemon.store import DB_NAME, SchemaVersionError, StoreError, open_readonly
+from trackside.daemon.store import DB_NAME, SchemaVersionError, StoreError, open_reader
 
 __all__ = [
     "Api",
@@ -79,9 +80,13 @@ class Api:
 
     ``root``: the run root (the folder holding ``trackside.db``); default ``$TRACKSIDE_DIR``,
     else ``./trackside``. The folder given to ``init(dir=D)`` works too (its ``trackside``
-    subfolder is used). Raises StoreNotFoundError when there is no store, SchemaVersionError
-    when the store is from a newer trackside. Usable from several threads; ``close()`` (or a
-    ``with`` block) releases the database.
+    subfolder is used). ``db``: a ``postgresql://`` URL to read the store kept in that
+    PostgreSQL database (by ``Store(root, db=...)``, a ``trackside server --db``) instead;
+    ``root`` is then only where artifact files are found. Raises StoreNotFoundError when
+    there is no store file, StoreError when the database holds no store (or the server cannot
+    be reached), SchemaVersionError when the store is from a newer trackside, ImportError
+    naming the extra to install when a PostgreSQL URL is given without psycopg. Usable from
+    several threads; ``close()`` (or a ``with`` block) releases the database.
 
     ``Api("grpc://host:port")`` (or ``grpcs://``) reads from a ``trackside server`` instead: a
     ``trackside.remote.RemoteApi`` with the same calls (``token=``, ``ca=`` keywords).
@@ -94,8 +99,15 @@ class Api:
             return RemoteApi(root, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, root: Union[str, os.PathLike, None] = None, *, timeout: float = 5.0):
+    def __init__(self, root: Union[str, os.PathLike, None] = None, *, db: Optional[str] = None,
+                 timeout: float = 5.0):
         root = os.path.abspath(os.fspath(root)) if root is not None else os.path.abspath(default_root())
+        self.db = db
+        if db is not None:
+            self.root = root
+            self._db = open_reader(db=db)
+            self.path = self._db.where  # the URL without its password, for messages
+            return
         path = os.path.join(root, DB_NAME)
         if not os.path.isfile(path):
             nested = os.path.join(root, "trackside", DB_NAME)
@@ -109,13 +121,24 @@ class Api:
                 )
         self.root = root
         self.path = path
-        self._conn: Optional[sqlite3.Connection] = open_readonly(path, timeout=timeout)
+        self._db = open_reader(path, timeout=timeout)
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def conn(self):
+        """What the read methods run SQL on: a ``sqlite3.Connection``, or for PostgreSQL an
+        object whose ``execute`` takes the same SQL (``daemon/db.py``)."""
+        if self._db is None:
             raise StoreError(f"this Api on {self.path} is closed")
-        return self._conn
+        return self._db.conn
+
+    def _has_table(self, name: str) -> bool:
+        # asked each time (microseconds on SQLite): a daemon may migrate the store while this Api is open
+        self.conn  # raises when closed
+        return self._db.has_table(name)
+
+    def _missing_table(self, exc: BaseException) -> bool:
+        """Whether a query failed because the store lacks a table (an older store)."""
+        return self._db is not None and self._db.missing_table(exc)
 
     def runs(self, project: Optional[str] = None) -> list["RunView"]:
         """The runs of ``project`` (all projects when None), newest first. ``"entity/project"``
@@ -174,9 +197,9 @@ class Api:
 
     def close(self) -> None:
         """Close the database connection. Idempotent."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def __enter__(self) -> "Api":
         return self
@@ -446,10 +469,7 @@ class RunView:
         return row
 
     def _has_media_index(self) -> bool:
-        # asked each time (microseconds): a daemon may migrate the store while this Api is open
-        return self._api.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'media')"
-        ).fetchone()[0] == 1
+        return self._api._has_table("media")
 
     def _media_steps(self, key: str, lo: Optional[int], hi: Optional[int]) -> Optional[list[int]]:
         """The steps the media index lists for ``key`` in [lo, hi), or None without an index."""
@@ -545,8 +565,8 @@ class RunView:
             args += (host,)
         try:
             raw = self._api.conn.execute(sql + " ORDER BY time_us, host", args).fetchall()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):  # a store from before system metrics
+        except Exception as e:
+            if self._api._missing_table(e):  # a store from before system metrics
                 return []
             raise
         out = []

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import time
 import uuid
 from typing import Any, NamedTuple, Optional
@@ -320,8 +319,8 @@ def load_artifact(api, spec: str, type: Optional[str] = None) -> Artifact:
             found = _find(api, short, alias) if _exists(api, short) else None
             if found is not None:
                 name = short
-    except sqlite3.OperationalError as e:
-        if "no such table" not in str(e):
+    except Exception as e:
+        if not api._missing_table(e):
             raise
         found = None
     if found is None:
@@ -352,12 +351,16 @@ def _not_found(api, name: str, alias: str) -> str:
     conn = api.conn
     try:
         versions = [v for (v,) in conn.execute("SELECT version FROM artifacts WHERE name = ? ORDER BY version", (name,))]
-    except sqlite3.OperationalError:
+    except Exception as e:
+        if not api._missing_table(e):
+            raise
         versions = []
     if not versions:
         try:
             names = [n for (n,) in conn.execute("SELECT DISTINCT name FROM artifacts ORDER BY name LIMIT 11")]
-        except sqlite3.OperationalError:
+        except Exception as e:
+            if not api._missing_table(e):
+                raise
             names = []
         known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
         return f"no artifact named {name!r} in {api.path} (artifacts: {known})"
@@ -400,7 +403,9 @@ def run_table_keys(api, run_id: str) -> list[str]:
         return [k for (k,) in api.conn.execute(
             "SELECT DISTINCT a.run_key FROM artifacts a JOIN runs r ON r.rid = a.rid"
             " WHERE r.run_id = ? AND a.run_key IS NOT NULL ORDER BY a.run_key", (run_id,))]
-    except sqlite3.OperationalError:
+    except Exception as e:
+        if not api._missing_table(e):
+            raise
         return []
 
 
@@ -410,7 +415,9 @@ def run_artifacts(api, run_id: str) -> list[Artifact]:
         rows = api.conn.execute(
             f"SELECT {', '.join('a.' + c.strip() for c in _ROW.split(','))} FROM artifacts a"
             " JOIN runs r ON r.rid = a.rid WHERE r.run_id = ? ORDER BY a.aid", (run_id,)).fetchall()
-    except sqlite3.OperationalError:
+    except Exception as e:
+        if not api._missing_table(e):
+            raise
         return []
     return [Artifact._from_row(api, row) for row in rows]
 
@@ -441,8 +448,10 @@ def _stored(run, uid: str, timeout: float):
             row = api.conn.execute(
                 "SELECT a.name, a.version FROM artifact_logs l JOIN artifacts a ON a.aid = l.aid WHERE l.uid = ?",
                 (uid,)).fetchone()
-        except sqlite3.OperationalError:  # the daemon has not made the tables yet
-            row = None
+        except Exception as e:
+            if not api._missing_table(e):
+                raise
+            row = None  # the daemon has not made the tables yet
         if row is not None:
             return row
         if time.monotonic() > deadline:

@@ -96,3 +96,39 @@ def run_script(code: str, env: dict, *args, timeout: float = 60, check: bool = T
     if check and p.returncode != 0:
         raise AssertionError(f"script failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+# -- a real PostgreSQL (tests/pg.py) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL server for this session: $TRACKSIDE_TEST_POSTGRES, else a private
+    cluster started here and removed at the end. Skips only when PostgreSQL is not installed."""
+    import pg
+
+    url = os.environ.get(pg.ENV_URL)
+    if url:
+        yield url
+        return
+    bin_dir = pg.find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin); "
+                    f"install it (apt-get install postgresql) or set {pg.ENV_URL} to a server URL")
+    cluster = pg.Cluster(bin_dir)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty PostgreSQL database for one test (its URL); dropped after the test."""
+    import pg
+
+    url = pg.create_database(postgres_server)
+    try:
+        yield url
+    finally:
+        pg.drop_database(postgres_server, url)
