@@ -719,23 +719,28 @@ class Store:
             times[i] = min(times[i], r.time_us)
         for i, values in pending.items():
             out[i] = self._encode(values)
-        for step, time_us, data in self._stored_rows(rid, steps):
-            i = first[step]
-            out[i] = self._merge_blobs(data, out[i])
-            times[i] = min(times[i], time_us)
+        # only a step up to the run's last one can be stored: new steps, the usual case, cost no look-up
+        (last,) = self._conn.execute("SELECT last_step FROM runs WHERE rid = ?", (rid,)).fetchone()
+        if last is not None:
+            for step, time_us, data in self._stored_rows(rid, sorted(s for s in steps if s <= last)):
+                i = first[step]
+                out[i] = self._merge_blobs(data, out[i])
+                times[i] = min(times[i], time_us)
         return steps, times, out
 
     def _stored_rows(self, rid: int, steps: list[int]) -> Iterable[tuple[int, int, bytes]]:
-        """``(step, time_us, data)`` of the stored history rows among ``steps``."""
+        """``(step, time_us, data)`` of the stored history rows among ``steps`` (sorted)."""
         top = _LOOKUP_SIZES[-1]
         for i in range(0, len(steps), top):
             chunk = steps[i : i + top]
             # a few statement shapes serve any count: a chunk is padded with its last step
             size = next(n for n in _LOOKUP_SIZES if n >= len(chunk))
             chunk += [chunk[-1]] * (size - len(chunk))
+            # the range lets the primary key narrow the scan even before the planner has statistics
             yield from self._conn.execute(
-                f"SELECT step, time_us, data FROM history WHERE rid = ? AND step IN ({', '.join('?' * size)})",
-                (rid, *chunk),
+                "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? AND step <= ?"
+                f" AND step IN ({', '.join('?' * size)})",
+                (rid, chunk[0], chunk[-1], *chunk),
             ).fetchall()
 
     def _add_payloads(self, rid: int, step: int, payloads) -> None:
