@@ -34,7 +34,7 @@ import os
 import re
 import sqlite3
 from typing import Any, Callable, Optional
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 __all__ = ["Postgres", "SQLite", "StoreError", "describe", "error_text", "is_postgres", "open_postgres"]
 
@@ -54,13 +54,16 @@ def is_postgres(db: Optional[str]) -> bool:
 
 
 def describe(db: str) -> str:
-    """``db`` for messages: a URL's password is replaced by ``***``."""
+    """``db`` for messages: a URL's password (``user:password@`` or ``?password=``) is replaced
+    by ``***``."""
     parts = urlsplit(db)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{quote(parts.username or '', safe='')}:***@{netloc.rsplit('@', 1)[1]}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return db
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = quote(parts.username or "", safe="")
-    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def error_text(exc: BaseException) -> str:

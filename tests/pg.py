@@ -43,6 +43,16 @@ def find_bin_dir() -> Optional[str]:
     return max(found, key=version) if found else None
 
 
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,6 +81,11 @@ class Cluster:
 
     def start(self) -> str:
         """Create and start the cluster; returns its server URL (database ``postgres``)."""
+        if self._as and (shutil.which("runuser") is None or not _has_user("postgres")):
+            raise RuntimeError(
+                "PostgreSQL refuses to run as root, and there is no 'postgres' user (or no runuser) to run it "
+                f"as: create the user (useradd postgres), run the tests as another user, or set {ENV_URL}"
+            )
         self.folder = tempfile.mkdtemp(prefix="trackside-pg-")
         if self._as:
             shutil.chown(self.folder, "postgres", "postgres")

@@ -190,6 +190,17 @@ def test_unreachable_postgres_is_a_clear_error_that_hides_the_password(root):
         assert "s3cret" not in str(e.value)
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://me:s3cret@db.lan:5432/runs", "postgresql://me:***@db.lan:5432/runs"),
+    ("postgresql://db.lan/runs?sslmode=require&password=s3cret", "postgresql://db.lan/runs?sslmode=require&password=***"),
+    ("postgresql:///runs?host=/run/pg", "postgresql:///runs?host=/run/pg"),
+])
+def test_messages_show_the_database_url_without_its_password(url, shown):
+    from trackside.daemon.db import describe
+
+    assert describe(url) == shown
+
+
 def test_unsupported_database_url_is_refused(root):
     with pytest.raises(ValueError, match="unsupported store database 'mysql://x'"):
         Store(root, db="mysql://x")
