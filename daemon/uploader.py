@@ -224,8 +224,9 @@ class Uploader:
                 await self._wait(stop, None)
                 continue
             wait = self._last_send + self.interval - time.monotonic()
-            if wait > 0 and follow and not (stop is not None and stop.is_set()):
-                await self._wait(stop, wait)
+            if wait > 0 and follow and not (stop is not None and stop.is_set()) and not self._batch_ready(end):
+                await self._wait(stop, wait, wake=False)  # keeping up: one upload per interval
+                end = self.limit()  # what became durable meanwhile goes too
             batch, files, next_cursor = await loop.run_in_executor(None, self._read_batch, end)
             if not batch:
                 if not follow or (stop is not None and stop.is_set()):
@@ -258,10 +259,19 @@ class Uploader:
             while self._marks and self._marks[0][0] <= self.cursor:
                 self._marks.popleft()
 
-    async def _wait(self, stop: Optional[asyncio.Event], timeout: Optional[float]) -> None:
-        waits = [asyncio.ensure_future(self._wake.wait())]
+    def _batch_ready(self, end: Optional[int]) -> bool:
+        """A full batch is waiting (catching up): send it without waiting for the interval."""
+        if end is not None and end - self.cursor >= self.max_bytes:
+            return True
+        return sum(m[2] for m in self._marks if m[0] > self.cursor) >= self.max_records
+
+    async def _wait(self, stop: Optional[asyncio.Event], timeout: Optional[float], wake: bool = True) -> None:
+        waits = [asyncio.ensure_future(self._wake.wait())] if wake else []
         if stop is not None:
             waits.append(asyncio.ensure_future(stop.wait()))
+        if not waits:
+            await asyncio.sleep(timeout)
+            return
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
