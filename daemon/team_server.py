@@ -35,6 +35,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 
 import grpc
 import msgspec
@@ -59,7 +60,7 @@ FILE_CHUNK = 1024 * 1024  # GetFile streams files in pieces of this size
 PAGE_ITEMS = 1000  # Scan sends results in pages of at most this many items ...
 PAGE_BYTES = 4 * 1024 * 1024  # ... or about this many bytes, whichever comes first
 CHUNK_WAIT = 120.0  # seconds PutFile waits for the next chunk before it gives the file up
-SIZE_HEADER = "trackside-file-size"  # PutFile metadata: the file's size, checked before it is kept
+SIZE_HEADER = "trackside-file-size"  # PutFile metadata, required: the file's size, checked before it is kept
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # media and artifact files are named by their SHA-256
 STOP_GRACE = 10.0  # seconds calls in flight get to finish at shutdown
 SERVICES = ("trackside.v1.Upload", "trackside.v1.Read")
@@ -193,9 +194,7 @@ class UploadService(pb_grpc.UploadServicer):
         sink = self.server.sink
         try:
             info = _decode_args(request.run_info) if request.run_info else {}
-            # the uploading daemon's own destination (this server's URL) must not make the
-            # server upload the run onwards: here the run is stored
-            info.pop("dest", None)
+            info.pop("dest", None)  # the uploader's destination (this server) means nothing here
             stored, duplicates = await sink.append(request.run_id, info, request.records)
         except (BadRecord, ValueError) as e:  # msgspec.DecodeError and RecordTooLarge are ValueErrors
             problem = f"run {request.run_id!r}: {e}"
@@ -223,13 +222,31 @@ class UploadService(pb_grpc.UploadServicer):
         path = first.path
         try:
             check_file_path(path)
-            size = dict(context.invocation_metadata() or ()).get(SIZE_HEADER)
-            expected = int(size) if size is not None else None
+            expected = int(dict(context.invocation_metadata() or ()).get(SIZE_HEADER, -1))
+            if expected < 0:
+                raise ValueError(f"the call must carry the metadata {SIZE_HEADER}: the file's size in bytes")
         except (BadRecord, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PutFile: {e}")
 
         async def next_chunk():
             return await chunks.__anext__()
+
+        upload = _Upload()
+        self.server.uploads.add(upload)
+
+        def pull():
+            if upload.ended.is_set():
+                raise BadRecord(f"PutFile {path}: the call ended before the file did; nothing kept")
+            pending = upload.pending = asyncio.run_coroutine_threadsafe(next_chunk(), loop)
+            if upload.ended.is_set():
+                pending.cancel()
+            try:
+                return pending.result(CHUNK_WAIT)
+            except concurrent.futures.TimeoutError:
+                pending.cancel()
+                raise BadRecord(f"PutFile {path}: no data for {CHUNK_WAIT:.0f} s; nothing kept") from None
+            except concurrent.futures.CancelledError:
+                raise BadRecord(f"PutFile {path}: the call ended before the file did; nothing kept") from None
 
         def data():
             # runs in the file thread, which pulls each chunk from the loop as it writes: the
@@ -238,22 +255,18 @@ class UploadService(pb_grpc.UploadServicer):
             received = len(first.data)
             yield first.data
             while True:
-                pending = asyncio.run_coroutine_threadsafe(next_chunk(), loop)
                 try:
-                    chunk = pending.result(CHUNK_WAIT)
+                    chunk = pull()
                 except StopAsyncIteration:
                     break
-                except concurrent.futures.TimeoutError:
-                    pending.cancel()
-                    raise BadRecord(f"PutFile {path}: no data for {CHUNK_WAIT:.0f} s") from None
                 if chunk.path and chunk.path != path:
                     raise BadRecord(f"PutFile: one stream carries one file ({path!r}), not also {chunk.path!r}")
                 digest.update(chunk.data)
                 received += len(chunk.data)
                 yield chunk.data
-            # a cancelled stream ends like a complete one: only the size the client announced,
-            # or the SHA-256 a content-addressed name carries, tells a cut-off file apart
-            if expected is not None and received != expected:
+            # a cancelled stream ends like a complete one: only the size the client announced
+            # (and the SHA-256 a content-addressed name carries) tells a cut-off file apart
+            if received != expected:
                 raise BadRecord(f"PutFile {path}: {received} of {expected} bytes arrived; nothing kept")
             name = path.rsplit("/", 1)[-1].split(".", 1)[0]
             if SHA256_NAME.fullmatch(name) and digest.hexdigest() != name:
@@ -263,13 +276,33 @@ class UploadService(pb_grpc.UploadServicer):
             size = await loop.run_in_executor(self.server.file_pool, self.server.sink.put_file, path, data())
         except BadRecord as e:
             problem = str(e)
+        except asyncio.CancelledError:  # the client left: free the file thread
+            upload.end()
+            raise
         else:
             return pb.FileReply(bytes=size)
+        finally:
+            self.server.uploads.discard(upload)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     async def Status(self, request, context):
         status = {"version": __version__, "address": self.server.address, **self.server.sink.status()}
         return pb.StatusReply(status=_encode(status))
+
+
+class _Upload:
+    """A PutFile in progress: its file thread waits on ``pending`` for the next chunk."""
+
+    def __init__(self):
+        self.ended = threading.Event()
+        self.pending: concurrent.futures.Future | None = None
+
+    def end(self) -> None:
+        """The call is over (the client left, the server stops): the file thread stops
+        waiting and drops the partial file."""
+        self.ended.set()
+        if self.pending is not None:
+            self.pending.cancel()
 
 
 class ReadService(pb_grpc.ReadServicer):
@@ -427,6 +460,7 @@ class TeamServer:
         self.api = None
         self.read_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="read")
         self.file_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="files")
+        self.uploads: set[_Upload] = set()  # PutFile calls in progress
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._stop: asyncio.Event | None = None
@@ -513,6 +547,8 @@ class TeamServer:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace=STOP_GRACE)
             self._server = None
+        for upload in list(self.uploads):  # calls cut at the end of the grace period
+            upload.end()
         await self._close_store()
         if self.info_file:
             _remove_own_info(self.info_file)
@@ -523,8 +559,9 @@ class TeamServer:
         if self.api is not None:
             self.api.close()
             self.api = None
-        self.read_pool.shutdown()
-        self.file_pool.shutdown()
+        loop = asyncio.get_running_loop()
+        for pool in (self.read_pool, self.file_pool):  # waits for their threads, off the loop they may need
+            await loop.run_in_executor(None, pool.shutdown)
 
     def open_file(self, path: str):
         """Open a file under the root for reading, by the path rules of uploads (``runs/<id>/...``

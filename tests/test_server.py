@@ -177,6 +177,17 @@ def test_a_retried_batch_is_stored_once(servers, tmp_path):
     assert (status["records"], status["duplicates"]) == (100, 40)
 
 
+def test_sigterm_stores_everything_acknowledged_before_exiting(servers, tmp_path):
+    server = servers.start(tmp_path / "server")
+    client = UploadClient(server.url)
+    records = synthetic_records(300)
+    for i in range(0, len(records), 100):
+        client.append("r1", INFO, records[i:i + 100])
+    assert stop(server.proc) == 0  # at once, while the rows may still be on their way to the store
+    run = trackside.Api(server.root).run("r1")
+    assert run.history_rows == 300 and [r["_step"] for r in run.history()] == list(range(300))
+
+
 def test_a_server_killed_mid_run_stores_resent_batches_exactly_once(servers, tmp_path):
     root = tmp_path / "server"
     records = synthetic_records(200)
@@ -226,6 +237,12 @@ def test_a_non_loopback_bind_requires_a_token(servers, tmp_path, monkeypatch):
     monkeypatch.setenv("TRACKSIDE_TOKEN", "s3cret")  # the variable stands in for the argument
     api = trackside.Api(server.url)
     wait_until(lambda: api.run("r1").history_rows == 5)
+
+
+def test_trackside_server_command_refuses_a_public_address_without_a_token(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TRACKSIDE_TOKEN", raising=False)
+    assert cli_main(["server", "--root", str(tmp_path / "server"), "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "refusing to listen on 0.0.0.0 without a token" in capsys.readouterr().err
 
 
 def test_the_token_option_guards_a_loopback_server_too(servers, tmp_path):
@@ -288,9 +305,13 @@ def test_files_round_trip_and_paths_are_checked(servers, tmp_path):
     # one PutFile stream carries one file
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         chunks = [pb.FileChunk(path="runs/r1/media/x.bin", data=b"1"), pb.FileChunk(path="runs/r2/media/y.bin", data=b"2")]
+        put = pb_grpc.UploadStub(channel).PutFile
         with pytest.raises(grpc.RpcError) as e:
-            pb_grpc.UploadStub(channel).PutFile(iter(chunks), timeout=10)
+            put(iter(chunks), timeout=10, metadata=[("trackside-file-size", "2")])
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "one file" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:  # a size to check the file against is required
+            put(iter(chunks[:1]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trackside-file-size" in e.value.details()
     assert client.missing_files(["runs/r1/media/x.bin", "runs/r2/media/y.bin"]) == ["runs/r1/media/x.bin",
                                                                                      "runs/r2/media/y.bin"]
 
@@ -317,7 +338,7 @@ def test_a_file_cut_off_or_unlike_its_name_is_not_kept(servers, tmp_path):
             yield pb.FileChunk(path=good, data=data[:500])
             time.sleep(2)
 
-        call = put.future(stalled(), timeout=10)
+        call = put.future(stalled(), timeout=10, metadata=[("trackside-file-size", "1000")])
         time.sleep(0.3)
         call.cancel()
     time.sleep(0.3)
