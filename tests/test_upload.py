@@ -213,3 +213,22 @@ print(run.id)
     with UploadClient(server.url) as client:
         status = client.status()
     assert status["records"] > partial
+
+
+def test_a_server_on_postgresql_stores_an_uploaded_run_and_a_restart_adds_nothing(ts, servers, tmp_path,
+                                                                                   postgres_url):
+    root = tmp_path / "server"
+    server = servers.start(root, "--db", postgres_url)
+    port = server.port
+    run_id = train(ts, server.url, steps=1000)
+    assert_complete(server.url, run_id, 1000)
+    stop(server.proc)
+    # the same WAL synced again into the restarted server: every record is a duplicate
+    server = servers.start(root, "--db", postgres_url, "--port", str(port))
+    stop_daemon(ts.daemon_dir)
+    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", os.path.join(ts.root, "runs", run_id),
+                        "--to", server.url], env=ts.env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "0 new records" in p.stdout
+    assert_complete(server.url, run_id, 1000)
+    assert trackside.Api(str(root), db=postgres_url).run(run_id).history_rows == 1000
