@@ -201,6 +201,11 @@ def writer_main(spec: dict) -> None:
 
     rank = spec["rank"]
     kwargs = {"project": "bench", "settings": {"durability": spec["durability"]}}
+    dest = spec.get("dest", "store")
+    if dest == "none":
+        kwargs["mode"] = "offline"  # the WAL only
+    elif dest != "store":
+        kwargs["settings"]["server"] = dest  # the daemon uploads to this trackside server
     if rank == 0:
         kwargs["id"] = spec["run_id"]  # the others join it through TRACKSIDE_RUN_ID
     run = trackside.init(**kwargs)
@@ -344,7 +349,8 @@ class DaemonMonitor:
 
 
 class StoreWatch:
-    """Polls the store's row count of the run every ``interval`` seconds: (monotonic ns, rows)."""
+    """Polls the store's row count of the run every ``interval`` seconds: (monotonic ns, rows).
+    ``root`` is a run root or a server URL (rows readable at the server)."""
 
     def __init__(self, root: str, run_id: str, interval: float = 0.05):
         self.root, self.run_id, self.interval = root, run_id, interval
@@ -392,6 +398,7 @@ class Scenario:
         self.env.update({"TRACKSIDE_DAEMON_DIR": self.daemon_dir, "TRACKSIDE_DIR": self.root,
                          "TRACKSIDE_IDLE_TIMEOUT": "120"})
         self.run_id = "bench" + os.urandom(4).hex()
+        self.dest = spec.get("dest", "store")  # "store", "none" (offline: nothing is stored) or a server URL
         self.spec = dict(spec, run_id=self.run_id)
         self.writer_cmd = writer_cmd or [sys.executable, "-m", "trackside.profiler"]
         self.procs: list[subprocess.Popen] = []
@@ -437,8 +444,9 @@ class Scenario:
         info = self.daemon_info()
         self.daemon_pid = info["pid"]
         mon = DaemonMonitor(self.daemon_pid)
-        watch = StoreWatch(self.root, self.run_id)
-        watch.start()
+        watch = StoreWatch(self.root if self.dest == "store" else self.dest, self.run_id)
+        if self.dest != "none":
+            watch.start()
         mon.start()
         t_go = time.monotonic_ns()
         for p in self.procs:
@@ -471,9 +479,10 @@ class Scenario:
                 warnings += [f"writer {r}: {line.strip()}" for line in f if line.startswith("trackside:")]
         expected = max(r["records"] for r in results)  # one row per step; writers log steps 0..n-1
         deadline = time.monotonic() + (30.0 if not warnings else 2.0)
-        while watch.rows < expected and time.monotonic() < deadline:
+        while self.dest != "none" and watch.rows < expected and time.monotonic() < deadline:
             time.sleep(0.01)
-        watch.stop()
+        if self.dest != "none":
+            watch.stop()
         rows = watch.rows
         stored_at = watch.samples[-1][0] if watch.samples else time.monotonic_ns()
         t0 = min(r["first_log"] for r in results)
@@ -571,7 +580,7 @@ def run_bench(opts: dict, progress=None) -> dict:
 
     spec = {"durability": opts["durability"], "records": opts.get("records"), "seconds": opts.get("seconds"),
             "keys_per_record": opts["keys_per_record"], "kinds": list(opts["kinds"]), "keys": opts.get("keys", "own"),
-            "rate": opts.get("rate") or 0, "time_calls": True, "probes": True}
+            "rate": opts.get("rate") or 0, "time_calls": True, "probes": True, "dest": opts.get("dest", "store")}
     values_per_record = opts["keys_per_record"] + len([k for k in opts["kinds"] if k != "float"])
 
     def tick(sc, watch, t_go):

@@ -9,6 +9,8 @@ import pytest
 
 from trackside.cli import main
 
+from test_server import servers  # noqa: F401  (a fixture)
+
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "docs", "bench.schema.json")
 
 
@@ -19,8 +21,8 @@ SCHEMA = os.path.join(os.path.dirname(__file__), "..", "docs", "bench.schema.jso
     (["--records", "0"], "--records must be at least 1"),
     (["--rate", "-1"], "--rate must be 0"),
     (["--transport", "grpc"], "only 'unix'"),
-    (["--dest", "none"], "only 'store'"),
-    (["--dest", "https://example.com"], "only 'store'"),
+    (["--dest", "https://example.com"], "use store, none or a server URL"),
+    (["--dest", "elsewhere"], "use store, none or a server URL"),
     (["--kinds", "float,audio"], "value kind 'audio' is not one of"),
 ])
 def test_bench_rejects_bad_options(argv, message, capsys):
@@ -69,3 +71,21 @@ def test_bench_text_report_with_rich_kinds(tmp_path):
     for figure in ("records/s", "values/s", "log() cost", "lag to durable", "lag to stored", "finish()",
                    "daemon CPU / peak RSS", "300 / 300"):
         assert figure in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("dest", ["none", "server"])
+def test_bench_to_the_wal_only_and_to_a_server(dest, servers, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
+    target = "none" if dest == "none" else servers.start(tmp_path / "server").url
+    p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--records", "2000", "--json", "--dest", target],
+                       env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    with open(SCHEMA) as f:
+        jsonschema.validate(res, json.load(f))
+    assert res["options"]["dest"] == target and res["records"] == 2000
+    if dest == "none":
+        assert res["rows_stored"] == 0  # offline: the WAL only
+    else:
+        assert res["rows_stored"] == 2000 and res["lag_stored_ms"]["samples"] > 0  # readable at the server
