@@ -58,7 +58,19 @@ class StatusCollector:
                 labels = [run["run_id"], str(w["writer"]), str(w["rank"])]
                 wb.add_metric(labels, w["records"])
                 wy.add_metric(labels, w["bytes"])
-        yield from (err, wb, wy)
+        lag_r = GaugeMetricFamily("trackside_run_upload_lag_records", "WAL records not yet uploaded to the run's server",
+                                  labels=["run"])
+        lag_s = GaugeMetricFamily("trackside_run_upload_lag_seconds", "age of the oldest record not yet uploaded",
+                                  labels=["run"])
+        up_err = GaugeMetricFamily("trackside_run_upload_stopped", "1 when the run's uploads stopped on a permanent error",
+                                   labels=["run"])
+        for run in status["runs"]:
+            up = run.get("upload")
+            if up:
+                lag_r.add_metric([run["run_id"]], up["lag_records"])
+                lag_s.add_metric([run["run_id"]], up["lag_seconds"])
+                up_err.add_metric([run["run_id"]], 1 if up.get("error") else 0)
+        yield from (err, wb, wy, lag_r, lag_s, up_err)
 
 
 def start_metrics(daemon, loop, host: str, port: int):

@@ -16,7 +16,8 @@ def _rate(now, before, key, dt):
 
 def snapshot_rows(now: dict, before: dict | None, dt: float) -> list[tuple]:
     """Table rows (one per run, then one per connected writer) from two status replies ``dt``
-    seconds apart. Rates are None before a second poll; upload lag is None (no uploads yet).
+    seconds apart. Rates are None before a second poll; upload lag is None for a run stored
+    locally or kept offline.
     records/s counts log() entries for a run and batches for a writer (the daemon counts a
     writer's batches on its connection, the run's entries when it merges them)."""
     prev_runs = {r["run_id"]: r for r in (before or {}).get("runs", [])}
@@ -26,13 +27,25 @@ def snapshot_rows(now: dict, before: dict | None, dt: float) -> list[tuple]:
         rows.append((run["run_id"] + (f"  ERROR: {run['error']}" if run.get("error") else ""),
                      _rate(run, b, "entries", dt), _mb(_rate(run, b, "bytes", dt)), run.get("records"),
                      _mb(run.get("wal_bytes")), run.get("merge_backlog"), run.get("pending_rows"),
-                     run.get("merge_late_dropped", 0), run.get("duplicates", 0), None))
+                     run.get("merge_late_dropped", 0), run.get("duplicates", 0), upload_lag(run.get("upload"))))
         prev_w = {w["writer"]: w for w in (b or {}).get("writer_stats", [])}
         for w in sorted(run.get("writer_stats", []), key=lambda w: (w["rank"] is None, w["rank"] or 0, w["pid"])):
             pw = prev_w.get(w["writer"])
             rows.append((f"  rank {w['rank']} pid {w['pid']}", _rate(w, pw, "records", dt),
                          _mb(_rate(w, pw, "bytes", dt)), w["records"], None, None, None, None, None, None))
     return rows
+
+
+def upload_lag(up: dict | None) -> str | None:
+    """"records / seconds" behind the run's server, and why uploads stop or retry."""
+    if not up:
+        return None
+    lag = f"{up['lag_records']:,} rec / {up['lag_seconds']:.1f} s"
+    if up.get("error"):
+        return f"{lag} STOPPED: {up['error']}"
+    if up.get("retrying"):
+        return f"{lag} retrying"
+    return lag
 
 
 def _mb(v):
@@ -63,7 +76,7 @@ def render(now: dict, before: dict | None, dt: float, info: dict):
         t.add_row(*map(_cell, r))
     if not rows:
         t.add_row("(no live runs)", *[""] * (len(COLUMNS) - 1))
-    t.caption = "records/s: entries per run, batches per writer; upload lag: — (uploads come later)"
+    t.caption = "records/s: entries per run, batches per writer; upload lag: records and seconds behind the server"
     return t
 
 

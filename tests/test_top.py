@@ -77,3 +77,19 @@ def test_metrics_endpoint_scrape(busy_daemon):
     assert 'trackside_run_late_dropped_total{run="toprun"}' in lines
     assert any(k.startswith('trackside_writer_batches_total{rank="0",run="toprun"') for k in lines), body
     assert lines["trackside_daemon_runs"] == 1
+
+
+def test_top_shows_a_runs_upload_lag_and_why_it_stopped():
+    from trackside.top import snapshot_rows
+
+    run = {"run_id": "r1", "entries": 10, "bytes": 100, "records": 2, "wal_bytes": 500, "merge_backlog": 0,
+           "pending_rows": 0, "writer_stats": [],
+           "upload": {"lag_records": 1200, "lag_seconds": 3.5, "error": None, "retrying": "server away"}}
+    (row,) = snapshot_rows({"runs": [run]}, None, 0)
+    assert row[-1] == "1,200 rec / 3.5 s retrying"
+    run["upload"] = dict(run["upload"], error="token refused", retrying=None)
+    (row,) = snapshot_rows({"runs": [run]}, None, 0)
+    assert row[-1] == "1,200 rec / 3.5 s STOPPED: token refused"
+    run["upload"] = None  # stored locally
+    (row,) = snapshot_rows({"runs": [run]}, None, 0)
+    assert row[-1] is None

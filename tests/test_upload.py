@@ -232,3 +232,25 @@ def test_a_server_on_postgresql_stores_an_uploaded_run_and_a_restart_adds_nothin
     assert "0 new records" in p.stdout
     assert_complete(server.url, run_id, 1000)
     assert trackside.Api(str(root), db=postgres_url).run(run_id).history_rows == 1000
+
+
+def test_top_and_metrics_show_the_upload_lag_while_the_server_is_away(ts, servers, tmp_path):
+    pytest.importorskip("prometheus_client")
+    server = servers.start(tmp_path / "server")
+    url = server.url
+    stop(server.proc)  # the server is away from the start: everything waits in the WAL
+    env = env_for(ts, url)
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start", "--metrics-port", "0"], env=env,
+                   check=True, capture_output=True, timeout=60)
+    run_id = train(ts, url, steps=300)
+    out = subprocess.run([sys.executable, "-m", "trackside.cli", "top", "--once"], env=env, capture_output=True,
+                         text=True, timeout=60).stdout
+    row = next(line for line in out.splitlines() if run_id in line)
+    assert "rec /" in row and "retrying" in row, out
+    import urllib.request
+
+    metrics = json.load(open(os.path.join(ts.daemon_dir, "daemon.json")))["metrics"]
+    body = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    lag = next(float(line.split()[-1]) for line in body.splitlines()
+               if line.startswith(f'trackside_run_upload_lag_records{{run="{run_id}"}}'))
+    assert lag > 0
