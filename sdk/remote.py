@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import threading
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import grpc
@@ -218,8 +217,6 @@ class RemoteApi:
         self.url = self.root = url
         self._conn = _Connection(url, token, ca, timeout)
         self._stub = pb_grpc.ReadStub(self._conn.channel)
-        self._cache: Optional[str] = None  # where media files are fetched to, made on first use
-        self._cache_lock = threading.Lock()
 
     def _error(self, e: grpc.RpcError, what: str) -> Exception:
         code = e.code().name if e.code() is not None else "UNKNOWN"
@@ -283,12 +280,6 @@ class RemoteApi:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return target
-
-    def _media_cache(self) -> str:
-        with self._cache_lock:
-            if self._cache is None:
-                self._cache = tempfile.mkdtemp(prefix="trackside-media-")
-            return self._cache
 
     def close(self) -> None:
         """Close the connection. Idempotent."""
@@ -404,20 +395,20 @@ class RemoteRunView:
 
     def media(self, key: str, step: Optional[int] = None):
         """The rich values logged at ``key`` rebuilt as objects, as ``RunView.media``: their
-        files are fetched from the server first (into a temporary folder, once)."""
+        files are fetched from the server first (each call fetches them again)."""
         if not isinstance(key, str):
             raise TypeError(f"media() takes a key (str), not {type(key).__name__}")
-        cache = self._api._media_cache()
-        for f in self.media_files(key):
-            if f["path"] and (step is None or f["step"] == step):
-                if not os.path.exists(os.path.join(cache, *f["path"].split("/"))):  # content-addressed
-                    self._api.download(f["path"], cache)
         from trackside.data_types.base import from_json
 
-        run_dir = os.path.join(cache, "runs", self.id)
         lo, hi = (None, None) if step is None else (step, step + 1)
-        found = [(r["_step"], from_json(r[key], run_dir)) for r in self.scan_history([key], lo, hi)
-                 if type(r.get(key)) is dict and "_type" in r[key]]
+        # the objects read their files as they are built: the folder is not needed afterwards
+        with tempfile.TemporaryDirectory(prefix="trackside-media-") as folder:
+            for f in self.media_files(key):
+                if f["path"] and (step is None or f["step"] == step):
+                    self._api.download(f["path"], folder)
+            run_dir = os.path.join(folder, "runs", self.id)
+            found = [(r["_step"], from_json(r[key], run_dir)) for r in self.scan_history([key], lo, hi)
+                     if type(r.get(key)) is dict and "_type" in r[key]]
         if step is None:
             return found
         if not found:
