@@ -207,7 +207,8 @@ class LocalSink:
                 run_dir = os.path.join(self.root, "runs", run_id)
                 info = await asyncio.get_running_loop().run_in_executor(None, run_info, run_dir, info)
                 info = {**info, "dest": "local"}  # stored here, whatever the run was started with
-                stream = RunStream(run_id, self.root, run_dir, info, self.handle.store, self.handle.call, self.io_pool)
+                stream = RunStream(run_id, self.root, run_dir, info, self.handle.store, self.handle.call, self.io_pool,
+                                   live=False)
                 await stream.start()
                 self.streams[run_id] = stream
                 self._used[run_id] = time.monotonic()

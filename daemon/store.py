@@ -804,7 +804,8 @@ class Store:
         ``rows`` as in ``write_rows``; ``config`` and ``metadata`` merge (top-level keys, new
         value wins; empty or None changes nothing); ``console`` as in ``append_console``;
         ``summary`` replaces the stored summary (None keeps it); ``cursor`` sets the run's WAL
-        cursor (None keeps it); ``final_state`` = ``(state, exit_code)`` ends the run. Because
+        cursor (None keeps it); ``final_state`` = ``(state, exit_code)`` ends the run
+        (``(state, exit_code, finished_at)`` for a run replayed later). Because
         the cursor commits with the data, a daemon that replays its WAL from ``run_cursor``
         after a crash stores each record exactly once. Returns ``write_rows``'s count.
         ``artifacts``: artifact versions to index, each as ``check_artifact`` returns it (see
@@ -838,9 +839,9 @@ class Store:
                 sets.append("summary = ?")
                 params.append(summary_json)
             if final_state is not None:
-                state, exit_code = final_state
+                state, exit_code, *when = final_state  # (state, exit_code[, finished_at]): now by default
                 sets += ["state = ?", "exit_code = ?", "finished_at = ?"]
-                params += [state, exit_code, time.time()]
+                params += [state, exit_code, when[0] if when else time.time()]
             if len(sets) > 1:
                 conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE rid = ?", (*params, rid))
             return merged

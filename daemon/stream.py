@@ -71,7 +71,7 @@ class RunStream:
     """The daemon's state for one run: its WAL, merger, summary and the writers attached."""
 
     def __init__(self, run_id: str, root: str, run_dir: str, info: dict, store, store_call, io_pool,
-                 *, read_only: bool = False):
+                 *, read_only: bool = False, live: bool = True):
         self.run_id = run_id
         self.info = info
         self.dest = info.get("dest") or "local"  # "local", "offline" or a server URL
@@ -93,6 +93,7 @@ class RunStream:
             os.path.join(run_dir, "wal"),
             durability=self.durability,
             reporter=self._report_damage,
+        self.live = live and not read_only  # False: records replayed long after they were logged
         )
         self.merger = Merger(
             late_steps=settings.get("late_steps", "amend"),
@@ -405,6 +406,9 @@ class RunStream:
             config=config,
             metadata=meta,
             console=console,
+            if not self.live and rows:
+                # replayed later (sync, a server): the run ended around its last row, not now
+                final_state += (max(rows[-1].time_us / 1e6, 0.0),)
             summary=summary,
             cursor=cursor,
             final_state=final_state,
@@ -652,3 +656,6 @@ def _run_fields(data: dict, root: str) -> dict:
     fields.setdefault("project", "uncategorized")
     fields["root_dir"] = root
     return fields
+    started = (data.get("metadata") or {}).get("started_at")
+    if isinstance(started, (int, float)):
+        fields["created_at"] = float(started)  # a run synced or uploaded later keeps its own start time

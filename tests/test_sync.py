@@ -155,3 +155,15 @@ def test_an_online_run_copied_with_sync_reads_back_the_same(ts, tmp_path):
     original, copy = trackside.Api(ts.root).run(run.id), trackside.Api(target).run(run.id)
     assert copy.history() == original.history()
     assert copy.summary == original.summary
+
+
+def test_a_synced_run_keeps_its_own_start_and_end_times(ts, tmp_path):
+    started = time.time()
+    run_id = offline_run(ts, steps=50, pause=0.02)  # about 1 s of training
+    ended = time.time()
+    time.sleep(1.0)
+    cli("sync", os.path.join(ts.root, "runs", run_id), "--to", str(tmp_path / "later"), env=ts.env)
+    run = trackside.Api(str(tmp_path / "later")).run(run_id)
+    assert started <= run.created_at <= started + 30  # not the time of the sync
+    assert run.finished_at <= ended + 0.5
+    assert 0.5 < run.runtime < ended - started + 0.5
