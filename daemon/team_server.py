@@ -61,6 +61,8 @@ PAGE_ITEMS = 1000  # Scan sends results in pages of at most this many items ...
 PAGE_BYTES = 4 * 1024 * 1024  # ... or about this many bytes, whichever comes first
 CHUNK_WAIT = 120.0  # seconds PutFile waits for the next chunk before it gives the file up
 SIZE_HEADER = "trackside-file-size"  # PutFile metadata, required: the file's size, checked before it is kept
+ERROR_HEADER = "trackside-error"  # trailing metadata of a refused read: the exception's class name
+STORE_NAME = "the server's store"  # what messages call the store: a client never learns its path
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # media and artifact files are named by their SHA-256
 STOP_GRACE = 10.0  # seconds calls in flight get to finish at shutdown
 SERVICES = ("trackside.v1.Upload", "trackside.v1.Read")
@@ -144,7 +146,39 @@ def _media_files(api, run_id, key=None):
     return out
 
 
-QUERIES = {"runs": _runs, "run": _run, "keys": _keys, "table_keys": _table_keys}
+# Artifacts and tables: the client rebuilds the objects itself from the manifests, fetching
+# the files they name with GetFile (paths relative to an entry's ``source`` folder under the root).
+
+def _artifact_fields(art) -> dict:
+    return {"name": art.name, "version": art.version, "type": art.type, "description": art.description,
+            "metadata": art.metadata, "aliases": art.aliases, "digest": art.digest, "run_key": art.run_key,
+            "step": art.step, "increment": art.increment, "manifest": art._manifest}
+
+
+def _artifact(api, name, type=None):
+    return _artifact_fields(api.artifact(name, type))
+
+
+def _artifact_increments(api, name, version):
+    """The INCREMENTAL table versions of ``name`` up to ``version``: ``[version, step,
+    increment, manifest]`` each (what ``Artifact._increment_rows`` reads locally)."""
+    return [list(row) for row in api.artifact(f"{name}:{version}")._increment_rows()]
+
+
+def _table(api, run_id, key, version=None):
+    """The artifact holding the table the run logged under ``key`` and its entry's name."""
+    from trackside.artifacts import run_table_artifact
+
+    art, entry = run_table_artifact(api, api.run(run_id).id, key, version)
+    return {"artifact": _artifact_fields(art), "entry": entry}
+
+
+def _logged_artifacts(api, run_id):
+    return [_artifact_fields(a) for a in api.run(run_id).logged_artifacts()]
+
+
+QUERIES = {"runs": _runs, "run": _run, "keys": _keys, "table_keys": _table_keys, "artifact": _artifact,
+           "artifact_increments": _artifact_increments, "table": _table, "logged_artifacts": _logged_artifacts}
 SCANS = {"history": _history, "console_lines": _console_lines, "system_metrics": _system_metrics,
          "media_files": _media_files}
 
@@ -169,18 +203,20 @@ def _array(parts: list[bytes]) -> bytes:
     return b"\xdd" + len(parts).to_bytes(4, "big") + b"".join(parts)  # msgpack array 32
 
 
-def _read_error(e: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status a failed read call answers with."""
+def _read_error(e: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
+    """The status, message and trailing metadata a failed read call answers with. A refused
+    call names its exception's class in ERROR_HEADER, for the client to raise the same one."""
+    kind = ((ERROR_HEADER, type(e).__name__),)
     if isinstance(e, KeyError):  # RunNotFoundError, ArtifactNotFoundError, no media there
-        return grpc.StatusCode.NOT_FOUND, str(e.args[0]) if e.args else "not found"
+        return grpc.StatusCode.NOT_FOUND, str(e.args[0]) if e.args else "not found", kind
     if isinstance(e, FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(e)
+        return grpc.StatusCode.NOT_FOUND, str(e), kind
     if isinstance(e, (ValueError, TypeError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e), kind
     if isinstance(e, StoreError):
-        return grpc.StatusCode.UNAVAILABLE, f"the server's store: {e}"
+        return grpc.StatusCode.UNAVAILABLE, f"the server's store: {e}", ()
     log.error("read call failed", exc_info=e)
-    return grpc.StatusCode.INTERNAL, f"the server failed: {type(e).__name__}: {e}"
+    return grpc.StatusCode.INTERNAL, f"the server failed: {type(e).__name__}: {e}", ()
 
 
 # -- services --------------------------------------------------------------------------------------
@@ -328,10 +364,10 @@ class ReadService(pb_grpc.ReadServicer):
         try:
             result = await loop.run_in_executor(self.server.read_pool, lambda: _encode(fn(self.server.api, **kwargs)))
         except Exception as e:
-            code, message = _read_error(e)
+            code, message, trailer = _read_error(e)
         else:
             return pb.QueryReply(result=result)
-        await context.abort(code, message)
+        await context.abort(code, message, trailer)
 
     async def Scan(self, request, context):
         fn, kwargs = await self._call(request, SCANS, context)
@@ -341,12 +377,12 @@ class ReadService(pb_grpc.ReadServicer):
             try:
                 page = await loop.run_in_executor(self.server.read_pool, next, pages, None)
             except Exception as e:
-                code, message = _read_error(e)
+                code, message, trailer = _read_error(e)
                 break
             if page is None:
                 return
             yield pb.QueryReply(result=page)
-        await context.abort(code, message)
+        await context.abort(code, message, trailer)
 
     async def GetFile(self, request, context):
         loop = asyncio.get_running_loop()
@@ -482,6 +518,7 @@ class TeamServer:
         loop = asyncio.get_running_loop()
         kwargs = {"db": self.db} if self.db else {}
         self.api = await loop.run_in_executor(None, lambda: Api(self.root, **kwargs))
+        self.api.path = STORE_NAME  # the Api names its path in messages (no run 'x' in PATH), which clients read
         options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
         interceptors = [_TokenCheck(self.token)] if self.token else []
         self._server = server = grpc.aio.server(options=options, interceptors=interceptors)

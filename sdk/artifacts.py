@@ -188,7 +188,7 @@ class Artifact:
             return self._increments(name, upto=True)
         from .data_types.base import from_json
 
-        return from_json(obj, os.path.join(self._root, entry.get("source", "artifacts")))
+        return from_json(obj, self._source(entry))
 
     def get_path(self, name: str) -> str:
         """The local path of a file entry (the stored, content-addressed copy: do not
@@ -200,7 +200,7 @@ class Artifact:
             return entry[1]
         if entry.get("kind") != "file":
             raise KeyError(f"entry {name!r} of artifact {self.qualified_name} is an object, not a file; use get()")
-        return os.path.join(self._root, entry["path"])
+        return self._file(entry)
 
     def download(self, root=None) -> str:
         """Copy the file entries into a folder (default ``./artifacts/<name>-<version>``),
@@ -223,22 +223,37 @@ class Artifact:
         (``upto``) or as TableIncrements."""
         from .data_types.table import Table, concat
 
-        version = int(self.version[1:])
-        rows = self._api.conn.execute(
-            "SELECT version, step, increment, manifest FROM artifacts WHERE name = ? AND increment IS NOT NULL"
-            " AND version <= ? ORDER BY version", (self.name, version),
-        ).fetchall()
         out = []
-        for v, step, inc, manifest in rows:
-            entry = json.loads(manifest).get(name)
+        for v, step, inc, manifest in self._increment_rows():
+            entry = manifest.get(name)
             if entry is None or entry.get("kind") != "object":
                 continue
-            t = Table.from_json(entry["obj"], os.path.join(self._root, entry.get("source", "artifacts")))
+            t = Table.from_json(entry["obj"], self._source(entry))
             out.append(TableIncrement(inc, v, step, t))
         if not upto:
             return out
         last = out[-1].table if out else None
         return concat([i.table for i in out], last.log_mode if last is not None else "INCREMENTAL")
+
+    # Where a read artifact's files are: under the run root it was read from. A remote
+    # artifact (trackside.remote) overrides these three to fetch what they name first.
+
+    def _source(self, entry: dict) -> str:
+        """The folder an object entry's logged form names its files relative to."""
+        return os.path.join(self._root, entry.get("source", "artifacts"))
+
+    def _file(self, entry: dict) -> str:
+        """The local path of a file entry's stored copy."""
+        return os.path.join(self._root, entry["path"])
+
+    def _increment_rows(self) -> list:
+        """``(version, step, increment, manifest)`` of each INCREMENTAL table version of this
+        name up to this one, in version order."""
+        rows = self._api.conn.execute(
+            "SELECT version, step, increment, manifest FROM artifacts WHERE name = ? AND increment IS NOT NULL"
+            " AND version <= ? ORDER BY version", (self.name, int(self.version[1:])),
+        ).fetchall()
+        return [(v, step, inc, json.loads(manifest)) for v, step, inc, manifest in rows]
 
     def __repr__(self) -> str:
         return f"<Artifact {self.qualified_name} type={self.type!r} entries={self.entries}>"
@@ -372,6 +387,13 @@ def _not_found(api, name: str, alias: str) -> str:
 def run_table(api, run_id: str, key: str, version=None):
     """The table a run logged under ``key``: the latest version, version ``N`` (int or
     ``"vN"``) or ``"latest"``. An INCREMENTAL table reads back as its increments joined."""
+    art, entry = run_table_artifact(api, run_id, key, version)
+    return art.get(entry)
+
+
+def run_table_artifact(api, run_id: str, key: str, version=None) -> tuple[Artifact, str]:
+    """``(artifact, entry name)`` of the table a run logged under ``key`` at ``version``
+    (as ``run_table`` takes it). Raises ArtifactNotFoundError naming the run's tables."""
     if version is None:
         alias = "latest"
     elif isinstance(version, int) and not isinstance(version, bool):
@@ -388,7 +410,7 @@ def run_table(api, run_id: str, key: str, version=None):
             raise
         raise ArtifactNotFoundError(f"run {run_id} logged no table under {key!r} (its tables: "
                                     f"{', '.join(map(repr, keys)) or 'none'})") from e
-    return art.get(key if key in art else art.entries[0])
+    return art, key if key in art else art.entries[0]
 
 
 def run_table_increments(api, run_id: str, key: str) -> list[TableIncrement]:

@@ -13,9 +13,13 @@ Imported on first use only (``import trackside`` does not import grpc).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import tempfile
+import threading
+import weakref
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import grpc
@@ -26,10 +30,12 @@ from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
 from .api import ConsoleLine, RunNotFoundError
+from .artifacts import Artifact, ArtifactNotFoundError
 
 __all__ = [
     "PermanentUploadError",
     "RemoteApi",
+    "RemoteArtifact",
     "RemoteError",
     "RemoteRunView",
     "TransientUploadError",
@@ -45,6 +51,13 @@ SCHEMES = ("grpc://", "grpcs://")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+
+ERROR_HEADER = "trackside-error"  # a refused read's trailing metadata: the class of the server's exception
+# the exceptions a refused read raises again here, by that name (the server's Api raised them)
+READ_ERRORS = {"RunNotFoundError": RunNotFoundError, "ArtifactNotFoundError": ArtifactNotFoundError,
+               "KeyError": KeyError, "FileNotFoundError": FileNotFoundError, "ValueError": ValueError,
+               "TypeError": TypeError}
+SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # media, table and artifact files are named by their SHA-256
 
 # Statuses a retry cannot cure: the uploader stops and says why. Every other status (the
 # server down, overloaded, restarting ...) is transient: the WAL keeps the records meanwhile.
@@ -208,27 +221,51 @@ class RemoteApi:
     """``trackside.Api`` over a ``trackside server``: the same calls and the same results,
     read over the network. ``trackside.Api("grpc://...")`` makes one.
 
-    Reads are live, as with a local store. Files (media) are fetched on demand with
-    ``download``. Safe to use from several threads; ``close()`` (or a ``with`` block) closes
-    the connection.
+    Reads are live, as with a local store. Objects rebuilt from files (media, tables,
+    artifacts) read them from ``cache_dir``, where they are fetched from the server on first
+    use, each once: they are named by their SHA-256 (checked on arrival), so a fetched copy
+    never goes stale. By default ``cache_dir`` is a temporary folder removed by ``close()``
+    (or when the RemoteApi is garbage-collected), and paths into it, such as an artifact's
+    ``get_path``, last as long as the RemoteApi; give ``cache_dir`` to keep the files across
+    sessions. Safe to use from several threads; ``close()`` (or a ``with`` block) closes the
+    connection.
     """
 
-    def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None, *, timeout: float = 60.0):
+    def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None, *, timeout: float = 60.0,
+                 cache_dir: Union[str, os.PathLike, None] = None):
         self.url = self.root = url
         self._conn = _Connection(url, token, ca, timeout)
         self._stub = pb_grpc.ReadStub(self._conn.channel)
+        self._cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
+        self._cache_lock = threading.Lock()
+        self._remove_cache = None  # removes the temporary cache folder, once one is made
+
+    @property
+    def cache_dir(self) -> str:
+        """The folder files fetched from the server are kept in, each at its path on the server."""
+        with self._cache_lock:
+            if self._cache is None:
+                self._cache = tempfile.mkdtemp(prefix="trackside-remote-")
+                # also when close() is never called: at garbage collection, else at exit
+                self._remove_cache = weakref.finalize(self, shutil.rmtree, self._cache, ignore_errors=True)
+            return self._cache
 
     def _error(self, e: grpc.RpcError, what: str) -> Exception:
         code = e.code().name if e.code() is not None else "UNKNOWN"
-        message = f"{e.details() or code}"
-        if code == "NOT_FOUND":
-            return RunNotFoundError(message) if what == "run" else FileNotFoundError(message)
-        if code == "INVALID_ARGUMENT":
-            return ValueError(message)
-        return RemoteError(f"trackside server {self.url}: {what}: {message} ({code})", code)
+        details = e.details() or code
+        if code in ("NOT_FOUND", "INVALID_ARGUMENT"):
+            trailer = dict(e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else {}
+            cls = READ_ERRORS.get(trailer.get(ERROR_HEADER))
+            if cls is None:  # a server that does not name the exception
+                cls = ValueError if code == "INVALID_ARGUMENT" else RunNotFoundError if what == "run" else \
+                    FileNotFoundError
+            # the server says what is missing; which server, only the client knows
+            return cls(f"trackside server {self.url}: {details}")
+        return RemoteError(f"trackside server {self.url}: {what}: {details} ({code})", code)
 
     def query(self, method: str, **args) -> Any:
-        """One read call (``runs``, ``run``, ``keys``, ``table_keys``) and its decoded result."""
+        """One read call (``runs``, ``run``, ``keys``, ``table_keys``, ``artifact`` ...) and its
+        decoded result."""
         try:
             reply = self._stub.Query(pb.QueryRequest(method=method, args=_encode(args)),
                                      timeout=self._conn.timeout, metadata=self._conn.metadata)
@@ -254,36 +291,81 @@ class RemoteApi:
 
     def run(self, path: str) -> "RemoteRunView":
         """The run with this id, or whose id starts with it when exactly one does
-        (``"project/run_id"`` accepted). Raises RunNotFoundError."""
+        (``"project/run_id"`` accepted). Raises RunNotFoundError naming the run and the server."""
         return RemoteRunView(self, self.query("run", run_id=str(path)))
+
+    def artifact(self, name: str, type: Optional[str] = None) -> "RemoteArtifact":
+        """The artifact version ``"name:alias"`` (``latest`` when no alias; ``vN``; an alias
+        of your own), as ``Api.artifact``: an ``Artifact`` whose ``get(entry)`` rebuilds the
+        stored objects, fetching their files first. Raises ArtifactNotFoundError (a KeyError)
+        naming the versions and aliases there are, ValueError when ``type`` is given and
+        differs."""
+        return RemoteArtifact(self, self.query("artifact", name=name, type=type))
 
     def download(self, path: str, dest_dir: Union[str, os.PathLike] = ".") -> str:
         """Fetch the server's file ``path`` (relative to its root: ``runs/<id>/media/...``, as
         ``media_files`` lists them, or ``artifacts/...``) to ``dest_dir/path``; returns the
-        local path. Written atomically. Raises FileNotFoundError when the server has no such
+        local path. Written atomically; a file named by its SHA-256 is checked against it
+        (ValueError when it differs). Raises FileNotFoundError when the server has no such
         file."""
-        parts = [p for p in str(path).split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            raise ValueError(f"file path {path!r} must be relative, without '.' or '..' parts")
-        target = os.path.join(os.fspath(dest_dir), *parts)
+        target = os.path.join(os.fspath(dest_dir), *_parts(path))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".download-")
+        digest = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as f:
                 try:
                     for chunk in self._stub.GetFile(pb.FileRequest(path=str(path)), metadata=self._conn.metadata):
                         f.write(chunk.data)
+                        digest.update(chunk.data)
                 except grpc.RpcError as e:
                     raise self._error(e, f"file {path}") from None
+            name = os.path.basename(target).split(".", 1)[0]
+            if SHA256_NAME.fullmatch(name) and digest.hexdigest() != name:
+                raise ValueError(f"the file {path} from trackside server {self.url} is damaged: its SHA-256 is not "
+                                 f"the one its name carries")
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return target
 
+    def _local(self, path: str) -> str:
+        """Where the server's file or folder ``path`` is kept in the cache folder."""
+        return os.path.join(self.cache_dir, *_parts(path))
+
+    def _fetch(self, path: str) -> str:
+        """The cached copy of the server's file ``path``, fetched on first use."""
+        local = self._local(path)
+        if not os.path.isfile(local):
+            self.download(path, self.cache_dir)
+        return local
+
+    def _fetch_files(self, value, source: str) -> str:
+        """Fetch every file the logged form ``value`` names (relative to the server's folder
+        ``source``), and those named by a table's cells; returns the local copy of ``source``,
+        where ``from_json`` then finds them."""
+        folder = self._local(source)
+        for ref in _file_refs(value):
+            self._fetch(f"{source}/{ref['path']}")
+            if ref.get("_type") in TABLE_TYPES:
+                from trackside.data_types.table import _BUILTIN_KINDS, read_columns
+
+                # cells of data types are logged forms too, naming files beside the table's
+                _, types, columns, _ = read_columns(ref, folder)
+                for kind, cells in zip(types, columns):
+                    if kind is not None and (kind not in _BUILTIN_KINDS or kind == "mixed"):
+                        self._fetch_files(cells, source)
+        return folder
+
     def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Close the connection and remove the temporary cache folder (a ``cache_dir`` given
+        is kept). Idempotent."""
         self._conn.close()
+        with self._cache_lock:
+            if self._remove_cache is not None:
+                self._remove_cache()
+                self._remove_cache = self._cache = None
 
     def __enter__(self) -> "RemoteApi":
         return self
@@ -295,11 +377,66 @@ class RemoteApi:
         return f"<RemoteApi {self.url}>"
 
 
+TABLE_TYPES = ("table", "incremental-table")  # logged forms whose file holds cells naming files of their own
+
+
+def _parts(path) -> list[str]:
+    """The parts of a path relative to the server's root; ValueError for any other path."""
+    parts = [p for p in str(path).split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts) or str(path).startswith("/"):
+        raise ValueError(f"file path {path!r} must be relative, without '.' or '..' parts")
+    return parts
+
+
+def _file_refs(value, in_form: bool = False) -> Iterator[dict]:
+    """The logged forms in ``value`` that name a file (a dict with ``_type`` and ``path``), at
+    any depth inside a logged form (an image's masks too); plain dicts are not logged forms."""
+    if isinstance(value, dict):
+        if "_type" in value:
+            in_form = True
+            if isinstance(value.get("path"), str):
+                yield value
+        if in_form:
+            for v in value.values():
+                yield from _file_refs(v, True)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _file_refs(v, in_form)
+
+
+class RemoteArtifact(Artifact):
+    """An artifact version on a server (``RemoteApi.artifact``, a run's ``logged_artifacts``
+    and tables): an ``Artifact`` with the same attributes and calls. ``get`` and ``get_path``
+    fetch the files they need first, into the RemoteApi's ``cache_dir`` (``get_path`` is a
+    path there); ``download`` copies them out of it."""
+
+    def __init__(self, api: RemoteApi, fields: dict):
+        super().__init__(fields["name"], fields["type"], fields["description"], fields["metadata"])
+        self.version = fields["version"]
+        self.aliases = list(fields["aliases"])
+        self.digest = fields["digest"]
+        self.run_key = fields["run_key"]
+        self.step = fields["step"]
+        self.increment = fields["increment"]
+        self._manifest = fields["manifest"]
+        self._api = api
+
+    def _source(self, entry: dict) -> str:
+        return self._api._fetch_files(entry["obj"], entry.get("source", "artifacts"))
+
+    def _file(self, entry: dict) -> str:
+        return self._api._fetch(entry["path"])
+
+    def _increment_rows(self) -> list:
+        return [tuple(row) for row in self._api.query("artifact_increments", name=self.name, version=self.version)]
+
+
 class RemoteRunView:
     """One run on a server, as ``RunView`` shows a local one: the same attributes (a snapshot,
-    ``refresh()`` takes a new one) and the same history, console and system-metrics calls.
-    ``dir`` is the run's folder on the server relative to its root (what ``download`` takes);
-    ``media_files`` paths are relative to the server's root too."""
+    ``refresh()`` takes a new one) and the same calls. ``dir`` is the run's folder on the
+    server relative to its root (what ``download`` takes); ``media_files`` paths are relative
+    to the server's root too. Objects rebuilt from files (``media``, ``rebuild``,
+    ``objects=True``, tables, artifacts) fetch them into the RemoteApi's ``cache_dir``."""
 
     def __init__(self, api: RemoteApi, fields: dict):
         self._api = api
@@ -353,10 +490,11 @@ class RemoteRunView:
         return self._api.query("keys", run_id=self.id)
 
     def history(self, keys: Union[str, Sequence[str], None] = None, min_step: Optional[int] = None,
-                max_step: Optional[int] = None, pandas: bool = False, *, samples: Optional[int] = None):
+                max_step: Optional[int] = None, pandas: bool = False, *, samples: Optional[int] = None,
+                objects: bool = False):
         """As ``RunView.history``: rows with ``_step``, ``_timestamp`` and the values, for
         ``min_step <= step < max_step``; ``pandas=True`` for a DataFrame. Rich values are their
-        logged form (see ``media`` for the objects)."""
+        logged form; ``objects=True`` rebuilds them as the objects logged (see ``rebuild``)."""
         if pandas:
             try:
                 import pandas as pd
@@ -364,15 +502,18 @@ class RemoteRunView:
                 raise ImportError("history(pandas=True) needs pandas, which is not installed: pip install pandas "
                                   "(or call history() without pandas=True for a list of dicts)") from None
         rows = list(self._api.scan("history", **_history_args(self.id, keys, min_step, max_step), samples=samples))
+        if objects:
+            rows = [self._rebuild_row(row) for row in rows]
         return pd.DataFrame.from_records(rows) if pandas else rows
 
     def scan_history(self, keys: Union[str, Sequence[str], None] = None, min_step: Optional[int] = None,
-                     max_step: Optional[int] = None, page_size: int = 1000) -> Iterator[dict]:
+                     max_step: Optional[int] = None, page_size: int = 1000, *, objects: bool = False) -> Iterator[dict]:
         """Every history row in step order, streamed from the server: memory stays bounded
-        however long the run."""
+        however long the run. ``objects=True`` rebuilds rich values as in ``history``."""
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, not {page_size}")
-        return self._api.scan("history", **_history_args(self.id, keys, min_step, max_step), page_size=page_size)
+        rows = self._api.scan("history", **_history_args(self.id, keys, min_step, max_step), page_size=page_size)
+        return map(self._rebuild_row, rows) if objects else rows
 
     def console_lines(self, stream: Optional[str] = None) -> list[ConsoleLine]:
         """The captured console lines in order, as ``(time, stream, text)``."""
@@ -394,30 +535,56 @@ class RemoteRunView:
         return list(self._api.scan("media_files", run_id=self.id, key=key))
 
     def media(self, key: str, step: Optional[int] = None):
-        """The rich values logged at ``key`` rebuilt as objects, as ``RunView.media``: their
-        files are fetched from the server first (each call fetches them again)."""
+        """The rich values logged at ``key`` rebuilt as objects, as ``RunView.media``; their
+        files are fetched from the server on first use."""
         if not isinstance(key, str):
             raise TypeError(f"media() takes a key (str), not {type(key).__name__}")
-        from trackside.data_types.base import from_json
-
         lo, hi = (None, None) if step is None else (step, step + 1)
-        # the objects read their files as they are built: the folder is not needed afterwards
-        with tempfile.TemporaryDirectory(prefix="trackside-media-") as folder:
-            for f in self.media_files(key):
-                if f["path"] and (step is None or f["step"] == step):
-                    self._api.download(f["path"], folder)
-            run_dir = os.path.join(folder, "runs", self.id)
-            found = [(r["_step"], from_json(r[key], run_dir)) for r in self.scan_history([key], lo, hi)
-                     if type(r.get(key)) is dict and "_type" in r[key]]
+        found = [(r["_step"], self.rebuild(r[key])) for r in self.scan_history([key], lo, hi)
+                 if type(r.get(key)) is dict and "_type" in r[key]]
         if step is None:
             return found
         if not found:
             raise KeyError(f"run {self.id} has no media at key {key!r} step {step}")
         return found[0][1]
 
+    def rebuild(self, value):
+        """A logged form read from this run (a history or summary value) as its object, its
+        files fetched from the server first: ``run.rebuild(run.summary["gradients"])`` is the
+        Histogram that was logged. Other values come back as they are."""
+        from trackside.data_types.base import from_json
+
+        return from_json(value, self._api._fetch_files(value, self.dir))
+
+    def _rebuild_row(self, row: dict) -> dict:
+        for k, v in row.items():
+            if type(v) is dict and "_type" in v:
+                row[k] = self.rebuild(v)
+        return row
+
+    # -- tables and artifacts --------------------------------------------------------------------
+
+    def table(self, key: str, version: Union[int, str, None] = None):
+        """The table the run logged under ``key``, as ``RunView.table``: the latest version, or
+        version ``N`` (an int, ``"vN"``, or ``"latest"``). Raises ArtifactNotFoundError (a
+        KeyError) naming the run's tables, or its versions, when there is no such table or
+        version."""
+        found = self._api.query("table", run_id=self.id, key=key, version=version)
+        return RemoteArtifact(self._api, found["artifact"]).get(found["entry"])
+
+    def table_increments(self, key: str) -> list:
+        """The increments of the INCREMENTAL table logged under ``key``, in order, as
+        ``TableIncrement(increment, version, step, table)``."""
+        found = self._api.query("table", run_id=self.id, key=key, version="latest")
+        return RemoteArtifact(self._api, found["artifact"])._increments(found["entry"], upto=False)
+
     def table_keys(self) -> list[str]:
         """The keys under which the run logged tables, sorted."""
         return self._api.query("table_keys", run_id=self.id)
+
+    def logged_artifacts(self) -> list[RemoteArtifact]:
+        """The artifact versions the run logged (its tables too), oldest first."""
+        return [RemoteArtifact(self._api, fields) for fields in self._api.query("logged_artifacts", run_id=self.id)]
 
     def download(self, path: str, dest_dir: Union[str, os.PathLike] = ".") -> str:
         """``RemoteApi.download``: fetch a file of the server to ``dest_dir/path``."""

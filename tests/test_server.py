@@ -18,11 +18,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import trackside
+from trackside.artifacts import ArtifactNotFoundError
 from trackside.cli import main as cli_main
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 from trackside.remote import PermanentUploadError, RemoteApi, RemoteError, TransientUploadError, UploadClient
 
+from conftest import run_script
 from test_sink import synthetic_records, wal_records
 
 INFO = {"project": "p", "settings": {"durability": "flush", "merge_window": 0.1}}
@@ -382,3 +384,143 @@ def test_urls_are_checked():
         with pytest.raises(ValueError, match="grpc://HOST:PORT"):
             UploadClient(bad)
     assert UploadClient("grpc://[::1]:7311").url == "grpc://[::1]:7311"
+
+
+# -- tables and artifacts read back through a server -----------------------------------------------
+
+TABLES = """
+import os, sys, numpy as np, trackside
+folder = sys.argv[1]
+run = trackside.init(project="team", name="tables", settings={"upload_interval": 0.2, "system_metrics": False})
+images = [trackside.Image(np.full((4, 5, 3), i * 60, dtype=np.uint8), caption=f"img {i}") for i in range(3)]
+preds = trackside.Table(columns=["id", "image", "score"], data=[[i, images[i], i / 4] for i in range(3)])
+run.log({"preds": preds, "img": images[0], "loss": 0.5})
+mutable = trackside.Table(columns=["epoch", "acc"], log_mode="MUTABLE")
+incremental = trackside.Table(columns=["step", "label"], log_mode="INCREMENTAL")
+for step in range(3):
+    mutable.add_data(step, step / 10)
+    for j in range(2):
+        incremental.add_data(step, f"s{step}j{j}")
+    run.log({"evals": mutable, "stream": incremental, "loss": 0.4 - step / 10}, step=step + 1)
+run.summary["gradients"] = trackside.Histogram([1, 2, 2, 3, 3, 3])
+run.log_artifact(folder, name="raw", type="dataset")
+art = trackside.Artifact("dataset", type="dataset", description="a table and a file", metadata={"n": 3})
+art.add(trackside.Table(columns=["x", "y"], data=[[1, "a"], [2, "b"]]), "split")
+art.add_file(os.path.join(folder, "labels.csv"))
+run.log_artifact(art, aliases=["best"])
+run.finish()
+print(run.id)
+"""
+
+
+def test_tables_and_artifacts_read_back_through_api_url_as_stored_locally(ts, servers, tmp_path, capsys):
+    from test_upload import env_for
+
+    server = servers.start(tmp_path / "server")
+    folder = tmp_path / "raw"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "labels.csv").write_text("id,label\n1,cat\n")
+    (folder / "sub" / "notes.txt").write_text("notes")
+    # a training process whose daemon uploads the run: no store on this side
+    run_id = run_script(TABLES, env_for(ts, server.url), folder).stdout.split()[-1]
+    api = RemoteApi(server.url, cache_dir=tmp_path / "cache")
+    wait_until(lambda: api.run(run_id).state == "finished" and len(api.run(run_id).logged_artifacts()) == 9, 30)
+    # the same WAL synced into a local root: what a local Api gives for the same run
+    cli_main(["sync", os.path.join(ts.root, "runs", run_id), "--to", str(tmp_path / "copy"), "--quiet"])
+    local = trackside.Api(tmp_path / "copy").run(run_id)
+    remote = api.run(run_id)
+
+    assert remote.table_keys() == local.table_keys() == ["evals", "preds", "stream"]
+    for key in ("preds", "evals", "stream"):
+        assert remote.table(key) == local.table(key), key
+    assert remote.table("evals", version=1) == local.table("evals", version=1)
+    assert remote.table("evals", version="v0").data == [[0, 0.0]]
+    assert remote.table("stream", version=1) == local.table("stream", version=1)
+    assert remote.table_increments("stream") == local.table_increments("stream")
+    assert [(i.increment, i.step, len(i.table.data)) for i in remote.table_increments("stream")] == [
+        (0, 1, 2), (1, 2, 2), (2, 3, 2)]
+    # rich values rebuilt as the objects logged, their files fetched from the server
+    assert remote.history(objects=True) == local.history(objects=True)
+    assert list(remote.scan_history(keys=["img"], objects=True)) == list(local.scan_history(keys=["img"], objects=True))
+    assert remote.rebuild(remote.summary["gradients"]) == local.rebuild(local.summary["gradients"])
+    assert remote.rebuild(3) == 3
+
+    def described(a):
+        return (a.name, a.version, a.type, a.description, a.metadata, a.aliases, a.digest, a.run_key, a.step,
+                a.increment, a.entries)
+
+    assert [described(a) for a in remote.logged_artifacts()] == [described(a) for a in local.logged_artifacts()]
+    local_api = trackside.Api(tmp_path / "copy")
+    for spec in ("dataset:latest", "dataset:best", "raw:v0", f"run-{run_id}-stream:v1"):
+        assert described(api.artifact(spec)) == described(local_api.artifact(spec)), spec
+    dataset = api.artifact("dataset:best", type="dataset")
+    assert dataset.get("split") == local_api.artifact("dataset:best").get("split")
+    with open(dataset.get_path("labels.csv")) as f:
+        assert f.read() == "id,label\n1,cat\n"
+    assert dataset.get_path("labels.csv").startswith(api.cache_dir)
+    raw = api.artifact("raw")
+    assert sorted(raw.entries) == ["labels.csv", "sub/notes.txt"]
+    out = raw.download(tmp_path / "down")
+    assert (tmp_path / "down" / "sub" / "notes.txt").read_text() == "notes"
+    assert out == str(tmp_path / "down")
+    assert api.artifact(f"run-{run_id}-stream:v1").get("stream") == local.table("stream", version=1)
+    with pytest.raises(ValueError, match="not 'model'"):
+        api.artifact("dataset", type="model")
+    with pytest.raises(ArtifactNotFoundError, match=r"no version 'v9'.*v0 to v2"):
+        remote.table("evals", version=9)
+    with pytest.raises(ArtifactNotFoundError, match=r"no table under 'nope'.*'evals'"):
+        remote.table("nope")
+
+    # the read CLI shows a server's table as a local one
+    capsys.readouterr()
+    assert cli_main(["table", run_id, "evals", "--root", server.url, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"epoch": e, "acc": e / 10} for e in range(3)]
+
+    # each file is fetched once: with the server gone, what was read reads again from the cache
+    fetched = sorted(os.path.relpath(os.path.join(d, f), api.cache_dir)
+                     for d, _, names in os.walk(api.cache_dir) for f in names)
+    assert len(fetched) == len(set(fetched)) and any(p.startswith("artifacts") for p in fetched)
+    stop(server.proc)
+    assert dataset.get("split") == local_api.artifact("dataset:best").get("split")
+    assert raw.download(tmp_path / "again") == str(tmp_path / "again")
+    api.close()
+    assert os.path.isdir(tmp_path / "cache")  # a cache folder given is kept
+
+
+def test_the_temporary_cache_folder_goes_with_the_api(ts, servers, tmp_path):
+    run_id = log_a_run_with_media(ts)
+    server = servers.start(tmp_path / "server")
+    with UploadClient(server.url) as client:
+        upload_run(client, ts.root, run_id)
+    api = RemoteApi(server.url)
+    wait_until(lambda: api.run(run_id).state == "finished")
+    assert api.run(run_id).media("img", step=20) == trackside.Api(ts.root).run(run_id).media("img", step=20)
+    cache = api.cache_dir
+    assert os.listdir(cache)
+    api.close()
+    assert not os.path.exists(cache)
+
+
+def test_a_run_not_found_names_the_run_and_the_server_never_its_path(servers, tmp_path):
+    server = servers.start(tmp_path / "server")
+    UploadClient(server.url).append("r1", INFO, synthetic_records(3))
+    api = RemoteApi(server.url)
+    wait_until(lambda: api.run("r1").history_rows == 3)
+    for call in (lambda: api.run("nosuchrun"), lambda: api.query("keys", run_id="nosuchrun"),
+                 lambda: list(api.scan("history", run_id="nosuchrun"))):
+        with pytest.raises(trackside.api.RunNotFoundError) as e:
+            call()
+        message = str(e.value)
+        assert "nosuchrun" in message and server.url in message, message
+        assert server.root not in message and "trackside.db" not in message, message
+    with pytest.raises(ArtifactNotFoundError) as e:
+        api.artifact("nothing:v0")
+    assert "nothing" in str(e.value) and server.url in str(e.value) and server.root not in str(e.value)
+
+
+def test_the_cli_says_in_one_line_that_a_server_cannot_be_reached(capsys):
+    assert cli_main(["runs", "--root", "grpc://127.0.0.1:1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("trackside: ") and "grpc://127.0.0.1:1" in line and "UNAVAILABLE" in line
