@@ -128,6 +128,15 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except Exception as e:
+        # a store or server that cannot be read (StoreError; a RemoteError is one), imported
+        # here: the command line starts without the store's modules
+        from trackside.daemon.db import StoreError
+
+        if not isinstance(e, StoreError):
+            raise
+        print(f"trackside: {e}", file=sys.stderr)
+        return 1
 
 
 def _daemon(args) -> int:
