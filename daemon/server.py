@@ -193,6 +193,8 @@ class Daemon:
         for stream in list(self.streams.values()):
             try:
                 await stream.close()
+                if stream.complete():
+                    registry.remove(self.folder, stream.run_id)
             except Exception:
                 log.exception("run %s: error while draining", stream.run_id)
         self.streams.clear()
