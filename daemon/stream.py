@@ -93,8 +93,8 @@ class RunStream:
             os.path.join(run_dir, "wal"),
             durability=self.durability,
             reporter=self._report_damage,
-        self.live = live and not read_only  # False: records replayed long after they were logged
         )
+        self.live = live and not read_only  # False: records replayed long after they were logged
         self.merger = Merger(
             late_steps=settings.get("late_steps", "amend"),
             merge_window=float(settings.get("merge_window", 10.0)),
@@ -399,6 +399,9 @@ class RunStream:
         if everything:
             exit_code = max((d.get("exit_code") or 0 for _, _, d in finished), key=abs)
             final_state = ("finished" if exit_code == 0 else "failed", exit_code)
+        if final_state is not None and not self.live and rows:
+            # replayed later (sync, a server): the run ended around its last row, not now
+            final_state += (max(rows[-1].time_us / 1e6, 0.0),)
         artifacts, self._artifacts = self._artifacts, []
         await self._store(
             rows=rows,
@@ -406,9 +409,6 @@ class RunStream:
             config=config,
             metadata=meta,
             console=console,
-            if not self.live and rows:
-                # replayed later (sync, a server): the run ended around its last row, not now
-                final_state += (max(rows[-1].time_us / 1e6, 0.0),)
             summary=summary,
             cursor=cursor,
             final_state=final_state,
@@ -655,7 +655,7 @@ def _run_fields(data: dict, root: str) -> dict:
     fields = {k: data[k] for k in keep if data.get(k) is not None}
     fields.setdefault("project", "uncategorized")
     fields["root_dir"] = root
-    return fields
     started = (data.get("metadata") or {}).get("started_at")
     if isinstance(started, (int, float)):
         fields["created_at"] = float(started)  # a run synced or uploaded later keeps its own start time
+    return fields
