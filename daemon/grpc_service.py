@@ -27,7 +27,7 @@ class _GrpcConnection:
 
     def send(self, msg) -> None:
         if isinstance(msg, (Ack, Done)):
-            self.queue.put_nowait(pb.Ack(writer=self.writer_id, seq=msg.seq))
+            self.queue.put_nowait(pb.Ack(writer=self.writer_id, seq=msg.seq, done=isinstance(msg, Done)))
 
 
 class IngestService(pb_grpc.IngestServicer):
@@ -47,7 +47,8 @@ class IngestService(pb_grpc.IngestServicer):
             stream = await self.daemon.open_stream(hello)
         except (BadRecord, ValueError, OSError, msgspec.DecodeError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot open run {request.run_id}: {e}")
-        return pb.Welcome(protocol=PROTOCOL_VERSION, acked_seq=stream.seqs.get(request.writer, 0), run_dir=stream.dir)
+        return pb.Welcome(protocol=PROTOCOL_VERSION, acked_seq=stream.seqs.get(request.writer, 0), run_dir=stream.dir,
+                          next_step=stream.next_step)
 
     async def Send(self, request_iterator, context):
         conn = None
@@ -63,7 +64,7 @@ class IngestService(pb_grpc.IngestServicer):
                         if stream is None:
                             raise BadRecord(f"run {batch.run_id} is not open: call Open first")
                         conn = _GrpcConnection(batch.writer)
-                        stream.connections.add(conn)
+                        stream.attach(conn, batch.writer)
                         conn_ready.set()
                     if batch.run_id != stream.run_id or batch.writer != conn.writer_id:
                         raise BadRecord("one Send stream carries one run and one writer")
@@ -77,19 +78,22 @@ class IngestService(pb_grpc.IngestServicer):
         task = asyncio.create_task(pump())
         await conn_ready.wait()
         try:
-            while conn is not None:
-                if task.done() and conn.queue.empty() and (error or not stream._pending):
-                    # everything read: wait for the last acks, then end the stream
-                    await asyncio.sleep(0.01)
-                    if conn.queue.empty() and not stream._pending:
+            if conn is not None:
+                # acks (and the writer's done) as they come, until the writer ends its stream
+                while True:
+                    get = asyncio.ensure_future(conn.queue.get())
+                    await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
                         break
-                try:
-                    yield await asyncio.wait_for(conn.queue.get(), 0.05)
-                except asyncio.TimeoutError:
-                    continue
+                    yield get.result()
+                if not error:  # everything it sent is acknowledged before the stream ends
+                    await stream.durable(stream.wal.end_offset)
+                while not conn.queue.empty():
+                    yield conn.queue.get_nowait()
         finally:
             if conn is not None and stream is not None:
-                stream.connections.discard(conn)
+                stream.detach(conn)
             task.cancel()
         if error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error[0])

@@ -39,6 +39,7 @@ DEFAULT_SETTINGS = {
     "system_metrics": True,  # the daemon samples CPU, memory, disk, network, GPUs for the run
     "server": None,  # a `trackside server` URL (grpc:// or grpcs://) to upload to; default $TRACKSIDE_SERVER
     "upload_interval": 1.0,  # seconds between uploads to the server while keeping up
+    "transport": "unix",  # how this process reaches the host's daemon: "unix" (socket) or "grpc" (loopback)
 }
 # seconds; unset means the daemon's default (1 s and 10 s unless it was started otherwise)
 _SYSTEM_INTERVALS = ("system_sample_interval", "system_log_interval")
@@ -477,6 +478,8 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     merged["server"] = merged["server"] or os.environ.get("TRACKSIDE_SERVER") or None
     if merged["server"] is not None and not str(merged["server"]).startswith(("grpc://", "grpcs://")):
         raise UsageError(f"server={merged['server']!r} must be a grpc://host:port or grpcs://host:port URL")
+    if merged["transport"] not in ("unix", "grpc"):
+        raise UsageError(f"transport={merged['transport']!r} is not one of unix, grpc")
     if merged["late_steps"] not in LATE_STEPS:
         raise UsageError(f"late_steps={merged['late_steps']!r} is not one of {', '.join(LATE_STEPS)}")
     if merged["durability"] not in DURABILITY:
@@ -505,6 +508,8 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
 
     info = {"project": run.project, "name": run.name, "group": group, "job_type": job_type,
             "tags": list(run.tags), "settings": merged, "dest": run.dest}
+    if merged["transport"] == "grpc":
+        from .grpc_transport import GrpcClient as Client
     client = Client(run.id, root, info, rank=rank, flush_interval=merged["flush_interval"],
                     max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"])
     client.start()

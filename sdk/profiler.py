@@ -200,7 +200,8 @@ def writer_main(spec: dict) -> None:
     import trackside
 
     rank = spec["rank"]
-    kwargs = {"project": "bench", "settings": {"durability": spec["durability"]}}
+    kwargs = {"project": "bench", "settings": {"durability": spec["durability"],
+                                               "transport": spec.get("transport", "unix")}}
     dest = spec.get("dest", "store")
     if dest == "none":
         kwargs["mode"] = "offline"  # the WAL only
@@ -580,7 +581,8 @@ def run_bench(opts: dict, progress=None) -> dict:
 
     spec = {"durability": opts["durability"], "records": opts.get("records"), "seconds": opts.get("seconds"),
             "keys_per_record": opts["keys_per_record"], "kinds": list(opts["kinds"]), "keys": opts.get("keys", "own"),
-            "rate": opts.get("rate") or 0, "time_calls": True, "probes": True, "dest": opts.get("dest", "store")}
+            "rate": opts.get("rate") or 0, "time_calls": True, "probes": True, "dest": opts.get("dest", "store"),
+            "transport": opts.get("transport", "unix")}
     values_per_record = opts["keys_per_record"] + len([k for k in opts["kinds"] if k != "float"])
 
     def tick(sc, watch, t_go):

@@ -20,7 +20,6 @@ SCHEMA = os.path.join(os.path.dirname(__file__), "..", "docs", "bench.schema.jso
     (["--seconds", "0"], "--seconds must be positive"),
     (["--records", "0"], "--records must be at least 1"),
     (["--rate", "-1"], "--rate must be 0"),
-    (["--transport", "grpc"], "only 'unix'"),
     (["--dest", "https://example.com"], "use store, none or a server URL"),
     (["--dest", "elsewhere"], "use store, none or a server URL"),
     (["--kinds", "float,audio"], "value kind 'audio' is not one of"),
@@ -35,11 +34,26 @@ def test_bench_records_and_seconds_exclude_each_other(capsys):
         main(["bench", "--records", "10", "--seconds", "1"])
 
 
-def test_bench_help_says_unix_only(capsys):
+def test_bench_help_names_the_transports_and_destinations(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     out = capsys.readouterr().out
-    assert "unix only" in out and "--plot" in out and "--json" in out
+    assert "{unix,grpc}" in out and "store|none|URL" in out and "--plot" in out and "--json" in out
+
+
+def test_bench_refuses_an_unknown_transport(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--transport", "pigeon"])
+    assert "invalid choice: 'pigeon'" in capsys.readouterr().err
+
+
+def test_bench_over_grpc(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
+    p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--records", "2000", "--json", "--transport",
+                        "grpc"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["options"]["transport"] == "grpc" and res["rows_stored"] == res["rows_expected"] == 2000
 
 
 def test_bench_short_run_json_validates(tmp_path):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctrackside/v1/trackside.proto\x12\x0ctrackside.v1\"f\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06writer\x18\x03 \x01(\x04\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08run_info\x18\x06 \x01(\x0c\"?\n\x07Welcome\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12\x0f\n\x07run_dir\x18\x03 \x01(\t\"D\n\x05\x42\x61tch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06writer\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0e\n\x06record\x18\x04 \x01(\x0c\"1\n\x03\x41\x63k\x12\x0e\n\x06writer\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x0f\n\rStatusRequest\"\x1d\n\x0bStatusReply\x12\x0e\n\x06status\x18\x01 \x01(\x0c\"B\n\rUploadRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_info\x18\x02 \x01(\x0c\x12\x0f\n\x07records\x18\x03 \x03(\x0c\"1\n\x0bUploadReply\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\"\'\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1a\n\tFileReply\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"$\n\x13MissingFilesRequest\x12\r\n\x05paths\x18\x01 \x03(\t\"\"\n\x11MissingFilesReply\x12\r\n\x05paths\x18\x01 \x03(\t\",\n\x0cQueryRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x01(\x0c\"\x1c\n\nQueryReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"\x1b\n\x0b\x46ileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t2\xb2\x01\n\x06Ingest\x12\x32\n\x04Open\x12\x13.trackside.v1.Hello\x1a\x15.trackside.v1.Welcome\x12\x32\n\x04Send\x12\x13.trackside.v1.Batch\x1a\x11.trackside.v1.Ack(\x01\x30\x01\x12@\n\x06Status\x12\x1b.trackside.v1.StatusRequest\x1a\x19.trackside.v1.StatusReply2\x9f\x02\n\x06Upload\x12@\n\x06\x41ppend\x12\x1b.trackside.v1.UploadRequest\x1a\x19.trackside.v1.UploadReply\x12R\n\x0cMissingFiles\x12!.trackside.v1.MissingFilesRequest\x1a\x1f.trackside.v1.MissingFilesReply\x12=\n\x07PutFile\x12\x17.trackside.v1.FileChunk\x1a\x17.trackside.v1.FileReply(\x01\x12@\n\x06Status\x12\x1b.trackside.v1.StatusRequest\x1a\x19.trackside.v1.StatusReply2\xc6\x01\n\x04Read\x12=\n\x05Query\x12\x1a.trackside.v1.QueryRequest\x1a\x18.trackside.v1.QueryReply\x12>\n\x04Scan\x12\x1a.trackside.v1.QueryRequest\x1a\x18.trackside.v1.QueryReply0\x01\x12?\n\x07GetFile\x12\x19.trackside.v1.FileRequest\x1a\x17.trackside.v1.FileChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctrackside/v1/trackside.proto\x12\x0ctrackside.v1\"f\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06writer\x18\x03 \x01(\x04\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x10\n\x08run_info\x18\x06 \x01(\x0c\"R\n\x07Welcome\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12\x0f\n\x07run_dir\x18\x03 \x01(\t\x12\x11\n\tnext_step\x18\x04 \x01(\x03\"D\n\x05\x42\x61tch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06writer\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0e\n\x06record\x18\x04 \x01(\x0c\"?\n\x03\x41\x63k\x12\x0e\n\x06writer\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\"\x0f\n\rStatusRequest\"\x1d\n\x0bStatusReply\x12\x0e\n\x06status\x18\x01 \x01(\x0c\"B\n\rUploadRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_info\x18\x02 \x01(\x0c\x12\x0f\n\x07records\x18\x03 \x03(\x0c\"1\n\x0bUploadReply\x12\x0e\n\x06stored\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\"\'\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1a\n\tFileReply\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"$\n\x13MissingFilesRequest\x12\r\n\x05paths\x18\x01 \x03(\t\"\"\n\x11MissingFilesReply\x12\r\n\x05paths\x18\x01 \x03(\t\",\n\x0cQueryRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x01(\x0c\"\x1c\n\nQueryReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"\x1b\n\x0b\x46ileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t2\xb2\x01\n\x06Ingest\x12\x32\n\x04Open\x12\x13.trackside.v1.Hello\x1a\x15.trackside.v1.Welcome\x12\x32\n\x04Send\x12\x13.trackside.v1.Batch\x1a\x11.trackside.v1.Ack(\x01\x30\x01\x12@\n\x06Status\x12\x1b.trackside.v1.StatusRequest\x1a\x19.trackside.v1.StatusReply2\x9f\x02\n\x06Upload\x12@\n\x06\x41ppend\x12\x1b.trackside.v1.UploadRequest\x1a\x19.trackside.v1.UploadReply\x12R\n\x0cMissingFiles\x12!.trackside.v1.MissingFilesRequest\x1a\x1f.trackside.v1.MissingFilesReply\x12=\n\x07PutFile\x12\x17.trackside.v1.FileChunk\x1a\x17.trackside.v1.FileReply(\x01\x12@\n\x06Status\x12\x1b.trackside.v1.StatusRequest\x1a\x19.trackside.v1.StatusReply2\xc6\x01\n\x04Read\x12=\n\x05Query\x12\x1a.trackside.v1.QueryRequest\x1a\x18.trackside.v1.QueryReply\x12>\n\x04Scan\x12\x1a.trackside.v1.QueryRequest\x1a\x18.trackside.v1.QueryReply0\x01\x12?\n\x07GetFile\x12\x19.trackside.v1.FileRequest\x1a\x17.trackside.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,37 +34,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=46
   _globals['_HELLO']._serialized_end=148
   _globals['_WELCOME']._serialized_start=150
-  _globals['_WELCOME']._serialized_end=213
-  _globals['_BATCH']._serialized_start=215
-  _globals['_BATCH']._serialized_end=283
-  _globals['_ACK']._serialized_start=285
-  _globals['_ACK']._serialized_end=334
-  _globals['_STATUSREQUEST']._serialized_start=336
-  _globals['_STATUSREQUEST']._serialized_end=351
-  _globals['_STATUSREPLY']._serialized_start=353
-  _globals['_STATUSREPLY']._serialized_end=382
-  _globals['_UPLOADREQUEST']._serialized_start=384
-  _globals['_UPLOADREQUEST']._serialized_end=450
-  _globals['_UPLOADREPLY']._serialized_start=452
-  _globals['_UPLOADREPLY']._serialized_end=501
-  _globals['_FILECHUNK']._serialized_start=503
-  _globals['_FILECHUNK']._serialized_end=542
-  _globals['_FILEREPLY']._serialized_start=544
-  _globals['_FILEREPLY']._serialized_end=570
-  _globals['_MISSINGFILESREQUEST']._serialized_start=572
-  _globals['_MISSINGFILESREQUEST']._serialized_end=608
-  _globals['_MISSINGFILESREPLY']._serialized_start=610
-  _globals['_MISSINGFILESREPLY']._serialized_end=644
-  _globals['_QUERYREQUEST']._serialized_start=646
-  _globals['_QUERYREQUEST']._serialized_end=690
-  _globals['_QUERYREPLY']._serialized_start=692
-  _globals['_QUERYREPLY']._serialized_end=720
-  _globals['_FILEREQUEST']._serialized_start=722
-  _globals['_FILEREQUEST']._serialized_end=749
-  _globals['_INGEST']._serialized_start=752
-  _globals['_INGEST']._serialized_end=930
-  _globals['_UPLOAD']._serialized_start=933
-  _globals['_UPLOAD']._serialized_end=1220
-  _globals['_READ']._serialized_start=1223
-  _globals['_READ']._serialized_end=1421
+  _globals['_WELCOME']._serialized_end=232
+  _globals['_BATCH']._serialized_start=234
+  _globals['_BATCH']._serialized_end=302
+  _globals['_ACK']._serialized_start=304
+  _globals['_ACK']._serialized_end=367
+  _globals['_STATUSREQUEST']._serialized_start=369
+  _globals['_STATUSREQUEST']._serialized_end=384
+  _globals['_STATUSREPLY']._serialized_start=386
+  _globals['_STATUSREPLY']._serialized_end=415
+  _globals['_UPLOADREQUEST']._serialized_start=417
+  _globals['_UPLOADREQUEST']._serialized_end=483
+  _globals['_UPLOADREPLY']._serialized_start=485
+  _globals['_UPLOADREPLY']._serialized_end=534
+  _globals['_FILECHUNK']._serialized_start=536
+  _globals['_FILECHUNK']._serialized_end=575
+  _globals['_FILEREPLY']._serialized_start=577
+  _globals['_FILEREPLY']._serialized_end=603
+  _globals['_MISSINGFILESREQUEST']._serialized_start=605
+  _globals['_MISSINGFILESREQUEST']._serialized_end=641
+  _globals['_MISSINGFILESREPLY']._serialized_start=643
+  _globals['_MISSINGFILESREPLY']._serialized_end=677
+  _globals['_QUERYREQUEST']._serialized_start=679
+  _globals['_QUERYREQUEST']._serialized_end=723
+  _globals['_QUERYREPLY']._serialized_start=725
+  _globals['_QUERYREPLY']._serialized_end=753
+  _globals['_FILEREQUEST']._serialized_start=755
+  _globals['_FILEREQUEST']._serialized_end=782
+  _globals['_INGEST']._serialized_start=785
+  _globals['_INGEST']._serialized_end=963
+  _globals['_UPLOAD']._serialized_start=966
+  _globals['_UPLOAD']._serialized_end=1253
+  _globals['_READ']._serialized_start=1256
+  _globals['_READ']._serialized_end=1454
 # @@protoc_insertion_point(module_scope)

@@ -23,14 +23,16 @@ class Hello(_message.Message):
     def __init__(self, protocol: _Optional[int] = ..., run_id: _Optional[str] = ..., writer: _Optional[int] = ..., pid: _Optional[int] = ..., rank: _Optional[int] = ..., run_info: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol", "acked_seq", "run_dir")
+    __slots__ = ("protocol", "acked_seq", "run_dir", "next_step")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     RUN_DIR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_FIELD_NUMBER: _ClassVar[int]
     protocol: int
     acked_seq: int
     run_dir: str
-    def __init__(self, protocol: _Optional[int] = ..., acked_seq: _Optional[int] = ..., run_dir: _Optional[str] = ...) -> None: ...
+    next_step: int
+    def __init__(self, protocol: _Optional[int] = ..., acked_seq: _Optional[int] = ..., run_dir: _Optional[str] = ..., next_step: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("run_id", "writer", "seq", "record")
@@ -45,14 +47,16 @@ class Batch(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., writer: _Optional[int] = ..., seq: _Optional[int] = ..., record: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("writer", "seq", "error")
+    __slots__ = ("writer", "seq", "error", "done")
     WRITER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     writer: int
     seq: int
     error: str
-    def __init__(self, writer: _Optional[int] = ..., seq: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    done: bool
+    def __init__(self, writer: _Optional[int] = ..., seq: _Optional[int] = ..., error: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,84 @@
+"""Writers over the daemon's gRPC listener (``settings={"transport": "grpc"}``): the same run as
+over the Unix socket, the same promises when the daemon is killed, forks, bad settings."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import trackside
+from trackside._run import UsageError
+
+from conftest import run_script
+from test_upload import daemon_pid
+
+GRPC = {"transport": "grpc"}
+
+
+def test_a_run_over_grpc_reads_back_like_one_over_the_socket(ts):
+    run = trackside.init(project="p", config={"lr": 0.1}, settings=GRPC)
+    for i in range(2000):
+        run.log({"loss": 1.0 / (i + 1), "i": i})
+    run.log({"late": 1}, step=5)
+    run.summary["best"] = 3
+    run.finish()
+    view = trackside.Api(ts.root).run(run.id)
+    rows = view.history()
+    assert [r["i"] for r in rows] == list(range(2000))
+    assert rows[5]["late"] == 1
+    assert view.summary["best"] == 3 and view.config == {"lr": 0.1}
+    assert view.state == "finished"
+
+
+def test_grpc_writer_survives_a_killed_daemon_without_loss_or_duplicates(ts):
+    code = """
+import sys, time, trackside
+run = trackside.init(project="p", settings={"transport": "grpc", "durability": "fsync"})
+print(run.id, flush=True)
+for step in range(3000):
+    run.log({"x": step})
+    if step % 100 == 0:
+        print(step, flush=True)
+    time.sleep(0.0005)
+run.finish()
+print("done", flush=True)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], env=ts.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    run_id = p.stdout.readline().strip()
+    for line in p.stdout:
+        if line.strip().isdigit() and int(line) >= 1000:
+            break
+    os.kill(daemon_pid(ts), signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "done" in out
+    rows = trackside.Api(ts.root).run(run_id).history()
+    assert [r["_step"] for r in rows] == list(range(3000))
+    assert all(r["x"] == r["_step"] for r in rows)
+
+
+def test_a_forked_child_logs_over_grpc_as_a_writer_of_its_own(ts):
+    code = """
+import os, trackside
+run = trackside.init(project="p", settings={"transport": "grpc"})
+run.log({"parent": 1}, step=0)
+pid = os.fork()
+if pid == 0:
+    run.log({"child": 2}, step=0)
+    run.finish()
+    os._exit(0)
+os.waitpid(pid, 0)
+run.finish()
+print(run.id)
+"""
+    run_id = run_script(code, ts.env).stdout.split()[-1]
+    (row,) = trackside.Api(ts.root).run(run_id).history()
+    assert row["parent"] == 1 and row["child"] == 2
+
+
+def test_an_unknown_transport_is_refused():
+    with pytest.raises(UsageError, match="transport='pigeon'"):
+        trackside.init(project="p", settings={"transport": "pigeon"})
