@@ -3,6 +3,8 @@
     api = trackside.Api("grpc://trackside.example.org:7311")   # a RemoteApi
     run = api.run("3kf9")
     run.history(keys=["loss"])                                  # the rows a local Api returns
+    run.table("preds")                                          # a Table, its files fetched on demand
+    api.artifact("dataset:latest").download("data")             # an artifact's files, each fetched once
 
 URLs: ``grpc://HOST:PORT`` (plain) or ``grpcs://HOST:PORT`` (TLS); the port defaults to 7311.
 The token is the ``token`` argument, else ``$TRACKSIDE_TOKEN``; for ``grpcs://`` the CA file
