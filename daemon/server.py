@@ -263,8 +263,13 @@ class Daemon:
                 return stream
             loop = asyncio.get_running_loop()
             run_dir = os.path.join(root, "runs", run_id)
+            # the writer's server token stays in memory: never in run.json, the WAL or an upload
+            token = info.get("token")
+            info = {k: v for k, v in info.items() if k != "token"}
             # the run's info beside its WAL (sync reads it) and in the registry (a restart resumes it)
             info = await loop.run_in_executor(None, run_info, run_dir, info)
+            if token:
+                info = {**info, "token": token}
             await loop.run_in_executor(None, registry.add, self.folder, run_id, root)
             handle = None
             if dest == "local":  # offline and uploading runs keep no store on this host

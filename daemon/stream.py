@@ -203,9 +203,10 @@ class RunStream:
         if self.dest != "offline":
             from .uploader import RemoteDestination, Uploader
 
-            dest = RemoteDestination(self.dest, token=os.environ.get("TRACKSIDE_TOKEN") or None,
+            # the token of the writer that opened the run, else the daemon's own environment's
+            dest = RemoteDestination(self.dest, token=self.info.get("token") or os.environ.get("TRACKSIDE_TOKEN") or None,
                                      ca=os.environ.get("TRACKSIDE_TLS_CA") or None)
-            info = {k: v for k, v in self.info.items() if k not in ("root", "dest")}
+            info = {k: v for k, v in self.info.items() if k not in ("root", "dest", "token")}
             self.uploader = Uploader(self.run_id, self.root, self.dir, info, dest,
                                      limit=lambda: self.wal.durable_offset,
                                      interval=float(self.settings.get("upload_interval", 1.0)))

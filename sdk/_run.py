@@ -510,7 +510,11 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
             "tags": list(run.tags), "settings": merged, "dest": run.dest}
     if merged["transport"] == "grpc":
         from .grpc_transport import GrpcClient as Client
-    client = Client(run.id, root, info, rank=rank, flush_interval=merged["flush_interval"],
+    hello = info
+    if run.dest not in ("local", "offline") and os.environ.get("TRACKSIDE_TOKEN"):
+        # the daemon uploads with the token of the run's own environment (it keeps it in memory only)
+        hello = {**info, "token": os.environ["TRACKSIDE_TOKEN"]}
+    client = Client(run.id, root, hello, rank=rank, flush_interval=merged["flush_interval"],
                     max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"])
     client.start()
     run._client = client

@@ -254,3 +254,23 @@ def test_top_and_metrics_show_the_upload_lag_while_the_server_is_away(ts, server
     lag = next(float(line.split()[-1]) for line in body.splitlines()
                if line.startswith(f'trackside_run_upload_lag_records{{run="{run_id}"}}'))
     assert lag > 0
+
+
+def test_the_training_processs_token_reaches_a_daemon_started_without_one(ts, servers, tmp_path, monkeypatch):
+    server = servers.start(tmp_path / "server", "--token", "s3cret-token")
+    env = env_for(ts, server.url)
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
+                   capture_output=True, timeout=60)  # no token in the daemon's environment
+    run_id = train(ts, server.url, steps=100, TRACKSIDE_TOKEN="s3cret-token")
+    monkeypatch.setenv("TRACKSIDE_TOKEN", "s3cret-token")
+    assert_complete(server.url, run_id, 100)
+    # kept in the daemon's memory only: not beside the WAL, not in the WAL, not at the server
+    run_dir = os.path.join(ts.root, "runs", run_id)
+    for folder, _, files in os.walk(run_dir):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                assert b"s3cret-token" not in f.read(), name
+    for folder, _, files in os.walk(server.root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                assert b"s3cret-token" not in f.read(), name
