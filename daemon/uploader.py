@@ -310,7 +310,7 @@ class Uploader:
         elif ev.kind == "system":
             self.system_writers.add(ev.writer)
         elif ev.kind == "artifact":
-            artifact_files.extend(p for p in _artifact_files(ev.data) if p not in self.files_sent)
+            artifact_files.extend(p for p in _artifact_files(ev.data, self.root) if p not in self.files_sent)
 
     def _new_files(self) -> list[str]:
         """The run folder's files not sent yet (media and tables are written before the record
@@ -347,9 +347,10 @@ class Uploader:
         self.stats["duplicates"] += duplicates
 
 
-def _artifact_files(data) -> list[str]:
+def _artifact_files(data, root: str) -> list[str]:
     """The files of an artifact event, relative to the run root: file entries name theirs;
-    a logged object's (a table's) paths are relative to its ``source`` folder."""
+    a logged object's (a table's) paths are relative to its ``source`` folder, and a table's
+    cells (images ...) name files of their own, read from its rows file."""
     out = []
     manifest = data.get("manifest") if isinstance(data, dict) else None
     for entry in (manifest or {}).values():
@@ -359,8 +360,40 @@ def _artifact_files(data) -> list[str]:
             out.append(entry["path"])
         source = entry.get("source")
         if isinstance(source, str):
-            out.extend(f"{source}/{p}" for p in _paths(entry.get("obj")))
+            out.extend(f"{source}/{p}" for p in _object_files(entry.get("obj"), os.path.join(root, source)))
     return out
+
+
+_TABLE_TYPES = ("table", "incremental-table")
+
+
+def _object_files(value, folder: str) -> list[str]:
+    """The paths (relative to ``folder``) a logged object names, its table cells' included."""
+    out = _paths(value)
+    for form in _forms(value):
+        if form.get("_type") in _TABLE_TYPES and isinstance(form.get("path"), str):
+            from trackside.data_types.table import _BUILTIN_KINDS, read_columns
+
+            try:
+                _, types, columns, _ = read_columns(form, folder)
+            except (OSError, ValueError):
+                continue  # a missing or damaged rows file: the reader says so; its cells stay behind
+            for kind, cells in zip(types, columns):
+                if kind is not None and (kind not in _BUILTIN_KINDS or kind == "mixed"):
+                    out.extend(_object_files(cells, folder))
+    return out
+
+
+def _forms(value):
+    """Every logged form (a dict with ``_type``) in ``value``, at any depth."""
+    if isinstance(value, dict):
+        if "_type" in value:
+            yield value
+        for v in value.values():
+            yield from _forms(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _forms(v)
 
 
 def _paths(value) -> list[str]:
