@@ -40,6 +40,7 @@ from trackside.protocol import (
 
 from .store import Store
 from . import registry
+from .signals import drain_on_signals
 from .sink import StoreHandle, run_info
 from .stream import BadRecord, RunStream
 from .sysmetrics import Sampler
@@ -123,19 +124,7 @@ class Daemon:
         self._take_lock()
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        signals = 0
-
-        def on_signal():
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                log.warning("second signal: exiting now")
-                os._exit(1)
-            log.info("signal received: draining")
-            self._stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+        drain_on_signals(loop, self._stop, log)
         if os.path.exists(self.socket):
             os.unlink(self.socket)  # we hold the lock: whatever is there is stale
         old_umask = os.umask(0o177)  # the socket is born 0600

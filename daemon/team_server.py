@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -45,6 +44,7 @@ from trackside._version import __version__
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
+from .signals import drain_on_signals
 from .sink import LocalSink, check_file_path
 from .store import StoreError
 from .stream import BadRecord
@@ -555,19 +555,7 @@ class TeamServer:
         signal exits at once."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        signals = 0
-
-        def on_signal():
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                log.warning("second signal: exiting now (the WAL holds every acknowledged batch)")
-                os._exit(1)
-            log.info("signal received: finishing the calls in flight, then draining")
-            self._stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+        drain_on_signals(loop, self._stop, log, "signal received: finishing the calls in flight, then draining")
         try:
             await self.start()
             await self._stop.wait()

@@ -302,3 +302,38 @@ print(run.id)
     assert [row[0] for row in table.iterrows()] == [0, 1, 2]
     cells = table.get_column("img")
     assert len(cells) == 3 and all(type(c).__name__ == "Image" for c in cells)
+
+
+def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
+    """The first SIGTERM drains (here: waits its grace period for an upload to a server that
+    takes the connection and never answers); a second one exits at once, and the next daemon
+    goes on from the WAL."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the kernel's backlog; nothing ever answers
+    port = silent.getsockname()[1]
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        env = env_for(ts, url)
+        subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
+                       capture_output=True, timeout=60)
+        run_id = train(ts, url, steps=100)
+        time.sleep(1.5)  # the first upload is under way, waiting for an answer
+        pid = daemon_pid(ts)
+        log_path = os.path.join(ts.daemon_dir, "daemon.log")
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: "draining" in open(log_path).read())
+        os.kill(pid, signal.SIGTERM)
+        from trackside.discovery import pid_alive
+
+        wait_until(lambda: not pid_alive(pid), timeout=10)
+        assert "second signal: exiting now" in open(log_path).read()
+    finally:
+        silent.close()
+    # nothing acknowledged is lost: the next daemon resumes the upload to a real server there
+    server = servers.start(tmp_path / "server", "--port", str(port))
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    assert_complete(server.url, run_id, 100, timeout=60)
