@@ -321,6 +321,28 @@ class Merger:
         """How many rows are pending (not emitted yet)."""
         return len(self._pending) + len(self._ready)
 
+    def is_pending(self, step: int) -> bool:
+        """Whether the row of ``step`` is pending (added, not emitted yet)."""
+        if step in self._pending:
+            return True
+        ready = self._ready
+        return bool(ready) and ready[0].step <= step <= ready[-1].step and any(r.step == step for r in ready)
+
+    def lead(self, writer: int) -> float:
+        """How many steps ``writer`` is ahead of the slowest live writer that has logged: the
+        difference of their highest steps (``-inf`` for a writer that is not live or has not
+        logged yet). Entries of a writer with a low lead close rows; those of a writer far
+        ahead only add pending ones. Writers that have not logged do not count: they hold rows
+        back for a merge window at most (see :meth:`join`)."""
+        cursor = self._cursors.get(writer)
+        if cursor is None:
+            return float("-inf")
+        slowest = cursor[0]
+        for c in self._cursors.values():
+            if c is not None and c[0] < slowest:
+                slowest = c[0]
+        return cursor[0] - slowest
+
     # -- entries ----------------------------------------------------------------------------
 
     def define_metric(

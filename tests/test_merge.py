@@ -256,6 +256,27 @@ def test_finalize_everything_returns_all_pending_in_step_order():
     assert m.stats["pending"] == 0
 
 
+def test_lead_is_how_far_a_writer_is_ahead_of_the_slowest_one_that_logged():
+    m = Merger()
+    m.join(3)  # has not logged: counts for nobody's lead
+    m.add(1, [e(s, {"a": s}) for s in range(10)])
+    m.add(2, [e(0, {"b": 0}), e(1, {"b": 1}, commit=False)])
+    assert m.lead(1) == 8 and m.lead(2) == 0
+    assert m.lead(3) == float("-inf") and m.lead(4) == float("-inf")  # not logged; not live
+    m.leave(2)
+    assert m.lead(1) == 0
+
+
+def test_is_pending_tells_rows_added_and_not_emitted():
+    m = Merger()
+    m.add(1, [e(0, {"a": 0}), e(1, {"a": 1})])  # a lone writer's ready rows
+    assert m.is_pending(0) and m.is_pending(1) and not m.is_pending(2)
+    m.finalize()
+    assert not m.is_pending(0)
+    m.add(2, [e(5, {"b": 5}, commit=False)])
+    assert m.is_pending(5) and not m.is_pending(4)
+
+
 def test_writer_and_pending_counts():
     m = Merger()
     m.join(1)
