@@ -4,12 +4,21 @@ Stages, each one object reading one queue and writing the next (DESIGN §2):
 
 1. ``accept``: check the record's checksum, append it to the run's WAL (memory only).
 2. the committer: make the WAL durable (one write and fsync for everything appended since the
-   last one: group commit), acknowledge ``(writer, seq)`` to each connection, queue the records.
-3. the materializer: decode, merge steps across writers, keep the summary, write rows, config,
-   console and metadata into the store; report a writer's ``finish`` once it is all stored.
+   last one: group commit), acknowledge ``(writer, seq)`` to each connection, put the records
+   in the backlog.
+3. the materializer: take records from the backlog, decode, merge steps across writers, keep
+   the summary, write rows, config, console and metadata into the store (one transaction per
+   group of records); report a writer's ``finish`` once it is all stored.
 
 Raw records are durable before they are merged, so a crash never loses a half-built step: on
-restart the WAL is replayed from the store's cursor.
+restart the WAL is replayed from the store's cursor, through the same backlog.
+
+Memory stays bounded however far the materializer lags or the writers drift apart: the backlog
+keeps the bodies of at most ``MERGE_MEMORY`` bytes of records and reads the others back from
+the WAL (the WAL is the overflow buffer), and it serves the writer furthest behind first, so
+the merger's pending rows (the one state that grows with the drift) stay few. Past
+``MERGE_BACKLOG`` bytes waiting, writers ahead get no acks until the rest catch up: their
+bounded buffers then make ``log()`` wait.
 
 A run's destination (``info["dest"]``) picks what follows the commit: ``"local"`` (the default)
 runs stage 3 into the run root's store; ``"offline"`` keeps the WAL only (``trackside sync``
@@ -21,26 +30,37 @@ events of the host's own writer, so they travel with the run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import os
 import time
+from typing import NamedTuple, Optional
 
 import msgspec
 
 from trackside import _native as codec
-from trackside._native.constants import PARSE_OK, PARSE_REASONS, RECORD_EVENT, RECORD_LOG
+from trackside._native.constants import PARSE_OK, PARSE_REASONS, RECORD_EVENT, RECORD_HEADER_SIZE, RECORD_LOG
 from trackside.protocol import Ack, Done, Event, encode_event, event_decoder
 
 from .merger import Merger
 from .summary import Summary
 from .store import StoreError, check_artifact
-from .wal import WAL, WALError
+from .wal import WAL, WALError, read_record
 
 log = logging.getLogger("trackside.daemon")
 
-MERGE_QUEUE = 64  # committed groups waiting to be merged; past it, acks wait (backpressure)
-REPLAY_GROUP = 256  # WAL records materialized at a time when a run's stream restarts
+# 16 MiB of bodies is ~170,000 entries of 10 floats: seconds of a fast writer, a small share of
+# the daemon's memory (the same entries decoded and pending would take ten times as much)
+MERGE_MEMORY = 16 << 20  # bytes of waiting records kept in memory; the rest are read back from the WAL
+MERGE_BACKLOG = 64 << 20  # bytes of waiting records past which writers ahead get no acks (backpressure)
+# a pending row of 4 writers' 10 floats is ~3.5 KB: a lead of 4,096 steps, plus a batch and a
+# group of entries, keeps the merger to ~10,000 rows (~35 MB) whatever the drift
+MERGE_LEAD = 4096  # steps a writer may run ahead of the slowest live one before its records wait
+# ~5,500 entries of 10 floats: big enough that a transaction's fixed cost is small, small enough
+# that SQLite's cost per row stays flat (it grows in transactions of 16k rows)
+MERGE_GROUP = 512 << 10  # bytes of records merged into one store transaction
+REPLAY_GROUP = 256  # WAL records read at a time when a stream restarts or catches up
 SUMMARY_EVERY = 1.0  # seconds between summary snapshots written to the store while live
 
 
@@ -65,6 +85,118 @@ def read_writer_seq(body) -> tuple[int, int]:
             shift += 7
         out.append(n)
     return out[0], out[1]
+
+
+class Waiting(NamedTuple):
+    """A committed record in the backlog. The first six fields are those of a committed group's
+    tuples; ``body`` is None once memory let it go (read back from ``end - size``)."""
+
+    end: int  # WAL offset after the record
+    conn: object
+    writer: int
+    seq: int
+    rtype: int
+    body: Optional[memoryview]
+    size: int  # framed bytes, header included
+    since: float  # monotonic time it was committed
+
+
+class Backlog:
+    """Stage 3's queue: committed records waiting for the merger, per writer in WAL order.
+
+    Memory keeps the bodies of at most ``memory`` bytes of records; the others keep their place
+    in the WAL only. ``take`` serves the writer furthest behind first and holds back a writer
+    more than ``lead`` steps ahead of the slowest live writer (``Merger.lead``), so the merger's
+    pending rows stay few however far the writers drift apart. A record held back for a merge
+    window is served anyway: by then the merger would have let its rows go too.
+    """
+
+    def __init__(self, memory: int, lead: int):
+        self.memory = memory
+        self.lead = lead
+        self._queues: dict[int, collections.deque] = {}  # writer -> its waiting records (none: no entry)
+        self.records = 0
+        self.bytes = 0  # framed bytes of every waiting record
+        self.kept = 0  # framed bytes of the waiting records whose bodies are in memory
+        self.end = 0  # the end offset of the last record added
+
+    def add(self, end: int, conn, writer: int, seq: int, rtype: int, body, since: float, readable: bool) -> None:
+        """Queue one committed record. ``readable``: it is in the WAL's files, so its body may
+        be let go."""
+        size = RECORD_HEADER_SIZE + len(body)
+        if readable and self.kept + size > self.memory:
+            body = None
+        else:
+            self.kept += size
+        queue = self._queues.get(writer)
+        if queue is None:
+            queue = self._queues[writer] = collections.deque()
+        queue.append(Waiting(end, conn, writer, seq, rtype, body, size, since))
+        self.records += 1
+        self.bytes += size
+        self.end = end
+
+    def waiting(self, writer: int) -> bool:
+        """Whether ``writer`` has records in the backlog."""
+        return writer in self._queues
+
+    def served_through(self) -> int:
+        """A WAL offset every record before which has been taken."""
+        if not self._queues:
+            return self.end
+        return min(q[0].end - q[0].size for q in self._queues.values())
+
+    def ready(self, merger, now: float) -> bool:
+        """Whether ``take`` would serve a record now."""
+        return self._choose(merger, now, False) is not None
+
+    def take(self, merger, now: float, drain: bool = False) -> Optional[tuple[Waiting, bool]]:
+        """The record to merge next, and whether it was held back past the merge window (then
+        its rows are as old as the record); None while every waiting writer must wait for the
+        others. ``drain``: never wait (shutdown, replay)."""
+        chosen = self._choose(merger, now, drain)
+        if chosen is None:
+            return None
+        best, overdue = chosen
+        queue = self._queues[best]
+        rec = queue.popleft()
+        if not queue:
+            del self._queues[best]
+        self.records -= 1
+        self.bytes -= rec.size
+        if rec.body is not None:
+            self.kept -= rec.size
+        return rec, overdue
+
+    def _choose(self, merger, now: float, drain: bool) -> Optional[tuple[int, bool]]:
+        best = None
+        best_lead = 0.0
+        for writer in self._queues:
+            lead = merger.lead(writer)
+            if best is None or lead < best_lead:
+                best, best_lead = writer, lead
+        if best is None or best_lead <= self.lead or drain:
+            return None if best is None else (best, False)
+        # every waiting writer is far ahead of a live writer that has sent nothing newer
+        best = min(self._queues, key=lambda w: self._queues[w][0].since)
+        window = merger.merge_window
+        if window is None or now - self._queues[best][0].since < window:
+            return None
+        return best, True
+
+
+class _Group:
+    """What one store transaction gathers while its records are merged."""
+
+    __slots__ = ("records", "config", "meta", "console", "finished", "system")
+
+    def __init__(self):
+        self.records: list = []
+        self.config: dict = {}
+        self.meta: dict = {}
+        self.console: list = []
+        self.finished: list = []
+        self.system: list = []
 
 
 class RunStream:
@@ -112,7 +244,12 @@ class RunStream:
         self.next_step = 0
         self._pending: list = []  # (end offset, connection, writer, seq, type, body)
         self._wanted = asyncio.Event()
-        self._merge_queue: asyncio.Queue = asyncio.Queue(MERGE_QUEUE)
+        self._backlog = Backlog(MERGE_MEMORY, MERGE_LEAD)
+        self._merge_wanted = asyncio.Event()  # set when the backlog gained records, or time passed
+        self._tick = False  # the ticker asks for a finalize even with nothing to merge
+        self._committed_all = False  # closing: the committer has handed over its last records
+        self._unstored = 0  # committed records not yet through the store (backlog included)
+        self._held_acks: dict = {}  # connection -> (writer, seq): acks held back (backpressure)
         self._closing = False
         self.idle_since: float | None = None
         self._last_summary = 0.0
@@ -120,7 +257,6 @@ class RunStream:
         self._tasks: list[asyncio.Task] = []
         self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
-        self._unmerged = 0  # committed groups not yet through the materializer
         self._durable_waiters: list = []  # (WAL offset, future): resolved once the WAL is durable there
 
     # -- start and recovery ------------------------------------------------------------------
@@ -133,7 +269,8 @@ class RunStream:
             self._read_from = cursor
             await self.catch_up()
             return
-        replay = []
+        self._backlog.end = cursor  # everything before it is stored
+        now = time.monotonic()
         replayed = 0
         for rec in self.wal.records():
             if rec.type == RECORD_LOG:
@@ -144,14 +281,15 @@ class RunStream:
             if seq > self.seqs.get(writer, 0):
                 self.seqs[writer] = seq
             if rec.offset >= cursor:
-                replay.append((rec.end, None, writer, seq, rec.type, rec.body))
+                self._backlog.add(rec.end, None, writer, seq, rec.type, memoryview(rec.body), now, True)
+                self._unstored += 1
                 replayed += 1
-                if len(replay) >= REPLAY_GROUP:  # bounded memory, however long the backlog
-                    await self._materialize(replay)
-                    replay = []
-        if replay:
-            await self._materialize(replay)
+                if replayed % REPLAY_GROUP == 0:
+                    # merge what the backlog serves; records of writers far ahead wait for the
+                    # others' to be read, so memory stays bounded however long the backlog
+                    await self._merge_backlog()
         if replayed:
+            await self._merge_backlog(drain=True)
             log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
         self._tasks = [
             asyncio.create_task(self._committer(), name=f"commit-{self.run_id}"),
@@ -315,25 +453,52 @@ class RunStream:
                     self.error = None
                 if self._durable_waiters:
                     self._wake_durable(group[-1][0])
+                fresh = [g for g in group if g[4] is not None]
+                if self.local and fresh:
+                    now = time.monotonic()
+                    written = self.wal.written_offset
+                    for end, conn, writer, seq, rtype, body in fresh:
+                        self._backlog.add(end, conn, writer, seq, rtype, body, now, end <= written)
+                    self._unstored += len(fresh)
+                    self._merge_wanted.set()
                 acks: dict = {}
                 for _, conn, writer, seq, _, _ in group:
                     if conn is not None:
-                        acks[conn] = seq
-                for conn, seq in acks.items():
-                    conn.send(Ack(seq))
-                fresh = [g for g in group if g[4] is not None]
+                        acks[conn] = (writer, seq)
+                for conn, (writer, seq) in acks.items():
+                    self._ack(conn, writer, seq)
                 if not self.local:
                     try:
                         self._committed_without_store(fresh)
                     except Exception:  # a bug here must not stop acks: the WAL has the records
                         log.exception("run %s: after-commit work failed", self.run_id)
-                elif fresh:
-                    self._unmerged += 1
-                    await self._merge_queue.put(fresh)
             if self._closing and not self._pending:
                 if self.local:
-                    await self._merge_queue.put(None)
+                    self._committed_all = True
+                    self._merge_wanted.set()
                 return
+
+    def _backlog_full(self) -> bool:
+        # a waiting record costs memory of its own (~256 bytes) even when its body is on disk
+        return self._backlog.bytes + 256 * self._backlog.records > MERGE_BACKLOG
+
+    def _ack(self, conn, writer: int, seq: int) -> None:
+        """Acknowledge a durable batch; while the backlog is full, a writer with records waiting
+        in it gets its ack later (``_release_acks``), so its bounded buffer makes it wait."""
+        if self._backlog_full() and self._backlog.waiting(writer):
+            self._held_acks[conn] = (writer, seq)
+        else:
+            self._held_acks.pop(conn, None)
+            conn.send(Ack(seq))
+
+    def _release_acks(self) -> None:
+        if not self._held_acks:
+            return
+        full = self._backlog_full()
+        for conn, (writer, seq) in list(self._held_acks.items()):
+            if not full or not self._backlog.waiting(writer) or self._closing:
+                del self._held_acks[conn]
+                conn.send(Ack(seq))
 
     def _committed_without_store(self, group) -> None:
         """Offline or uploading, a writer's finish is done once its records are durable."""
@@ -349,44 +514,110 @@ class RunStream:
 
     async def _materializer(self) -> None:
         while True:
-            group = await self._merge_queue.get()
-            if group is None:
-                return
+            await self._merge_wanted.wait()
+            self._merge_wanted.clear()
             try:
-                await self._materialize(group)
+                await self._merge_backlog(drain=self._committed_all)
             except Exception:  # a bug here must not stop ingestion: the WAL keeps the data
                 log.exception("run %s: materializing failed; the WAL keeps the records", self.run_id)
-            finally:
-                if group:
-                    self._unmerged -= 1
+                if self._committed_all:
+                    return  # what is left waits in the WAL for the next start (see complete)
+            if self._committed_all and not self._backlog.records:
+                return
+
+    async def _merge_backlog(self, drain: bool = False) -> None:
+        """Merge and store what the backlog serves, a group at a time, until it serves nothing.
+        (The next group is not merged while one is stored: both need the GIL, and the store
+        thread, waiting for it after each SQLite call, slows down more than merging gains.)"""
+        while True:
+            group = await self._next_group(drain)
+            if group is None:
+                return
+            await self._store_group(*group)
+
+    async def _next_group(self, drain: bool):
+        """Merge records the backlog serves, up to ``MERGE_GROUP`` bytes, and finalize: the
+        store call's arguments and the records, or None when there is nothing to store."""
+        now = time.monotonic()
+        group = _Group()
+        size = 0
+        while size < MERGE_GROUP:
+            served = self._backlog.take(self.merger, now, drain)
+            if served is None:
+                break
+            rec, overdue = served
+            group.records.append(rec)
+            size += rec.size
+            try:
+                body = rec.body
+                if body is None:
+                    found = await asyncio.get_running_loop().run_in_executor(
+                        self._io_pool, read_record, self.wal.directory, rec.end - rec.size, rec.end,
+                        self._report_damage)
+                    if found is None:  # damaged on disk since it was written: reported
+                        continue
+                    body = found.body
+                # held back past the merge window: its rows are as old as the record, so the
+                # merger lets them go at once instead of a window later
+                await self._feed(group, rec.conn, rec.writer, rec.seq, rec.rtype, body, rec.since if overdue else now)
+            except Exception:  # a bug here must not stop ingestion: the WAL keeps the record
+                log.exception("run %s: merging writer %d's batch %d failed", self.run_id, rec.writer, rec.seq)
+        if not group.records and not (self._tick and self.merger.pending()):
+            return None
+        self._tick = False  # an empty group is the ticker's: rows the merge window let go
+        try:
+            return self._changes(group, now, self._backlog.served_through()), group.records
+        except Exception:
+            self._unstored -= len(group.records)
+            raise
+
+    async def _store_group(self, changes: dict, records: list) -> None:
+        try:
+            await self._store(**changes)
+            self._send_done(records)
+        finally:
+            self._unstored -= len(records)
+            self._release_acks()
 
     async def _materialize(self, group) -> None:
+        """Merge and store ``group`` (committed-group tuples, in WAL order) in one transaction."""
         now = time.monotonic()
-        config: dict = {}
-        meta: dict = {}
-        console: list = []
-        finished: list = []
-        system: list = []
+        g = _Group()
         for end, conn, writer, seq, rtype, body in group:
-            if rtype == RECORD_LOG:
-                _, _, entries = codec.decode_batch(body)
-                if any(e[4] is not None for e in entries):
-                    entries = [self._with_payload(e, writer, seq) for e in entries]
-                if writer not in self.merger.writers:
-                    self.merger.join(writer)
-                self.merger.add(writer, entries, now)
-                self.stats["entries"] += len(entries)
-                continue
-            ev = event_decoder.decode(body)
-            try:
-                await self._apply_event(ev, conn, config, meta, console, finished, system)
-            except (ValueError, TypeError, AttributeError) as e:  # one writer's bad event
-                self._warn(f"ignored {ev.kind!r} event of writer {writer} (seq {seq}): {e}")
+            await self._feed(g, conn, writer, seq, rtype, body, now)
+        await self._store(**self._changes(g, now, group[-1][0] if group else None))
+        self._send_done(group)
+
+    async def _feed(self, group: "_Group", conn, writer: int, seq: int, rtype: int, body, now: float) -> None:
+        """One record into the merger (a LOG record) or into ``group`` (an event)."""
+        if rtype == RECORD_LOG:
+            _, _, entries = codec.decode_batch(body)
+            if any(e[4] is not None for e in entries):
+                entries = [self._with_payload(e, writer, seq) for e in entries]
+            if writer not in self.merger.writers:
+                self.merger.join(writer)
+            dropped = self.merger.stats["late_dropped"]
+            self.merger.add(writer, entries, now)
+            if self.merger.stats["late_dropped"] != dropped and self._typed_steps:
+                # late entries dropped (late_steps="drop") make no row that would take their
+                # steps out of _typed_steps
+                self._typed_steps = {s for s in self._typed_steps if self.merger.is_pending(s)}
+            self.stats["entries"] += len(entries)
+            return
+        ev = event_decoder.decode(body)
+        try:
+            await self._apply_event(ev, conn, group.config, group.meta, group.console, group.finished, group.system)
+        except (ValueError, TypeError, AttributeError) as e:  # one writer's bad event
+            self._warn(f"ignored {ev.kind!r} event of writer {writer} (seq {seq}): {e}")
+
+    def _changes(self, group: "_Group", now: float, fed_through: Optional[int]) -> dict:
+        """Finalize after ``group``: the store call's arguments. ``fed_through``: every record
+        before this WAL offset is merged."""
+        finished = group.finished
         everything = bool(finished) and self.merger.live_writers() == 0
         rows = self.merger.finalize(now, everything=everything)
-        # the WAL cursor moves only past records whose rows are all stored (an empty group is
-        # the ticker's: rows the merge window let go)
-        cursor = group[-1][0] if group and self.merger.pending() == 0 else None
+        # the WAL cursor moves only past records whose rows are all stored
+        cursor = fed_through if self.merger.pending() == 0 else None
         if rows:
             self.summary.update(rows)
             self._summary_dirty = True
@@ -404,30 +635,22 @@ class RunStream:
             # replayed later (sync, a server): the run ended around its last row, not now
             final_state += (max(rows[-1].time_us / 1e6, 0.0),)
         artifacts, self._artifacts = self._artifacts, []
-        await self._store(
-            rows=rows,
-            typed_steps=self._take_typed(rows),
-            config=config,
-            metadata=meta,
-            console=console,
-            summary=summary,
-            cursor=cursor,
-            final_state=final_state,
-            artifacts=artifacts,
-            system=system,
-        )
-        self._send_done(group)
+        return dict(rows=rows, typed_steps=self._take_typed(rows), config=group.config, metadata=group.meta,
+                    console=group.console, summary=summary, cursor=cursor, final_state=final_state,
+                    artifacts=artifacts, system=group.system)
 
     def _send_done(self, group) -> None:
         """Tell each finished writer how far it is done: its finish and whatever it sent after
         (console lines flushed at exit ride behind the finish event)."""
         done: dict = {}
-        for _, conn, writer, seq, _, _ in group:
+        for _, conn, writer, seq, *_ in group:
             if conn is not None and writer in self.finished_writers:
                 done[conn] = seq
         for conn, seq in done.items():
+            held = self._held_acks.pop(conn, None)
+            if held is not None:
+                conn.send(Ack(held[1]))  # stored is durable: no writer hears Done before its Ack
             conn.send(Done(seq))
-
 
     async def _apply_event(self, ev, conn, config, meta, console, finished, system) -> None:
         kind, data, writer, seq = ev.kind, ev.data, ev.writer, ev.seq
@@ -504,11 +727,13 @@ class RunStream:
             return
 
     async def _ticker(self) -> None:
-        """Finalize rows held back by a silent writer once the merge window passes."""
+        """Finalize rows held back by a silent writer once the merge window passes; serve the
+        records the backlog held back for one."""
         while True:
             await asyncio.sleep(1.0)
-            if self.merger.pending() and self._merge_queue.empty():
-                await self._merge_queue.put([])
+            if self.merger.pending() or self._backlog.records:
+                self._tick = True
+                self._merge_wanted.set()
 
     # -- system metrics ----------------------------------------------------------------------------
 
@@ -548,17 +773,19 @@ class RunStream:
         stored, or everything uploaded; an offline run waits for ``trackside sync``)."""
         if self.uploader is not None:
             return self.uploader.caught_up()
-        return not self.local or self.merger.pending() == 0
+        return not self.local or (self.merger.pending() == 0 and not self._backlog.records)
 
     def settled(self) -> bool:
         """Everything appended is durable and through the materializer (rows a live writer
-        still holds back may wait in the merger)."""
-        return not self._pending and self._unmerged == 0
+        still holds back may wait in the merger, records of writers far ahead of it in the
+        backlog)."""
+        return (not self._pending and self._unstored == self._backlog.records
+                and not self._backlog.ready(self.merger, time.monotonic()))
 
     def idle(self) -> bool:
         if self.uploader is not None and not self.uploader.caught_up():
             return False
-        return not self.connections and not self._pending and self._merge_queue.empty()
+        return not self.connections and not self._pending and self._unstored == 0
 
     async def close(self) -> None:
         """Drain: commit what is appended, merge and store it, fsync and close the WAL."""
@@ -581,6 +808,7 @@ class RunStream:
         ticker.cancel()
         await committer
         await materializer
+        self._release_acks()
         rows = self.merger.finalize(time.monotonic(), everything=False)
         if rows or self._summary_dirty:
             self.summary.update(rows)
@@ -635,7 +863,7 @@ class RunStream:
             "connections": len(self.connections),
             "wal_bytes": self.wal.end_offset if self.wal else self._read_from,
             "durable_offset": self.wal.durable_offset if self.wal else self._read_from,
-            "merge_backlog": self._merge_queue.qsize(),
+            "merge_backlog": self._backlog.records,
             "pending_rows": self.merger.pending(),
             "error": self.error,
             "dest": self.dest,

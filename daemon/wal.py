@@ -1,8 +1,8 @@
 """The write-ahead log: every record the daemon receives is appended here before anything else.
 
 A WAL is a directory of segment files in the format of ``native/FORMAT.md``. One process writes
-(``WAL``, which holds a lock on the directory); any number read (``read_records``, ``verify``),
-also while it writes.
+(``WAL``, which holds a lock on the directory); any number read (``read_records``,
+``read_record``, ``verify``), also while it writes.
 
 Contracts:
 
@@ -61,6 +61,7 @@ __all__ = [
     "WALError",
     "WALFormatError",
     "WALStats",
+    "read_record",
     "read_records",
     "verify",
 ]
@@ -384,6 +385,36 @@ def read_records(directory: str, start: int = 0, reporter: Optional[Reporter] = 
     """
     parse = (codec or _native).parse_record
     yield from _iter_records(os.fspath(directory), start, reporter or _log_damage, parse, stop)
+
+
+def read_record(directory: str, offset: int, end: int, reporter: Optional[Reporter] = None, *,
+                codec=None) -> Optional[Record]:
+    """The one record from logical ``offset`` to ``end`` (a ``Record``'s, or an append's start
+    and end), read with a single ``pread`` once it is in the files (``written_offset``): the
+    way back to a record whose bytes were let go from memory. None, with the damage reported
+    to ``reporter``, when the bytes there are not that record."""
+    directory = os.fspath(directory)
+    report = reporter or _log_damage
+    segments = _list_segments(directory)
+    k = bisect.bisect_right([b for b, _ in segments], offset) - 1
+    if k < 0:
+        report(directory, offset, end - offset, "no segment holds the record")
+        return None
+    base, path = segments[k]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # deleted by a retention policy
+        report(path, offset, end - offset, "the segment is gone")
+        return None
+    try:
+        data = os.pread(fd, end - offset, HEADER + offset - base)
+    finally:
+        os.close(fd)
+    status, rtype, body_start, body_end = (codec or _native).parse_record(data)
+    if status != PARSE_OK or body_end != len(data):
+        report(path, offset, end - offset, PARSE_REASONS.get(status, _CUT_OFF))
+        return None
+    return Record(offset, rtype, data[body_start:body_end], end)
 
 
 def verify(directory: str, reporter: Optional[Reporter] = None, *, codec=None) -> Verification:
