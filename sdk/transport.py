@@ -181,11 +181,13 @@ class Client:
             enc = self._enc
             n = enc.add(step, commit, time_us, values, payload)
             full = n >= self.batch_entries or enc.nbytes >= self.batch_bytes
-            if full and (n >= 4 * self.batch_entries or enc.nbytes >= 4 * self.batch_bytes):
-                # the flusher is stuck (a busy or paused daemon): frame here, so that no batch
-                # outgrows the WAL's record limit and its bytes count against max_buffer
+            if full:
+                # framed here, not by the flusher: while this thread logs, the flusher waits
+                # for the GIL for milliseconds and batches grew to 4x the size, which the daemon
+                # merges and stores slower per entry; one call in batch_entries pays for it
+                # (~0.1 ms for 4,096 entries of 10 floats), and its bytes count against max_buffer
                 self._frame_batch()
-        if full and not self._wake.is_set():  # the flusher clears it before it takes the batch
+        if full and not self._wake.is_set():  # the flusher sends what is framed
             self._wake.set()
 
     def _wait_for_room(self) -> bool:

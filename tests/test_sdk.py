@@ -416,3 +416,30 @@ print("finish took", time.monotonic() - t)
     out = run_script(code, ts.env, timeout=60).stdout
     took = float(out.split("finish took")[1])
     assert took < 10, out
+
+
+def test_log_frames_each_full_batch_itself(ts):
+    """A batch is framed by the log() call that fills it, not when the flusher gets round to
+    it (a thread that logs flat out keeps the flusher from the GIL): no batch holds more than
+    batch_entries entries, so the daemon merges and stores in steps of a bounded size."""
+    from trackside import _native as codec
+    from trackside._native.constants import RECORD_LOG
+
+    run = trackside.init(project="p")
+    run.log({"a": -1})
+    assert run._client.flush()
+    resume = _pause_daemon(ts)
+    try:
+        for i in range(30_000):
+            run.log({"a": i, "b": i * 0.5})
+        sizes = []
+        for record in list(run._client._unacked.values()):
+            _, rtype, start, end = codec.parse_record(record)
+            if rtype == RECORD_LOG:
+                sizes.append(len(codec.decode_batch(memoryview(record)[start:end])[2]))
+        assert sum(sizes) >= 30_000 - run._client.batch_entries  # what is not framed yet is in the encoder
+        assert max(sizes) <= run._client.batch_entries
+    finally:
+        resume()
+    run.finish()
+    assert len(history(run)) == 30_001
