@@ -258,6 +258,9 @@ class RunStream:
         self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
         self._durable_waiters: list = []  # (WAL offset, future): resolved once the WAL is durable there
+        # the WAL is durable and every batch acknowledged up to here: the WAL's own durable
+        # offset runs ahead while the committer has not sent the acks of its group yet
+        self._acked_through = self.wal.durable_offset if self.wal is not None else 0
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -408,9 +411,10 @@ class RunStream:
         return new, self._pending[-1][0]
 
     async def durable(self, offset: int) -> None:
-        """Return once the WAL is durable up to ``offset`` (waits, without limit, while the
-        disk refuses writes: backpressure)."""
-        if self.wal.durable_offset >= offset and not self._pending:
+        """Return once the WAL is durable up to ``offset`` and the batches before it have
+        their acks sent (or held: backpressure); waits, without limit, while the disk refuses
+        writes."""
+        if self._acked_through >= offset and not self._pending:
             return
         fut = asyncio.get_running_loop().create_future()
         self._durable_waiters.append((offset, fut))
@@ -451,8 +455,6 @@ class RunStream:
                 if self.error is not None:
                     log.info("run %s: WAL writes work again", self.run_id)
                     self.error = None
-                if self._durable_waiters:
-                    self._wake_durable(group[-1][0])
                 fresh = [g for g in group if g[4] is not None]
                 if self.local and fresh:
                     now = time.monotonic()
@@ -467,6 +469,9 @@ class RunStream:
                         acks[conn] = (writer, seq)
                 for conn, (writer, seq) in acks.items():
                     self._ack(conn, writer, seq)
+                self._acked_through = group[-1][0]
+                if self._durable_waiters:
+                    self._wake_durable(group[-1][0])
                 if not self.local:
                     try:
                         self._committed_without_store(fresh)
