@@ -138,6 +138,11 @@ class SQLite:
             )
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate the -wal file back to 64 MiB
+        # checkpoint every 64 MiB of WAL instead of SQLite's 8 MiB: the pages that history
+        # inserts touch again and again (the B-tree's right edge) are copied back once per
+        # checkpoint, so fewer checkpoints copy far less (about a quarter of the store's time at
+        # the default, measured with bench_ingest); readers of a longer WAL pay little for it
+        conn.execute(f"PRAGMA wal_autocheckpoint = {(64 << 20) // PAGE_SIZE}")
         conn.execute("PRAGMA cache_size = -16384")  # 16 MiB
 
     def register_merge(self, merge: Callable[[bytes, bytes], bytes]) -> None:
