@@ -87,6 +87,19 @@ def read_writer_seq(body) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def record_writer_seq(rtype: int, body) -> tuple[int, int]:
+    """``(writer, seq)`` of a LOG or EVENT record's body; BadRecord for anything else."""
+    if rtype == RECORD_LOG:
+        return read_writer_seq(body)
+    if rtype != RECORD_EVENT:
+        raise BadRecord(f"record type {rtype} is not a LOG or EVENT record")
+    try:
+        ev = event_decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise BadRecord(f"malformed event: {e}") from None
+    return ev.writer, ev.seq
+
+
 class Waiting(NamedTuple):
     """A committed record in the backlog. The first six fields are those of a committed group's
     tuples; ``body`` is None once memory let it go (read back from ``end - size``)."""
@@ -276,11 +289,7 @@ class RunStream:
         now = time.monotonic()
         replayed = 0
         for rec in self.wal.records():
-            if rec.type == RECORD_LOG:
-                writer, seq = read_writer_seq(rec.body)
-            else:
-                ev = event_decoder.decode(rec.body)
-                writer, seq = ev.writer, ev.seq
+            writer, seq = record_writer_seq(rec.type, rec.body)
             if seq > self.seqs.get(writer, 0):
                 self.seqs[writer] = seq
             if rec.offset >= cursor:
@@ -318,11 +327,7 @@ class RunStream:
 
         group = []
         for rec in read_records(os.path.join(self.dir, "wal"), self._read_from, reporter=self._report_damage):
-            if rec.type == RECORD_LOG:
-                writer, seq = read_writer_seq(rec.body)
-            else:
-                ev = event_decoder.decode(rec.body)
-                writer, seq = ev.writer, ev.seq
+            writer, seq = record_writer_seq(rec.type, rec.body)
             group.append((rec.end, None, writer, seq, rec.type, rec.body))
             self.stats["records"] += 1
             if len(group) >= REPLAY_GROUP:
@@ -333,11 +338,7 @@ class RunStream:
         """Offline or uploading: recover the writers' seqs; the uploader (if any) goes on from
         its own cursor."""
         for rec in self.wal.records():
-            if rec.type == RECORD_LOG:
-                writer, seq = read_writer_seq(rec.body)
-            else:
-                ev = event_decoder.decode(rec.body)
-                writer, seq = ev.writer, ev.seq
+            writer, seq = record_writer_seq(rec.type, rec.body)
             if seq > self.seqs.get(writer, 0):
                 self.seqs[writer] = seq
         self._tasks = [asyncio.create_task(self._committer(), name=f"commit-{self.run_id}")]
@@ -395,17 +396,7 @@ class RunStream:
         status, rtype, start, end = codec.parse_record(record)
         if status != PARSE_OK or end != len(record):
             raise BadRecord(f"record: {PARSE_REASONS.get(status, 'record does not fill the frame')}")
-        body = memoryview(record)[start:end]
-        if rtype == RECORD_LOG:
-            writer, seq = read_writer_seq(body)
-        elif rtype == RECORD_EVENT:
-            try:
-                ev = event_decoder.decode(body)
-            except msgspec.DecodeError as e:
-                raise BadRecord(f"malformed event: {e}") from None
-            writer, seq = ev.writer, ev.seq
-        else:
-            raise BadRecord(f"record type {rtype} is not a LOG or EVENT record")
+        writer, seq = record_writer_seq(rtype, memoryview(record)[start:end])
         new = seq > self.seqs.get(writer, 0)
         self.accept(None, writer, seq, record)
         return new, self._pending[-1][0]
