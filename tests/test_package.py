@@ -44,3 +44,13 @@ def test_no_extensions_forces_the_twin():
     p = subprocess.run([sys.executable, "-c", "import trackside._native as n; print(n.IMPLEMENTATION)"],
                        capture_output=True, text=True, timeout=60, env=dict(os.environ, TRACKSIDE_NO_EXTENSIONS="1"))
     assert p.stdout.strip() == "python"
+
+
+def test_a_run_root_named_trackside_in_the_scripts_folder_does_not_shadow_the_package(tmp_path):
+    """`./trackside` is the default run root, so training scripts live beside a folder named like
+    the package; `import trackside` must still find the package (README: install editable in
+    strict mode)."""
+    (tmp_path / "trackside" / "runs").mkdir(parents=True)
+    p = subprocess.run([sys.executable, "-c", "import trackside; print(trackside.init.__name__)"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "init", p.stderr
