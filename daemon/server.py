@@ -38,7 +38,6 @@ from trackside.protocol import (
     pack,
 )
 
-from .store import Store
 from . import registry
 from .signals import drain_on_signals
 from .sink import StoreHandle, run_info

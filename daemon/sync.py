@@ -143,10 +143,14 @@ async def _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_prog
         await task
     finally:
         task.cancel()
-    _report(progress, uploader, run_dir, on_progress)
     if uploader.error:
+        _report(progress, uploader, run_dir, on_progress)
         progress.error = uploader.error
         raise SyncError(f"run {run_id}: {uploader.error}")
+    _report(progress, uploader, run_dir, None)
+    progress.done_bytes = progress.total_bytes  # all sent (the WAL's bytes count its segment headers too)
+    if on_progress is not None:
+        on_progress(progress)
 
 
 def _report(progress, uploader, run_dir, on_progress) -> None:

@@ -227,10 +227,12 @@ def _sync(args) -> int:
     show = None
     bar = None
     if not args.quiet and sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # on stderr, like the check above: stdout keeps only the summary lines
         bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                       transient=False)
+                       console=Console(stderr=True), transient=False)
         tasks = {}
 
         def show(p):
