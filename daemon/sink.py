@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import logging
 import os
 import re
@@ -31,6 +32,13 @@ from .store import Store
 from .stream import BadRecord, RunStream
 
 log = logging.getLogger("trackside.sink")
+
+LOCK_NAME = "sink.lock"  # held by the one process that writes a root's run WALs through a sink
+
+
+class SinkBusy(RuntimeError):
+    """Another process (a ``trackside server`` or ``trackside sync``) stores into this root."""
+
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 IDLE_CLOSE = 30.0  # seconds a run's stream stays open after its last upload
@@ -103,18 +111,33 @@ class LocalSink:
         self.handle: StoreHandle | None = None
         self.io_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sink-wal")
         self._idle_task: asyncio.Task | None = None
+        self._lock_fd: int | None = None
         self.stats = {"uploads": 0, "records": 0, "duplicates": 0, "files": 0, "file_bytes": 0}
 
     async def start(self) -> None:
         """Open the store, and finish materializing any run whose WAL is ahead of the store
         (a sink stopped between making records durable and storing them)."""
         os.makedirs(os.path.join(self.root, "runs"), exist_ok=True)
+        self._take_lock()
         loop = asyncio.get_running_loop()
         self.handle = await loop.run_in_executor(None, StoreHandle, self.root, self.db)
         for run_id in await loop.run_in_executor(None, self._runs_behind):
             stream = await self._open(run_id, {})
             await self._close(run_id, stream)
         self._idle_task = asyncio.create_task(self._close_idle())
+
+    def _take_lock(self) -> None:
+        """One writer per root: two processes appending to one run's WAL would interleave
+        records, so a second server (or a sync) on the same root is refused."""
+        path = os.path.join(self.root, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SinkBusy(f"{self.root} is in use by another trackside server or sync (it holds {path}); "
+                           f"stop it, or use another root") from None
+        self._lock_fd = fd
 
     def _runs_behind(self) -> list[str]:
         runs = os.path.join(self.root, "runs")
@@ -250,3 +273,6 @@ class LocalSink:
             self.handle.close()
             self.handle = None
         self.io_pool.shutdown()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .sink import LocalSink, StoreHandle, run_info
+from .sink import LocalSink, SinkBusy, StoreHandle, run_info
 from .stream import RunStream
 from .uploader import MAX_RECORDS, RemoteDestination, SinkDestination, Uploader
 
@@ -110,7 +110,10 @@ async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bo
                     if sink is not None:
                         await sink.close()
                     sink = LocalSink(target)
-                    await sink.start()
+                    try:
+                        await sink.start()
+                    except SinkBusy as e:
+                        raise SyncError(str(e)) from None
                     dest = SinkDestination(sink)
                 await _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval,
                                       max_records)

@@ -45,7 +45,7 @@ from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
 from .signals import drain_on_signals
-from .sink import LocalSink, check_file_path
+from .sink import LocalSink, SinkBusy, check_file_path
 from .store import StoreError
 from .stream import BadRecord
 
@@ -512,7 +512,10 @@ class TeamServer:
     async def start(self) -> int:
         """Open the store (storing what a previous life left in the WAL) and listen; returns
         the bound port. Call ``close()`` afterwards, also when this raised."""
-        await self.sink.start()
+        try:
+            await self.sink.start()
+        except SinkBusy as e:
+            raise ConfigError(str(e)) from None
         from trackside.api import Api
 
         loop = asyncio.get_running_loop()

@@ -337,3 +337,19 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
     subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
                    capture_output=True, timeout=60)
     assert_complete(server.url, run_id, 100, timeout=60)
+
+
+def test_one_root_takes_one_server_and_no_sync_beside_it(ts, servers, tmp_path):
+    root = tmp_path / "server"
+    server = servers.start(root)
+    second = servers.start(root, expect_start=False)
+    assert second.proc.wait(30) == 2
+    assert "in use by another trackside server or sync" in second.output
+    run = trackside.init(project="p")
+    run.log({"a": 1})
+    run.finish()
+    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", os.path.join(ts.root, "runs", run.id),
+                        "--to", str(root)], env=ts.env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "in use by another trackside server or sync" in p.stderr
+    # the first server is unharmed
+    assert trackside.Api(server.url).runs() == []
