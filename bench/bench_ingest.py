@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import emit, median, parser  # noqa: E402
-from trackside.profiler import DaemonMonitor  # noqa: E402
-from trackside.profiler import Scenario as ProfilerScenario  # noqa: E402
+from trackside.profiler import Scenario  # noqa: E402
 
 # this file's writer modes, as options of trackside bench's writer (trackside.profiler.writer_main)
 MODES = {
@@ -53,88 +51,17 @@ TARGET_RSS_MB = 150.0
 TARGET_FINISH_MS = 200.0
 
 
-# -- the writer process ---------------------------------------------------------------------------
-
-# -- the parent: one isolated scenario ------------------------------------------------------------
-
-class Scenario(ProfilerScenario):
-    """``trackside bench``'s scenario and writer (temp folders, writers, clean-up) with its own
-    run(): one writer mode, the store's row count awaited at the end."""
-
-    def __init__(self, durability: str, records: int, keys: str, rate: float = 0):
-        super().__init__({"durability": durability, "records": records, "keys": keys, "rate": rate})
-
-    def run(self, writers: int, mode: str) -> dict:
-        first = self.start_writer(0, **MODES[mode])
-        self.read(first)  # init() returned: the daemon runs and the run exists
-        others = [self.start_writer(r, **MODES[mode]) for r in range(1, writers)]
-        for p in others:
-            self.read(p)
-        from trackside import discovery
-
-        info = discovery.read_info(self.daemon_dir)
-        self.daemon_pid = info["pid"]
-        mon = DaemonMonitor(self.daemon_pid)
-        mon.start()
-        for p in self.procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        results = [self.read(p) for p in self.procs]
-        mon.stop()
-        for p in self.procs:
-            p.wait(30)
-        for f in self._errs:
-            f.flush()
-        warnings = []
-        for r in range(writers):
-            with open(os.path.join(self.tmp, f"writer{r}.err"), errors="replace") as f:
-                warnings += [f"writer {r}: {line.strip()}" for line in f if line.startswith("trackside:")]
-        expected = self.spec["records"]
-        rows, stored_at = self._wait_rows(expected, timeout=30.0 if not warnings else 2.0)
-        t0 = min(r["first_log"] for r in results)
-        t_fin = max(r["finished"] for r in results)
-        t_end = max(t_fin, stored_at) if rows == expected else t_fin
-        total = self.spec["records"] * writers
-        return {
-            "writers": writers,
-            "records": total,
-            "rows_stored": rows,
-            "rows_expected": expected,
-            "seconds": (t_end - t0) / 1e9,
-            "records_per_s": total / ((t_end - t0) / 1e9),
-            "log_loop_s": max((r["last_log"] - r["first_log"]) / 1e9 for r in results),
-            "finish_after_last_log_ms": max((r["finished"] - r["last_log"]) / 1e6 for r in results),
-            "finish_after_all_logs_ms": (t_fin - max(r["last_log"] for r in results)) / 1e6,
-            **mon.figures(),
-            "writer_warnings": warnings,
-            "writer_results": results,
-        }
-
-    def _wait_rows(self, expected: int, timeout: float = 30.0) -> tuple[int, int]:
-        """The store's history row count once it reaches ``expected`` (or the timeout)."""
-        from trackside import Api
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with Api(self.root) as api:
-                    view = api.run(self.run_id)
-                    while True:
-                        rows = view.refresh().history_rows
-                        if rows >= expected or time.monotonic() > deadline:
-                            return rows, time.monotonic_ns()
-                        time.sleep(0.01)
-            except (OSError, KeyError):  # no store or no run yet: a failed run
-                if time.monotonic() > deadline:
-                    return 0, time.monotonic_ns()
-                time.sleep(0.05)
+# -- one isolated scenario: trackside bench's (temp folders, writers, daemon monitor, clean-up) ----
 
 def scenario(args, writers: int, mode: str, rate: float = 0) -> dict:
-    s = Scenario(args.durability, args.records, args.keys, rate)
+    s = Scenario({"durability": args.durability, "records": args.records, "keys": args.keys, "rate": rate})
     try:
-        return s.run(writers, mode)
+        res = s.run(writers, **MODES[mode])
     finally:
         s.close()
+    res.pop("store_samples", None)  # the store poll's series: trackside bench plots it, this file does not
+    res.pop("t0", None)
+    return res
 
 
 def repeated(args, writers: int) -> dict:
