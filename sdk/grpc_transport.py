@@ -80,29 +80,19 @@ class GrpcClient(Client):
             raise OSError(f"gRPC {address}: {e.code().name}: {e.details()}") from None  # retried
         self.welcome = Welcome(w.protocol, w.acked_seq, w.run_dir, w.next_step)
         requests: queue.SimpleQueue = queue.SimpleQueue()
-        with self._acked:
-            self._ack(w.acked_seq)
-            resend = list(self._unacked.items())  # the outbox is a subset: sent below
-            self._outbox.clear()
-            self._gen += 1
-            gen = self._gen
+        resend, gen = self._welcomed(w.acked_seq)
         self._pb = pb
-        for seq, record in resend:
-            requests.put(pb.Batch(run_id=self.run_id, writer=self.writer, seq=seq, record=record))
+        link = _Link(channel, requests)
+        self._send(link, resend)
         responses = stub.Send(iter(requests.get, None))
-        self._sock = _Link(channel, requests)
+        self._sock = link
         threading.Thread(target=self._grpc_reader, args=(responses, gen), name="trackside-acks",
                          daemon=True).start()
 
-    def _send_pending(self) -> None:
-        self._take()
-        with self._lock:
-            records, self._outbox = self._outbox, []
-        link = self._sock
-        if records and link is not None:
-            pb = self._pb
-            for seq, record in records:
-                link.requests.put(pb.Batch(run_id=self.run_id, writer=self.writer, seq=seq, record=record))
+    def _send(self, link: _Link, records) -> None:
+        pb = self._pb
+        for seq, record in records:
+            link.requests.put(pb.Batch(run_id=self.run_id, writer=self.writer, seq=seq, record=record))
 
     def _grpc_reader(self, responses, gen: int) -> None:
         import grpc

@@ -335,8 +335,11 @@ class Client:
         with self._lock:
             records, self._outbox = self._outbox, []
         if records and self._sock is not None:
-            # one syscall for everything framed since the last send
-            self._sock.sendall(b"".join(pack(Batch(seq, rec)) for seq, rec in records))
+            self._send(self._sock, records)
+
+    def _send(self, sock, records) -> None:
+        """Send ``(seq, record)`` batches on a connection: one syscall for all of them."""
+        sock.sendall(b"".join(pack(Batch(seq, rec)) for seq, rec in records))
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -356,16 +359,22 @@ class Client:
             sock.close()
             raise TransportError(f"the trackside daemon answered {type(msg).__name__} to hello")
         self.welcome = msg
-        with self._acked:
-            self._ack(msg.acked_seq)
-            resend = list(self._unacked.items())  # the outbox is a subset: sent below
-            self._outbox.clear()
-            self._gen += 1
-            gen = self._gen
+        resend, gen = self._welcomed(msg.acked_seq)
         if resend:
-            sock.sendall(b"".join(pack(Batch(seq, rec)) for seq, rec in resend))
+            self._send(sock, resend)
         self._sock = sock
         threading.Thread(target=self._reader, args=(sock, gen), name="trackside-acks", daemon=True).start()
+
+    def _welcomed(self, acked_seq: int) -> tuple[list, int]:
+        """A (re)connection was welcomed: free what the daemon already holds; returns every batch
+        still un-acknowledged, to send again (the outbox is a subset of them), and the new
+        connection generation."""
+        with self._acked:
+            self._ack(acked_seq)
+            resend = list(self._unacked.items())
+            self._outbox.clear()
+            self._gen += 1
+            return resend, self._gen
 
     def _reconnect(self) -> None:
         old, self._sock = self._sock, None
