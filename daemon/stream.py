@@ -281,11 +281,11 @@ class RunStream:
         if not self.local:
             return await self._start_without_store()
         cursor, self.next_step = await self._store_call(self.store.run_cursor, self.run_id)
+        self._backlog.end = cursor  # everything before it is stored
         if self.read_only:
             self._read_from = cursor
             await self.catch_up()
             return
-        self._backlog.end = cursor  # everything before it is stored
         now = time.monotonic()
         replayed = 0
         for rec in self.wal.records():
@@ -318,7 +318,12 @@ class RunStream:
             group = await loop.run_in_executor(self._io_pool, self._read_group)
             if not group:
                 return done
-            await self._materialize(group)
+            now = time.monotonic()
+            for end, _, writer, seq, rtype, body in group:
+                # bodies stay in memory (a group at a time): this stream has no WAL to re-read from
+                self._backlog.add(end, None, writer, seq, rtype, body, now, False)
+            self._unstored += len(group)
+            await self._merge_backlog(drain=True)
             self._read_from = group[-1][0]
             done += len(group)
 
@@ -574,15 +579,6 @@ class RunStream:
         finally:
             self._unstored -= len(records)
             self._release_acks()
-
-    async def _materialize(self, group) -> None:
-        """Merge and store ``group`` (committed-group tuples, in WAL order) in one transaction."""
-        now = time.monotonic()
-        g = _Group()
-        for end, conn, writer, seq, rtype, body in group:
-            await self._feed(g, conn, writer, seq, rtype, body, now)
-        await self._store(**self._changes(g, now, group[-1][0] if group else None))
-        self._send_done(group)
 
     async def _feed(self, group: "_Group", conn, writer: int, seq: int, rtype: int, body, now: float) -> None:
         """One record into the merger (a LOG record) or into ``group`` (an event)."""
