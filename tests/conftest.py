@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 ENV_KEYS = ("TRACKSIDE_DAEMON_DIR", "TRACKSIDE_DIR", "TRACKSIDE_RUN_ID", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK")
 
@@ -63,8 +64,6 @@ def ts(tmp_path, monkeypatch):
 
     Yields a namespace with ``root`` (the run root), ``daemon_dir`` and ``env`` (the environment
     for child processes)."""
-    import types
-
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
     daemon_dir = tmp_path / "daemon"
     root = tmp_path / "trackside"
@@ -132,3 +131,73 @@ def postgres_url(postgres_server):
         yield url
     finally:
         pg.drop_database(postgres_server, url)
+
+
+def daemon_pid(ts) -> int:
+    from trackside import discovery
+
+    return discovery.read_info(ts.daemon_dir)["pid"]
+
+
+# -- trackside server processes --------------------------------------------------------------------
+
+@pytest.fixture
+def servers(tmp_path):
+    """Starts servers (``servers.start(root, *args, env=...)``); every one is stopped after
+    the test: SIGTERM, then SIGKILL."""
+    procs = []
+
+    def start(root, *args, env=None, expect_start=True):
+        n = len(procs)
+        info_file = tmp_path / f"server{n}.json"
+        log = open(tmp_path / f"server{n}.log", "w+")
+        env = dict(os.environ if env is None else env)
+        cmd = [sys.executable, "-m", "trackside.daemon.team_server", "--root", str(root), "--port", "0",
+               "--info-file", str(info_file), *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.append(proc)
+        server = types.SimpleNamespace(proc=proc, root=str(root), log=log)
+        deadline = time.monotonic() + 20
+        while not info_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                server.output = log.read()
+                if expect_start:
+                    raise AssertionError(f"the server did not start ({proc.poll()}):\n{server.output}")
+                return server
+            time.sleep(0.02)
+        info = json.loads(info_file.read_text())
+        server.port, server.pid = info["port"], info["pid"]
+        server.url = f"grpc://127.0.0.1:{server.port}"
+        return server
+
+    ns = types.SimpleNamespace(start=start)
+    try:
+        yield ns
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def stop(proc, timeout=15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def wait_until(check, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (KeyError, LookupError):  # the run is not stored yet
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        time.sleep(0.05)

@@ -9,8 +9,6 @@ import pytest
 
 from trackside.cli import main
 
-from test_server import servers  # noqa: F401  (a fixture)
-
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "docs", "bench.schema.json")
 
 

@@ -1,7 +1,6 @@
 """The daemon with real writer processes: merging across ranks, crashes of the daemon and of
 writers, bad frames, a second daemon, permissions, gRPC, shutdown."""
 
-import json
 import os
 import signal
 import socket
@@ -15,10 +14,9 @@ import pytest
 
 import trackside
 from trackside import discovery
-from trackside._native.constants import RECORD_LOG
 from trackside.protocol import PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
 
-from conftest import run_script, stop_daemon
+from conftest import daemon_pid, stop_daemon
 
 WRITER = """
 import os, sys, trackside
@@ -37,10 +35,6 @@ run.finish()
 def start_run(**kw):
     run = trackside.init(project="p", **kw)
     return run
-
-
-def daemon_pid(ts) -> int:
-    return discovery.read_info(ts.daemon_dir)["pid"]
 
 
 def wait_for(predicate, timeout=20.0, interval=0.02):

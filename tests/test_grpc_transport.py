@@ -11,8 +11,7 @@ import pytest
 import trackside
 from trackside._run import UsageError
 
-from conftest import run_script
-from test_upload import daemon_pid
+from conftest import daemon_pid, run_script
 
 GRPC = {"transport": "grpc"}
 

@@ -14,7 +14,7 @@ from trackside._native.constants import RECORD_LOG
 from trackside.daemon import registry
 from trackside.daemon.wal import read_records
 
-from test_upload import daemon_pid
+from conftest import daemon_pid
 
 WRITER = """
 import sys, trackside

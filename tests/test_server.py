@@ -8,9 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import types
 
 import grpc
 import numpy as np
@@ -24,72 +22,10 @@ from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 from trackside.remote import PermanentUploadError, RemoteApi, RemoteError, TransientUploadError, UploadClient
 
-from conftest import run_script
+from conftest import run_script, stop, wait_until
 from test_sink import synthetic_records, wal_records
 
 INFO = {"project": "p", "settings": {"durability": "flush", "merge_window": 0.1}}
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """Starts servers (``servers.start(root, *args, env=...)``); every one is stopped after
-    the test: SIGTERM, then SIGKILL."""
-    procs = []
-
-    def start(root, *args, env=None, expect_start=True):
-        n = len(procs)
-        info_file = tmp_path / f"server{n}.json"
-        log = open(tmp_path / f"server{n}.log", "w+")
-        env = dict(os.environ if env is None else env)
-        cmd = [sys.executable, "-m", "trackside.daemon.team_server", "--root", str(root), "--port", "0",
-               "--info-file", str(info_file), *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        procs.append(proc)
-        server = types.SimpleNamespace(proc=proc, root=str(root), log=log)
-        deadline = time.monotonic() + 20
-        while not info_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                server.output = log.read()
-                if expect_start:
-                    raise AssertionError(f"the server did not start ({proc.poll()}):\n{server.output}")
-                return server
-            time.sleep(0.02)
-        info = json.loads(info_file.read_text())
-        server.port, server.pid = info["port"], info["pid"]
-        server.url = f"grpc://127.0.0.1:{server.port}"
-        return server
-
-    ns = types.SimpleNamespace(start=start)
-    try:
-        yield ns
-    finally:
-        for proc in procs:
-            stop(proc)
-
-
-def stop(proc, timeout=15.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def wait_until(check, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (KeyError, LookupError):  # the run is not stored yet
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {check}")
-        time.sleep(0.05)
 
 
 def log_a_run_with_media(ts):

@@ -15,8 +15,7 @@ import pytest
 import trackside
 from trackside.remote import UploadClient
 
-from conftest import run_script, stop_daemon
-from test_server import servers, stop, wait_until  # noqa: F401  (servers is a fixture)
+from conftest import daemon_pid, run_script, stop, stop_daemon, wait_until
 
 TRAIN = """
 import sys, time, trackside
@@ -46,6 +45,24 @@ def train(ts, url, steps=300, pause=0.0, **extra):
     return out.split()[0]
 
 
+def start_training(ts, url, steps, pause, until_step=None):
+    """A training process logging to ``url``; returns it and its run id once it logged past
+    ``until_step`` (at once when None). ``finish_training`` waits for its clean end."""
+    p = subprocess.Popen([sys.executable, "-c", TRAIN, str(steps), str(pause)], env=env_for(ts, url),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = p.stdout.readline().strip()
+    if until_step is not None:
+        for line in p.stdout:
+            if line.startswith("line") and int(line.split()[1]) >= until_step:
+                break
+    return p, run_id
+
+
+def finish_training(p) -> None:
+    out, err = p.communicate(timeout=120)  # training never waits on the server
+    assert p.returncode == 0, err
+
+
 def assert_complete(url, run_id, steps, timeout=30):
     """The server holds every step once, and every console line once (a duplicated record
     would repeat lines: rows alone merge duplicates away)."""
@@ -58,11 +75,6 @@ def assert_complete(url, run_id, steps, timeout=30):
     assert run.config == {"lr": 0.1}
     lines = [line for line in run.console().splitlines() if line.startswith("line ")]
     assert lines == [f"line {i}" for i in range(0, steps, 100)]
-
-
-def daemon_pid(ts):
-    with open(os.path.join(ts.daemon_dir, "daemon.json")) as f:
-        return json.load(f)["pid"]
 
 
 def test_a_run_uploads_to_the_server_and_keeps_no_local_store(ts, servers, tmp_path):
@@ -98,13 +110,10 @@ def test_the_server_stopped_during_a_run_and_started_later_gets_everything(ts, s
     root = tmp_path / "server"
     server = servers.start(root)
     port = server.port
-    p = subprocess.Popen([sys.executable, "-c", TRAIN, "400", "0.005"], env=env_for(ts, server.url),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_id = p.stdout.readline().strip()
+    p, run_id = start_training(ts, server.url, 400, 0.005)
     time.sleep(0.5)
     stop(server.proc)  # a clean stop mid-run: the uploader retries with backoff
-    out, err = p.communicate(timeout=120)  # training never waits on the server
-    assert p.returncode == 0, err
+    finish_training(p)
     status = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
                             text=True).stdout
     assert f"run {run_id}" in status and "upload lag" in status
@@ -116,16 +125,10 @@ def test_a_server_killed_mid_batch_stores_everything_once(ts, servers, tmp_path)
     root = tmp_path / "server"
     server = servers.start(root)
     port = server.port
-    p = subprocess.Popen([sys.executable, "-c", TRAIN, "3000", "0.0005"], env=env_for(ts, server.url),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_id = p.stdout.readline().strip()
-    for line in p.stdout:
-        if line.startswith("line") and int(line.split()[1]) >= 1000:
-            break
+    p, run_id = start_training(ts, server.url, 3000, 0.0005, until_step=1000)
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait()
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err
+    finish_training(p)
     server = servers.start(root, "--port", str(port))
     assert_complete(server.url, run_id, 3000, timeout=60)
 
@@ -137,16 +140,10 @@ def test_the_daemon_killed_mid_upload_resumes_from_its_cursor(ts, servers, tmp_p
     server = servers.start(root)
     port = server.port
     url = server.url
-    p = subprocess.Popen([sys.executable, "-c", TRAIN, "2000", "0.001"], env=env_for(ts, url),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_id = p.stdout.readline().strip()
-    for line in p.stdout:
-        if line.startswith("line") and int(line.split()[1]) >= 800:
-            break
+    p, run_id = start_training(ts, url, 2000, 0.001, until_step=800)
     os.kill(server.pid, signal.SIGKILL)  # part of the run is on the server, the rest is not
     server.proc.wait()
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err
+    finish_training(p)
     os.kill(daemon_pid(ts), signal.SIGKILL)
     time.sleep(0.2)
     server = servers.start(root, "--port", str(port))
