@@ -81,3 +81,26 @@ print(run.id)
 def test_an_unknown_transport_is_refused():
     with pytest.raises(UsageError, match="transport='pigeon'"):
         trackside.init(project="p", settings={"transport": "pigeon"})
+
+
+def test_a_writer_that_cannot_see_the_daemons_folder_finds_it_by_address(ts, tmp_path):
+    """TRACKSIDE_DAEMON_GRPC names the daemon's gRPC address: the writer needs nothing else (a
+    container sharing the host's network, say), and starts no daemon of its own."""
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True,
+                   capture_output=True, timeout=60)
+    from trackside import discovery
+
+    address = discovery.read_info(ts.daemon_dir)["grpc"]
+    elsewhere = tmp_path / "no-daemon-here"
+    env = dict(ts.env, TRACKSIDE_DAEMON_DIR=str(elsewhere), TRACKSIDE_DAEMON_GRPC=address)
+    code = """
+import trackside
+run = trackside.init(project="p", settings={"transport": "grpc"})
+for i in range(100):
+    run.log({"i": i})
+run.finish()
+print(run.id)
+"""
+    run_id = run_script(code, env).stdout.split()[-1]
+    assert [r["i"] for r in trackside.Api(ts.root).run(run_id).history()] == list(range(100))
+    assert not (elsewhere / "daemon.json").exists()  # no second daemon was started

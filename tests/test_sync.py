@@ -63,11 +63,19 @@ def test_an_offline_run_keeps_only_its_wal(ts):
     assert find_runs(ts.root) == [run_dir]
 
 
+def wal_files(root, run_id) -> dict:
+    wal = os.path.join(root, "runs", run_id, "wal")
+    return {name: open(os.path.join(wal, name), "rb").read() for name in sorted(os.listdir(wal))}
+
+
 def test_sync_fills_the_runs_own_store_and_twice_is_harmless(ts):
     run_id = offline_run(ts, steps=500)
+    stop_daemon(ts.daemon_dir)  # the offline run's WAL is complete
+    before = wal_files(ts.root, run_id)
     out = cli("sync", env=ts.env).stdout
     assert f"run {run_id} -> {ts.root}" in out
     check_rows(ts.root, run_id, 500)
+    assert wal_files(ts.root, run_id) == before  # read in place, never rewritten
     out = cli("sync", env=ts.env).stdout
     assert "0 new records" in out
     check_rows(ts.root, run_id, 500)

@@ -350,3 +350,27 @@ def test_one_root_takes_one_server_and_no_sync_beside_it(ts, servers, tmp_path):
     assert p.returncode == 1 and "in use by another trackside server or sync" in p.stderr
     # the first server is unharmed
     assert trackside.Api(server.url).runs() == []
+
+
+def test_an_upload_batch_is_bounded_whatever_the_backlog(tmp_path):
+    """While the server is away the WAL keeps everything and the uploader holds one batch at a
+    time: at most max_records records and max_bytes bytes (one record always goes, however big)."""
+    from test_sink import synthetic_records
+    from trackside.daemon.uploader import Uploader
+    from trackside.daemon.wal import WAL
+
+    run_dir = tmp_path / "runs" / "r1"
+    records = synthetic_records(500)  # 1,000 records
+    with WAL(str(run_dir / "wal"), durability="none") as wal:
+        for r in records:
+            wal.append(r)
+        wal.commit()
+    up = Uploader("r1", str(tmp_path), str(run_dir), {}, dest=None, max_records=64, max_bytes=1 << 20)
+    batch, _, cursor = up._read_batch(None)
+    assert batch == records[:64]
+    up.cursor = cursor
+    up.max_bytes = sum(len(r) for r in records[64:67])
+    batch, _, _ = up._read_batch(None)
+    assert batch == records[64:67]
+    up.max_bytes = 1
+    assert up._read_batch(None)[0] == records[64:65]
