@@ -41,6 +41,7 @@ log = logging.getLogger("trackside.upload")
 MAX_RECORDS = 4096        # WAL records per upload (a record is one client batch: up to thousands of steps)
 MAX_BYTES = 4 << 20       # bytes per upload
 INTERVAL = 1.0            # seconds between uploads while keeping up
+MARK_EVERY = 1.0          # seconds of lag one progress mark stands for
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 _SKIP = {"wal", "upload.json", "run.json"}  # run-folder entries that are not the run's files (nor sync-*.json)
 
@@ -179,7 +180,14 @@ class Uploader:
     def durable(self, offset: int, records: int = 0) -> None:
         """The run's WAL is durable up to ``offset`` (``records`` more than before): upload it
         (at the next interval)."""
-        self._marks.append((offset, time.time(), records))
+        now = time.time()
+        if self._marks and now - self._marks[-1][1] < MARK_EVERY:
+            # one mark per second at most: a server away for days costs a mark per second of
+            # lag, not one per commit (the newest mark stands for its second)
+            _, since, n = self._marks[-1]
+            self._marks[-1] = (offset, since, n + records)
+        else:
+            self._marks.append((offset, now, records))
         self._wake.set()
 
     def count_backlog(self) -> int:
@@ -199,7 +207,7 @@ class Uploader:
             "dest": str(self.dest),
             "cursor": self.cursor,
             "lag_bytes": max((end or self.cursor) - self.cursor, 0),
-            "lag_records": sum(m[2] for m in self._marks if m[0] > self.cursor),
+            "lag_records": self._lag_records(),
             "lag_seconds": round(self.lag_seconds(), 3),
             "uploaded": self.uploaded,
             "error": self.error,
@@ -263,7 +271,11 @@ class Uploader:
         """A full batch is waiting (catching up): send it without waiting for the interval."""
         if end is not None and end - self.cursor >= self.max_bytes:
             return True
-        return sum(m[2] for m in self._marks if m[0] > self.cursor) >= self.max_records
+        return self._lag_records() >= self.max_records
+
+    def _lag_records(self) -> int:
+        """Records durable but not uploaded (a mark partly uploaded counts whole)."""
+        return sum(m[2] for m in self._marks if m[0] > self.cursor)
 
     async def _wait(self, stop: Optional[asyncio.Event], timeout: Optional[float], wake: bool = True) -> None:
         waits = [asyncio.ensure_future(self._wake.wait())] if wake else []

@@ -374,3 +374,17 @@ def test_an_upload_batch_is_bounded_whatever_the_backlog(tmp_path):
     assert batch == records[64:67]
     up.max_bytes = 1
     assert up._read_batch(None)[0] == records[64:65]
+
+
+def test_the_uploaders_lag_bookkeeping_stays_small_while_the_server_is_away(tmp_path):
+    """Every commit reports durable records; while nothing uploads, the uploader keeps at most a
+    mark per second of lag, and still counts every record."""
+    from trackside.daemon.uploader import Uploader
+
+    up = Uploader("r1", str(tmp_path), str(tmp_path / "runs" / "r1"), {}, dest=None)
+    for i in range(1, 10_001):  # 10,000 commits within a second
+        up.durable(i * 100, 3)
+    assert len(up._marks) <= 2
+    assert up._lag_records() == 30_000
+    up.cursor = 10_000 * 100  # everything uploaded
+    assert up._lag_records() == 0
