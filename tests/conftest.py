@@ -2,6 +2,7 @@
 its pure-Python twin (the reference)."""
 
 import importlib
+from typing import NamedTuple
 
 import pytest
 
@@ -22,6 +23,23 @@ def load_codec(name: str):
 @pytest.fixture(params=IMPLEMENTATIONS)
 def codec(request):
     return load_codec(request.param)
+
+
+# -- history rows as the merger makes them (daemon/merger.py's Row), for store and Api tests ------
+
+T0 = 1_700_000_000_000_000
+
+
+class Row(NamedTuple):
+    step: int
+    time_us: int
+    values: dict
+    payloads: list = []
+    amend: bool = False
+
+
+def rows(n, start=0, keys=("loss", "acc")):
+    return [Row(s, T0 + s * 1000, {k: s + i / 10 for i, k in enumerate(keys)}) for s in range(start, start + n)]
 
 
 # -- a private daemon per test ---------------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 import math
 import sqlite3
 import sys
-from typing import NamedTuple
 
 import pytest
 
@@ -15,19 +14,8 @@ from trackside import display
 from trackside.api import Api, RunNotFoundError, SchemaVersionError, StoreNotFoundError
 from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, Store
 
-T0 = 1_700_000_000_000_000
+from conftest import T0, Row, rows
 
-
-class Row(NamedTuple):
-    step: int
-    time_us: int
-    values: dict
-    payloads: list = []
-    amend: bool = False
-
-
-def rows(n, start=0, keys=("loss", "acc")):
-    return [Row(s, T0 + s * 1000, {k: s + i / 10 for i, k in enumerate(keys)}) for s in range(start, start + n)]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ console, the one-transaction ``apply`` and its WAL cursor, and the errors it giv
 import math
 import os
 import sqlite3
-import threading
 from typing import NamedTuple
 
 import pytest
@@ -261,24 +260,6 @@ def test_unencodable_value_is_refused_naming_step_and_key(store):
     with pytest.raises(TypeError, match=r"step 5: value of 'bad' \(object\)"):
         store.write_rows("r1", [Row(4, T0, {"ok": 1}), Row(5, T0, {"bad": object()})])
     assert sorted(history(store, "r1")) == [0, 1]  # nothing of the failed call is stored
-
-
-def test_rows_written_from_another_thread(store):
-    errors = []
-
-    def work(start):
-        try:
-            store.write_rows("r1", rows(500, start=start))
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i * 500,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert len(history(store, "r1")) == 2000
 
 
 # -- console ---------------------------------------------------------------------------------------

@@ -10,26 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import NamedTuple
 
 import pytest
 
 from trackside.api import Api
 from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError, open_reader
 
-T0 = 1_700_000_000_000_000
+from conftest import T0, Row, rows
 
-
-class Row(NamedTuple):  # the shape of daemon/merger.py's Row
-    step: int
-    time_us: int
-    values: dict
-    payloads: list = []
-    amend: bool = False
-
-
-def rows(n, start=0, keys=("loss", "acc")):
-    return [Row(s, T0 + s * 1000, {k: s + i / 10 for i, k in enumerate(keys)}) for s in range(start, start + n)]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
