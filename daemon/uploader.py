@@ -150,6 +150,7 @@ class Uploader:
         self.error: Optional[str] = None       # a permanent error: the uploader stopped
         self.retrying: Optional[str] = None    # the last transient error, while retrying
         self.files_sent: set[str] = set()
+        self._sent_folders: dict[str, tuple[int, list]] = {}  # folder -> (mtime_ns, subfolders): all its files sent
         self.stats = {"batches": 0, "records": 0, "duplicates": 0, "files": 0, "retries": 0}
         self.writers: set[int] = set()
         self.finished: set[int] = set()
@@ -326,20 +327,39 @@ class Uploader:
 
     def _new_files(self) -> list[str]:
         """The run folder's files not sent yet (media and tables are written before the record
-        that names them, so every file a batch's rows reference is here when it is read)."""
+        that names them, so every file a batch's rows reference is here when it is read).
+
+        A folder whose files were all sent is not listed again until its mtime changes (a run
+        may hold 100,000 images: one stat per folder per upload instead of a full listing);
+        its subfolders are still looked at, each by the same rule."""
         out = []
-        prefix = f"runs/{self.run_id}"
-        for folder, dirs, files in os.walk(self.run_dir):
-            if folder == self.run_dir:
-                dirs[:] = [d for d in dirs if d not in _SKIP]
-                files = [f for f in files if f not in _SKIP and not f.startswith("sync-")]
-            rel_folder = os.path.relpath(folder, self.run_dir).replace(os.sep, "/")
-            for name in files:
-                if name.startswith(".") or name.endswith(".tmp"):
-                    continue  # a file being written
-                rel = f"{prefix}/{name}" if rel_folder == "." else f"{prefix}/{rel_folder}/{name}"
-                if rel not in self.files_sent:
-                    out.append(rel)
+        stack = [self.run_dir]
+        now = time.time_ns()
+        while stack:
+            folder = stack.pop()
+            try:
+                mtime = os.stat(folder).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            seen = self._sent_folders.get(folder)
+            if seen is not None and seen[0] == mtime:
+                stack.extend(seen[1])
+                continue
+            subfolders, new = [], []
+            with os.scandir(folder) as entries:
+                for e in entries:
+                    if folder == self.run_dir and (e.name in _SKIP or e.name.startswith("sync-")):
+                        continue
+                    if e.is_dir(follow_symlinks=False):
+                        subfolders.append(e.path)
+                    elif not (e.name.startswith(".") or e.name.endswith(".tmp")):  # not one being written
+                        rel = f"runs/{self.run_id}/" + os.path.relpath(e.path, self.run_dir).replace(os.sep, "/")
+                        if rel not in self.files_sent:
+                            new.append(rel)
+            stack.extend(subfolders)
+            out.extend(new)
+            if not new and now - mtime > 2_000_000_000:  # mtimes tick coarsely: a folder changed just now is listed again
+                self._sent_folders[folder] = (mtime, subfolders)
         return out
 
     async def _send(self, records: list, files: list) -> None:

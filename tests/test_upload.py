@@ -388,3 +388,26 @@ def test_the_uploaders_lag_bookkeeping_stays_small_while_the_server_is_away(tmp_
     assert up._lag_records() == 30_000
     up.cursor = 10_000 * 100  # everything uploaded
     assert up._lag_records() == 0
+
+
+def test_the_uploader_lists_only_folders_that_changed_since_their_files_were_sent(tmp_path):
+    from trackside.daemon.uploader import Uploader
+
+    run_dir = tmp_path / "runs" / "r1"
+    for rel in ("media/ab/1.png", "media/cd/2.png"):
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_bytes(b"x")
+    (run_dir / "wal").mkdir()
+    (run_dir / "upload.json").write_text("{}")
+    up = Uploader("r1", str(tmp_path), str(run_dir), {}, dest=None)
+    first = sorted(up._new_files())
+    assert first == ["runs/r1/media/ab/1.png", "runs/r1/media/cd/2.png"]  # not the WAL, not the state
+    up.files_sent.update(first)
+    old = time.time() - 10
+    folders = [run_dir, run_dir / "media", run_dir / "media" / "ab", run_dir / "media" / "cd"]
+    for folder in folders:
+        os.utime(folder, (old, old))
+    assert up._new_files() == []
+    assert set(up._sent_folders) == {str(f) for f in folders}  # listed no more while unchanged
+    (run_dir / "media" / "ab" / "3.png").write_bytes(b"y")  # the folder's mtime moves
+    assert up._new_files() == ["runs/r1/media/ab/3.png"]
