@@ -8,7 +8,9 @@ back. The daemon listens on loopback; its address comes from its ``daemon.json``
 discovery as the Unix socket), or from ``TRACKSIDE_DAEMON_GRPC`` (``host:port``) when the
 writer cannot see the daemon's folder (a container sharing the host's network, say).
 
-Useful where a Unix socket cannot be shared; the socket is the faster path on one host.
+Useful where a Unix socket cannot be shared; the socket is the faster path on one host. A
+process forked from a gRPC writer writes over the socket (gRPC does not survive fork()), unless
+only ``TRACKSIDE_DAEMON_GRPC`` leads to the daemon.
 """
 
 from __future__ import annotations
@@ -121,3 +123,8 @@ class GrpcClient(Client):
         # a gRPC channel is not the child's to use (nor to close): forget it, start afresh
         self._sock = None
         self._init_state()
+        if not os.environ.get(ENV_ADDRESS):
+            # gRPC does not survive fork() while its threads run (its fork handlers are skipped,
+            # and a new channel in the child now and then never delivers): a forked child that
+            # can see the daemon's folder writes over its Unix socket instead
+            self.__class__ = Client

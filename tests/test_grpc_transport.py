@@ -59,7 +59,8 @@ print("done", flush=True)
     assert all(r["x"] == r["_step"] for r in rows)
 
 
-def test_a_forked_child_logs_over_grpc_as_a_writer_of_its_own(ts):
+def test_a_forked_child_of_a_grpc_writer_logs_as_a_writer_of_its_own(ts):
+    """gRPC does not survive fork(): the child writes over the daemon's Unix socket."""
     code = """
 import os, trackside
 run = trackside.init(project="p", settings={"transport": "grpc"})
@@ -67,6 +68,7 @@ run.log({"parent": 1}, step=0)
 pid = os.fork()
 if pid == 0:
     run.log({"child": 2}, step=0)
+    assert type(run._client).__name__ == "Client", type(run._client)
     run.finish()
     os._exit(0)
 os.waitpid(pid, 0)
