@@ -87,7 +87,7 @@ def test_a_run_uploads_to_the_server_and_keeps_no_local_store(ts, servers, tmp_p
     assert state["records"] > 0
 
 
-def test_media_files_reach_the_server_before_their_rows(ts, servers, tmp_path):
+def test_media_files_reach_the_server_with_their_rows(ts, servers, tmp_path):
     server = servers.start(tmp_path / "server")
     code = """
 import numpy as np, trackside
