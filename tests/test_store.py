@@ -4,24 +4,15 @@ console, the one-transaction ``apply`` and its WAL cursor, and the errors it giv
 import math
 import os
 import sqlite3
-from typing import NamedTuple
 
 import pytest
 
 from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError
 
-T0 = 1_700_000_000_000_000
+from conftest import T0, Row
 
 
-class Row(NamedTuple):  # the shape of daemon/merger.py's Row
-    step: int
-    time_us: int
-    values: dict
-    payloads: list = []
-    amend: bool = False
-
-
-def rows(n, start=0, keys=("loss", "acc")):
+def rows(n, start=0, keys=("loss", "acc")):  # a microsecond apart, unlike conftest.rows
     return [Row(s, T0 + s, {k: s + i / 10 for i, k in enumerate(keys)}) for s in range(start, start + n)]
 
 
