@@ -10,7 +10,7 @@ import os as _os
 _API = ("IMPLEMENTATION", "crc32", "frame", "encode_batch", "BatchEncoder", "decode_batch", "parse_record")
 
 from . import constants
-from .errors import CodecError
+from .errors import CodecError, RecordTooLarge
 
 if _os.environ.get("TRACKSIDE_NO_EXTENSIONS", "") not in ("", "0"):
     from . import _twin as _impl
@@ -35,6 +35,7 @@ __all__ = [
     "IMPLEMENTATION",
     "BatchEncoder",
     "CodecError",
+    "RecordTooLarge",
     "constants",
     "crc32",
     "decode_batch",

@@ -28,7 +28,7 @@ import operator as _operator
 import struct as _struct
 
 from . import constants as _c
-from .errors import CodecError
+from .errors import CodecError, RecordTooLarge
 
 IMPLEMENTATION = "cython"
 

@@ -43,7 +43,7 @@ from .constants import (
     TAG_TRUE,
     mask_crc,
 )
-from .errors import CodecError
+from .errors import CodecError, RecordTooLarge
 
 IMPLEMENTATION = "python"
 
@@ -204,6 +204,10 @@ class BatchEncoder:
         if payload is not None:
             _put_uvarint(out, len(payload))
             out += payload
+        if len(out) > MAX_RECORD_SIZE - 4 * 10:  # take() could not frame it (4 uvarints of <= 10 bytes)
+            raise RecordTooLarge(
+                f"log entry too large: its batch of {len(out)} bytes exceeds the record "
+                f"limit of {MAX_RECORD_SIZE}; log big values as files (trackside.Artifact, Html, Image)")
         if not same:
             self._prev_keys = cur
 

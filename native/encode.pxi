@@ -271,6 +271,10 @@ cdef class BatchEncoder:
             raise RuntimeError("dictionary changed size during iteration")
         if payload is not None:
             put_payload(b, payload)
+        if b.len > MAX_RECORD_SIZE - 4 * UVARINT_MAX:  # take() could not frame it; before the swap below
+            raise RecordTooLarge(
+                f"log entry too large: its batch of {b.len} bytes exceeds the record "
+                f"limit of {MAX_RECORD_SIZE}; log big values as files (trackside.Artifact, Html, Image)")
         if not same:
             swap = self.prev_idx
             self.prev_idx = self.cur_idx

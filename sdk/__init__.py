@@ -12,10 +12,11 @@ the run most recently started in this process (``trackside.run``).
 """
 
 from ._version import __version__
-from ._run import Error, Run, UsageError, init
+from ._run import Run, init
+from .errors import Error, TransportError, UsageError
 
 __all__ = ["Api", "Artifact", "Audio", "Classes", "Error", "Histogram", "Html", "Image", "JoinedTable",
-           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "UsageError", "__version__", "define_metric", "finish", "init", "log", "log_artifact", "use_artifact"]
+           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "TransportError", "UsageError", "__version__", "define_metric", "finish", "init", "log", "log_artifact", "use_artifact"]
 
 
 # names imported on first use, so that `import trackside` stays light

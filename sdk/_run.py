@@ -19,6 +19,7 @@ import warnings
 import weakref
 
 from . import discovery
+from .errors import Error, TransportError, UsageError  # noqa: F401  (re-exported: trackside.Error ...)
 
 LATE_STEPS = ("amend", "drop", "error")
 MODES = ("online", "offline", "disabled")
@@ -36,6 +37,7 @@ DEFAULT_SETTINGS = {
     "buffer_policy": "block",
     "console": True,
     "finish_timeout": 120.0,
+    "reconnect_timeout": 60.0,  # seconds a writer keeps trying to reach a daemon before log() raises
     "system_metrics": True,  # the daemon samples CPU, memory, disk, network, GPUs for the run
     "server": None,  # a `trackside server` URL (grpc:// or grpcs://) to upload to; default $TRACKSIDE_SERVER
     "upload_interval": 1.0,  # seconds between uploads to the server while keeping up
@@ -43,14 +45,6 @@ DEFAULT_SETTINGS = {
 }
 # seconds; unset means the daemon's default (1 s and 10 s unless it was started otherwise)
 _SYSTEM_INTERVALS = ("system_sample_interval", "system_log_interval")
-
-
-class Error(Exception):
-    """Base of trackside's errors."""
-
-
-class UsageError(Error, ValueError):
-    """A call trackside cannot honour as made (the message says what to change)."""
 
 
 def new_run_id() -> str:
@@ -270,8 +264,22 @@ class Run:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once everything logged so far is durable at the run's durability level
+        (``"fsync"``: on disk at the daemon). Blocks, unlike ``log``. Raises TimeoutError when
+        ``timeout`` seconds pass first (nothing is lost: the data stays buffered and goes on),
+        TransportError when the writer failed (the daemon refused it or stayed unreachable)."""
+        client = self._client
+        if client is None:
+            return
+        if not client.flush(timeout):
+            raise TimeoutError(f"run {self.id}: not everything logged was durable within {timeout} s; "
+                               f"it stays buffered and is sent on")
+
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
-        """Flush everything and return once the daemon has it durable and in the store."""
+        """Flush everything and return once the daemon has it durable and in the store.
+        Raises TransportError when the writer failed before that (the message says why: the
+        daemon refused the run, or could not be reached within ``reconnect_timeout``)."""
         if self.finished:
             return
         self.finished = True
@@ -290,10 +298,12 @@ class Run:
         client.exit_code = exit_code or 0
         self._last_client = client
         ok = client.finish(timeout=self.settings["finish_timeout"])
+        if client.error is not None:
+            raise TransportError(f"run {self.id} finished without confirmation that everything is stored: "
+                                 f"{client.error}")
         if not ok:
-            reason = client._error or f"the daemon did not confirm within {self.settings['finish_timeout']:.0f} s"
-            print(f"trackside: run {self.id} finished without confirmation that everything is stored: {reason}",
-                  file=sys.stderr)
+            print(f"trackside: run {self.id} finished without confirmation that everything is stored: the daemon "
+                  f"did not confirm within {self.settings['finish_timeout']:.0f} s", file=sys.stderr)
 
     @property
     def dropped(self) -> int:
@@ -515,7 +525,8 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         # the daemon uploads with the token of the run's own environment (it keeps it in memory only)
         hello = {**info, "token": os.environ["TRACKSIDE_TOKEN"]}
     client = Client(run.id, root, hello, rank=rank, flush_interval=merged["flush_interval"],
-                    max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"])
+                    max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"],
+                    reconnect_timeout=float(merged["reconnect_timeout"]))
     client.start()
     run._client = client
     if client.welcome is not None and client.welcome.next_step:

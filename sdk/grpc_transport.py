@@ -24,7 +24,7 @@ import msgspec
 
 from . import discovery
 from .protocol import PROTOCOL_VERSION, Welcome
-from .transport import Client, TransportError, _block_signals, ensure_daemon
+from .transport import Client, Refusal, TransportError, _block_signals, ensure_daemon
 
 ENV_ADDRESS = "TRACKSIDE_DAEMON_GRPC"
 
@@ -78,7 +78,7 @@ class GrpcClient(Client):
         except grpc.RpcError as e:
             channel.close()
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                raise TransportError(f"the trackside daemon refused run {self.run_id}: {e.details()}") from None
+                raise Refusal(f"the trackside daemon refused run {self.run_id}: {e.details()}") from None
             raise OSError(f"gRPC {address}: {e.code().name}: {e.details()}") from None  # retried
         self.welcome = Welcome(w.protocol, w.acked_seq, w.run_dir, w.next_step)
         requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -118,6 +118,10 @@ class GrpcClient(Client):
                 return
             self._lost = True  # the flusher reconnects and resends what is not acked
             self._wake.set()
+        except Exception:  # anything else ends this stream too: reconnect, never a silent dead reader
+            if gen == self._gen and not self._closing:
+                self._lost = True
+                self._wake.set()
 
     def after_fork(self) -> None:
         # a gRPC channel is not the child's to use (nor to close): forget it, start afresh

@@ -25,6 +25,7 @@ import msgspec
 
 from . import discovery
 from . import _native as codec
+from .errors import TransportError
 from ._native.constants import RECORD_EVENT
 from .protocol import (
     LENGTH,
@@ -55,10 +56,12 @@ def _plain(obj):
 
 
 _event_data_encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
+# an event's data must fit one WAL record with the event's envelope (writer, seq, kind) around it
+_MAX_EVENT_DATA = codec.constants.MAX_RECORD_SIZE - 1024
 
 
-class TransportError(RuntimeError):
-    """The daemon refused this writer's data, or could not be reached in time."""
+class Refusal(TransportError):
+    """The daemon answered the hello with a refusal: retrying cannot help."""
 
 
 def connect(path: str, timeout: float = 5.0) -> socket.socket:
@@ -123,6 +126,8 @@ def ensure_daemon(folder: str, timeout: float = 15.0, daemon_args=()) -> socket.
 class Client:
     """One writer's link to the daemon for one run. ``add`` is called by the training code."""
 
+    answer_timeout = 30.0  # seconds a daemon may take to answer a hello before it is tried again
+
     def __init__(self, run_id: str, root: str, run_info: dict, *, rank: int = 0, flush_interval: float = 0.02,
                  batch_entries: int = 4096, batch_bytes: int = 1 << 20, max_buffer: int = 256 << 20,
                  buffer_policy: str = "block", folder: str | None = None, reconnect_timeout: float = 60.0):
@@ -179,7 +184,13 @@ class Client:
             return
         with self._lock:
             enc = self._enc
-            n = enc.add(step, commit, time_us, values, payload)
+            try:
+                n = enc.add(step, commit, time_us, values, payload)
+            except codec.RecordTooLarge:
+                if not len(enc):
+                    raise  # too large alone: refused, and the batch is as it was
+                self._frame_batch()  # the entries before it go out in a batch of their own
+                n = enc.add(step, commit, time_us, values, payload)
             full = n >= self.batch_entries or enc.nbytes >= self.batch_bytes
             if full:
                 # framed here, not by the flusher: while this thread logs, the flusher waits
@@ -211,7 +222,13 @@ class Client:
         (a ``define_metric`` applies to what follows it); unordered ones (console lines) ride
         with the next batch. ``data`` is encoded here, so a value that cannot be stored raises
         TypeError in the caller instead of stopping the flusher."""
+        if self._error is not None:
+            raise TransportError(self._error)
         raw = msgspec.Raw(_event_data_encoder.encode(data))
+        if len(raw) > _MAX_EVENT_DATA:
+            raise codec.RecordTooLarge(
+                f"{kind} too large: {len(raw)} bytes encoded, over the record limit of {codec.constants.MAX_RECORD_SIZE}; "
+                f"keep big values in files (trackside.Artifact)")
         if self._thread is None and kind != "finish":
             self.start()
         with self._lock:
@@ -238,6 +255,9 @@ class Client:
         """Send everything and wait until the daemon has it durable and stored; True if so."""
         if self._thread is None:  # never connected (a forked child that did not log): nothing to send
             return True
+        if self._error is not None:
+            self.close()
+            return False
         self.event("finish", {"exit_code": getattr(self, "exit_code", 0)})
         target = self._seq_after_flush()
         deadline = time.monotonic() + timeout
@@ -252,17 +272,26 @@ class Client:
         self.close()
         return ok
 
-    def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until everything added so far is durable at the daemon."""
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until everything added so far is durable at the daemon (at the run's durability
+        level): True once it is, False when ``timeout`` seconds (None: no limit) pass first.
+        Raises TransportError when the writer failed (the daemon refused it, or could not be
+        reached again within the reconnect timeout)."""
+        if self._error is not None:
+            raise TransportError(self._error)
         if self._thread is None:
             return True
         target = self._seq_after_flush()
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._acked:
-            while self._acked_seq < target and self._error is None and time.monotonic() < deadline:
+            while self._acked_seq < target and self._error is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
                 self._wake.set()
                 self._acked.wait(0.05)
-            return self._acked_seq >= target
+            if self._acked_seq < target:
+                raise TransportError(self._error)
+            return True
 
     def _seq_after_flush(self) -> int:
         """Frame what was added so far; the seq of the last batch that holds it."""
@@ -288,22 +317,24 @@ class Client:
     # -- the flusher thread ----------------------------------------------------------------------
 
     def _flusher(self) -> None:
-        _block_signals()
-        while True:
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            if self._lost:
-                self._lost = False
-                self._reconnect()
-            try:
-                self._send_pending()
-            except OSError:
-                self._reconnect()
-            except Exception as e:  # a bug must not silently stop logging: say so, in the caller
-                self._fail(f"the trackside flusher failed: {type(e).__name__}: {e}")
-                return
-            if self._closing:
-                return
+        """Send what is framed, reconnect when the link is lost. Never dies silently: whatever
+        stops it is kept in ``_error``, which the caller's next log(), flush() or finish() raises."""
+        try:
+            _block_signals()
+            while self._error is None:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                if self._lost:
+                    self._lost = False
+                    self._reconnect()
+                try:
+                    self._send_pending()
+                except OSError:
+                    self._reconnect()
+                if self._closing:
+                    return
+        except BaseException as e:  # a bug must not silently stop logging: say so, in the caller
+            self._fail(f"the trackside flusher failed: {type(e).__name__}: {e}")
 
     def _take(self) -> None:
         """Frame what is pending as batches with the next sequence numbers, into the outbox."""
@@ -316,16 +347,16 @@ class Client:
 
     def _frame_batch(self) -> None:
         """Frame the current batch into the outbox (caller holds the lock)."""
-        self._seq += 1
-        record = self._enc.take(self.writer, self._seq)
-        self._unacked[self._seq] = record
-        self._unacked_bytes += len(record)
-        self._outbox.append((self._seq, record))
+        self._queue(self._enc.take(self.writer, self._seq + 1))
 
     def _frame_event(self, kind: str, data) -> None:
         """Frame one event record into the outbox (caller holds the lock)."""
+        self._queue(codec.frame(RECORD_EVENT, encode_event(Event(self.writer, self._seq + 1, kind, data))))
+
+    def _queue(self, record: bytes) -> None:
+        # the seq moves only once its record exists: a record that could not be framed leaves
+        # no gap in the writer's seqs
         self._seq += 1
-        record = codec.frame(RECORD_EVENT, encode_event(Event(self.writer, self._seq, kind, data)))
         self._unacked[self._seq] = record
         self._unacked_bytes += len(record)
         self._outbox.append((self._seq, record))
@@ -346,15 +377,17 @@ class Client:
     def _connect(self) -> None:
         sock = ensure_daemon(self.folder)
         try:
+            sock.settimeout(self.answer_timeout)  # a daemon that takes the hello and hangs is retried
             sock.sendall(pack(Hello(PROTOCOL_VERSION, self.run_id, self.writer, os.getpid(), self.rank,
                                     self.root, self.run_info)))
             msg = _read_frame(sock)
-        except OSError:
+            sock.settimeout(None)
+        except BaseException:
             sock.close()
             raise
         if isinstance(msg, Refused):
             sock.close()
-            raise TransportError(f"the trackside daemon refused run {self.run_id}: {msg.reason}")
+            raise Refusal(f"the trackside daemon refused run {self.run_id}: {msg.reason}")
         if not isinstance(msg, Welcome):
             sock.close()
             raise TransportError(f"the trackside daemon answered {type(msg).__name__} to hello")
@@ -385,24 +418,28 @@ class Client:
                 pass
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.05
-        while self._error is None:
+        while self._error is None and not self._closing:
             try:
                 self._connect()
                 return
             except TransportError as e:
-                if "refused run" in str(e) or time.monotonic() > deadline:
+                if isinstance(e, Refusal) or time.monotonic() > deadline:
                     self._fail(str(e))
                     return
-            except OSError:
+            except Exception as e:  # a daemon dying mid-hello, a reset, a daemon that cannot start
                 if time.monotonic() > deadline:
-                    self._fail(f"lost the trackside daemon and could not reconnect within {self.reconnect_timeout:.0f} s")
+                    self._fail(f"lost the trackside daemon and could not reconnect within {self.reconnect_timeout:.0f} s "
+                               f"({type(e).__name__}: {e})")
                     return
-            time.sleep(delay)
+            # backoff with jitter: many ranks of a host must not knock on a new daemon in step
+            time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
     def _reader(self, sock: socket.socket, gen: int) -> None:
-        _block_signals()
+        """Read acks until the connection ends; any failure (an EOF, a reset, a frame that does
+        not decode) counts as a lost link, which the flusher reconnects."""
         try:
+            _block_signals()
             while True:
                 msg = _read_frame(sock)
                 with self._acked:
@@ -417,7 +454,7 @@ class Client:
                         self._error = f"the trackside daemon closed this writer's connection: {msg.reason}"
                         self._acked.notify_all()
                         return
-        except (OSError, TransportError, EOFError):
+        except Exception:
             if gen == self._gen and not self._closing:
                 self._lost = True  # the flusher reconnects and resends what is not acked
                 self._wake.set()
@@ -436,6 +473,11 @@ class Client:
                 break
             self._unacked_bytes -= len(self._unacked.pop(first))
         self._acked.notify_all()
+
+    @property
+    def error(self) -> str | None:
+        """Why this writer failed (retrying cannot help), or None."""
+        return self._error
 
     def _fail(self, message: str) -> None:
         with self._acked:
@@ -465,8 +507,11 @@ def _read_frame(sock: socket.socket):
     head = _recv_exactly(sock, 4)
     (n,) = LENGTH.unpack(head)
     if n > MAX_FRAME:
-        raise TransportError(f"the daemon sent a frame of {n} bytes")
-    return server_decoder.decode(_recv_exactly(sock, n))
+        raise ConnectionAbortedError(f"the trackside daemon sent a frame of {n} bytes")
+    try:
+        return server_decoder.decode(_recv_exactly(sock, n))
+    except msgspec.DecodeError as e:
+        raise ConnectionAbortedError(f"the trackside daemon sent a malformed frame: {e}") from None
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -474,6 +519,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
-            raise EOFError("connection closed")
+            # an OSError like every other lost link, so that one handler retries them all
+            raise ConnectionAbortedError("the trackside daemon closed the connection")
         buf += chunk
     return bytes(buf)

@@ -1,0 +1,14 @@
+"""The errors trackside raises to its callers, in one place both the SDK and its tools import."""
+
+
+class Error(Exception):
+    """Base of trackside's errors."""
+
+
+class UsageError(Error, ValueError):
+    """A call trackside cannot honour as made (the message says what to change)."""
+
+
+class TransportError(Error, RuntimeError):
+    """The daemon refused this writer's data, or could not be reached in time; raised by the
+    next ``log()``, ``flush()`` or ``finish()`` once retrying cannot help."""

@@ -1,0 +1,374 @@
+"""Promises under attack: nothing acknowledged is lost, nothing is stored twice, a bad input
+costs one error and never the run. Real daemons and trainers, killed with SIGKILL at the
+moments that once broke these promises; each test is named after the failure it guards."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import trackside
+from trackside import discovery
+from trackside._native import constants as C
+from trackside._native import frame
+from trackside.protocol import LENGTH, PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
+
+from conftest import daemon_pid, run_script, wait_until
+
+
+def _read_frame(sock):
+    head = _recv(sock, 4)
+    (n,) = LENGTH.unpack(head)
+    return server_decoder.decode(_recv(sock, n))
+
+
+def _recv(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("closed")
+        buf += chunk
+    return buf
+
+
+def _raw_writer(ts, run_id, writer, run_info=None):
+    """A hand-made writer connection that says hello for ``run_id``; returns the socket and the
+    daemon's answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(discovery.socket_path(ts.daemon_dir))
+    info = {"project": "p", "dest": "local"} if run_info is None else run_info
+    sock.sendall(pack(Hello(PROTOCOL_VERSION, run_id, writer, os.getpid(), 1, ts.root, info)))
+    return sock, _read_frame(sock)
+
+
+def _kill_daemon(ts) -> None:
+    pid = daemon_pid(ts)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not discovery.pid_alive(pid))
+
+
+# -- 1. a daemon that dies between hello and welcome ------------------------------------------------
+
+
+def test_daemon_dying_after_hello_is_retried_and_loses_nothing(ts):
+    """A listener that reads the hello and closes (a daemon killed at that moment) once killed
+    the flusher thread: log() went on, nothing arrived anywhere. Now the writer retries until a
+    daemon answers, and every row is stored."""
+    run = trackside.init(project="p", settings={"durability": "fsync"})
+    for i in range(100):
+        run.log({"x": float(i)})
+    run.flush()
+    path = discovery.socket_path(ts.daemon_dir)
+    # a false daemon takes over the socket's path while the real one still runs, then the real
+    # one dies: the writer's reconnects meet the false one first
+    os.unlink(path)
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fake.bind(path)
+    fake.listen(8)
+    hellos = []
+
+    def serve():
+        for _ in range(3):
+            conn, _ = fake.accept()
+            try:
+                conn.settimeout(10)
+                (n,) = LENGTH.unpack(_recv(conn, 4))
+                hellos.append(_recv(conn, n))
+            finally:
+                conn.close()  # after the hello, before any answer
+        os.unlink(path)  # gone: the next reconnect starts a real daemon
+        fake.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    _kill_daemon(ts)
+    for i in range(100, 300):
+        run.log({"x": float(i)})
+        if i % 50 == 0:
+            time.sleep(0.1)
+    t.join(30)
+    assert not t.is_alive() and len(hellos) == 3
+    run.finish()
+    rows = trackside.Api().run(run.id).history(keys=["x"])
+    assert [r["x"] for r in rows] == [float(i) for i in range(300)]
+
+
+def test_a_flusher_that_cannot_go_on_fails_the_next_log_and_finish(ts):
+    """When retrying cannot help (the daemon refuses the run), the writer says so on the next
+    log() and on finish(), instead of a dead thread behind a live API."""
+    run = trackside.init(project="p", settings={"reconnect_timeout": 2.0})
+    run.log({"x": 1.0})
+    run.flush()
+    # the socket's path now leads to a listener that answers every hello with a refusal
+    path = discovery.socket_path(ts.daemon_dir)
+    os.unlink(path)
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fake.bind(path)
+    fake.listen(8)
+    _kill_daemon(ts)
+    stop = threading.Event()
+
+    def serve():
+        fake.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = fake.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(5)
+                (n,) = LENGTH.unpack(_recv(conn, 4))
+                _recv(conn, n)
+                conn.sendall(pack(Refused("this host takes no runs today")))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with pytest.raises(trackside.TransportError, match="no runs today"):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                run.log({"x": 2.0})
+                time.sleep(0.01)
+        with pytest.raises(trackside.TransportError, match="no runs today"):
+            run.finish()
+    finally:
+        stop.set()
+        t.join(10)
+        fake.close()
+        os.unlink(path)
+
+
+# -- 2. console lines and WAL replay ---------------------------------------------------------------
+
+_CONSOLE_SCRIPT = r"""
+import os, signal, sys, time
+import trackside
+from trackside import discovery
+run = trackside.init(project="p", settings={"durability": "fsync"})
+for i in range(20):
+    run.log({"x": float(i)}, step=i)
+    print(f"line {i}", flush=True)
+run.flush()
+api = trackside.Api()
+deadline = time.monotonic() + 20
+while len(api.run(run.id).console()) < 20:  # stored by the first daemon
+    assert time.monotonic() < deadline, "the first 20 lines were not stored"
+    time.sleep(0.05)
+pid = discovery.read_info()["pid"]
+os.kill(pid, signal.SIGKILL)
+while discovery.pid_alive(pid):
+    time.sleep(0.01)
+for i in range(20, 40):
+    run.log({"x": float(i)}, step=i)
+    print(f"line {i}", flush=True)
+run.finish()
+print("RUN", run.id, file=sys.stderr)
+"""
+
+
+def test_console_lines_are_stored_once_across_a_replay(ts):
+    p = run_script(_CONSOLE_SCRIPT, ts.env)
+    run_id = p.stderr.split("RUN ")[1].split()[0]
+    r = trackside.Api().run(run_id)
+    lines = [line["text"] if isinstance(line, dict) else line[-1] for line in r.console()]
+    assert [x for x in lines if x.startswith("line")] == [f"line {i}" for i in range(40)]
+    assert [row["x"] for row in r.history(keys=["x"])] == [float(i) for i in range(40)]
+
+
+# -- 3. a WAL damaged in the middle ------------------------------------------------------------------
+
+
+def _damage_middle(run_dir: str) -> None:
+    segments = sorted(glob.glob(os.path.join(run_dir, "wal", "*.log")))
+    assert segments, os.listdir(os.path.join(run_dir, "wal"))
+    path = segments[0]
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        chunk = f.read(64)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_a_run_with_a_damaged_wal_resumes_and_reports_the_damage(ts):
+    run = trackside.init(project="p")
+    for i in range(2000):
+        run.log({"x": float(i)})
+    run.finish()
+    stop_daemon_now(ts)
+    _damage_middle(run.dir)
+    again = trackside.init(id=run.id, resume="must")
+    for i in range(10):
+        again.log({"y": float(i)})
+    again.finish()
+    r = trackside.Api().run(run.id)
+    assert [row["y"] for row in r.history(keys=["y"])] == [float(i) for i in range(10)]
+    assert len(r.history(keys=["x"])) == 2000  # stored before the damage happened
+    damage = r.metadata.get("wal_damage")
+    assert damage and damage[0]["bytes"] > 0 and damage[0]["reason"], r.metadata
+    out = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def stop_daemon_now(ts) -> None:
+    from conftest import stop_daemon
+
+    stop_daemon(ts.daemon_dir)
+
+
+# -- 4. one oversized value ----------------------------------------------------------------------------
+
+
+def test_an_oversized_value_is_refused_and_leaves_nothing_behind(ts):
+    run = trackside.init(project="p")
+    run.log({"x": 1.0})
+    with pytest.raises(ValueError, match="limit"):
+        run.log({"huge": "y" * (70 << 20)})
+    run.log({"x": 2.0})
+    run.log({"note": "small"})
+    run.flush()
+    run.finish()
+    rows = trackside.Api().run(run.id).history()
+    assert [r.get("x") for r in rows] == [1.0, 2.0, None]
+    assert all("huge" not in r for r in rows)
+
+
+def test_an_oversized_config_is_refused_and_leaves_nothing_behind(ts):
+    run = trackside.init(project="p")
+    run.log({"x": 1.0})
+    with pytest.raises(ValueError, match="limit"):
+        run.config["blob"] = "z" * (70 << 20)
+    run.config["lr"] = 0.1
+    run.log({"x": 2.0})
+    run.finish()
+    r = trackside.Api().run(run.id)
+    assert [row["x"] for row in r.history(keys=["x"])] == [1.0, 2.0]
+    assert r.config.get("lr") == 0.1
+
+
+# -- 6. finish() of the last live writer ----------------------------------------------------------------
+
+_RANK_SCRIPT = r"""
+import os, sys, time
+import trackside
+run = trackside.init(id=sys.argv[1], project="p")
+run.log({"r1": 1.0}, step=0)
+run.flush()
+print("LOGGED", flush=True)
+time.sleep(600)
+"""
+
+
+def test_finish_waits_for_rows_when_another_writer_was_killed(ts):
+    run = trackside.init(project="p")
+    run.log({"x": 0.0}, step=0)
+    run.flush()
+    env = dict(ts.env, TRACKSIDE_RUN_ID=run.id)
+    rank = subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, run.id], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert rank.stdout.readline().strip() == "LOGGED"
+        rank.kill()
+        rank.wait(10)
+        for i in range(1, 200):
+            run.log({"x": float(i)}, step=i)
+        run.finish()
+        rows = trackside.Api().run(run.id).history(keys=["x"])  # right after finish: all of them
+        assert len(rows) == 200
+    finally:
+        if rank.poll() is None:
+            rank.kill()
+        rank.stdout.close()
+        rank.wait()
+
+
+def test_an_undecodable_batch_never_holds_back_other_writers(ts):
+    run = trackside.init(project="p")
+    run.log({"x": 0.0})
+    run.flush()
+    sock, answer = _raw_writer(ts, run.id, writer=12345)
+    try:
+        assert isinstance(answer, Welcome)
+        # a LOG record with a valid checksum, its writer and seq right, and garbage after them
+        body = bytes([0xB9, 0x60, 1]) + b"\xff" * 64
+        sock.sendall(pack(Batch(1, frame(C.RECORD_LOG, body))))
+        for i in range(1, 2000):
+            run.log({"x": float(i)})
+        run.finish()
+        rows = trackside.Api().run(run.id).history(keys=["x"])
+        assert len(rows) == 2000
+    finally:
+        sock.close()
+    status = trackside.transport.daemon_status(discovery.read_info(ts.daemon_dir))
+    assert discovery.pid_alive(status["pid"])
+
+
+# -- malformed hellos ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_info", [
+    {"settings": 5},
+    {"settings": {"merge_window": "soon"}},
+    {"settings": {"durability": "always"}},
+    {"dest": 7},
+    {"project": ["a"]},
+])
+def test_a_malformed_hello_gets_a_reason(ts, run_info):
+    run = trackside.init(project="p")  # a daemon that runs
+    sock, answer = _raw_writer(ts, "rogue-run", writer=99, run_info=run_info)
+    sock.close()
+    assert isinstance(answer, Refused), answer
+    assert "rogue-run" in answer.reason
+    run.log({"x": 1.0})  # the daemon goes on
+    run.finish()
+    assert trackside.Api().run(run.id).history(keys=["x"])[0]["x"] == 1.0
+
+
+# -- run.flush -----------------------------------------------------------------------------------------
+
+_FLUSH_SCRIPT = r"""
+import os, signal, sys
+import trackside
+from trackside import discovery
+run = trackside.init(project="p", settings={"durability": "fsync"})
+for i in range(500):
+    run.log({"x": float(i)})
+run.flush()
+print("RUN", run.id, flush=True)
+os.kill(discovery.read_info()["pid"], signal.SIGKILL)  # the daemon, then this process
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_flush_returns_once_everything_is_durable(ts):
+    p = run_script(_FLUSH_SCRIPT, ts.env, check=False)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    run_id = p.stdout.split("RUN ")[1].split()[0]
+    # the next daemon resumes the run from its WAL: every row flushed is there
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True, timeout=60)
+    wait_until(lambda: len(trackside.Api().run(run_id).history(keys=["x"])) == 500, timeout=30)
+
+
+def test_flush_with_a_timeout_raises_when_nothing_answers(ts):
+    run = trackside.init(project="p", settings={"reconnect_timeout": 30.0})
+    run.log({"x": 1.0})
+    run.flush()
+    os.kill(daemon_pid(ts), signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        run.log({"x": 2.0})
+        with pytest.raises(TimeoutError):
+            run.flush(timeout=0.5)
+    finally:
+        os.kill(daemon_pid(ts), signal.SIGCONT)
+    run.flush()
+    run.finish()
