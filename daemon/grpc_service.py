@@ -40,12 +40,14 @@ class IngestService(pb_grpc.IngestServicer):
                                 f"protocol version {request.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})")
         try:
             info = msgspec.msgpack.decode(request.run_info) if request.run_info else {}
+            if not isinstance(info, dict):
+                raise BadRecord(f"run_info must be a map, not {type(info).__name__}")
             root = info.pop("root", None)
             if not root:
                 raise BadRecord("run_info must carry the absolute run root as 'root'")
             hello = Hello(request.protocol, request.run_id, request.writer, request.pid, request.rank, root, info)
             stream = await self.daemon.open_stream(hello)
-        except (BadRecord, ValueError, OSError, msgspec.DecodeError) as e:
+        except (BadRecord, ValueError, TypeError, OSError, msgspec.DecodeError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot open run {request.run_id}: {e}")
         return pb.Welcome(protocol=PROTOCOL_VERSION, acked_seq=stream.seqs.get(request.writer, 0), run_dir=stream.dir,
                           next_step=stream.next_step)

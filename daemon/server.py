@@ -237,8 +237,9 @@ class Daemon:
     async def _open_run(self, run_id: str, root: str, info: dict) -> RunStream:
         if not RUN_ID.match(run_id):
             raise BadRecord(f"run id {run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
-        if not os.path.isabs(root):
+        if not isinstance(root, str) or not os.path.isabs(root):
             raise BadRecord(f"run root {root!r} must be an absolute path")
+        check_run_info(info)
         dest = info.get("dest") or "local"
         if dest not in ("local", "offline") and not str(dest).startswith(("grpc://", "grpcs://")):
             raise BadRecord(f"destination {dest!r} is not 'local', 'offline' or a grpc:// or grpcs:// URL")
@@ -309,8 +310,11 @@ class Daemon:
                 return conn.refuse(f"protocol version {hello.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})")
             try:
                 stream = await self.open_stream(hello)
-            except (BadRecord, OSError, ValueError) as e:
+            except (BadRecord, OSError, ValueError, TypeError) as e:
                 return conn.refuse(f"cannot open run {hello.run_id}: {e}")
+            except Exception as e:  # a hello nothing above foresaw: still a reason, never a silent close
+                log.exception("run %s: cannot open it", hello.run_id)
+                return conn.refuse(f"cannot open run {hello.run_id}: {type(e).__name__}: {e}")
             conn.stream = stream
             stream.attach(conn, hello.writer)
             stream.add_pid(hello.pid, hello.rank)
@@ -436,3 +440,24 @@ def main(argv=None) -> int:
         print(f"trackside daemon: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+_TEXT_FIELDS = ("project", "name", "group", "job_type")
+
+
+def check_run_info(info) -> None:
+    """A hello's run info, as far as the daemon relies on it; BadRecord says what is wrong."""
+    if not isinstance(info, dict):
+        raise BadRecord(f"run info must be a map, not {type(info).__name__}")
+    for key in _TEXT_FIELDS:
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise BadRecord(f"run info {key!r} must be a string, not {type(info[key]).__name__}")
+    tags = info.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise BadRecord(f"run info 'tags' must be a list of strings, not {tags!r}")
+    settings = info.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise BadRecord(f"run info 'settings' must be a map, not {type(settings).__name__}")
+    dest = info.get("dest")
+    if dest is not None and not isinstance(dest, str):
+        raise BadRecord(f"run info 'dest' must be a string, not {type(dest).__name__}")

@@ -160,6 +160,17 @@ CREATE TABLE IF NOT EXISTS artifact_logs (
     aid  INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+# Replays append nothing twice: per (run, writer), the highest seq of its events whose appends
+# (console lines) the store holds, written in the transaction that holds them. Created on open
+# like the artifact tables: no reader reads it.
+_MARKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS event_marks (
+    rid     INTEGER NOT NULL,
+    writer  INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (rid, writer)
+) WITHOUT ROWID;
+"""
 _VERSION_ALIAS = re.compile(r"^v[0-9]+$")  # "v3": a version, never a user's alias
 
 # Migrations: version -> the statements that bring a store of the version before it there. A new
@@ -342,6 +353,7 @@ class Store:
         elif version < SCHEMA_VERSION:
             self._migrate()
         self._add_tables(_ARTIFACT_SCHEMA)
+        self._add_tables(_MARKS_SCHEMA)
         db.register_merge(self._merge_blobs)
         for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs"):
             self._rids[run_id] = rid
@@ -597,6 +609,19 @@ class Store:
         """Mark the run ended: ``state`` is "finished", "failed" or "crashed"; sets finished_at."""
         self.apply(run_id, final_state=(state, exit_code))
 
+    def event_marks(self, run_id: str) -> dict[int, int]:
+        """writer -> the seq of its last event whose console lines the store holds: a replayed
+        event at or below it was applied already (console lines are appended, not merged)."""
+        with self._lock:
+            rid = self._rids.get(run_id)
+            if rid is None:
+                return {}
+            try:
+                return dict(self._live().execute("SELECT writer, seq FROM event_marks WHERE rid = ?", (rid,)).fetchall())
+            except self._db.Error as e:
+                self._rollback()
+                raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
+
     def run_cursor(self, run_id: str) -> tuple[int, int]:
         """``(wal_cursor, next_step)`` of the run: the WAL offset the store holds everything up
         to (0 for an unknown run) and the step after the highest stored one (0 when none)."""
@@ -798,6 +823,7 @@ class Store:
         artifacts: Iterable = (),
         system: Iterable = (),
         typed_steps: Optional[Collection[int]] = None,
+        marks: Optional[Mapping[int, int]] = None,
     ) -> int:
         """Everything the daemon has for a run since its last call, in ONE transaction.
 
@@ -812,7 +838,8 @@ class Store:
         ``add_artifact``). ``system``: system-metrics rows as in ``write_system_metrics``.
         ``typed_steps``: the steps among ``rows`` that may hold typed values (dicts with a
         ``"_type"``, indexed in ``media``); a caller that knows saves the search of every row,
-        which None (the default) does.
+        which None (the default) does. ``marks``: writer -> the seq of its last event whose
+        console lines are in ``console`` (see ``event_marks``).
         Raises as the single methods do; on an exception nothing of the call is stored.
         """
         if final_state is not None and (final_state[0] == "running" or final_state[0] not in STATES):
@@ -824,6 +851,12 @@ class Store:
             merged = self._write_rows(rid, rows, cursor, typed_steps)
             if console:
                 self._append_console(rid, console)
+            if marks:
+                conn.executemany(
+                    "INSERT INTO event_marks (rid, writer, seq) VALUES (?, ?, ?)"
+                    " ON CONFLICT (rid, writer) DO UPDATE SET seq = excluded.seq",
+                    [(rid, int(w), int(q)) for w, q in marks.items()],
+                )
             for artifact in artifacts:
                 self._add_artifact(rid, artifact)
             if system:

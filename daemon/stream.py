@@ -40,7 +40,15 @@ from typing import NamedTuple, Optional
 import msgspec
 
 from trackside import _native as codec
-from trackside._native.constants import PARSE_OK, PARSE_REASONS, RECORD_EVENT, RECORD_HEADER_SIZE, RECORD_LOG
+from trackside._native.constants import (
+    MAX_RECORD_SIZE,
+    PARSE_OK,
+    PARSE_REASONS,
+    RECORD_EVENT,
+    RECORD_HEADER_SIZE,
+    RECORD_LOG,
+)
+from trackside.discovery import pid_alive
 from trackside.protocol import Ack, Done, Event, encode_event, event_decoder
 
 from .merger import Merger
@@ -201,7 +209,7 @@ class Backlog:
 class _Group:
     """What one store transaction gathers while its records are merged."""
 
-    __slots__ = ("records", "config", "meta", "console", "finished", "system")
+    __slots__ = ("records", "config", "meta", "console", "finished", "system", "marks")
 
     def __init__(self):
         self.records: list = []
@@ -210,6 +218,7 @@ class _Group:
         self.console: list = []
         self.finished: list = []
         self.system: list = []
+        self.marks: dict = {}  # writer -> seq of its last event whose console lines are in `console`
 
 
 class RunStream:
@@ -234,9 +243,13 @@ class RunStream:
         # stream only stores what it holds (`trackside sync` into the run's own root): see catch_up
         self.read_only = read_only
         self._read_from = 0
+        self.warnings: list[str] = []
+        self.damage: list[dict] = []  # WAL damage found (path, offset, bytes, reason): status and metadata
+        self._damage_stored = 0  # how many of them the store's metadata holds
         self.wal = None if read_only else WAL(
             os.path.join(run_dir, "wal"),
             durability=self.durability,
+            max_record_size=RECORD_HEADER_SIZE + MAX_RECORD_SIZE,  # all the format allows (log() checks it)
             reporter=self._report_damage,
         )
         self.live = live and not read_only  # False: records replayed long after they were logged
@@ -250,9 +263,7 @@ class RunStream:
         self.connections: set = set()
         self.pids: dict[int, tuple[int, int]] = {}  # training process -> (connections, rank): system metrics watch it
         self.finished_writers: set[int] = set()
-        self.warnings: list[str] = []
         self.error: str | None = None  # set while the WAL cannot be made durable
-        self.damage: list[tuple] = []
         self.stats = {"records": 0, "entries": 0, "duplicates": 0, "bytes": 0}
         self.next_step = 0
         self._pending: list = []  # (end offset, connection, writer, seq, type, body)
@@ -269,6 +280,8 @@ class RunStream:
         self._summary_dirty = False
         self._tasks: list[asyncio.Task] = []
         self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
+        self._marks: dict[int, int] = {}  # writer -> seq of its last event whose console lines are stored
+        self._away: dict[int, Optional[int]] = {}  # writer -> pid: connection ended, process alive then
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
         self._durable_waiters: list = []  # (WAL offset, future): resolved once the WAL is durable there
         # the WAL is durable and every batch acknowledged up to here: the WAL's own durable
@@ -281,6 +294,7 @@ class RunStream:
         if not self.local:
             return await self._start_without_store()
         cursor, self.next_step = await self._store_call(self.store.run_cursor, self.run_id)
+        self._marks = await self._store_call(self.store.event_marks, self.run_id)
         self._backlog.end = cursor  # everything before it is stored
         if self.read_only:
             self._read_from = cursor
@@ -303,6 +317,8 @@ class RunStream:
         if replayed:
             await self._merge_backlog(drain=True)
             log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
+        if len(self.damage) > self._damage_stored:  # found while reading the WAL: readers see it now
+            await self._store(metadata={"wal_damage": self._damage_report()})
         self._tasks = [
             asyncio.create_task(self._committer(), name=f"commit-{self.run_id}"),
             asyncio.create_task(self._materializer(), name=f"merge-{self.run_id}"),
@@ -581,9 +597,13 @@ class RunStream:
             self._release_acks()
 
     async def _feed(self, group: "_Group", conn, writer: int, seq: int, rtype: int, body, now: float) -> None:
-        """One record into the merger (a LOG record) or into ``group`` (an event)."""
+        """One record into the merger (a LOG record) or into ``group`` (an event). A record that
+        does not decode is reported and skipped, and its writer is no longer waited for."""
         if rtype == RECORD_LOG:
-            _, _, entries = codec.decode_batch(body)
+            try:
+                _, _, entries = codec.decode_batch(body)
+            except codec.CodecError as e:
+                return self._undecodable(conn, writer, seq, str(e))
             if any(e[4] is not None for e in entries):
                 entries = [self._with_payload(e, writer, seq) for e in entries]
             if writer not in self.merger.writers:
@@ -596,9 +616,12 @@ class RunStream:
                 self._typed_steps = {s for s in self._typed_steps if self.merger.is_pending(s)}
             self.stats["entries"] += len(entries)
             return
-        ev = event_decoder.decode(body)
         try:
-            await self._apply_event(ev, conn, group.config, group.meta, group.console, group.finished, group.system)
+            ev = event_decoder.decode(body)
+        except msgspec.DecodeError as e:
+            return self._undecodable(conn, writer, seq, str(e))
+        try:
+            await self._apply_event(ev, conn, group)
         except (ValueError, TypeError, AttributeError) as e:  # one writer's bad event
             self._warn(f"ignored {ev.kind!r} event of writer {writer} (seq {seq}): {e}")
 
@@ -627,8 +650,10 @@ class RunStream:
             # replayed later (sync, a server): the run ended around its last row, not now
             final_state += (max(rows[-1].time_us / 1e6, 0.0),)
         artifacts, self._artifacts = self._artifacts, []
+        if len(self.damage) > self._damage_stored:
+            group.meta["wal_damage"] = self._damage_report()
         return dict(rows=rows, typed_steps=self._take_typed(rows), config=group.config, metadata=group.meta,
-                    console=group.console, summary=summary, cursor=cursor, final_state=final_state,
+                    console=group.console, marks=group.marks, summary=summary, cursor=cursor, final_state=final_state,
                     artifacts=artifacts, system=group.system)
 
     def _send_done(self, group) -> None:
@@ -644,8 +669,9 @@ class RunStream:
                 conn.send(Ack(held[1]))  # stored is durable: no writer hears Done before its Ack
             conn.send(Done(seq))
 
-    async def _apply_event(self, ev, conn, config, meta, console, finished, system) -> None:
+    async def _apply_event(self, ev, conn, group: "_Group") -> None:
         kind, data, writer, seq = ev.kind, ev.data, ev.writer, ev.seq
+        config, meta, console, finished, system = group.config, group.meta, group.console, group.finished, group.system
         if kind == "config":
             config.update(data)
         elif kind == "summary":
@@ -654,7 +680,11 @@ class RunStream:
         elif kind == "define_metric":
             self.merger.define_metric(**data)
         elif kind == "console":
+            # appended, not merged: a replay from an older cursor must not append them again
+            if seq <= self._marks.get(writer, 0):
+                return
             console.extend(tuple(x) for x in data)
+            self._marks[writer] = group.marks[writer] = seq
         elif kind == "meta":
             meta.update(data)
         elif kind == "run":
@@ -672,6 +702,21 @@ class RunStream:
             self.merger.leave(writer)
             self.finished_writers.add(writer)
             finished.append((conn, seq, data or {}))
+            if conn is not None:
+                # a writer of this host with no connection left is gone (killed, say) or
+                # between connections: the last live writer's finish does not wait for it, its
+                # rows are final now (what it sends later amends them)
+                self._leave_disconnected()
+
+    def _undecodable(self, conn, writer: int, seq: int, reason: str) -> None:
+        """A record that passed its checksum but does not decode (a foreign or broken writer):
+        skipped and counted; its writer holds no rows back, and its connection is closed."""
+        self.stats["undecodable"] = self.stats.get("undecodable", 0) + 1
+        self._warn(f"skipped writer {writer}'s batch {seq}: it does not decode ({reason})")
+        self.merger.leave(writer)
+        refuse = getattr(conn, "refuse", None)
+        if refuse is not None:
+            refuse(f"batch {seq} does not decode ({reason}); the writer's connection is closed")
 
     def _with_payload(self, entry, writer: int, seq: int):
         """Rich values travel as a msgpack map in the payload; in the row they are values."""
@@ -723,6 +768,8 @@ class RunStream:
         records the backlog held back for one."""
         while True:
             await asyncio.sleep(1.0)
+            if self._away:
+                self._check_away()
             if self.merger.pending() or self._backlog.records:
                 self._tick = True
                 self._merge_wanted.set()
@@ -825,8 +872,15 @@ class RunStream:
     # -- reporting -------------------------------------------------------------------------------
 
     def _report_damage(self, path, offset, nbytes, reason) -> None:
-        self.damage.append((path, offset, nbytes, reason))
+        # called from the io threads too: a list append is atomic, the store picks it up later
+        self.damage.append({"path": os.fspath(path), "offset": offset, "bytes": nbytes, "reason": reason})
         log.warning("run %s: WAL damage in %s at offset %d: %d bytes dropped (%s)", self.run_id, path, offset, nbytes, reason)
+
+    def _damage_report(self) -> list:
+        """Every damage found so far, for the run's metadata (``wal_damage``)."""
+        damage = list(self.damage)
+        self._damage_stored = len(damage)
+        return damage
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -835,17 +889,42 @@ class RunStream:
     def attach(self, conn, writer: int) -> None:
         """A writer connected: it takes part in merging from now on (see Merger.join)."""
         self.connections.add(conn)
+        self._away.pop(writer, None)
         if writer not in self.finished_writers:
             self.merger.join(writer, time.monotonic())
 
     def detach(self, conn) -> None:
         """A writer's connection ended. One that never sent anything (a process forked from a
-        rank that did not log, say) stops holding rows back; one that did may come back (a
-        reconnect), and its rows wait for it up to the merge window."""
+        rank that did not log, say) or whose process is gone (killed) stops holding rows back;
+        one that did may come back (a reconnect), and its rows wait for it while its process
+        lives, up to the merge window (the ticker looks at its pid)."""
         self.connections.discard(conn)
         writer = conn.writer_id
-        if writer not in self.seqs and not any(c.writer_id == writer for c in self.connections):
+        if any(c.writer_id == writer for c in self.connections):
+            return
+        pid = getattr(conn, "peer", None)
+        if writer not in self.seqs or (isinstance(pid, int) and not pid_alive(pid)):
+            self._leave(writer)
+        else:
+            self._away[writer] = pid if isinstance(pid, int) else None
+
+    def _leave(self, writer: int) -> None:
+        self._away.pop(writer, None)
+        if writer in self.merger.writers:
             self.merger.leave(writer)
+            self._tick = True  # rows it held back may be final now
+            self._merge_wanted.set()
+
+    def _leave_disconnected(self) -> None:
+        connected = {c.writer_id for c in self.connections}
+        for writer in [w for w in self.merger.writers if w not in connected]:
+            self._leave(writer)
+
+    def _check_away(self) -> None:
+        """Writers whose connection ended while their process lived: gone once it is."""
+        for writer, pid in list(self._away.items()):
+            if pid is not None and not pid_alive(pid):
+                self._leave(writer)
 
     def status(self) -> dict:
         return {
@@ -858,6 +937,7 @@ class RunStream:
             "merge_backlog": self._backlog.records,
             "pending_rows": self.merger.pending(),
             "error": self.error,
+            "damage": list(self.damage),
             "dest": self.dest,
             "upload": self.uploader.status() if self.uploader is not None else None,
             **self.stats,

@@ -164,6 +164,8 @@ def _daemon(args) -> int:
         for run in status.get("runs", []):
             print(f"  run {run['run_id']}: {run['writers']} writer(s), {run['records']} batches, {run['entries']} entries, "
                   f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}, to {run.get('dest', 'local')}")
+            for d in run.get("damage") or ():
+                print(f"    WAL damage in {d['path']} at offset {d['offset']}: {d['bytes']} bytes skipped ({d['reason']})")
             up = run.get("upload")
             if up:
                 state = (f"stopped: {up['error']}" if up["error"] else

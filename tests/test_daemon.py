@@ -566,7 +566,7 @@ def test_a_record_damaged_on_disk_before_it_is_read_back_is_reported_and_skipped
         return stream.damage
 
     damage = asyncio.run(main())
-    assert len(damage) == 1 and "checksum" in damage[0][3]
+    assert len(damage) == 1 and "checksum" in damage[0]["reason"]
     rows = trackside.Api(str(tmp_path)).run("r1").history()
     assert [r.get("a") for r in rows if "a" in r] == [float(s) for s in list(range(10)) + list(range(20, 30))]
 
