@@ -446,54 +446,65 @@ class RunStream:
     # -- stage 2: commit and ack ---------------------------------------------------------------
 
     async def _committer(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await self._wanted.wait()
-            self._wanted.clear()
-            group, self._pending = self._pending, []
-            if group:
+            try:
+                if await self._commit():
+                    return
+            except Exception:  # a bug must not end acks for good: acks are cumulative, the next one covers these
+                log.exception("run %s: committing failed; going on", self.run_id)
+                await asyncio.sleep(0.5)
+                self._wanted.set()
+
+    async def _commit(self) -> bool:
+        """Commit what is appended and ack it; True once closing and nothing is left."""
+        loop = asyncio.get_running_loop()
+        await self._wanted.wait()
+        self._wanted.clear()
+        group, self._pending = self._pending, []
+        if group:
+            try:
+                await loop.run_in_executor(self._io_pool, self.wal.commit, group[-1][0])
+            except (OSError, WALError) as e:
+                # a full or failing disk: nothing is acknowledged, so the writers' buffers
+                # fill and log() applies backpressure; the WAL keeps the records and retries
+                if self.error is None:
+                    log.error("run %s: cannot make the WAL durable (%s); holding acks and retrying", self.run_id, e)
+                self.error = f"WAL write failed: {e}"
+                self._pending = group + self._pending
+                await asyncio.sleep(1.0)
+                self._wanted.set()
+                return False
+            if self.error is not None:
+                log.info("run %s: WAL writes work again", self.run_id)
+                self.error = None
+            fresh = [g for g in group if g[4] is not None]
+            if self.local and fresh:
+                now = time.monotonic()
+                written = self.wal.written_offset
+                for end, conn, writer, seq, rtype, body in fresh:
+                    self._backlog.add(end, conn, writer, seq, rtype, body, now, end <= written)
+                self._unstored += len(fresh)
+                self._merge_wanted.set()
+            acks: dict = {}
+            for _, conn, writer, seq, _, _ in group:
+                if conn is not None:
+                    acks[conn] = (writer, seq)
+            for conn, (writer, seq) in acks.items():
+                self._ack(conn, writer, seq)
+            self._acked_through = group[-1][0]
+            if self._durable_waiters:
+                self._wake_durable(group[-1][0])
+            if not self.local:
                 try:
-                    await loop.run_in_executor(self._io_pool, self.wal.commit, group[-1][0])
-                except (OSError, WALError) as e:
-                    # a full or failing disk: nothing is acknowledged, so the writers' buffers
-                    # fill and log() applies backpressure; the WAL keeps the records and retries
-                    if self.error is None:
-                        log.error("run %s: cannot make the WAL durable (%s); holding acks and retrying", self.run_id, e)
-                    self.error = f"WAL write failed: {e}"
-                    self._pending = group + self._pending
-                    await asyncio.sleep(1.0)
-                    self._wanted.set()
-                    continue
-                if self.error is not None:
-                    log.info("run %s: WAL writes work again", self.run_id)
-                    self.error = None
-                fresh = [g for g in group if g[4] is not None]
-                if self.local and fresh:
-                    now = time.monotonic()
-                    written = self.wal.written_offset
-                    for end, conn, writer, seq, rtype, body in fresh:
-                        self._backlog.add(end, conn, writer, seq, rtype, body, now, end <= written)
-                    self._unstored += len(fresh)
-                    self._merge_wanted.set()
-                acks: dict = {}
-                for _, conn, writer, seq, _, _ in group:
-                    if conn is not None:
-                        acks[conn] = (writer, seq)
-                for conn, (writer, seq) in acks.items():
-                    self._ack(conn, writer, seq)
-                self._acked_through = group[-1][0]
-                if self._durable_waiters:
-                    self._wake_durable(group[-1][0])
-                if not self.local:
-                    try:
-                        self._committed_without_store(fresh)
-                    except Exception:  # a bug here must not stop acks: the WAL has the records
-                        log.exception("run %s: after-commit work failed", self.run_id)
-            if self._closing and not self._pending:
-                if self.local:
-                    self._committed_all = True
-                    self._merge_wanted.set()
-                return
+                    self._committed_without_store(fresh)
+                except Exception:  # a bug here must not stop acks: the WAL has the records
+                    log.exception("run %s: after-commit work failed", self.run_id)
+        if self._closing and not self._pending:
+            if self.local:
+                self._committed_all = True
+                self._merge_wanted.set()
+            return True
+        return False
 
     def _backlog_full(self) -> bool:
         # a waiting record costs memory of its own (~256 bytes) even when its body is on disk
@@ -768,8 +779,11 @@ class RunStream:
         records the backlog held back for one."""
         while True:
             await asyncio.sleep(1.0)
-            if self._away:
-                self._check_away()
+            try:
+                if self._away:
+                    self._check_away()
+            except Exception:  # a bug must not end the ticks that let held rows go
+                log.exception("run %s: looking at departed writers failed", self.run_id)
             if self.merger.pending() or self._backlog.records:
                 self._tick = True
                 self._merge_wanted.set()
