@@ -609,6 +609,18 @@ class Store:
         """Mark the run ended: ``state`` is "finished", "failed" or "crashed"; sets finished_at."""
         self.apply(run_id, final_state=(state, exit_code))
 
+    def stored_summary(self, run_id: str) -> dict:
+        """The run's summary as stored (empty for an unknown run): a resumed stream goes on from it."""
+        with self._lock:
+            rid = self._rids.get(run_id)
+            if rid is None:
+                return {}
+            try:
+                return self._load_json(rid, "summary")
+            except self._db.Error as e:
+                self._rollback()
+                raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
+
     def event_marks(self, run_id: str) -> dict[int, int]:
         """writer -> the seq of its last event whose console lines the store holds: a replayed
         event at or below it was applied already (console lines are appended, not merged)."""

@@ -295,6 +295,7 @@ class RunStream:
             return await self._start_without_store()
         cursor, self.next_step = await self._store_call(self.store.run_cursor, self.run_id)
         self._marks = await self._store_call(self.store.event_marks, self.run_id)
+        self.summary.restore(await self._store_call(self.store.stored_summary, self.run_id))
         self._backlog.end = cursor  # everything before it is stored
         if self.read_only:
             self._read_from = cursor
@@ -590,7 +591,7 @@ class RunStream:
                 await self._feed(group, rec.conn, rec.writer, rec.seq, rec.rtype, body, rec.since if overdue else now)
             except Exception:  # a bug here must not stop ingestion: the WAL keeps the record
                 log.exception("run %s: merging writer %d's batch %d failed", self.run_id, rec.writer, rec.seq)
-        if not group.records and not (self._tick and self.merger.pending()):
+        if not group.records and not (self._tick and (self.merger.pending() or self._summary_dirty)):
             return None
         self._tick = False  # an empty group is the ticker's: rows the merge window let go
         try:
@@ -649,7 +650,9 @@ class RunStream:
             self._summary_dirty = True
             self.next_step = max(self.next_step, rows[-1].step + 1)  # rows come in step order
         summary = None
-        if self._summary_dirty and (finished or now - self._last_summary >= SUMMARY_EVERY):
+        # the cursor never moves past a change the stored summary lacks: a replay from it would
+        # not see that change again (an acknowledged run.summary assignment was lost so)
+        if self._summary_dirty and (finished or cursor is not None or now - self._last_summary >= SUMMARY_EVERY):
             summary = self.summary.snapshot()
             self._summary_dirty = False
             self._last_summary = now
@@ -784,7 +787,8 @@ class RunStream:
                     self._check_away()
             except Exception:  # a bug must not end the ticks that let held rows go
                 log.exception("run %s: looking at departed writers failed", self.run_id)
-            if self.merger.pending() or self._backlog.records:
+            # a summary set by a writer that then fell silent (or died) is stored within ~2 s too
+            if self.merger.pending() or self._backlog.records or self._summary_dirty:
                 self._tick = True
                 self._merge_wanted.set()
 

@@ -98,6 +98,13 @@ class Summary:
         self._stats: dict[str, _Stats] = {}
         self._assigned: dict = {}
         self._deleted: set = set()
+        self._base: dict = {}  # the stored summary a resumed run goes on from (see restore)
+
+    def restore(self, stored: Mapping) -> None:
+        """Go on from a summary stored before (a resumed run, a daemon restarted after a crash):
+        its keys stay unless rows or assignments from now on change them; a nested min, max or
+        first combines with the stored one (a mean restarts from the rows seen from now on)."""
+        self._base = dict(stored)
 
     def update(self, rows_or_mapping) -> None:
         """Fold final rows into the summary, or, given a mapping, assign its items (as
@@ -224,7 +231,30 @@ class Summary:
                         nested[kind] = x
             if nested:
                 out[k] = nested
+        if self._base:
+            out = _on_top_of(self._base, out)
         out.update(self._assigned)
         for k in self._deleted:
             out.pop(k, None)
         return out
+
+
+def _on_top_of(base: Mapping, new: dict) -> dict:
+    """``new`` over ``base``: a nested summary's min, max and first combine with the base's."""
+    out = dict(base)
+    for k, v in new.items():
+        old = base.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            merged = {**old, **v}
+            for kind, pick in (("min", min), ("max", max)):
+                if kind in old and kind in v:
+                    try:
+                        merged[kind] = pick(old[kind], v[kind])
+                    except TypeError:
+                        pass
+            if "first" in old:
+                merged["first"] = old["first"]
+            out[k] = merged
+        else:
+            out[k] = v
+    return out

@@ -373,3 +373,41 @@ def test_flush_with_a_timeout_raises_when_nothing_answers(ts):
         os.kill(daemon_pid(ts), signal.SIGCONT)
     run.flush()
     run.finish()
+
+
+# -- the summary across a crash -------------------------------------------------------------------------
+
+_SUMMARY_SCRIPT = r"""
+import os, signal, sys
+import trackside
+from trackside import discovery
+run = trackside.init(project="p", settings={"durability": "fsync"})
+run.define_metric("loss", summary="min")
+for i in range(300):
+    run.log({"x": float(i), "loss": 10.0 - i / 100})
+    if i == 100:
+        run.summary["best"] = 7
+        run.flush()
+run.flush()
+print("RUN", run.id, flush=True)
+os.kill(discovery.read_info()["pid"], signal.SIGKILL)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_acknowledged_summary_survives_a_daemon_crash_and_a_resume(ts):
+    p = run_script(_SUMMARY_SCRIPT, ts.env, check=False)
+    run_id = p.stdout.split("RUN ")[1].split()[0]
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True, timeout=60)
+    api = trackside.Api()
+    wait_until(lambda: len(api.run(run_id).history(keys=["x"])) == 300, timeout=30)
+    wait_until(lambda: api.run(run_id).summary.get("x") == 299.0, timeout=30)
+    summary = api.run(run_id).summary
+    assert summary["best"] == 7 and summary["loss"]["min"] == 10.0 - 299 / 100
+    # resumed: the summary goes on from the stored one
+    again = trackside.init(id=run_id, resume="must")
+    again.log({"y": 1.0})
+    again.finish()
+    summary = api.run(run_id).summary
+    assert summary["best"] == 7 and summary["x"] == 299.0 and summary["y"] == 1.0
+    assert summary["loss"]["min"] == 10.0 - 299 / 100
