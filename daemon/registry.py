@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 
+from trackside.names import BadName, check_run_id
+
 FOLDER = "runs"
 
 
 def _path(folder: str, run_id: str) -> str:
-    return os.path.join(folder, FOLDER, run_id)
+    return os.path.join(folder, FOLDER, check_run_id(run_id))
 
 
 def add(folder: str, run_id: str, root: str) -> None:
@@ -49,6 +51,10 @@ def entries(folder: str) -> list[tuple[str, str]]:
         return []
     out = []
     for e in sorted(names, key=lambda e: e.stat().st_mtime):
+        try:
+            check_run_id(e.name)
+        except BadName:
+            continue  # not an entry of ours
         with open(e.path) as f:
             out.append((e.name, f.read()))
     return out

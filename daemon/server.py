@@ -15,14 +15,13 @@ import fcntl
 import gc
 import logging
 import os
-import re
 import signal
 import sys
 import time
 
 import msgspec
 
-from trackside import discovery
+from trackside import discovery, names
 from trackside._version import __version__
 from trackside.protocol import (
     LENGTH,
@@ -45,8 +44,6 @@ from .stream import BadRecord, RunStream
 from .sysmetrics import Sampler
 
 log = logging.getLogger("trackside.daemon")
-
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class AlreadyRunning(RuntimeError):
@@ -235,8 +232,12 @@ class Daemon:
         return await self._open_run(hello.run_id, hello.root, hello.run_info)
 
     async def _open_run(self, run_id: str, root: str, info: dict) -> RunStream:
-        if not RUN_ID.match(run_id):
-            raise BadRecord(f"run id {run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+        try:
+            names.check_run_id(run_id)
+            if isinstance(info, dict) and info.get("project") is not None:
+                names.check_project(info["project"])
+        except names.BadName as e:
+            raise BadRecord(str(e)) from None
         if not os.path.isabs(root):
             raise BadRecord(f"run root {root!r} must be an absolute path")
         dest = info.get("dest") or "local"

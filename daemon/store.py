@@ -55,6 +55,8 @@ from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import msgspec
 
+from trackside import names
+
 from .db import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 
 __all__ = [
@@ -266,16 +268,7 @@ def _dumps(obj: Any, what: str) -> str:
 
 def _check_run_id(run_id: str) -> None:
     # the id becomes a path (<root>/runs/<run_id>): refuse anything that could leave that folder
-    if (
-        not isinstance(run_id, str)
-        or not run_id
-        or run_id in (".", "..")
-        or any(c in run_id for c in "/\\\0")
-        or len(run_id) > 128
-    ):
-        raise ValueError(
-            f"invalid run id {run_id!r}: use 1 to 128 characters, no '/', '\\' or NUL, not '.' or '..'"
-        )
+    names.check_run_id(run_id)
 
 
 class Store:
@@ -541,6 +534,7 @@ class Store:
         """
         _check_run_id(run_id)
         _check_state(state)
+        names.check_project(project)
         tags_json = _dumps(list(tags), "tags") if tags else None
         root_dir = os.path.abspath(root_dir) if root_dir is not None else None
         with self._tx():
@@ -960,11 +954,12 @@ def check_artifact(data) -> dict:
         if not isinstance(v, str) or not v:
             raise ValueError(f"artifact {field} must be a non-empty string, not {v!r}")
         out[field] = v
-    if ":" in out["name"] or len(out["name"]) > 512:
-        raise ValueError(f"artifact name {out['name']!r} must have no ':' and at most 512 characters")
+    names.check_artifact_name(out["name"])
     manifest = data.get("manifest")
     if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in manifest.items()):
         raise TypeError("artifact manifest must be a map of entry name to entry")
+    for name, entry in manifest.items():
+        check_manifest_entry(name, entry)
     out["manifest"] = manifest
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -987,6 +982,21 @@ def check_artifact(data) -> dict:
     out["run_key"], out["step"] = run_key, step
     out["incremental"] = bool(data.get("incremental"))
     return out
+
+
+def check_manifest_entry(name: str, entry: dict) -> None:
+    """An artifact manifest entry's names, each of which becomes a path on a reader's machine:
+    the entry name (``download`` writes there), a file entry's ``path`` and an object entry's
+    ``source`` folder and the paths its logged form names under it (all relative to the run
+    root). Raises BadName (a ValueError) naming the value."""
+    names.check_entry_name(name)
+    if entry.get("kind") == "file" or "path" in entry:
+        names.check_file_path(entry.get("path"))
+    if entry.get("kind") == "object" or "source" in entry:
+        source = entry.get("source", "artifacts")
+        names.check_folder(source)
+        for path, _, _ in _media_refs(entry.get("obj")):
+            names.check_file_path(f"{source}/{names.check_relative_path(path, 'file path')}")
 
 
 def _media_refs(value, owner: str = ""):
