@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from trackside.names import BadName, check_run_id
+from trackside.private import make_dirs, write_atomic
 
 FOLDER = "runs"
 
@@ -28,11 +29,8 @@ def add(folder: str, run_id: str, root: str) -> None:
                 return
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(root)
-    os.replace(tmp, path)
+    make_dirs(os.path.dirname(path))
+    write_atomic(path, root.encode())
 
 
 def remove(folder: str, run_id: str) -> None:

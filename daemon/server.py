@@ -23,6 +23,7 @@ import msgspec
 
 from trackside import discovery, names
 from trackside._version import __version__
+from trackside.private import restrict
 from trackside.protocol import (
     LENGTH,
     MAX_FRAME,
@@ -419,8 +420,11 @@ def main(argv=None) -> int:
     if args.detach:
         os.setsid()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # what the daemon writes (stores, run folders, media) holds its users' runs: theirs only
+    os.umask(0o077)
     folder = discovery.daemon_dir() if args.dir is None else os.path.abspath(args.dir)
     os.makedirs(folder, mode=0o700, exist_ok=True)
+    restrict(os.path.join(folder, "daemon.log"))  # the spawner made it with its own umask
     daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port,
                     system_metrics=not args.no_system_metrics, sample_interval=args.sample_interval,
                     log_interval=args.log_interval, metrics_port=args.metrics_port, metrics_host=args.metrics_host)

@@ -30,6 +30,7 @@ import msgspec
 from trackside import _native as codec
 from trackside import names
 from trackside._native.constants import PARSE_OK, RECORD_EVENT
+from trackside.private import make_dirs, write_atomic
 from trackside.protocol import event_decoder
 
 from .store import Store, check_artifact
@@ -121,11 +122,8 @@ def run_info(run_dir: str, info: dict | None = None) -> dict:
     path = os.path.join(run_dir, "run.json")
     if info:
         if not os.path.exists(path):
-            os.makedirs(run_dir, exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(msgspec.json.encode(info))
-            os.replace(tmp, path)
+            make_dirs(run_dir)
+            write_atomic(path, msgspec.json.encode(info))
         return info
     try:
         with open(path, "rb") as f:
@@ -153,7 +151,7 @@ class LocalSink:
     async def start(self) -> None:
         """Open the store, and finish materializing any run whose WAL is ahead of the store
         (a sink stopped between making records durable and storing them)."""
-        os.makedirs(os.path.join(self.root, "runs"), exist_ok=True)
+        make_dirs(os.path.join(self.root, "runs"))
         self._take_lock()
         loop = asyncio.get_running_loop()
         self.handle = await loop.run_in_executor(None, StoreHandle, self.root, self.db)
@@ -240,7 +238,7 @@ class LocalSink:
         a file already there is kept (files are content-addressed). Returns its size."""
         target = _local_path(self.root, path)
         folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
+        make_dirs(folder)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
         size = 0
         try:

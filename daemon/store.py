@@ -56,6 +56,7 @@ from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 import msgspec
 
 from trackside import names
+from trackside.private import create, make_dirs, restrict
 
 from .db import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 
@@ -294,7 +295,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike, *, db: Optional[str] = None):
         self.root = os.path.abspath(os.fspath(root))
-        os.makedirs(self.root, exist_ok=True)
+        make_dirs(self.root)
         self.db = db
         self._lock = threading.RLock()
         self._encode = msgspec.msgpack.Encoder().encode
@@ -306,6 +307,10 @@ class Store:
         self._merged = 0
         if db is None:
             self.path = os.path.join(self.root, DB_NAME)
+            # SQLite gives its -wal and -shm files the store's mode: 0600 from the start
+            create(self.path)
+            for suffix in ("-wal", "-shm"):
+                restrict(self.path + suffix)
             self._db = SQLite.open_writer(self.path)
         elif is_postgres(db):
             self.path = describe(db)

@@ -32,6 +32,7 @@ import msgspec
 from trackside import _native as codec
 from trackside import names
 from trackside._native.constants import RECORD_EVENT
+from trackside.private import write_atomic
 
 from .stream import BadRecord
 from .wal import read_records
@@ -171,10 +172,8 @@ class Uploader:
 
     def _save_state(self) -> None:
         # not fsynced: a cursor lost in a crash only repeats batches the destination drops
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode({"dest": str(self.dest), "offset": self.cursor, "records": self.uploaded}))
-        os.replace(tmp, self.state_path)
+        write_atomic(self.state_path, msgspec.json.encode({"dest": str(self.dest), "offset": self.cursor,
+                                                           "records": self.uploaded}))
 
     # -- progress --------------------------------------------------------------------------------
 
