@@ -990,12 +990,13 @@ def check_artifact(data) -> dict:
 
 
 def check_manifest_entry(name: str, entry: dict) -> None:
-    """An artifact manifest entry's names, each of which becomes a path on a reader's machine:
-    the entry name (``download`` writes there), a file entry's ``path`` and an object entry's
+    """An artifact manifest entry's names that become paths on a reader's machine: a file
+    entry's name (``download`` writes the file there) and ``path``, and an object entry's
     ``source`` folder and the paths its logged form names under it (all relative to the run
-    root). Raises BadName (a ValueError) naming the value."""
-    names.check_entry_name(name)
+    root). An object entry's name is only a key (a run's table is named by its history key).
+    Raises BadName (a ValueError) naming the value."""
     if entry.get("kind") == "file" or "path" in entry:
+        names.check_entry_name(name)
         names.check_file_path(entry.get("path"))
     if entry.get("kind") == "object" or "source" in entry:
         source = entry.get("source", "artifacts")

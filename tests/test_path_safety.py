@@ -399,3 +399,16 @@ def test_the_uploader_never_sends_a_symlink_that_leads_out_of_the_root(ts, serve
         for f in files:
             with open(os.path.join(folder, f), "rb") as fh:
                 assert fh.read() != SECRET, os.path.join(folder, f)
+
+
+# -- names that are no paths -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["a\\b", "../t", "/t", "t/", "C:t"])
+def test_a_table_under_a_key_that_is_no_path_is_stored_and_read_back(ts, key):
+    # a logged table is the artifact run-<id>-<key> with one object entry named by the key: no
+    # file is ever written at that name, so the key needs no path rules
+    table = trackside.Table(columns=["a"], data=[[1], [2]])
+    with trackside.init(project="p") as run:
+        run.log({key: table})
+    assert trackside.Api(ts.root).run(run.id).table(key) == table
