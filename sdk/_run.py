@@ -491,8 +491,7 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     try:
         if id is not None:
             id = names.check_run_id(str(id))
-        if project:
-            names.check_project(project)
+        names.check_project(project or os.environ.get("TRACKSIDE_PROJECT") or "uncategorized")
     except names.BadName as e:
         raise UsageError(str(e)) from None
     if resume not in (None, False, True, "allow", "must", "never", "auto"):

@@ -293,7 +293,7 @@ def test_a_run_id_that_is_a_path_is_refused_by_the_daemon_and_the_sdk(ts, bad):
 
 
 @pytest.mark.parametrize("bad", ["a/b", "..\\x", "p\x00", "p\n", "", "p" * 129])
-def test_a_project_name_is_checked_where_it_enters(ts, attack, bad):
+def test_a_project_name_is_checked_where_it_enters(ts, attack, monkeypatch, bad):
     server, attacker = attack
     with pytest.raises(grpc.RpcError) as e:
         attacker.append("attacker5", [attacker.row(0, {"loss": 1.0})], info={"project": bad})
@@ -313,6 +313,10 @@ def test_a_project_name_is_checked_where_it_enters(ts, attack, bad):
     if bad:  # init(project="") takes the default project
         with pytest.raises(trackside.UsageError, match="invalid project name"):
             trackside.init(project=bad)
+    if bad and "\x00" not in bad:  # an environment holds no NUL
+        monkeypatch.setenv("TRACKSIDE_PROJECT", bad)
+        with pytest.raises(trackside.UsageError, match="invalid project name"):
+            trackside.init()
 
 
 # -- uploaded file paths ---------------------------------------------------------------------------
