@@ -29,11 +29,11 @@ import msgspec
 
 from trackside import _native as codec
 from trackside import names
-from trackside._native.constants import PARSE_OK, RECORD_EVENT
+from trackside._native.constants import PARSE_OK, RECORD_EVENT, RECORD_LOG
 from trackside.private import make_dirs, write_atomic
 from trackside.protocol import event_decoder
 
-from .store import Store, check_artifact
+from .store import Store, check_artifact, media_refs
 from .stream import BadRecord, RunStream
 
 log = logging.getLogger("trackside.sink")
@@ -85,9 +85,10 @@ def _local_path(root: str, path: str) -> str:
 
 
 # The names an upload carries are checked where they enter (a server, a sync into a root):
-# the run id and project of the upload, and in its events the project of a "run" event and the
-# entry names and file paths of an "artifact" event. A record that fails is refused with
-# BadRecord naming the value; the records before it are kept.
+# the run id and project of the upload, the file paths its rows' rich values name, and in its
+# events the project of a "run" event and the entry names and file paths of an "artifact"
+# event. A record that fails is refused with BadRecord naming the value; the records before it
+# are kept.
 
 def check_run(run_id: str, info) -> None:
     try:
@@ -98,10 +99,15 @@ def check_run(run_id: str, info) -> None:
         raise BadRecord(str(e)) from None
 
 
-def check_record(record) -> None:
+def check_record(run_id: str, record) -> None:
     status, rtype, start, end = codec.parse_record(record)
-    if status != PARSE_OK or rtype != RECORD_EVENT:
-        return  # a LOG record's paths are checked where they are read; a bad record is refused by the stream
+    if status != PARSE_OK:
+        return  # refused by the stream, which says why
+    if rtype == RECORD_LOG:
+        _check_media_paths(run_id, memoryview(record)[start:end])
+        return
+    if rtype != RECORD_EVENT:
+        return
     try:
         ev = event_decoder.decode(memoryview(record)[start:end])
     except msgspec.DecodeError:
@@ -113,6 +119,29 @@ def check_record(record) -> None:
             names.check_project(ev.data["project"])
     except (ValueError, TypeError) as e:
         raise BadRecord(f"writer {ev.writer} seq {ev.seq}: {ev.kind!r} event: {e}") from None
+
+
+def _check_media_paths(run_id: str, body) -> None:
+    """The file paths named by the rich values (payloads) of a LOG record's entries."""
+    try:
+        writer, seq, entries = codec.decode_batch(body)
+    except (ValueError, TypeError):
+        return  # undecodable: the stream reports it
+    for step, _, _, _, payload in entries:
+        if payload is None:
+            continue
+        try:
+            rich = msgspec.msgpack.decode(payload)
+        except msgspec.DecodeError:
+            continue  # kept aside by the stream, never read as a file
+        if not isinstance(rich, dict):
+            continue
+        for key, value in rich.items():
+            for path, _, _ in media_refs(value):
+                try:
+                    names.check_media_path(path, run_id)
+                except names.BadName as e:
+                    raise BadRecord(f"writer {writer} seq {seq}: step {step} key {key!r}: {e}") from None
 
 
 def run_info(run_dir: str, info: dict | None = None) -> dict:
@@ -202,7 +231,7 @@ class LocalSink:
         end = None
         try:
             for record in records:
-                check_record(record)
+                check_record(run_id, record)
                 new, end = stream.accept_record(record)
                 if new:
                     stored += 1

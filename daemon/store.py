@@ -396,7 +396,7 @@ class Store:
         for key, value in values.items():
             if type(value) is not dict or "_type" not in value:
                 continue
-            refs = dict.fromkeys(_media_refs(value))
+            refs = dict.fromkeys(media_refs(value))
             if not refs:
                 refs = {("", None, str(value["_type"])): None}
             conn.execute("DELETE FROM media WHERE rid = ? AND key = ? AND step = ?", (rid, key, step))
@@ -1001,11 +1001,11 @@ def check_manifest_entry(name: str, entry: dict) -> None:
     if entry.get("kind") == "object" or "source" in entry:
         source = entry.get("source", "artifacts")
         names.check_folder(source)
-        for path, _, _ in _media_refs(entry.get("obj")):
+        for path, _, _ in media_refs(entry.get("obj")):
             names.check_file_path(f"{source}/{names.check_relative_path(path, 'file path')}")
 
 
-def _media_refs(value, owner: str = ""):
+def media_refs(value, owner: str = ""):
     """``(path, sha256, type)`` of each file a logged value references, depth first."""
     if isinstance(value, dict):
         kind = value.get("_type")
@@ -1016,11 +1016,11 @@ def _media_refs(value, owner: str = ""):
             yield path, sha if isinstance(sha, str) else None, kind
         for v in value.values():
             if isinstance(v, (dict, list)):
-                yield from _media_refs(v, kind)
+                yield from media_refs(v, kind)
     elif isinstance(value, list):
         for v in value:
             if isinstance(v, (dict, list)):
-                yield from _media_refs(v, owner)
+                yield from media_refs(v, owner)
 
 
 def _check_state(state: str) -> None:

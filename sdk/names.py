@@ -25,6 +25,7 @@ __all__ = [
     "check_entry_name",
     "check_file_path",
     "check_folder",
+    "check_media_path",
     "check_project",
     "check_relative_path",
     "check_run_id",
@@ -109,6 +110,17 @@ def check_file_path(path) -> str:
     if parts[0] == "runs" and len(parts) >= 3 and _RUN_ID.fullmatch(parts[1]) and parts[2] not in RUN_DIR_OWN:
         return path
     raise BadName(f"invalid file path {path!r}: use a path under runs/<run id>/ or artifacts/")
+
+
+def check_media_path(path, run_id: str) -> str:
+    """The path of a file a logged value names (an image, a table's rows ...), relative to its
+    run's folder: ``media/...``, never the daemon's own files there."""
+    check_relative_path(path, "media path")
+    try:
+        check_file_path(f"runs/{check_run_id(run_id)}/{path}")
+    except BadName:
+        raise BadName(f"invalid media path {path!r}: it names one of the run folder's own files") from None
+    return path
 
 
 def check_folder(path, what: str = "folder") -> str:

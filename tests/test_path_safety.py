@@ -231,26 +231,44 @@ def test_an_object_entry_whose_files_lead_out_is_refused_and_never_read(attack, 
 # -- logged media paths ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["../../../secret.txt", "ABSOLUTE", "media/../../../../secret.txt"])
-def test_a_logged_media_path_that_leads_out_is_never_read(attack, tmp_path, bad):
+@pytest.mark.parametrize("bad", ["../../../secret.txt", "ABSOLUTE", "media/../../../../secret.txt", "media\\x",
+                                 "wal/00000000000000000000.wal", "run.json"])
+def test_a_logged_media_path_that_leads_out_is_refused_by_the_server(attack, tmp_path, bad):
     server, attacker = attack
+    path = str(tmp_path / "secret.txt") if bad == "ABSOLUTE" else bad
+    with pytest.raises(grpc.RpcError) as e:
+        attacker.append("attacker4", [attacker.row(0, {"loss": 1.0}),
+                                      attacker.row(1, {"loss": 0.5}, rich={"page": {"_type": "html-file", "path": path}})])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert repr(path) in e.value.details() and "'page'" in e.value.details()
+    api = trackside.Api(server.url)
+    wait_until(lambda: api.run("attacker4").history_rows == 1)  # the row before it is kept
+    assert [r["loss"] for r in api.run("attacker4").history()] == [1.0]
+    api.close()
+
+
+@pytest.mark.parametrize("where", ["local", "server"])
+@pytest.mark.parametrize("bad", ["../../../secret.txt", "ABSOLUTE", "media/../../../../secret.txt"])
+def test_a_media_path_that_leads_out_of_a_store_that_holds_one_is_never_read(servers, tmp_path, where, bad):
+    from conftest import T0, Row
+
     secret = tmp_path / "secret.txt"
     secret.write_bytes(SECRET)
     path = str(secret) if bad == "ABSOLUTE" else bad
-    attacker.append("attacker4", [attacker.row(0, {"loss": 1.0}, rich={"page": {"_type": "html-file", "path": path}}),
-                                  attacker.row(1, {"loss": 0.5})])
-    api = trackside.Api(server.url)
-    wait_until(lambda: api.run("attacker4").history_rows == 2)
-    # read on the server's host, from its store: the path is refused, the secret never read
-    local = trackside.Api(str(tmp_path / "server")).run("attacker4")
-    with pytest.raises(ValueError, match="invalid path") as e:
-        local.media("page", step=0)
-    assert repr(path) in str(e.value)
-    assert all(f["path"] is None or f["path"].startswith(local.dir) for f in local.media_files("page"))
-    # read through the server: nothing outside its root is sent
-    with pytest.raises((ValueError, FileNotFoundError)):
-        api.run("attacker4").media("page", step=0)
-    assert [r["loss"] for r in api.run("attacker4").history(keys=["loss"])] == [1.0, 0.5]
+    root = tmp_path / "store"
+    with Store(root) as s:  # written by a trackside without the checks, or by hand
+        s.apply("r1", rows=[Row(0, T0, {"loss": 1.0, "page": {"_type": "html-file", "path": path}})])
+    if where == "server":
+        api = trackside.Api(servers.start(root).url)
+    else:
+        api = trackside.Api(str(root))
+    run = api.run("r1")
+    with pytest.raises(ValueError, match="invalid") as e:
+        run.media("page", step=0)
+    assert repr(path) in str(e.value) or where == "server"
+    assert [r["loss"] for r in run.history(keys=["loss"])] == [1.0]
+    if where == "local":
+        assert [f["path"] for f in run.media_files("page")] == [None]
     api.close()
 
 
