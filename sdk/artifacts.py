@@ -205,21 +205,23 @@ class Artifact:
 
     def download(self, root=None) -> str:
         """Copy the file entries into a folder (default ``./artifacts/<name>-<version>``),
-        each at its entry name; returns the folder."""
+        each at its entry name; returns the folder. Raises ValueError naming an entry whose
+        name or stored path would lead out of its folder (a store written by a hostile
+        client); nothing is written then."""
         if root is None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
             root = os.path.join("artifacts", f"{safe}-{self.version or 'draft'}")
         root = os.fspath(root)
-        files = []
-        for name in self.entries:  # every name is checked before anything is written
+        copies = []
+        for name in self.entries:  # every name and path is checked before anything is written
             entry = self._entry(name)
             is_file = entry[0] == "file" if isinstance(entry, tuple) else entry.get("kind") == "file"
             if is_file:
-                files.append(_check_entry_name(name))
-        for name in files:
-            dest = names.contained(root, name, "artifact entry name")
+                _check_entry_name(name)
+                copies.append((self.get_path(name), names.contained(root, name, "artifact entry name")))
+        for src, dest in copies:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copyfile(self.get_path(name), dest)
+            shutil.copyfile(src, dest)
         return root
 
     def _increments(self, name: str, upto: bool):

@@ -25,7 +25,7 @@ from trackside.artifacts import ArtifactNotFoundError
 from trackside.daemon.store import Store
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
-from trackside.protocol import PROTOCOL_VERSION, Event, Hello, Refused, Welcome, encode_event, pack, server_decoder
+from trackside.protocol import PROTOCOL_VERSION, Event, Hello, Refused, encode_event, pack, server_decoder
 
 from conftest import run_script, wait_until
 
@@ -148,7 +148,6 @@ def test_an_artifact_entry_that_climbs_out_is_refused_by_the_server_and_never_do
 def _doctored_store(root, manifest_of):
     """A store holding an artifact ``x`` whose manifest was written by a trackside without the
     checks (or edited by hand): ``manifest_of(good_manifest)`` replaces the stored one."""
-    os.makedirs(os.path.join(root, "artifacts", "media", "ab"), exist_ok=True)
     data = b"planted\n"
     digest = hashlib.sha256(data).hexdigest()
     rel = f"artifacts/media/{digest[:2]}/{digest}.txt"
@@ -207,7 +206,7 @@ def test_a_file_entry_path_outside_the_root_is_refused_and_never_read(attack, tm
     dl = tmp_path / "victim"
     with pytest.raises(ValueError):
         art.download(str(dl))
-    assert not dl.exists() or files_outside(dl, dl / "nothing") == []
+    assert not dl.exists()  # nothing written
 
 
 @pytest.mark.parametrize("source,obj_path", [("..", "secret.txt"), ("artifacts", "../secret.txt"),
