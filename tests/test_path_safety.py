@@ -433,3 +433,15 @@ def test_a_table_under_a_key_that_is_no_path_is_stored_and_read_back(ts, key):
     with trackside.init(project="p") as run:
         run.log({key: table})
     assert trackside.Api(ts.root).run(run.id).table(key) == table
+
+
+def test_sync_takes_only_run_folders_named_by_a_valid_run_id(ts, tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "trackside" / "runs" / "-x"
+    (bad / "wal").mkdir(parents=True)
+    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", str(bad), "--to", str(tmp_path / "other")],
+                       env=ts.env, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "invalid run id '-x'" in p.stderr
+    assert not (tmp_path / "other" / "runs" / "-x").exists()
