@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 
+from trackside.names import BadName, check_run_id
+from trackside.private import make_dirs, write_atomic
+
 FOLDER = "runs"
 
 
 def _path(folder: str, run_id: str) -> str:
-    return os.path.join(folder, FOLDER, run_id)
+    return os.path.join(folder, FOLDER, check_run_id(run_id))
 
 
 def add(folder: str, run_id: str, root: str) -> None:
@@ -26,11 +29,8 @@ def add(folder: str, run_id: str, root: str) -> None:
                 return
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(root)
-    os.replace(tmp, path)
+    make_dirs(os.path.dirname(path))
+    write_atomic(path, root.encode())
 
 
 def remove(folder: str, run_id: str) -> None:
@@ -49,6 +49,10 @@ def entries(folder: str) -> list[tuple[str, str]]:
         return []
     out = []
     for e in sorted(names, key=lambda e: e.stat().st_mtime):
+        try:
+            check_run_id(e.name)
+        except BadName:
+            continue  # not an entry of ours
         with open(e.path) as f:
             out.append((e.name, f.read()))
     return out

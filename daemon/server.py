@@ -15,15 +15,15 @@ import fcntl
 import gc
 import logging
 import os
-import re
 import signal
 import sys
 import time
 
 import msgspec
 
-from trackside import discovery
+from trackside import discovery, names
 from trackside._version import __version__
+from trackside.private import restrict
 from trackside.protocol import (
     LENGTH,
     MAX_FRAME,
@@ -45,8 +45,6 @@ from .stream import BadRecord, RunStream
 from .sysmetrics import Sampler
 
 log = logging.getLogger("trackside.daemon")
-
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class AlreadyRunning(RuntimeError):
@@ -235,11 +233,18 @@ class Daemon:
         return await self._open_run(hello.run_id, hello.root, hello.run_info)
 
     async def _open_run(self, run_id: str, root: str, info: dict) -> RunStream:
-        if not RUN_ID.match(run_id):
-            raise BadRecord(f"run id {run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+        try:
+            names.check_run_id(run_id)
+        except names.BadName as e:
+            raise BadRecord(str(e)) from None
         if not isinstance(root, str) or not os.path.isabs(root):
             raise BadRecord(f"run root {root!r} must be an absolute path")
         check_run_info(info)
+        if info.get("project") is not None:
+            try:
+                names.check_project(info["project"])
+            except names.BadName as e:
+                raise BadRecord(str(e)) from None
         dest = info.get("dest") or "local"
         if dest not in ("local", "offline") and not str(dest).startswith(("grpc://", "grpcs://")):
             raise BadRecord(f"destination {dest!r} is not 'local', 'offline' or a grpc:// or grpcs:// URL")
@@ -422,8 +427,11 @@ def main(argv=None) -> int:
     if args.detach:
         os.setsid()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # what the daemon writes (stores, run folders, media) holds its users' runs: theirs only
+    os.umask(0o077)
     folder = discovery.daemon_dir() if args.dir is None else os.path.abspath(args.dir)
     os.makedirs(folder, mode=0o700, exist_ok=True)
+    restrict(os.path.join(folder, "daemon.log"))  # the spawner made it with its own umask
     daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port,
                     system_metrics=not args.no_system_metrics, sample_interval=args.sample_interval,
                     log_interval=args.log_interval, metrics_port=args.metrics_port, metrics_host=args.metrics_host)

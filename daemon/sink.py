@@ -22,13 +22,18 @@ import concurrent.futures
 import fcntl
 import logging
 import os
-import re
 import tempfile
 import time
 
 import msgspec
 
-from .store import Store
+from trackside import _native as codec
+from trackside import names
+from trackside._native.constants import PARSE_OK, RECORD_EVENT, RECORD_LOG
+from trackside.private import make_dirs, write_atomic
+from trackside.protocol import event_decoder
+
+from .store import Store, check_artifact, media_refs
 from .stream import BadRecord, RunStream
 
 log = logging.getLogger("trackside.sink")
@@ -40,7 +45,6 @@ class SinkBusy(RuntimeError):
     """Another process (a ``trackside server`` or ``trackside sync``) stores into this root."""
 
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 IDLE_CLOSE = 30.0  # seconds a run's stream stays open after its last upload
 
 
@@ -64,18 +68,80 @@ class StoreHandle:
 
 
 def check_file_path(path: str) -> str:
-    """A file path a sink accepts: relative to the run root, inside ``runs/<id>/`` (but not its
-    WAL) or ``artifacts/``, with no way out. Returns it normalized; raises BadRecord."""
-    if not isinstance(path, str) or not path or "\\" in path or "\0" in path:
-        raise BadRecord(f"file path {path!r} is not valid")
-    parts = path.split("/")
-    if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise BadRecord(f"file path {path!r} must be relative, without '.' or '..' parts")
-    if parts[0] == "artifacts" and len(parts) >= 2:
-        return path
-    if parts[0] == "runs" and len(parts) >= 3 and RUN_ID.match(parts[1]) and parts[2] not in ("wal", "upload.json", "run.json"):
-        return path
-    raise BadRecord(f"file path {path!r} is not under runs/<run id>/ or artifacts/")
+    """A file path a sink accepts (``trackside.names.check_file_path``: relative to the run
+    root, inside ``runs/<id>/`` but not its WAL, or ``artifacts/``). Raises BadRecord."""
+    try:
+        return names.check_file_path(path)
+    except names.BadName as e:
+        raise BadRecord(str(e)) from None
+
+
+def _local_path(root: str, path: str) -> str:
+    """Where the file ``path`` is under ``root``: checked, and inside it with symlinks resolved."""
+    try:
+        return names.contained(root, check_file_path(path), "file path")
+    except names.BadName as e:
+        raise BadRecord(str(e)) from None
+
+
+# The names an upload carries are checked where they enter (a server, a sync into a root):
+# the run id and project of the upload, the file paths its rows' rich values name, and in its
+# events the project of a "run" event and the entry names and file paths of an "artifact"
+# event. A record that fails is refused with BadRecord naming the value; the records before it
+# are kept.
+
+def check_run(run_id: str, info) -> None:
+    try:
+        names.check_run_id(run_id)
+        if isinstance(info, dict) and info.get("project") is not None:
+            names.check_project(info["project"])
+    except names.BadName as e:
+        raise BadRecord(str(e)) from None
+
+
+def check_record(run_id: str, record) -> None:
+    status, rtype, start, end = codec.parse_record(record)
+    if status != PARSE_OK:
+        return  # refused by the stream, which says why
+    if rtype == RECORD_LOG:
+        _check_media_paths(run_id, memoryview(record)[start:end])
+        return
+    if rtype != RECORD_EVENT:
+        return
+    try:
+        ev = event_decoder.decode(memoryview(record)[start:end])
+    except msgspec.DecodeError:
+        return
+    try:
+        if ev.kind == "artifact":
+            check_artifact(ev.data)
+        elif ev.kind == "run" and isinstance(ev.data, dict) and ev.data.get("project") is not None:
+            names.check_project(ev.data["project"])
+    except (ValueError, TypeError) as e:
+        raise BadRecord(f"writer {ev.writer} seq {ev.seq}: {ev.kind!r} event: {e}") from None
+
+
+def _check_media_paths(run_id: str, body) -> None:
+    """The file paths named by the rich values (payloads) of a LOG record's entries."""
+    try:
+        writer, seq, entries = codec.decode_batch(body)
+    except (ValueError, TypeError):
+        return  # undecodable: the stream reports it
+    for step, _, _, _, payload in entries:
+        if payload is None:
+            continue
+        try:
+            rich = msgspec.msgpack.decode(payload)
+        except msgspec.DecodeError:
+            continue  # kept aside by the stream, never read as a file
+        if not isinstance(rich, dict):
+            continue
+        for key, value in rich.items():
+            for path, _, _ in media_refs(value):
+                try:
+                    names.check_media_path(path, run_id)
+                except names.BadName as e:
+                    raise BadRecord(f"writer {writer} seq {seq}: step {step} key {key!r}: {e}") from None
 
 
 def run_info(run_dir: str, info: dict | None = None) -> dict:
@@ -85,11 +151,8 @@ def run_info(run_dir: str, info: dict | None = None) -> dict:
     path = os.path.join(run_dir, "run.json")
     if info:
         if not os.path.exists(path):
-            os.makedirs(run_dir, exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(msgspec.json.encode(info))
-            os.replace(tmp, path)
+            make_dirs(run_dir)
+            write_atomic(path, msgspec.json.encode(info))
         return info
     try:
         with open(path, "rb") as f:
@@ -117,7 +180,7 @@ class LocalSink:
     async def start(self) -> None:
         """Open the store, and finish materializing any run whose WAL is ahead of the store
         (a sink stopped between making records durable and storing them)."""
-        os.makedirs(os.path.join(self.root, "runs"), exist_ok=True)
+        make_dirs(os.path.join(self.root, "runs"))
         self._take_lock()
         loop = asyncio.get_running_loop()
         self.handle = await loop.run_in_executor(None, StoreHandle, self.root, self.db)
@@ -144,7 +207,11 @@ class LocalSink:
         behind = []
         for run_id in sorted(os.listdir(runs)):
             wal_dir = os.path.join(runs, run_id, "wal")
-            if not RUN_ID.match(run_id) or not os.path.isdir(wal_dir):
+            try:
+                names.check_run_id(run_id)
+            except names.BadName:
+                continue  # not a run folder
+            if not os.path.isdir(wal_dir):
                 continue
             size = sum(e.stat().st_size for e in os.scandir(wal_dir) if e.is_file())
             cursor, _ = self.handle.store.run_cursor(run_id)
@@ -157,14 +224,14 @@ class LocalSink:
         duplicates)`` once they are durable in the sink's WAL; they are merged and stored in
         the store moments later. Raises BadRecord for a record it will not store (the records
         before it are kept)."""
-        if not RUN_ID.match(run_id or ""):
-            raise BadRecord(f"run id {run_id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+        check_run(run_id, info)
         stream = await self._open(run_id, info or {})
         self._used[run_id] = time.monotonic()
         stored = duplicates = 0
         end = None
         try:
             for record in records:
+                check_record(run_id, record)
                 new, end = stream.accept_record(record)
                 if new:
                     stored += 1
@@ -193,14 +260,14 @@ class LocalSink:
     # -- files -----------------------------------------------------------------------------------
 
     def missing_files(self, paths) -> list[str]:
-        return [p for p in paths if not os.path.exists(os.path.join(self.root, check_file_path(p)))]
+        return [p for p in paths if not os.path.exists(_local_path(self.root, p))]
 
     def put_file(self, path: str, chunks) -> int:
         """Write a file (an iterable of byte chunks) at ``path`` under the root, atomically;
         a file already there is kept (files are content-addressed). Returns its size."""
-        target = os.path.join(self.root, check_file_path(path))
+        target = _local_path(self.root, path)
         folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
+        make_dirs(folder)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
         size = 0
         try:

@@ -55,6 +55,9 @@ from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import msgspec
 
+from trackside import names
+from trackside.private import create, make_dirs, restrict
+
 from .db import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 
 __all__ = [
@@ -277,16 +280,7 @@ def _dumps(obj: Any, what: str) -> str:
 
 def _check_run_id(run_id: str) -> None:
     # the id becomes a path (<root>/runs/<run_id>): refuse anything that could leave that folder
-    if (
-        not isinstance(run_id, str)
-        or not run_id
-        or run_id in (".", "..")
-        or any(c in run_id for c in "/\\\0")
-        or len(run_id) > 128
-    ):
-        raise ValueError(
-            f"invalid run id {run_id!r}: use 1 to 128 characters, no '/', '\\' or NUL, not '.' or '..'"
-        )
+    names.check_run_id(run_id)
 
 
 class Store:
@@ -312,7 +306,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike, *, db: Optional[str] = None):
         self.root = os.path.abspath(os.fspath(root))
-        os.makedirs(self.root, exist_ok=True)
+        make_dirs(self.root)
         self.db = db
         self._lock = threading.RLock()
         self._encode = msgspec.msgpack.Encoder().encode
@@ -324,6 +318,10 @@ class Store:
         self._merged = 0
         if db is None:
             self.path = os.path.join(self.root, DB_NAME)
+            # SQLite gives its -wal and -shm files the store's mode: 0600 from the start
+            create(self.path)
+            for suffix in ("-wal", "-shm"):
+                restrict(self.path + suffix)
             self._db = SQLite.open_writer(self.path)
         elif is_postgres(db):
             self.path = describe(db)
@@ -410,7 +408,7 @@ class Store:
         for key, value in values.items():
             if type(value) is not dict or "_type" not in value:
                 continue
-            refs = dict.fromkeys(_media_refs(value))
+            refs = dict.fromkeys(media_refs(value))
             if not refs:
                 refs = {("", None, str(value["_type"])): None}
             conn.execute("DELETE FROM media WHERE rid = ? AND key = ? AND step = ?", (rid, key, step))
@@ -553,6 +551,7 @@ class Store:
         """
         _check_run_id(run_id)
         _check_state(state)
+        names.check_project(project)
         tags_json = _dumps(list(tags), "tags") if tags else None
         root_dir = os.path.abspath(root_dir) if root_dir is not None else None
         with self._tx():
@@ -1005,11 +1004,12 @@ def check_artifact(data) -> dict:
         if not isinstance(v, str) or not v:
             raise ValueError(f"artifact {field} must be a non-empty string, not {v!r}")
         out[field] = v
-    if ":" in out["name"] or len(out["name"]) > 512:
-        raise ValueError(f"artifact name {out['name']!r} must have no ':' and at most 512 characters")
+    names.check_artifact_name(out["name"])
     manifest = data.get("manifest")
     if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in manifest.items()):
         raise TypeError("artifact manifest must be a map of entry name to entry")
+    for name, entry in manifest.items():
+        check_manifest_entry(name, entry)
     out["manifest"] = manifest
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -1034,7 +1034,23 @@ def check_artifact(data) -> dict:
     return out
 
 
-def _media_refs(value, owner: str = ""):
+def check_manifest_entry(name: str, entry: dict) -> None:
+    """An artifact manifest entry's names that become paths on a reader's machine: a file
+    entry's name (``download`` writes the file there) and ``path``, and an object entry's
+    ``source`` folder and the paths its logged form names under it (all relative to the run
+    root). An object entry's name is only a key (a run's table is named by its history key).
+    Raises BadName (a ValueError) naming the value."""
+    if entry.get("kind") == "file" or "path" in entry:
+        names.check_entry_name(name)
+        names.check_file_path(entry.get("path"))
+    if entry.get("kind") == "object" or "source" in entry:
+        source = entry.get("source", "artifacts")
+        names.check_folder(source)
+        for path, _, _ in media_refs(entry.get("obj")):
+            names.check_file_path(f"{source}/{names.check_relative_path(path, 'file path')}")
+
+
+def media_refs(value, owner: str = ""):
     """``(path, sha256, type)`` of each file a logged value references, depth first."""
     if isinstance(value, dict):
         kind = value.get("_type")
@@ -1045,11 +1061,11 @@ def _media_refs(value, owner: str = ""):
             yield path, sha if isinstance(sha, str) else None, kind
         for v in value.values():
             if isinstance(v, (dict, list)):
-                yield from _media_refs(v, kind)
+                yield from media_refs(v, kind)
     elif isinstance(value, list):
         for v in value:
             if isinstance(v, (dict, list)):
-                yield from _media_refs(v, owner)
+                yield from media_refs(v, owner)
 
 
 def _check_state(state: str) -> None:

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from trackside import names
+
 from .sink import LocalSink, SinkBusy, StoreHandle, run_info
 from .stream import RunStream
 from .uploader import MAX_RECORDS, RemoteDestination, SinkDestination, Uploader
@@ -58,6 +60,10 @@ def find_runs(root: str, *, only_offline: bool = True) -> list[str]:
     out = []
     for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else ():
         folder = os.path.join(runs, name)
+        try:
+            names.check_run_id(name)
+        except names.BadName:
+            continue  # not a run folder
         if not os.path.isdir(os.path.join(folder, "wal")):
             continue
         if only_offline and run_info(folder).get("dest") != "offline":
@@ -74,6 +80,10 @@ def _check_run_dir(run_dir: str) -> tuple[str, str]:
     parent = os.path.dirname(run_dir)
     if os.path.basename(parent) != "runs":
         raise SyncError(f"{run_dir} is not inside a run root's runs/ folder")
+    try:
+        names.check_run_id(os.path.basename(run_dir))
+    except names.BadName as e:
+        raise SyncError(f"{run_dir} is not a run folder: {e}") from None
     return os.path.dirname(parent), os.path.basename(run_dir)
 
 

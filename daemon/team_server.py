@@ -638,6 +638,7 @@ def main(argv=None, prog: str = "trackside server") -> int:
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be 0 to 65535, not {args.port}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.umask(0o077)  # the store, run folders and files it keeps are its user's only
     token = args.token or os.environ.get("TRACKSIDE_TOKEN") or None
     try:
         server = TeamServer(args.root, db=args.db, host=args.host, port=args.port, token=token,

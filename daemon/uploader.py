@@ -30,9 +30,10 @@ from typing import Callable, Optional
 import msgspec
 
 from trackside import _native as codec
+from trackside import names
 from trackside._native.constants import RECORD_EVENT
+from trackside.private import write_atomic
 
-from .sink import check_file_path
 from .stream import BadRecord
 from .wal import read_records
 
@@ -171,10 +172,8 @@ class Uploader:
 
     def _save_state(self) -> None:
         # not fsynced: a cursor lost in a crash only repeats batches the destination drops
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode({"dest": str(self.dest), "offset": self.cursor, "records": self.uploaded}))
-        os.replace(tmp, self.state_path)
+        write_atomic(self.state_path, msgspec.json.encode({"dest": str(self.dest), "offset": self.cursor,
+                                                           "records": self.uploaded}))
 
     # -- progress --------------------------------------------------------------------------------
 
@@ -364,11 +363,16 @@ class Uploader:
 
     async def _send(self, records: list, files: list) -> None:
         if files:
-            files = [p for p in dict.fromkeys(files) if _allowed(p) and os.path.isfile(os.path.join(self.root, p))]
+            local = {}
+            for p in dict.fromkeys(files):
+                full = self._local_file(p)
+                if full is not None:
+                    local[p] = full
+            files = list(local)
             missing = set(await self.dest.missing_files(files)) if files else set()
             for path in files:
                 if path in missing:
-                    await self.dest.put_file(path, os.path.join(self.root, path))
+                    await self.dest.put_file(path, local[path])
                     self.stats["files"] += 1
                 self.files_sent.add(path)
         stored, duplicates = await self.dest.append(self.run_id, self.info, records)
@@ -377,6 +381,18 @@ class Uploader:
         self.stats["batches"] += 1
         self.stats["records"] += stored
         self.stats["duplicates"] += duplicates
+
+    def _local_file(self, path: str) -> Optional[str]:
+        """The file to send for ``path`` (relative to the root), or None: a path the
+        destination would refuse, a file not there (yet), or one that leads out of the root
+        (a symlink: what it points to is not the run's to send; skipped with a warning)."""
+        try:
+            full = names.contained(self.root, names.check_file_path(path), "file path")
+        except names.BadName as e:
+            log.warning("run %s: not uploading %s: %s", self.run_id, path, e)
+            self.files_sent.add(path)  # listed once, warned once
+            return None
+        return full if os.path.isfile(full) else None
 
 
 def _artifact_files(data, root: str) -> list[str]:
@@ -441,11 +457,3 @@ def _paths(value) -> list[str]:
         for v in value:
             out.extend(_paths(v))
     return out
-
-
-def _allowed(path: str) -> bool:
-    try:
-        check_file_path(path)
-        return True
-    except BadRecord:
-        return False

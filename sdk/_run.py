@@ -18,7 +18,7 @@ import time
 import warnings
 import weakref
 
-from . import discovery
+from . import discovery, names
 from .errors import Error, TransportError, UsageError  # noqa: F401  (re-exported: trackside.Error ...)
 
 LATE_STEPS = ("amend", "drop", "error")
@@ -498,8 +498,12 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     if id is None and os.environ.get(discovery.ENV_RUN_ID):
         id = os.environ[discovery.ENV_RUN_ID]  # a child process (a rank) joins its parent's run
         joined = True
-    if id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", str(id)):
-        raise UsageError(f"run id {id!r} is not valid: use letters, digits, '_', '.', '-' (at most 128)")
+    try:
+        if id is not None:
+            id = names.check_run_id(str(id))
+        names.check_project(project or os.environ.get("TRACKSIDE_PROJECT") or "uncategorized")
+    except names.BadName as e:
+        raise UsageError(str(e)) from None
     if resume not in (None, False, True, "allow", "must", "never", "auto"):
         raise UsageError(f"resume={resume!r} is not one of allow, must, never, auto")
     root = discovery.run_root(dir) if dir is not None else (

@@ -437,7 +437,8 @@ class RunView:
 
     def media_files(self, key: Optional[str] = None) -> list[dict]:
         """The media index: one dict per file a rich value references (``step``, ``key``,
-        ``path`` absolute or None for a value without a file such as a histogram,
+        ``path`` absolute or None for a value without a file such as a histogram (or with a
+        path that would lead out of the run folder),
         ``sha256``, ``type``), for ``key`` or every key, in key and step order. Empty for a
         store without the index (written by trackside before schema 2)."""
         if not self._has_media_index():
@@ -448,7 +449,7 @@ class RunView:
             sql += " AND key = ?"
             args += (key,)
         return [
-            {"step": s, "key": k, "path": os.path.join(self.dir, p) if p else None, "sha256": sha, "type": t}
+            {"step": s, "key": k, "path": _media_path(self.dir, p), "sha256": sha, "type": t}
             for k, s, p, sha, t in self._api.conn.execute(sql + " ORDER BY key, step, path", args)
         ]
 
@@ -592,3 +593,16 @@ class RunView:
 
     def __hash__(self) -> int:
         return hash((self._api.path, self.id))
+
+
+def _media_path(run_dir: str, path: str):
+    """The absolute path of a media file the index names, None when it names none or one
+    outside the run folder (a row from a hostile writer)."""
+    if not path:
+        return None
+    from . import names
+
+    try:
+        return names.contained(run_dir, path)
+    except names.BadName:
+        return None

@@ -28,10 +28,11 @@ import time
 import uuid
 from typing import Any, NamedTuple, Optional
 
+from . import names
+
 __all__ = ["Artifact", "ArtifactNotFoundError", "TableIncrement", "table_artifact_name"]
 
 _VERSION = re.compile(r"^v([0-9]+)$")
-_BAD_NAME = re.compile(r"[:\x00-\x1f]")
 STORE_WAIT = 60.0  # seconds log_artifact waits for the daemon to store the artifact
 
 
@@ -60,19 +61,13 @@ def table_artifact_name(run_id: str, key: str) -> str:
 def _check_name(name, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise TypeError(f"{what} must be a non-empty string, not {name!r}")
-    if _BAD_NAME.search(name) or len(name) > 256:
-        raise ValueError(f"{what} {name!r} is not valid: at most 256 characters, no ':' (it separates an alias) "
-                         f"and no control characters")
-    return name
+    return names.check_artifact_name(name, what)
 
 
 def _check_entry_name(name) -> str:
     if not isinstance(name, str) or not name:
         raise TypeError(f"an entry name must be a non-empty string, not {name!r}")
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith("/") or ".." in parts or "\x00" in name:
-        raise ValueError(f"entry name {name!r} is not valid: use a relative name without '..'")
-    return name
+    return names.check_entry_name(name)
 
 
 class Artifact:
@@ -141,17 +136,23 @@ class Artifact:
 
     def add_dir(self, local_path, name: Optional[str] = None) -> list[str]:
         """Add every file under a folder, named by their path in it (under ``name/`` when
-        given); returns the entry names."""
+        given); returns the entry names. A symlink that leads out of the folder is a
+        ValueError naming it (nothing is added): the folder's content is what is shared."""
         self._building("add_dir")
         root = os.fspath(local_path)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"no such folder to add to artifact {self.name!r}: {root}")
-        added = []
-        for folder, _, files in sorted(os.walk(root)):
+        found = []
+        for folder, dirs, files in sorted(os.walk(root)):
+            for d in dirs:  # os.walk does not enter linked folders: one pointing out is refused
+                if os.path.islink(os.path.join(folder, d)):
+                    _inside(root, os.path.join(folder, d))
             for f in sorted(files):
-                rel = os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/")
-                added.append(self.add_file(os.path.join(folder, f), f"{name.rstrip('/')}/{rel}" if name else rel))
-        return added
+                path = os.path.join(folder, f)
+                _inside(root, path)
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                found.append((path, f"{name.rstrip('/')}/{rel}" if name else rel))
+        return [self.add_file(path, entry) for path, entry in found]
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -204,18 +205,23 @@ class Artifact:
 
     def download(self, root=None) -> str:
         """Copy the file entries into a folder (default ``./artifacts/<name>-<version>``),
-        each at its entry name; returns the folder."""
+        each at its entry name; returns the folder. Raises ValueError naming an entry whose
+        name or stored path would lead out of its folder (a store written by a hostile
+        client); nothing is written then."""
         if root is None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
             root = os.path.join("artifacts", f"{safe}-{self.version or 'draft'}")
         root = os.fspath(root)
-        for name in self.entries:
+        copies = []
+        for name in self.entries:  # every name and path is checked before anything is written
             entry = self._entry(name)
             is_file = entry[0] == "file" if isinstance(entry, tuple) else entry.get("kind") == "file"
             if is_file:
-                dest = os.path.join(root, *name.split("/"))
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                shutil.copyfile(self.get_path(name), dest)
+                _check_entry_name(name)
+                copies.append((self.get_path(name), names.contained(root, name, "artifact entry name")))
+        for src, dest in copies:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(src, dest)
         return root
 
     def _increments(self, name: str, upto: bool):
@@ -240,11 +246,12 @@ class Artifact:
 
     def _source(self, entry: dict) -> str:
         """The folder an object entry's logged form names its files relative to."""
-        return os.path.join(self._root, entry.get("source", "artifacts"))
+        return names.contained(self._root, names.check_folder(entry.get("source", "artifacts"), "source folder"),
+                               "source folder")
 
     def _file(self, entry: dict) -> str:
         """The local path of a file entry's stored copy."""
-        return os.path.join(self._root, entry["path"])
+        return names.contained(self._root, names.check_file_path(entry.get("path")), "file path")
 
     def _increment_rows(self) -> list:
         """``(version, step, increment, manifest)`` of each INCREMENTAL table version of this
@@ -293,6 +300,14 @@ class Artifact:
         self.aliases = [a for (a,) in api.conn.execute(
             "SELECT alias FROM artifact_aliases WHERE name = ? AND version = ? ORDER BY alias", (name, version))]
         return self
+
+
+def _inside(root: str, path: str) -> None:
+    """ValueError when ``path`` (a symlink, or under one) leads out of the folder ``root``."""
+    base = os.path.realpath(root)
+    if os.path.commonpath([base, os.path.realpath(path)]) != base:
+        raise names.BadName(f"{path} leads out of the folder {root} (a symlink to {os.path.realpath(path)}): "
+                            f"copy the file into the folder, or add it with add_file()")
 
 
 def _tables_in(obj) -> list:

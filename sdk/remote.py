@@ -31,6 +31,7 @@ from trackside.daemon.store import StoreError
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
+from . import names
 from .api import ConsoleLine, RunNotFoundError
 from .artifacts import Artifact, ArtifactNotFoundError
 
@@ -310,7 +311,9 @@ class RemoteApi:
         local path. Written atomically; a file named by its SHA-256 is checked against it
         (ValueError when it differs). Raises FileNotFoundError when the server has no such
         file."""
-        target = os.path.join(os.fspath(dest_dir), *_parts(path))
+        parts = _parts(path)
+        names.contained(dest_dir, "/".join(parts), "file path")  # no symlink there leads it out either
+        target = os.path.join(os.fspath(dest_dir), *parts)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".download-")
         digest = hashlib.sha256()
@@ -383,11 +386,8 @@ TABLE_TYPES = ("table", "incremental-table")  # logged forms whose file holds ce
 
 
 def _parts(path) -> list[str]:
-    """The parts of a path relative to the server's root; ValueError for any other path."""
-    parts = [p for p in str(path).split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts) or str(path).startswith("/"):
-        raise ValueError(f"file path {path!r} must be relative, without '.' or '..' parts")
-    return parts
+    """The parts of a path relative to the server's root; ValueError (BadName) for any other path."""
+    return names.check_relative_path(path, "file path").split("/")
 
 
 def _file_refs(value, in_form: bool = False) -> Iterator[dict]:

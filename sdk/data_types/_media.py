@@ -31,7 +31,9 @@ def load_file(obj: dict, source: str) -> bytes:
         rel = obj["path"]
     except KeyError:
         raise ValueError(f"logged {obj.get('_type')!r} value has no file path: {obj!r}") from None
-    path = os.path.join(os.fspath(source), rel)
+    from ..names import contained
+
+    path = contained(source, rel)  # a path from a row or manifest: it never leads out of its folder
     try:
         with open(path, "rb") as f:
             data = f.read()

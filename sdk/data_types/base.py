@@ -14,6 +14,8 @@ import hashlib
 import os
 import tempfile
 
+from ..private import make_dirs
+
 _TYPES: dict[str, type] = {}
 
 
@@ -81,7 +83,7 @@ def store_bytes(run_dir: str, data: bytes, ext: str) -> dict:
     rel = os.path.join("media", digest[:2], f"{digest}.{ext}")
     path = os.path.join(run_dir, rel)
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_dirs(os.path.dirname(path))
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
