@@ -268,6 +268,25 @@ class Run:
 
         return use_artifact(self, artifact_or_name, type=type)
 
+    # -- frameworks ------------------------------------------------------------------------------
+
+    def watch(self, models, criterion=None, log: str | None = "gradients", log_freq: int = 1000,
+              idx: int | None = None, log_graph: bool = False) -> None:
+        """Log histograms of a PyTorch model's gradients (``gradients/<name>``) and/or parameters
+        (``parameters/<name>``; ``log="parameters"`` or ``"all"``) every ``log_freq`` calls of
+        the model, into the step of the next ``log()``. Calls that do not log cost a counter
+        increment. ``unwatch()`` removes the hooks; ``finish()`` does too."""
+        from .integration.torch import watch
+
+        watch(self, models, criterion=criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
+
+    def unwatch(self, models=None) -> None:
+        """Stop ``watch`` on ``models`` (every watched model when None)."""
+        if self.__dict__.get("_watches"):
+            from .integration.torch import unwatch
+
+            unwatch(self, models)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
@@ -276,6 +295,9 @@ class Run:
             return
         self.finished = True
         _live_runs.discard(self)
+        self.unwatch()
+        for stop in self.__dict__.pop("_on_finish", ()):  # integrations' hooks (sync_tensorboard)
+            stop()
         if _current.get("run") is self:
             _current.pop("run", None)
         if getattr(self, "_exported_id", False) and os.environ.get(discovery.ENV_RUN_ID) == self.id:
