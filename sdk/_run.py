@@ -477,11 +477,12 @@ class _TeeStream:
 def init(project: str | None = None, name: str | None = None, *, id: str | None = None, config=None,
          tags=None, group: str | None = None, job_type: str | None = None, dir=None, resume=None,
          mode: str | None = None, settings: dict | None = None, entity=None, notes=None, reinit=None,
-         **unknown) -> Run:
+         sync_tensorboard: bool = False, **unknown) -> Run:
     """Start a run (or join one: a child process of a run joins it as another writer).
 
     Starts the host's daemon when none is running. ``mode="disabled"`` returns a run whose
-    calls do nothing. Raises UsageError for bad arguments and TransportError when no daemon
+    calls do nothing. ``sync_tensorboard=True`` also logs what TensorBoard ``SummaryWriter``s
+    write during the run (needs the ``tensorboard`` package). Raises UsageError for bad arguments and TransportError when no daemon
     can be reached.
     """
     if unknown:
@@ -557,6 +558,10 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     _current["run"] = run
     _live_runs.add(run)
     _install_exit_handlers()
+    if sync_tensorboard:
+        from .integration.tensorboard import sync
+
+        sync(run)
     return run
 
 
