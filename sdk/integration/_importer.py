@@ -53,6 +53,7 @@ class ImportedRun:
         if source:
             self.run._client.event("meta", {"imported": source})
         self.step = -1
+        self.exit_code = 0  # the source run's, recorded by finish()
 
     @property
     def config(self):
@@ -84,9 +85,9 @@ class ImportedRun:
         if lines:
             self.run._client.event("console", lines, ordered=False)
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int | None = None) -> None:
         run = self.run
-        run.finish(exit_code=exit_code)
+        run.finish(exit_code=self.exit_code if exit_code is None else exit_code)
         saved_env, active = self._saved
         for k, v in saved_env.items():
             if v is None:
@@ -103,7 +104,4 @@ class ImportedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finish()
-        else:
-            self.finish(exit_code=1)
+        self.finish(exit_code=None if exc_type is None else 1)
