@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import emit, parser  # noqa: E402
+from _common import emit, parser
 
 TARGET_PERCENT = 1.0
 
@@ -40,7 +40,6 @@ def main() -> int:
     args = p.parse_args()
 
     import torch
-
     import trackside
     from trackside.integration.torch import watch
 
@@ -108,8 +107,8 @@ def main() -> int:
          "vs no watch (%)": (logging - base) / base * 100},
     ]
     emit(args, "run.watch: cost per training step", figures, rows, ["case", "step (us)", "vs no watch (%)"],
-         [f"torch {torch.__version__}, MLP width {w} ({figures['parameters']:,} parameters), batch 64, 1 thread; "
-          f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log"])
+         [(f"torch {torch.__version__}, MLP width {w} ({figures['parameters']:,} parameters), batch 64, 1 thread; "
+           f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log")])
     return 0
 
 

@@ -51,7 +51,7 @@ def wandb_run(tmp_path):
     for k in ("TRACKSIDE_RUN_ID", "WANDB_RUN_ID", "WANDB_PROJECT"):
         env.pop(k, None)
     out = tmp_path / "wandb-run.json"
-    p = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], check=False, env=env, capture_output=True, text=True,
                        timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     info = json.loads(out.read_text())
@@ -80,8 +80,8 @@ def test_offline_run_imports_equal(ts, tmp_path, wandb_run, capsys):
     assert rows[3]["hist"].histogram == counts.tolist() and rows[3]["hist"].bins == edges.tolist()
     img = rows[3]["img"]
     assert img.caption == "c" and (img.width, img.height) == (4, 3)
-    png = [f for f in _files(wandb_run, "media/images") if f.endswith(".png")][0]
-    assert img._data == open(png, "rb").read()
+    png = next(f for f in _files(wandb_run, "media/images") if f.endswith(".png"))
+    assert img._data == read(png, "rb")
     table = r.table("tab")
     assert table.columns == ["a", "b"] and table.data == [[1, "x"], [2, "y"]]
 
@@ -89,7 +89,7 @@ def test_offline_run_imports_equal(ts, tmp_path, wandb_run, capsys):
     assert "hello console" in r.console()
     assert r.state == "finished"
     (art,) = [a for a in r.logged_artifacts() if a.name == "data"]
-    assert art.type == "dataset" and open(art.get_path("f.txt")).read() == "artifact content"
+    assert art.type == "dataset" and read(art.get_path("f.txt")) == "artifact content"
     assert r.metadata["imported"]["run_id"] == wandb_run["id"]
 
     # a second import finds the run and imports nothing
@@ -111,9 +111,14 @@ def test_a_missing_folder_says_so(ts, tmp_path, capsys):
 
 
 def _wandb_file(info):
-    return [os.path.join(info["folder"], f) for f in os.listdir(info["folder"]) if f.endswith(".wandb")][0]
+    return next(os.path.join(info["folder"], f) for f in os.listdir(info["folder"]) if f.endswith(".wandb"))
 
 
 def _files(info, sub):
     folder = os.path.join(info["dir"], sub)
     return [os.path.join(folder, f) for f in os.listdir(folder)]
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()

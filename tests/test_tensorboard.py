@@ -12,10 +12,9 @@ np = pytest.importorskip("numpy")
 PIL = pytest.importorskip("PIL.Image")
 
 import trackside
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trackside.cli import main as cli
 from trackside.integration.tensorboard import Reader
-
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def accumulator(folder):
@@ -90,7 +89,6 @@ def test_tensorboardx_logdir_imports_into_equal_history(ts, tmp_path, capsys):
 def test_torch_summary_writer_logdir_imports_into_equal_history(ts, tmp_path):
     pytest.importorskip("torch")
     from torch.utils.tensorboard import SummaryWriter
-
     from trackside.integration.tensorboard import import_logdir
 
     w = SummaryWriter(str(tmp_path / "run"))

@@ -6,9 +6,9 @@ import pytest
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
-import trackside  # noqa: E402
-from trackside._run import UsageError  # noqa: E402
-from trackside.integration.torch import histogram  # noqa: E402
+import trackside
+from trackside._run import UsageError
+from trackside.integration.torch import histogram
 
 
 def mlp():

@@ -100,7 +100,7 @@ class ImportedRun:
 
         asyncio.run(sync_runs([run.dir]))
 
-    def __enter__(self) -> "ImportedRun":
+    def __enter__(self) -> ImportedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -16,7 +16,6 @@ The run keeps MLflow's run id; a run imported already is not imported again.
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 from mlflow.entities import ViewType

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 from collections import defaultdict
 
@@ -81,7 +82,7 @@ class Reader:
 def _histogram(edges: list, counts: list, hi):
     """A trackside Histogram of TensorBoard buckets: empty buckets at both ends dropped (writers
     pad with them), the last edge clamped to the maximum (TensorFlow's last limit is DBL_MAX)."""
-    counts = [int(round(c)) for c in counts]
+    counts = [round(c) for c in counts]
     nz = [i for i, c in enumerate(counts) if c]
     if not nz:
         return None
@@ -198,7 +199,7 @@ def _summary_values(run_dir: str, key: str, value, counts) -> list:
         edges, hist = value["bins"], value["values"]
         counts["histograms"] += 1
         # min and max are the outer edges; sum and sum of squares from the bins' midpoints
-        mids = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+        mids = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
         return [Value(tag=key, histo=summary_pb2.HistogramProto(
             min=edges[0], max=edges[-1], num=sum(hist), sum=sum(c * m for c, m in zip(hist, mids)),
             sum_squares=sum(c * m * m for c, m in zip(hist, mids)), bucket_limit=edges[1:], bucket=hist))]
@@ -263,7 +264,7 @@ def _capturing(add_event):
             event = event_pb2.Event.FromString(event.SerializeToString())
         values = readers.setdefault(id(self), Reader()).values(event)
         if values:
-            for run in list(_syncing):
+            for run in _syncing:
                 run.log(values, step=int(event.step))
 
     return capture

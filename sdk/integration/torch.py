@@ -18,7 +18,7 @@ LOG_KINDS = ("gradients", "parameters", "all", None)
 NUM_BINS = 64
 
 
-def histogram(tensor: "torch.Tensor", num_bins: int = NUM_BINS):
+def histogram(tensor: torch.Tensor, num_bins: int = NUM_BINS):
     """``(counts, edges)`` as lists, equal to ``numpy.histogram(tensor, bins=num_bins)`` for
     the tensor's finite values, computed on the tensor's device with one copy to the host;
     None when it holds no finite value."""
@@ -81,7 +81,6 @@ class _Watch:
             if handle is not None:  # one-shot: only the backward of the logging call
                 handle.remove()
                 self._log({key: grad})
-            return None
 
         return hook
 
