@@ -275,7 +275,10 @@ class Run:
         """Log histograms of a PyTorch model's gradients (``gradients/<name>``) and/or parameters
         (``parameters/<name>``; ``log="parameters"`` or ``"all"``) every ``log_freq`` calls of
         the model, into the step of the next ``log()``. Calls that do not log cost a counter
-        increment. ``unwatch()`` removes the hooks; ``finish()`` does too."""
+        increment. ``unwatch()`` removes the hooks; ``finish()`` does too. A disabled run
+        watches nothing."""
+        if self.mode == "disabled":
+            return
         from .integration.torch import watch
 
         watch(self, models, criterion=criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
@@ -559,8 +562,12 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     _live_runs.add(run)
     _install_exit_handlers()
     if sync_tensorboard:
-        from .integration.tensorboard import sync
-
+        try:
+            from .integration.tensorboard import sync
+        except ImportError as e:
+            run.finish()
+            raise UsageError(f"init(sync_tensorboard=True) needs the tensorboard package ({e}): "
+                             f"pip install 'trackside[tensorboard]'") from None
         sync(run)
     return run
 

@@ -126,3 +126,19 @@ def test_log_model_must_be_known(ts):
 
     with pytest.raises(trackside.UsageError, match="log_model='best'"):
         TracksideLogger(log_model="best")
+
+
+def test_fabric_logs_through_the_same_logger(ts):
+    import lightning as L
+
+    from trackside.integration.lightning import TracksideLogger
+
+    logger = TracksideLogger(project="fabric", config={"source": "fabric"})
+    fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[logger])
+    fabric.log_dict({"loss": 0.5, "acc": 0.25}, step=0)
+    fabric.log("loss", 0.125, step=3)
+    logger.log_hyperparams({"lr": 0.01})
+    logger.finalize("success")
+    r = trackside.Api(ts.root).run(logger.version)
+    assert [(row["_step"], row["loss"]) for row in r.history()] == [(0, 0.5), (3, 0.125)]
+    assert r.config == {"source": "fabric", "lr": 0.01} and r.project == "fabric" and r.state == "finished"

@@ -110,14 +110,22 @@ def test_torch_summary_writer_logdir_imports_into_equal_history(ts, tmp_path):
 
 def test_sync_tensorboard_logs_what_a_summary_writer_writes(ts, tmp_path):
     tbx = pytest.importorskip("tensorboardX")
+    pytest.importorskip("torch")
+    from torch.utils.tensorboard import SummaryWriter
+
     run = trackside.init(project="p", sync_tensorboard=True)
     w = tbx.SummaryWriter(str(tmp_path / "live"))
+    w2 = SummaryWriter(str(tmp_path / "torch"))
     for step in range(3):
         w.add_scalar("loss", 1.5 * step, step)
+        w2.add_histogram("torch/h", np.arange(10.0) * step, step, bins=4)
     w.close()
+    w2.close()
     run.finish()
-    rows = trackside.Api(ts.root).run(run.id).history()
+    rows = trackside.Api(ts.root).run(run.id).history(objects=True)
     assert [(r["_step"], r["loss"]) for r in rows] == [(0, 0.0), (1, 1.5), (2, 3.0)]
+    counts, edges = np.histogram(np.arange(10.0) * 2, bins=4)
+    assert rows[2]["torch/h"].histogram == counts.tolist() and rows[2]["torch/h"].bins == edges.tolist()
     # the event files are written as without trackside, and after finish() nothing is captured
     assert [e.value for e in accumulator(tmp_path / "live").Scalars("loss")] == [0.0, 1.5, 3.0]
     run2 = trackside.init(project="p")

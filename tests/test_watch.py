@@ -97,3 +97,10 @@ def test_watch_rejects_bad_arguments(ts):
         run.watch(model)
     run.finish()
     assert not model._forward_pre_hooks  # finish() removed the hooks
+
+
+def test_a_disabled_run_watches_nothing():
+    run = trackside.init(mode="disabled")
+    model = mlp()
+    run.watch(model, log="all", log_freq=1)
+    assert not model._forward_pre_hooks

@@ -47,9 +47,13 @@ class ImportedRun:
         saved_env = {k: os.environ.get(k) for k in (discovery.ENV_ROOT, discovery.ENV_RUN_ID)}
         self._saved = (saved_env, _current.get("run"))
         os.environ[discovery.ENV_ROOT] = self.root
-        self.run = init(project=project, name=name, id=run_id, config=config or {}, tags=list(tags or ()),
-                        group=group, job_type=job_type, mode="offline",
-                        settings={"console": False, "system_metrics": False, "durability": "flush"})
+        try:
+            self.run = init(project=project, name=name, id=run_id, config=config or {}, tags=list(tags or ()),
+                            group=group, job_type=job_type, mode="offline",
+                            settings={"console": False, "system_metrics": False, "durability": "flush"})
+        except BaseException:
+            self._restore()
+            raise
         if source:
             self.run._client.event("meta", {"imported": source})
         self.step = -1
@@ -88,6 +92,13 @@ class ImportedRun:
     def finish(self, exit_code: int | None = None) -> None:
         run = self.run
         run.finish(exit_code=self.exit_code if exit_code is None else exit_code)
+        self._restore()
+        from ..daemon.sync import sync_runs
+
+        asyncio.run(sync_runs([run.dir]))
+
+    def _restore(self) -> None:
+        """The process's run root, run id and active run as they were before the import."""
         saved_env, active = self._saved
         for k, v in saved_env.items():
             if v is None:
@@ -96,9 +107,6 @@ class ImportedRun:
                 os.environ[k] = v
         if active is not None:
             _current["run"] = active
-        from ..daemon.sync import sync_runs
-
-        asyncio.run(sync_runs([run.dir]))
 
     def __enter__(self) -> ImportedRun:
         return self
