@@ -81,10 +81,9 @@ def test_mlflow_runs_import_equal(ts, mlflow_store, capsys):
 
 def test_an_unknown_experiment_lists_the_known_ones(ts, mlflow_store, capsys):
     uri, _ = mlflow_store
-    from trackside.integration.mlflow import import_runs
-
-    with pytest.raises(trackside.UsageError, match=r"no MLflow experiment named 'nope'.*'exp1', 'exp2'"):
-        import_runs(uri, ts.root, experiment="nope")
+    assert cli(["import", "mlflow", "--tracking-uri", uri, "--experiment", "nope", "--root", ts.root]) == 1
+    assert ("trackside import mlflow: no MLflow experiment named 'nope' in this tracking store; "
+            "it has: 'Default', 'exp1', 'exp2'") in capsys.readouterr().err
 
 
 def read(path):

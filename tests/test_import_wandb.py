@@ -98,11 +98,14 @@ def test_offline_run_imports_equal(ts, tmp_path, wandb_run, capsys):
     assert len(trackside.Api(ts.root).runs()) == 1
 
 
-def test_a_file_that_is_not_a_wandb_run_is_an_error(tmp_path):
-    bad = tmp_path / "run-x.wandb"
+def test_a_file_that_is_not_a_wandb_run_is_an_error(ts, tmp_path, capsys):
+    bad = tmp_path / "offline-run-1-x" / "run-x.wandb"
+    bad.parent.mkdir()
     bad.write_bytes(b"not a run")
     with pytest.raises(WandbFormatError, match="is not a W&B run file"):
         list(records(str(bad)))
+    assert cli(["import", "wandb", str(tmp_path), "--root", ts.root]) == 1
+    assert f"trackside import wandb: {bad} is not a W&B run file" in capsys.readouterr().err
 
 
 def test_a_missing_folder_says_so(ts, tmp_path, capsys):

@@ -130,7 +130,6 @@ def test_log_model_must_be_known(ts):
 
 def test_fabric_logs_through_the_same_logger(ts):
     import lightning as L
-
     from trackside.integration.lightning import TracksideLogger
 
     logger = TracksideLogger(project="fabric", config={"source": "fabric"})

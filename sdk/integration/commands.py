@@ -63,6 +63,14 @@ def _report(result: dict) -> None:
 
 
 def _import(args) -> int:
+    try:
+        return _import_source(args)
+    except ValueError as e:  # UsageError, a file of the wrong format: the message says what to do
+        print(f"trackside import {args.source}: {e}", file=sys.stderr)
+        return 1
+
+
+def _import_source(args) -> int:
     root = _root(args)
     project = args.project
     if args.source == "tensorboard":
