@@ -6,13 +6,20 @@ private daemon. Blocks of ``--steps`` steps alternate between an unwatched model
 model under ``run.watch(log="all", log_freq=...)`` with a frequency that never comes up inside
 a block, ``--blocks`` times each; the overhead is the median of the watched blocks' step time
 over the median of the others (and the median of the ratios of
-blocks run side by side). Then a logging step: ``watch(log="all", log_freq=1)`` times the
-same steps, each logging a gradient and a parameter histogram of every parameter.
+blocks run side by side). Then the hook itself: a step that does not log differs from an
+unwatched one by the model's forward pre-hook alone (one call of the watched model per step),
+so its cost is timed on its own, on a module that does nothing (``torch.nn.Identity``), as the
+fastest of ``--repeat`` runs of 20,000 calls with and without the hook; that cost over the
+step time is the overhead the target applies to. Then a logging step: ``watch(log="all",
+log_freq=1)`` times the same steps, each logging a gradient and a parameter histogram of every
+parameter.
 
     python bench/bench_watch.py [--width 256] [--steps 100] [--blocks 30] [--json]
 
-Caveats: on a shared machine the noise between blocks can be larger than the overhead (the
-figure can come out negative); one torch thread keeps the step times steady. On a GPU the
+Caveats: on a shared machine the noise between blocks is larger than the overhead (the
+block figure moves by several percent either way from run to run, and can come out negative);
+the hook's own cost, timed apart, is the steady figure. One torch thread keeps step times
+steady. On a GPU the
 non-logging cost is the same Python counter, and a logging step adds one small copy per tensor.
 """
 
@@ -37,6 +44,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--steps", type=int, default=100, help="steps per block")
     p.add_argument("--blocks", type=int, default=30, help="blocks of each kind")
+    p.add_argument("--repeat", type=int, default=7, help="runs of 20,000 calls timing the hook")
     args = p.parse_args()
 
     import torch
@@ -78,6 +86,7 @@ def main() -> int:
         run.watch(model, log="all", log_freq=1)
         logging = block(max(args.steps // 10, 5))
         run.unwatch()
+        hook_s = hook_cost(run, watch, args.repeat)
         run.finish()
     finally:
         from trackside.cli import main as cli
@@ -90,11 +99,12 @@ def main() -> int:
     overhead = (statistics.median(h / b for h, b in zip(watched, plain)) - 1) * 100
     base, hooked = statistics.median(plain), statistics.median(watched)
     overhead_fastest = (min(watched) / min(plain) - 1) * 100
+    hook_percent = hook_s / base * 100
     n_params = len(list(model.parameters()))
     figures = {
         "torch": torch.__version__, "width": w, "parameters": sum(q.numel() for q in model.parameters()),
         "step_us": base * 1e6, "watched_step_us": hooked * 1e6, "overhead_percent": overhead,
-        "overhead_fastest_percent": overhead_fastest,
+        "overhead_fastest_percent": overhead_fastest, "hook_us": hook_s * 1e6, "hook_percent": hook_percent,
         "logging_step_us": logging * 1e6, "histograms_per_logging_step": 2 * n_params,
         "target_percent": TARGET_PERCENT,
     }
@@ -103,13 +113,36 @@ def main() -> int:
         {"case": "watch, step does not log", "step (us)": hooked * 1e6, "vs no watch (%)": overhead},
         {"case": "  (fastest blocks)", "step (us)": min(watched) * 1e6,
          "vs no watch (%)": overhead_fastest},
+        {"case": "watch, step does not log: the hook alone", "step (us)": hook_s * 1e6,
+         "vs no watch (%)": hook_percent},
         {"case": f"watch, step logs {2 * n_params} histograms", "step (us)": logging * 1e6,
          "vs no watch (%)": (logging - base) / base * 100},
     ]
     emit(args, "run.watch: cost per training step", figures, rows, ["case", "step (us)", "vs no watch (%)"],
          [(f"torch {torch.__version__}, MLP width {w} ({figures['parameters']:,} parameters), batch 64, 1 thread; "
-           f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log")])
+           f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log"),
+          f"the hook alone: {hook_s * 1e6:.2f} us per call of the model, {hook_percent:.3f}% of a step "
+          f"({'within' if hook_percent < TARGET_PERCENT else 'ABOVE'} the target)"])
     return 0
+
+
+def hook_cost(run, watch, repeat: int, calls: int = 20_000) -> float:
+    """Seconds a watched module's call costs more than an unwatched one's, when it does not log."""
+    import timeit
+
+    import torch
+
+    m, x = torch.nn.Identity(), torch.zeros(1)
+
+    def fastest() -> float:
+        return min(timeit.repeat(lambda: m(x), number=calls, repeat=repeat)) / calls
+
+    plain = fastest()
+    (hooks,) = watch(run, m, log="all", log_freq=10**12)
+    hooks.calls = 1  # past the first call, which logs
+    watched = fastest()
+    run.unwatch(m)
+    return max(watched - plain, 0.0)
 
 
 if __name__ == "__main__":
