@@ -121,8 +121,8 @@ def main() -> int:
     emit(args, "run.watch: cost per training step", figures, rows, ["case", "step (us)", "vs no watch (%)"],
          [(f"torch {torch.__version__}, MLP width {w} ({figures['parameters']:,} parameters), batch 64, 1 thread; "
            f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log"),
-          f"the hook alone: {hook_s * 1e6:.2f} us per call of the model, {hook_percent:.3f}% of a step "
-          f"({'within' if hook_percent < TARGET_PERCENT else 'ABOVE'} the target)"])
+          (f"the hook alone: {hook_s * 1e6:.2f} us per call of the model, {hook_percent:.3f}% of a step "
+           f"({'within' if hook_percent < TARGET_PERCENT else 'ABOVE'} the target)")])
     return 0
 
 
