@@ -74,6 +74,7 @@ def test_unwatch_stops_logging_and_gradients_only_is_the_default(ts):
 
 def test_histogram_of_special_tensors_matches_numpy():
     for t in (torch.full((10,), 3.0), torch.arange(100, dtype=torch.float16), torch.tensor([1.0, float("nan"), 2.0]),
+              torch.tensor([float("-inf"), 0.5, float("inf"), -3.0, 7.25]),
               torch.randint(0, 5, (50,))):
         finite = t.float().numpy()
         finite = finite[np.isfinite(finite)]
@@ -81,6 +82,8 @@ def test_histogram_of_special_tensors_matches_numpy():
         want_counts, want_edges = np.histogram(finite, bins=64)
         assert counts == want_counts.tolist() and edges == want_edges.tolist(), t
     assert histogram(torch.tensor([float("inf")])) is None
+    assert histogram(torch.tensor([float("nan"), float("-inf")])) is None
+    assert histogram(torch.zeros(0)) is None
 
 
 def test_watch_rejects_bad_arguments(ts):
@@ -104,3 +107,13 @@ def test_a_disabled_run_watches_nothing():
     model = mlp()
     run.watch(model, log="all", log_freq=1)
     assert not model._forward_pre_hooks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the histogram on the GPU")
+def test_histogram_on_a_cuda_tensor_matches_numpy():
+    t = torch.randn(10_000, device="cuda")
+    t[::97] = float("nan")
+    counts, edges = histogram(t)
+    finite = t.cpu().numpy()
+    want_counts, want_edges = np.histogram(finite[np.isfinite(finite)], bins=64)
+    assert counts == want_counts.tolist() and edges == want_edges.tolist()

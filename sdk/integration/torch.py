@@ -25,15 +25,20 @@ def histogram(tensor: torch.Tensor, num_bins: int = NUM_BINS):
     t = tensor.detach().reshape(-1)
     if not t.is_floating_point() or t.element_size() < 4:
         t = t.float()  # half, bfloat16 and integers bin as float32
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        t = t[finite]
     if t.numel() == 0:
         return None
-    lo, hi = torch.aminmax(t)
+    # no data-dependent shapes or host reads until the end: NaN and infinities are masked, not
+    # filtered out, and counted in a bin past the last one that is dropped
+    finite = torch.isfinite(t)
+    lo = torch.where(finite, t, torch.inf).min()
+    hi = torch.where(finite, t, -torch.inf).max()
+    any_finite = lo <= hi
+    lo = torch.where(any_finite, lo, 0.0)
+    hi = torch.where(any_finite, hi, 0.0)
     same = hi == lo  # numpy's rule for one distinct value: the range [v - 0.5, v + 0.5]
     lo = torch.where(same, lo - 0.5, lo)
     hi = torch.where(same, hi + 0.5, hi)
+    t = torch.where(finite, t, lo)
     # numpy's arithmetic, step by step, so that counts and edges come out equal to its own
     edges = torch.arange(num_bins + 1, device=t.device, dtype=t.dtype) * ((hi - lo) / num_bins) + lo
     edges[-1] = hi
@@ -41,9 +46,11 @@ def histogram(tensor: torch.Tensor, num_bins: int = NUM_BINS):
     idx[idx == num_bins] = num_bins - 1
     idx -= (t < edges[idx]).long()
     idx += ((t >= edges[idx + 1]) & (idx != num_bins - 1)).long()
-    counts = torch.bincount(idx, minlength=num_bins)
+    idx = torch.where(finite, idx, num_bins)
+    counts = torch.bincount(idx, minlength=num_bins + 1)[:num_bins]
     out = torch.cat([counts.double(), edges.double()]).cpu().tolist()  # the one transfer
-    return [int(c) for c in out[:num_bins]], out[num_bins:]
+    counts = [int(c) for c in out[:num_bins]]
+    return (counts, out[num_bins:]) if any(counts) else None
 
 
 class _Watch:
