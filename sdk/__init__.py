@@ -16,7 +16,8 @@ from ._run import Run, init
 from .errors import Error, TransportError, UsageError
 
 __all__ = ["Api", "Artifact", "Audio", "Classes", "Error", "Histogram", "Html", "Image", "JoinedTable",
-           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "TransportError", "UsageError", "__version__", "define_metric", "finish", "init", "log", "log_artifact", "use_artifact"]
+           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "TransportError", "UsageError", "__version__",
+           "define_metric", "finish", "init", "log", "log_artifact", "unwatch", "use_artifact", "watch"]
 
 
 # names imported on first use, so that `import trackside` stays light
@@ -70,6 +71,17 @@ def log_artifact(artifact, name: str | None = None, type: str | None = None, ali
 def use_artifact(artifact_or_name, type: str | None = None):
     """``Run.use_artifact`` on the active run."""
     return _active("use_artifact").use_artifact(artifact_or_name, type=type)
+
+
+def watch(models, criterion=None, log: str | None = "gradients", log_freq: int = 1000, idx: int | None = None,
+          log_graph: bool = False) -> None:
+    """``Run.watch`` on the active run."""
+    _active("watch").watch(models, criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
+
+
+def unwatch(models=None) -> None:
+    """``Run.unwatch`` on the active run."""
+    _active("unwatch").unwatch(models)
 
 
 def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:

@@ -262,6 +262,28 @@ class Run:
 
         return use_artifact(self, artifact_or_name, type=type)
 
+    # -- frameworks ------------------------------------------------------------------------------
+
+    def watch(self, models, criterion=None, log: str | None = "gradients", log_freq: int = 1000,
+              idx: int | None = None, log_graph: bool = False) -> None:
+        """Log histograms of a PyTorch model's gradients (``gradients/<name>``) and/or parameters
+        (``parameters/<name>``; ``log="parameters"`` or ``"all"``) every ``log_freq`` calls of
+        the model, into the step of the next ``log()``. Calls that do not log cost a counter
+        increment. ``unwatch()`` removes the hooks; ``finish()`` does too. A disabled run
+        watches nothing."""
+        if self.mode == "disabled":
+            return
+        from .integration.torch import watch
+
+        watch(self, models, criterion=criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
+
+    def unwatch(self, models=None) -> None:
+        """Stop ``watch`` on ``models`` (every watched model when None)."""
+        if self.__dict__.get("_watches"):
+            from .integration.torch import unwatch
+
+            unwatch(self, models)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> None:
@@ -284,6 +306,9 @@ class Run:
             return
         self.finished = True
         _live_runs.discard(self)
+        self.unwatch()
+        for stop in self.__dict__.pop("_on_finish", ()):  # integrations' hooks (sync_tensorboard)
+            stop()
         if _current.get("run") is self:
             _current.pop("run", None)
         if getattr(self, "_exported_id", False) and os.environ.get(discovery.ENV_RUN_ID) == self.id:
@@ -465,11 +490,12 @@ class _TeeStream:
 def init(project: str | None = None, name: str | None = None, *, id: str | None = None, config=None,
          tags=None, group: str | None = None, job_type: str | None = None, dir=None, resume=None,
          mode: str | None = None, settings: dict | None = None, entity=None, notes=None, reinit=None,
-         **unknown) -> Run:
+         sync_tensorboard: bool = False, **unknown) -> Run:
     """Start a run (or join one: a child process of a run joins it as another writer).
 
     Starts the host's daemon when none is running. ``mode="disabled"`` returns a run whose
-    calls do nothing. Raises UsageError for bad arguments and TransportError when no daemon
+    calls do nothing. ``sync_tensorboard=True`` also logs what TensorBoard ``SummaryWriter``s
+    write during the run (needs the ``tensorboard`` package). Raises UsageError for bad arguments and TransportError when no daemon
     can be reached.
     """
     if unknown:
@@ -550,6 +576,14 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     _current["run"] = run
     _live_runs.add(run)
     _install_exit_handlers()
+    if sync_tensorboard:
+        try:
+            from .integration.tensorboard import sync
+        except ImportError as e:
+            run.finish()
+            raise UsageError(f"init(sync_tensorboard=True) needs the tensorboard package ({e}): "
+                             f"pip install 'trackside[tensorboard]'") from None
+        sync(run)
     return run
 
 

@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--desc", action="store_true", help="sort in descending order")
     t.add_argument("--limit", type=int, metavar="N", help="at most N rows")
     t.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    from .integration.commands import add_parsers  # import tensorboard|wandb|mlflow, export tensorboard
+
+    _COMMANDS.update(add_parsers(sub))
     return p
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-HEAVY = ("grpc", "psutil", "pynvml", "numpy", "PIL", "rich", "pandas", "uvloop", "google.protobuf")
+HEAVY = ("grpc", "psutil", "pynvml", "numpy", "PIL", "rich", "pandas", "uvloop", "google.protobuf",
+         "torch", "lightning", "transformers", "keras", "tensorboard", "tensorboardX", "wandb", "mlflow")
 
 
 def test_import_trackside_is_light():
