@@ -120,8 +120,10 @@ class Chaos:
         self.stats["daemon_kills"] += 1
 
     def _ensure_daemon(self) -> None:
-        subprocess.run([self.python, "-m", "trackside.cli", "daemon", "start"], env=self.env, check=True,
-                       capture_output=True, timeout=60)
+        p = subprocess.run([self.python, "-m", "trackside.cli", "daemon", "start"], env=self.env,
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise ChaosFailure(f"trackside daemon start failed ({p.returncode}): {p.stdout}{p.stderr}")
         self._known_daemon = self._daemon_pid()
 
     def close(self) -> None:
