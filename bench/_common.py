@@ -9,7 +9,7 @@ import os
 import statistics
 import sys
 
-from trackside.profiler import machine  # the same machine line as `trackside bench`
+from trackside.cli.profiler import machine  # the same machine line as `trackside bench`
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -35,9 +35,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import emit, median, parser  # noqa: E402
-from trackside.profiler import Scenario  # noqa: E402
+from trackside.cli.profiler import Scenario  # noqa: E402
 
-# this file's writer modes, as options of trackside bench's writer (trackside.profiler.writer_main)
+# this file's writer modes, as options of trackside bench's writer (trackside.cli.profiler.writer_main)
 MODES = {
     "caller": {"time_calls": True, "empty_loop": True, "probes": False},  # every log() timed
     "sustained": {"time_calls": False, "probes": False},  # flat out (or paced with --rate)

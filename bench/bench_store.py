@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, parser  # noqa: E402
 
 from trackside.api import Api  # noqa: E402
-from trackside.daemon.store import Store  # noqa: E402
+from trackside.store import Store  # noqa: E402
 
 KEYS = [f"train/metric_{i}" for i in range(10)]
 T0 = 1_700_000_000_000_000

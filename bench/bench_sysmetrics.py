@@ -47,7 +47,7 @@ def cpu_seconds(pid: int) -> float:
 
 def scenario(name: str, settings: dict, seconds: float, daemon_pid: int, daemon_dir: str) -> dict:
     import trackside
-    from trackside import discovery
+    from trackside.contracts import discovery
     from trackside.transport import daemon_status
 
     run = trackside.init(project="bench-sysmetrics", name=name, settings={**settings, "console": False})
@@ -103,7 +103,7 @@ def main() -> None:
     for k in ("TRACKSIDE_RUN_ID", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK"):
         os.environ.pop(k, None)
     os.environ.update(TRACKSIDE_DAEMON_DIR=daemon_dir, TRACKSIDE_DIR=root)
-    from trackside import discovery
+    from trackside.contracts import discovery
 
     subprocess.run([sys.executable, "-m", "trackside.daemon", "--dir", daemon_dir, "--detach", "--idle-timeout", "0",
                     "--log-level", "WARNING"], check=True, timeout=30)

@@ -123,7 +123,7 @@ def histogram_run(args, wandb) -> dict:
 
 
 def stop_daemon(folder: str) -> None:
-    from trackside import discovery
+    from trackside.contracts import discovery
 
     info = discovery.read_info(folder) or {}
     pid = info.get("pid")

@@ -99,7 +99,7 @@ class World:
 
     def server(self, name: str, db: str | None = None) -> str:
         info = os.path.join(self.tmp, f"{name}.json")
-        cmd = [sys.executable, "-m", "trackside.daemon.team_server", "--root", os.path.join(self.tmp, name),
+        cmd = [sys.executable, "-m", "trackside.server.team_server", "--root", os.path.join(self.tmp, name),
                "--port", "0", "--info-file", info]
         if db:
             cmd += ["--db", db]

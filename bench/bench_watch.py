@@ -49,7 +49,7 @@ def main() -> int:
 
     import torch
     import trackside
-    from trackside.integration.torch import watch
+    from trackside.hooks.torch import watch
 
     torch.set_num_threads(1)
     tmp = tempfile.mkdtemp(prefix="bench-watch-")

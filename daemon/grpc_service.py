@@ -9,11 +9,11 @@ import grpc
 import msgspec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from trackside.protocol import PROTOCOL_VERSION, Ack, Done, Hello
+from trackside.contracts.protocol import PROTOCOL_VERSION, Ack, Done, Hello
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
-from .stream import BadRecord
+from .records import BadRecord
 
 SERVICE = "trackside.v1.Ingest"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from trackside.names import BadName, check_run_id
-from trackside.private import make_dirs, write_atomic
+from trackside.contracts.names import BadName, check_run_id
+from trackside.contracts.private import make_dirs, write_atomic
 
 FOLDER = "runs"
 

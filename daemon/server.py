@@ -1,6 +1,6 @@
 """The sidecar daemon: one per host and user, on uvloop.
 
-It listens on a Unix socket (``trackside.protocol`` frames) and on gRPC (loopback), keeps a
+It listens on a Unix socket (``trackside.contracts.protocol`` frames) and on gRPC (loopback), keeps a
 ``RunStream`` per live run, and shuts down in order: on SIGTERM or SIGINT it stops taking work,
 drains every stream (commit, merge, store), fsyncs and closes; a second signal exits at once.
 With no run and no connection for ``idle_timeout`` seconds it exits by itself.
@@ -21,10 +21,10 @@ import time
 
 import msgspec
 
-from trackside import discovery, names
-from trackside._version import __version__
-from trackside.private import restrict
-from trackside.protocol import (
+from trackside.contracts import discovery, names
+from trackside.contracts.version import __version__
+from trackside.contracts.private import restrict
+from trackside.contracts.protocol import (
     LENGTH,
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -41,7 +41,8 @@ from trackside.protocol import (
 from . import registry
 from .signals import drain_on_signals
 from .sink import StoreHandle, run_info
-from .stream import BadRecord, RunStream
+from .records import BadRecord
+from .stream import RunStream
 from .sysmetrics import Sampler
 
 log = logging.getLogger("trackside.daemon")

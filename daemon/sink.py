@@ -28,13 +28,14 @@ import time
 import msgspec
 
 from trackside import _native as codec
-from trackside import names
+from trackside.contracts import names
 from trackside._native.constants import PARSE_OK, RECORD_EVENT, RECORD_LOG
-from trackside.private import make_dirs, write_atomic
-from trackside.protocol import event_decoder
+from trackside.contracts.private import make_dirs, write_atomic
+from trackside.contracts.protocol import event_decoder
 
-from .store import Store, check_artifact, media_refs
-from .stream import BadRecord, RunStream
+from trackside.store import Store, check_artifact, media_refs
+from .records import BadRecord
+from .stream import RunStream
 
 log = logging.getLogger("trackside.sink")
 
@@ -68,7 +69,7 @@ class StoreHandle:
 
 
 def check_file_path(path: str) -> str:
-    """A file path a sink accepts (``trackside.names.check_file_path``: relative to the run
+    """A file path a sink accepts (``trackside.contracts.names.check_file_path``: relative to the run
     root, inside ``runs/<id>/`` but not its WAL, or ``artifacts/``). Raises BadRecord."""
     try:
         return names.check_file_path(path)

@@ -48,12 +48,13 @@ from trackside._native.constants import (
     RECORD_HEADER_SIZE,
     RECORD_LOG,
 )
-from trackside.discovery import pid_alive
-from trackside.protocol import Ack, Done, Event, encode_event, event_decoder
+from trackside.contracts.discovery import pid_alive
+from trackside.contracts.protocol import Ack, Done, Event, encode_event, event_decoder
 
 from .merger import Merger
+from .records import BadRecord, read_writer_seq, record_writer_seq
 from .summary import Summary
-from .store import StoreError, check_artifact
+from trackside.store import StoreError, check_artifact
 from .wal import WAL, WALError, read_record
 
 log = logging.getLogger("trackside.daemon")
@@ -70,42 +71,6 @@ MERGE_LEAD = 4096  # steps a writer may run ahead of the slowest live one before
 MERGE_GROUP = 512 << 10  # bytes of records merged into one store transaction
 REPLAY_GROUP = 256  # WAL records read at a time when a stream restarts or catches up
 SUMMARY_EVERY = 1.0  # seconds between summary snapshots written to the store while live
-
-
-class BadRecord(ValueError):
-    """A client sent a record the daemon will not store; its connection is closed."""
-
-
-def read_writer_seq(body) -> tuple[int, int]:
-    """``(writer, seq)`` from the start of a LOG body without decoding the entries."""
-    out = []
-    pos = 0
-    for _ in range(2):
-        n = shift = 0
-        while True:
-            if pos >= len(body) or shift > 63:
-                raise BadRecord("LOG body too short for its writer and seq")
-            b = body[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        out.append(n)
-    return out[0], out[1]
-
-
-def record_writer_seq(rtype: int, body) -> tuple[int, int]:
-    """``(writer, seq)`` of a LOG or EVENT record's body; BadRecord for anything else."""
-    if rtype == RECORD_LOG:
-        return read_writer_seq(body)
-    if rtype != RECORD_EVENT:
-        raise BadRecord(f"record type {rtype} is not a LOG or EVENT record")
-    try:
-        ev = event_decoder.decode(body)
-    except msgspec.DecodeError as e:
-        raise BadRecord(f"malformed event: {e}") from None
-    return ev.writer, ev.seq
 
 
 class Waiting(NamedTuple):

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from trackside import names
+from trackside.contracts import names
 
 from .sink import LocalSink, SinkBusy, StoreHandle, run_info
 from .stream import RunStream

@@ -30,11 +30,13 @@ from typing import Callable, Optional
 import msgspec
 
 from trackside import _native as codec
-from trackside import names
+from trackside.contracts import names
 from trackside._native.constants import RECORD_EVENT
-from trackside.private import write_atomic
+from trackside.contracts.private import write_atomic
+from trackside.contracts.upload import PermanentUploadError, TransientUploadError
+from trackside.store.tables import BUILTIN_KINDS, read_columns
 
-from .stream import BadRecord
+from .records import BadRecord
 from .wal import read_records
 
 log = logging.getLogger("trackside.upload")
@@ -47,18 +49,6 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 _SKIP = {"wal", "upload.json", "run.json"}  # run-folder entries that are not the run's files (nor sync-*.json)
 
 
-class UploadError(Exception):
-    """Base of upload failures."""
-
-
-class PermanentError(UploadError):
-    """The destination refused for good (bad token, refused record): retrying cannot help."""
-
-
-class TransientError(UploadError):
-    """The destination is away or overloaded: retry later."""
-
-
 # -- destinations ----------------------------------------------------------------------------------
 
 
@@ -66,20 +56,13 @@ class RemoteDestination:
     """A ``trackside server``, through the synchronous gRPC client in a worker thread."""
 
     def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None):
-        from trackside.remote import UploadClient
+        from trackside.contracts.upload import UploadClient
 
         self.url = url
         self.client = UploadClient(url, token=token, ca=ca)
 
     async def _call(self, fn, *args):
-        from trackside import remote
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        except remote.PermanentUploadError as e:
-            raise PermanentError(str(e)) from None
-        except remote.TransientUploadError as e:
-            raise TransientError(str(e)) from None
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def append(self, run_id: str, info: dict, records: list) -> tuple[int, int]:
         return await self._call(self.client.append, run_id, info, records)
@@ -107,7 +90,7 @@ class SinkDestination:
         try:
             return await self.sink.append(run_id, info, records)
         except BadRecord as e:
-            raise PermanentError(str(e)) from None
+            raise PermanentUploadError(str(e), "INVALID_ARGUMENT", "this process's store") from None
 
     async def missing_files(self, paths: list) -> list:
         return self.sink.missing_files(paths)
@@ -244,11 +227,11 @@ class Uploader:
                 continue
             try:
                 await self._send(batch, files)
-            except PermanentError as e:
+            except PermanentUploadError as e:
                 self.error = str(e)
                 log.error("run %s: upload to %s stopped: %s", self.run_id, self.dest, e)
                 return
-            except (TransientError, OSError) as e:
+            except (TransientUploadError, OSError) as e:
                 self.stats["retries"] += 1
                 if self.retrying is None:
                     log.warning("run %s: upload to %s failed (%s); retrying", self.run_id, self.dest, e)
@@ -310,7 +293,7 @@ class Uploader:
         return records, self._new_files() + artifact_files, next_cursor
 
     def _note_event(self, body, artifact_files: list) -> None:
-        from trackside.protocol import event_decoder
+        from trackside.contracts.protocol import event_decoder
 
         try:
             ev = event_decoder.decode(body)
@@ -420,14 +403,12 @@ def _object_files(value, folder: str) -> list[str]:
     out = _paths(value)
     for form in _forms(value):
         if form.get("_type") in _TABLE_TYPES and isinstance(form.get("path"), str):
-            from trackside.data_types.table import _BUILTIN_KINDS, read_columns
-
             try:
                 _, types, columns, _ = read_columns(form, folder)
             except (OSError, ValueError):
                 continue  # a missing or damaged rows file: the reader says so; its cells stay behind
             for kind, cells in zip(types, columns):
-                if kind is not None and (kind not in _BUILTIN_KINDS or kind == "mixed"):
+                if kind is not None and (kind not in BUILTIN_KINDS or kind == "mixed"):
                     out.extend(_object_files(cells, folder))
     return out
 

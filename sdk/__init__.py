@@ -11,9 +11,9 @@ them. The module-level ``log``, ``config``, ``summary``, ``define_metric`` and `
 the run most recently started in this process (``trackside.run``).
 """
 
-from ._version import __version__
+from .contracts.version import __version__
 from ._run import Run, init
-from .errors import Error, TransportError, UsageError
+from .contracts.errors import Error, TransportError, UsageError
 
 __all__ = ["Api", "Artifact", "Audio", "Classes", "Error", "Histogram", "Html", "Image", "JoinedTable",
            "Molecule", "Object3D", "Table", "Video", "plot", "Run", "TransportError", "UsageError", "__version__",

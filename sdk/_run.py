@@ -18,8 +18,8 @@ import time
 import warnings
 import weakref
 
-from . import discovery, names
-from .errors import Error, TransportError, UsageError  # noqa: F401  (re-exported: trackside.Error ...)
+from .contracts import discovery, names
+from .contracts.errors import Error, TransportError, UsageError  # noqa: F401  (re-exported: trackside.Error ...)
 
 LATE_STEPS = ("amend", "drop", "error")
 MODES = ("online", "offline", "disabled")
@@ -273,14 +273,14 @@ class Run:
         watches nothing."""
         if self.mode == "disabled":
             return
-        from .integration.torch import watch
+        from .hooks.torch import watch
 
         watch(self, models, criterion=criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
 
     def unwatch(self, models=None) -> None:
         """Stop ``watch`` on ``models`` (every watched model when None)."""
         if self.__dict__.get("_watches"):
-            from .integration.torch import unwatch
+            from .hooks.torch import unwatch
 
             unwatch(self, models)
 
@@ -578,7 +578,7 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     _install_exit_handlers()
     if sync_tensorboard:
         try:
-            from .integration.tensorboard import sync
+            from .hooks.tensorboard import sync
         except ImportError as e:
             run.finish()
             raise UsageError(f"init(sync_tensorboard=True) needs the tensorboard package ({e}): "
@@ -610,7 +610,7 @@ def _metadata_quick() -> dict:
     import platform
     import socket
 
-    from ._version import __version__
+    from .contracts.version import __version__
 
     return {
         "host": socket.gethostname(), "pid": os.getpid(), "program": sys.argv[0] if sys.argv else None,

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import msgspec
 
-from trackside.daemon.store import DB_NAME, SchemaVersionError, StoreError, open_reader
+from trackside.contracts.errors import RunNotFoundError
+from trackside.store import DB_NAME, SchemaVersionError, StoreError
+from trackside.store.reader import ConsoleLine, StoreReader
 
 __all__ = [
     "Api",
@@ -52,17 +54,6 @@ class StoreNotFoundError(FileNotFoundError):
     """The run root holds no store (nothing was logged there, or it is the wrong folder)."""
 
 
-class RunNotFoundError(KeyError):
-    """No run matches the id (or the prefix matches several)."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else ""
-
-
-class ConsoleLine(NamedTuple):
-    time: float  # seconds since the epoch
-    stream: str  # "stdout" or "stderr"
-    text: str
 
 
 def default_root() -> str:
@@ -75,7 +66,7 @@ def _last_part(path: Optional[str]) -> Optional[str]:
     return path.rstrip("/").rsplit("/", 1)[-1] if path else path
 
 
-class Api:
+class Api(StoreReader):
     """Read-only access to the store of one run root.
 
     ``root``: the run root (the folder holding ``trackside.db``); default ``$TRACKSIDE_DIR``,
@@ -102,11 +93,8 @@ class Api:
     def __init__(self, root: Union[str, os.PathLike, None] = None, *, db: Optional[str] = None,
                  timeout: float = 5.0):
         root = os.path.abspath(os.fspath(root)) if root is not None else os.path.abspath(default_root())
-        self.db = db
         if db is not None:
-            self.root = root
-            self._db = open_reader(db=db)
-            self.path = self._db.where  # the URL without its password, for messages
+            super().__init__(root, db=db)
             return
         path = os.path.join(root, DB_NAME)
         if not os.path.isfile(path):
@@ -119,26 +107,7 @@ class Api:
                     f"Api(root=...) (or set TRACKSIDE_DIR) to the run root your runs wrote: "
                     f"./trackside by default, <dir>/trackside for init(dir=<dir>)"
                 )
-        self.root = root
-        self.path = path
-        self._db = open_reader(path, timeout=timeout)
-
-    @property
-    def conn(self):
-        """What the read methods run SQL on: a ``sqlite3.Connection``, or for PostgreSQL an
-        object whose ``execute`` takes the same SQL (``daemon/db.py``)."""
-        if self._db is None:
-            raise StoreError(f"this Api on {self.path} is closed")
-        return self._db.conn
-
-    def _has_table(self, name: str) -> bool:
-        # asked each time (microseconds on SQLite): a daemon may migrate the store while this Api is open
-        self.conn  # raises when closed
-        return self._db.has_table(name)
-
-    def _missing_table(self, exc: BaseException) -> bool:
-        """Whether a query failed because the store lacks a table (an older store)."""
-        return self._db is not None and self._db.missing_table(exc)
+        super().__init__(root, path, timeout=timeout)
 
     def runs(self, project: Optional[str] = None) -> list["RunView"]:
         """The runs of ``project`` (all projects when None), newest first. ``"entity/project"``
@@ -194,12 +163,6 @@ class Api:
         from .artifacts import load_artifact
 
         return load_artifact(self, name, type)
-
-    def close(self) -> None:
-        """Close the database connection. Idempotent."""
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
 
     def __enter__(self) -> "Api":
         return self
@@ -470,7 +433,7 @@ class RunView:
         return row
 
     def _has_media_index(self) -> bool:
-        return self._api._has_table("media")
+        return self._api.has_table("media")
 
     def _media_steps(self, key: str, lo: Optional[int], hi: Optional[int]) -> Optional[list[int]]:
         """The steps the media index lists for ``key`` in [lo, hi), or None without an index."""
@@ -567,7 +530,7 @@ class RunView:
         try:
             raw = self._api.conn.execute(sql + " ORDER BY time_us, host", args).fetchall()
         except Exception as e:
-            if self._api._missing_table(e):  # a store from before system metrics
+            if self._api.missing_table(e):  # a store from before system metrics
                 return []
             raise
         out = []
@@ -600,7 +563,7 @@ def _media_path(run_dir: str, path: str):
     outside the run folder (a row from a hostile writer)."""
     if not path:
         return None
-    from . import names
+    from .contracts import names
 
     try:
         return names.contained(run_dir, path)

@@ -28,19 +28,15 @@ import time
 import uuid
 from typing import Any, NamedTuple, Optional
 
-from . import names
+from .contracts import names
+from .contracts.errors import ArtifactNotFoundError, Error, UsageError
+from .data_types.table import table_artifact_name
+from .store.reader import StoreReader
 
 __all__ = ["Artifact", "ArtifactNotFoundError", "TableIncrement", "table_artifact_name"]
 
 _VERSION = re.compile(r"^v([0-9]+)$")
 STORE_WAIT = 60.0  # seconds log_artifact waits for the daemon to store the artifact
-
-
-class ArtifactNotFoundError(KeyError):
-    """No artifact with that name, or no version with that alias."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else ""
 
 
 class TableIncrement(NamedTuple):
@@ -50,12 +46,6 @@ class TableIncrement(NamedTuple):
     version: int  # the version of the artifact run-<run id>-<key> that holds it
     step: Optional[int]  # the step it was logged at
     table: Any  # a Table of the increment's rows only
-
-
-def table_artifact_name(run_id: str, key: str) -> str:
-    """The artifact a run's logged table is reachable as: ``run-<run id>-<key>`` (':' in the
-    key, which separates an alias, becomes '_')."""
-    return f"run-{run_id}-{key.replace(':', '_')}"
 
 
 def _check_name(name, what: str) -> str:
@@ -350,7 +340,7 @@ def load_artifact(api, spec: str, type: Optional[str] = None) -> Artifact:
             if found is not None:
                 name = short
     except Exception as e:
-        if not api._missing_table(e):
+        if not api.missing_table(e):
             raise
         found = None
     if found is None:
@@ -382,14 +372,14 @@ def _not_found(api, name: str, alias: str) -> str:
     try:
         versions = [v for (v,) in conn.execute("SELECT version FROM artifacts WHERE name = ? ORDER BY version", (name,))]
     except Exception as e:
-        if not api._missing_table(e):
+        if not api.missing_table(e):
             raise
         versions = []
     if not versions:
         try:
             names = [n for (n,) in conn.execute("SELECT DISTINCT name FROM artifacts ORDER BY name LIMIT 11")]
         except Exception as e:
-            if not api._missing_table(e):
+            if not api.missing_table(e):
                 raise
             names = []
         known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
@@ -441,7 +431,7 @@ def run_table_keys(api, run_id: str) -> list[str]:
             "SELECT DISTINCT a.run_key FROM artifacts a JOIN runs r ON r.rid = a.rid"
             " WHERE r.run_id = ? AND a.run_key IS NOT NULL ORDER BY a.run_key", (run_id,))]
     except Exception as e:
-        if not api._missing_table(e):
+        if not api.missing_table(e):
             raise
         return []
 
@@ -453,7 +443,7 @@ def run_artifacts(api, run_id: str) -> list[Artifact]:
             f"SELECT {', '.join('a.' + c.strip() for c in _ROW.split(','))} FROM artifacts a"
             " JOIN runs r ON r.rid = a.rid WHERE r.run_id = ? ORDER BY a.aid", (run_id,)).fetchall()
     except Exception as e:
-        if not api._missing_table(e):
+        if not api.missing_table(e):
             raise
         return []
     return [Artifact._from_row(api, row) for row in rows]
@@ -466,9 +456,8 @@ def _reader(run):
     """The run's read-only view of its store (opened once)."""
     api = getattr(run, "_artifact_reader", None)
     if api is None:
-        from .api import Api
 
-        api = run._artifact_reader = Api(run.root)
+        api = run._artifact_reader = StoreReader(run.root)
     return api
 
 
@@ -486,7 +475,7 @@ def _stored(run, uid: str, timeout: float):
                 "SELECT a.name, a.version FROM artifact_logs l JOIN artifacts a ON a.aid = l.aid WHERE l.uid = ?",
                 (uid,)).fetchone()
         except Exception as e:
-            if not api._missing_table(e):
+            if not api.missing_table(e):
                 raise
             row = None  # the daemon has not made the tables yet
         if row is not None:
@@ -504,7 +493,6 @@ def log_artifact(run, artifact, name: Optional[str] = None, type: Optional[str] 
     folder) makes an artifact of it (``name`` defaults to its base name, ``type`` to
     "unspecified"). Raises ValueError for an artifact already logged or bad aliases, and
     the run's Error when the daemon does not store it within a minute."""
-    from ._run import Error, UsageError
 
     if isinstance(artifact, (str, os.PathLike)):
         path = os.fspath(artifact)

@@ -22,8 +22,8 @@ import time
 
 import msgspec
 
-from . import discovery
-from .protocol import PROTOCOL_VERSION, Welcome
+from .contracts import discovery
+from .contracts.protocol import PROTOCOL_VERSION, Welcome
 from .transport import Client, Refusal, TransportError, _block_signals, ensure_daemon
 
 ENV_ADDRESS = "TRACKSIDE_DAEMON_GRPC"

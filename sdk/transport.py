@@ -23,11 +23,11 @@ import warnings
 
 import msgspec
 
-from . import discovery
+from .contracts import discovery
 from . import _native as codec
-from .errors import TransportError
+from .contracts.errors import TransportError
 from ._native.constants import RECORD_EVENT
-from .protocol import (
+from .contracts.protocol import (
     LENGTH,
     MAX_FRAME,
     PROTOCOL_VERSION,

@@ -305,7 +305,7 @@ class Chaos:
     def _send_garbage(self, path: str, run_id: str) -> None:
         from trackside._native import constants as C
         from trackside._native import frame
-        from trackside.protocol import PROTOCOL_VERSION, Batch, Hello, pack
+        from trackside.contracts.protocol import PROTOCOL_VERSION, Batch, Hello, pack
 
         rng = self.rng
         choice = rng.randrange(6)
@@ -355,7 +355,7 @@ class Chaos:
         if os.path.exists(info):
             os.unlink(info)
         log = open(os.path.join(self.base, "server.log"), "ab")
-        proc = subprocess.Popen([self.python, "-m", "trackside.daemon.team_server", "--root", self.server_root,
+        proc = subprocess.Popen([self.python, "-m", "trackside.server.team_server", "--root", self.server_root,
                                  "--port", str(port), "--info-file", info], stdout=log, stderr=subprocess.STDOUT,
                                 env=self.env)
         log.close()
@@ -474,7 +474,7 @@ class Chaos:
 
 
 def _alive(pid: int) -> bool:
-    from trackside.discovery import pid_alive
+    from trackside.contracts.discovery import pid_alive
 
     return pid_alive(pid)
 

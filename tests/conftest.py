@@ -66,7 +66,7 @@ def stop_daemon(folder, timeout: float = 20.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    from trackside.discovery import pid_alive
+    from trackside.contracts.discovery import pid_alive
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,7 +152,7 @@ def postgres_url(postgres_server):
 
 
 def daemon_pid(ts) -> int:
-    from trackside import discovery
+    from trackside.contracts import discovery
 
     return discovery.read_info(ts.daemon_dir)["pid"]
 
@@ -170,7 +170,7 @@ def servers(tmp_path):
         info_file = tmp_path / f"server{n}.json"
         log = open(tmp_path / f"server{n}.log", "w+")
         env = dict(os.environ if env is None else env)
-        cmd = [sys.executable, "-m", "trackside.daemon.team_server", "--root", str(root), "--port", "0",
+        cmd = [sys.executable, "-m", "trackside.server.team_server", "--root", str(root), "--port", "0",
                "--info-file", str(info_file), *args]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         procs.append(proc)

@@ -1,5 +1,5 @@
 """Reading runs back: ``trackside.api.Api`` over a store written by ``Store`` (no daemon), and
-the CLI's output helpers in ``trackside.display``."""
+the CLI's output helpers in ``trackside.cli.display``."""
 
 import csv
 import io
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from trackside import display
+from trackside.cli import display
 from trackside.api import Api, RunNotFoundError, SchemaVersionError, StoreNotFoundError
-from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, Store
+from trackside.store import DB_NAME, SCHEMA_VERSION, Store
 
 from conftest import T0, Row, rows
 

@@ -12,7 +12,7 @@ import pytest
 
 import trackside as wandb
 from trackside.artifacts import ArtifactNotFoundError
-from trackside.daemon.store import Store, check_artifact
+from trackside.store import Store, check_artifact
 
 from conftest import run_script
 

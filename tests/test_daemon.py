@@ -13,8 +13,8 @@ import time
 import pytest
 
 import trackside
-from trackside import discovery
-from trackside.protocol import PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
+from trackside.contracts import discovery
+from trackside.contracts.protocol import PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
 
 from conftest import daemon_pid, stop_daemon
 
@@ -378,7 +378,7 @@ from trackside.daemon import stream as stream_mod
 from trackside.daemon.sink import StoreHandle
 from trackside.daemon.stream import RunStream
 from trackside.daemon.wal import WAL
-from trackside.protocol import Ack, Done, Event, encode_event
+from trackside.contracts.protocol import Ack, Done, Event, encode_event
 from trackside._native.constants import RECORD_EVENT
 
 A, B = 11, 22  # writer ids

@@ -90,7 +90,7 @@ def test_a_writer_that_cannot_see_the_daemons_folder_finds_it_by_address(ts, tmp
     container sharing the host's network, say), and starts no daemon of its own."""
     subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True,
                    capture_output=True, timeout=60)
-    from trackside import discovery
+    from trackside.contracts import discovery
 
     address = discovery.read_info(ts.daemon_dir)["grpc"]
     elsewhere = tmp_path / "no-daemon-here"

@@ -513,7 +513,7 @@ def test_damaged_and_missing_media_files_are_reported(ts):
 def test_media_index_is_filled_by_the_store_and_by_migrating_an_old_store(tmp_path):
     from typing import NamedTuple
 
-    from trackside.daemon.store import SCHEMA_VERSION, Store
+    from trackside.store import SCHEMA_VERSION, Store
 
     class Row(NamedTuple):
         step: int

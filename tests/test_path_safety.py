@@ -19,13 +19,13 @@ import pytest
 
 import trackside
 from trackside import _native as codec
-from trackside import discovery
+from trackside.contracts import discovery
 from trackside._native.constants import RECORD_EVENT
 from trackside.artifacts import ArtifactNotFoundError
-from trackside.daemon.store import Store
+from trackside.store import Store
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
-from trackside.protocol import PROTOCOL_VERSION, Event, Hello, Refused, encode_event, pack, server_decoder
+from trackside.contracts.protocol import PROTOCOL_VERSION, Event, Hello, Refused, encode_event, pack, server_decoder
 
 from conftest import run_script, wait_until
 

@@ -15,10 +15,10 @@ import time
 import pytest
 
 import trackside
-from trackside import discovery
+from trackside.contracts import discovery
 from trackside._native import constants as C
 from trackside._native import frame
-from trackside.protocol import LENGTH, PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
+from trackside.contracts.protocol import LENGTH, PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
 
 from conftest import daemon_pid, run_script, wait_until
 
@@ -152,7 +152,7 @@ def test_a_flusher_that_cannot_go_on_fails_the_next_log_and_finish(ts):
 _CONSOLE_SCRIPT = r"""
 import os, signal, sys, time
 import trackside
-from trackside import discovery
+from trackside.contracts import discovery
 run = trackside.init(project="p", settings={"durability": "fsync"})
 for i in range(20):
     run.log({"x": float(i)}, step=i)
@@ -340,7 +340,7 @@ def test_a_malformed_hello_gets_a_reason(ts, run_info):
 _FLUSH_SCRIPT = r"""
 import os, signal, sys
 import trackside
-from trackside import discovery
+from trackside.contracts import discovery
 run = trackside.init(project="p", settings={"durability": "fsync"})
 for i in range(500):
     run.log({"x": float(i)})
@@ -380,7 +380,7 @@ def test_flush_with_a_timeout_raises_when_nothing_answers(ts):
 _SUMMARY_SCRIPT = r"""
 import os, signal, sys
 import trackside
-from trackside import discovery
+from trackside.contracts import discovery
 run = trackside.init(project="p", settings={"durability": "fsync"})
 run.define_metric("loss", summary="min")
 for i in range(300):

@@ -304,7 +304,7 @@ def test_sigterm_flushes_what_was_logged(ts):
 def _pause_daemon(ts):
     import signal
 
-    from trackside import discovery
+    from trackside.contracts import discovery
 
     pid = discovery.read_info(ts.daemon_dir)["pid"]
     os.kill(pid, signal.SIGSTOP)

@@ -8,7 +8,7 @@ import pytest
 import trackside
 from trackside import _native as codec
 from trackside.daemon.sink import LocalSink, check_file_path
-from trackside.daemon.stream import BadRecord
+from trackside.daemon.records import BadRecord
 from trackside.daemon.wal import read_records
 
 

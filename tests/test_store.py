@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError
+from trackside.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError
 
 from conftest import T0, Row
 

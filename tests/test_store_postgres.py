@@ -14,7 +14,7 @@ import time
 import pytest
 
 from trackside.api import Api
-from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError, open_reader
+from trackside.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError, open_reader
 
 from conftest import T0, Row, rows
 
@@ -184,7 +184,7 @@ def test_unreachable_postgres_is_a_clear_error_that_hides_the_password(root):
     ("postgresql:///runs?host=/run/pg", "postgresql:///runs?host=/run/pg"),
 ])
 def test_messages_show_the_database_url_without_its_password(url, shown):
-    from trackside.daemon.db import describe
+    from trackside.store.dialect import describe
 
     assert describe(url) == shown
 
@@ -197,10 +197,10 @@ def test_unsupported_database_url_is_refused(root):
 def test_psycopg_is_imported_only_for_a_postgres_url_and_its_absence_names_the_extra(tmp_path):
     code = (
         "import sys\n"
-        "import trackside, trackside.api, trackside.daemon.store\n"
+        "import trackside, trackside.api, trackside.store\n"
         "assert 'psycopg' not in sys.modules, 'import trackside imported psycopg'\n"
         "sys.modules['psycopg'] = None  # as if it were not installed\n"
-        "from trackside.daemon.store import Store\n"
+        "from trackside.store import Store\n"
         "for open_it in (lambda: Store(sys.argv[1], db='postgresql://localhost/x'),\n"
         "                lambda: trackside.Api(sys.argv[1], db='postgresql://localhost/x')):\n"
         "    try:\n"

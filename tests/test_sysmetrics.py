@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 
 import trackside
-from trackside import discovery
-from trackside.daemon.store import DB_NAME, SCHEMA_VERSION, Store
+from trackside.contracts import discovery
+from trackside.store import DB_NAME, SCHEMA_VERSION, Store
 from trackside.daemon.sysmetrics import GpuReader, Parts, Reader, Window, load_nvml, match_gpu_processes
 from trackside.transport import daemon_status
 

@@ -80,7 +80,7 @@ def test_metrics_endpoint_scrape(busy_daemon):
 
 
 def test_top_shows_a_runs_upload_lag_and_why_it_stopped():
-    from trackside.top import snapshot_rows
+    from trackside.cli.top import snapshot_rows
 
     run = {"run_id": "r1", "entries": 10, "bytes": 100, "records": 2, "wal_bytes": 500, "merge_backlog": 0,
            "pending_rows": 0, "writer_stats": [],

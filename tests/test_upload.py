@@ -323,7 +323,7 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: "draining" in open(log_path).read())
         os.kill(pid, signal.SIGTERM)
-        from trackside.discovery import pid_alive
+        from trackside.contracts.discovery import pid_alive
 
         wait_until(lambda: not pid_alive(pid), timeout=10)
         assert "second signal: exiting now" in open(log_path).read()

@@ -8,7 +8,7 @@ np = pytest.importorskip("numpy")
 
 import trackside
 from trackside._run import UsageError
-from trackside.integration.torch import histogram
+from trackside.hooks.torch import histogram
 
 
 def mlp():

@@ -12,6 +12,8 @@ import hashlib
 import io
 import os
 
+from trackside.store.files import load_file  # noqa: F401  (the data types read their files through it)
+
 from .base import DataType, need, store_bytes
 
 
@@ -23,26 +25,6 @@ def target_dir(run) -> str:
     if d is None:
         raise TypeError(f"cannot store files for {type(run).__name__}: pass a run or a folder")
     return d
-
-
-def load_file(obj: dict, source: str) -> bytes:
-    """The bytes of a logged file, checked against the SHA-256 it was stored under."""
-    try:
-        rel = obj["path"]
-    except KeyError:
-        raise ValueError(f"logged {obj.get('_type')!r} value has no file path: {obj!r}") from None
-    from ..names import contained
-
-    path = contained(source, rel)  # a path from a row or manifest: it never leads out of its folder
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"the {obj.get('_type')} file {path} is missing (was the run folder moved?)") from None
-    want = obj.get("sha256")
-    if want and hashlib.sha256(data).hexdigest() != want:
-        raise ValueError(f"the {obj.get('_type')} file {path} is damaged: its SHA-256 is not {want}")
-    return data
 
 
 def read_input(data, what: str, *, binary: bool = True) -> tuple[bytes, str | None]:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 
-from ..private import make_dirs
+from ..contracts.private import make_dirs
 
 _TYPES: dict[str, type] = {}
 

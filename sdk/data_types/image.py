@@ -324,7 +324,7 @@ class Image(Media):
         elif _is_pil(data):
             self._from_pil(data, mode, file_type)
         else:
-            from .plots import figure_png
+            from .figures import figure_png
 
             png = figure_png(data)
             if png is not None:

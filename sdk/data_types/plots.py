@@ -15,46 +15,17 @@ title and options inline::
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 
 from ._media import Media, numpy
 from .base import need
+from .figures import figure_png, is_matplotlib, is_plotly  # noqa: F401  (trackside.data_types.plots.figure_png ...)
 
 # at most this many points per class in a ROC or PR curve (evenly spaced; the ends are kept)
 CURVE_POINTS = 1000
 
 
 # -- figures -------------------------------------------------------------------------------------
-
-
-def _is_pyplot(obj) -> bool:
-    return obj is not None and obj is sys.modules.get("matplotlib.pyplot")
-
-
-def is_matplotlib(obj) -> bool:
-    """A matplotlib figure, or the pyplot module itself (its current figure)."""
-    if _is_pyplot(obj):
-        return True
-    mod = sys.modules.get("matplotlib.figure")
-    return mod is not None and isinstance(obj, mod.Figure)
-
-
-def is_plotly(obj) -> bool:
-    mod = type(obj).__module__ or ""
-    return mod.startswith("plotly.") and hasattr(obj, "to_plotly_json")
-
-
-def figure_png(obj) -> bytes | None:
-    """PNG bytes of a matplotlib figure (or of pyplot's current figure); None for anything else."""
-    if not is_matplotlib(obj):
-        return None
-    fig = obj.gcf() if _is_pyplot(obj) else obj
-    buf = io.BytesIO()
-    # no creation time or version in the file: the same figure renders to the same bytes
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
 
 
 def as_data_type(obj):

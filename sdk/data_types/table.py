@@ -32,7 +32,9 @@ import uuid
 
 import msgspec
 
-from ._media import load_file
+from trackside.store.tables import BUILTIN_KINDS, FORMAT, FORMAT_VERSION, read_columns  # noqa: F401  (re-exported)
+
+from ..contracts.errors import UsageError
 from .base import DataType, from_json, store_bytes
 
 __all__ = ["IMMUTABLE", "INCREMENTAL", "JoinedTable", "LOG_MODES", "MUTABLE", "Table"]
@@ -41,13 +43,11 @@ IMMUTABLE = "IMMUTABLE"
 MUTABLE = "MUTABLE"
 INCREMENTAL = "INCREMENTAL"
 LOG_MODES = (IMMUTABLE, MUTABLE, INCREMENTAL)
-FORMAT = "trackside-table"
-FORMAT_VERSION = 1
 
 # the kinds of plain Python values, by exact type (the fast path of the per-cell check)
 _PLAIN = {int: "number", float: "number", str: "string", bool: "bool", list: "list", dict: "dict", bytes: "bytes"}
 _REBUILT = "ndarray"  # kinds stored as a logged form and rebuilt on reading, besides data types
-_BUILTIN_KINDS = frozenset(_PLAIN.values()) | {"mixed"}
+_BUILTIN_KINDS = BUILTIN_KINDS
 
 
 def _plain(obj):
@@ -468,8 +468,6 @@ class Table(DataType):
         """``run.log({key: table})``: store the rows (all of them, or the new ones for an
         INCREMENTAL table) and index them as the next version of ``run-<run id>-<key>``."""
         if self.log_mode == IMMUTABLE and self._logged:
-            from .._run import UsageError
-
             raise UsageError(
                 f"this IMMUTABLE table was already logged; to log it again, create it with "
                 f"log_mode='MUTABLE' (each log stores a new version) or 'INCREMENTAL' (each log stores "
@@ -517,21 +515,6 @@ def read_rows(obj: dict, source: str) -> tuple[list, list, list]:
     return columns, types, rows
 
 
-def read_columns(obj: dict, source: str) -> tuple[list, list, list, int]:
-    """``(columns, types, column values, nrows)`` as stored: data-type cells as their logged form."""
-    blob = load_file(obj, source)  # checked against its SHA-256
-    try:
-        doc = _decode(blob)
-        if doc.get("format") != FORMAT:
-            raise ValueError("not a trackside table file")
-        if doc.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"table format {doc['version']} is newer than this trackside reads "
-                             f"({FORMAT_VERSION}): upgrade trackside")
-        return list(doc["columns"]), list(doc["types"]), doc["data"], int(doc["nrows"])
-    except (msgspec.DecodeError, KeyError, AttributeError, TypeError) as e:
-        raise ValueError(f"the table rows file {obj.get('path')} cannot be read: {e}") from None
-
-
 def concat(tables: list, log_mode: str = INCREMENTAL) -> Table:
     """One table of the rows of ``tables`` in order, columns matched by name (the last
     table's columns first; a column a table lacks is None in its rows)."""
@@ -554,11 +537,15 @@ def concat(tables: list, log_mode: str = INCREMENTAL) -> Table:
     return Table._from_parts(columns, types, rows, log_mode)
 
 
+def table_artifact_name(run_id: str, key: str) -> str:
+    """The artifact a run's logged table is reachable as: ``run-<run id>-<key>`` (':' in the
+    key, which separates an alias, becomes '_')."""
+    return f"run-{run_id}-{key.replace(':', '_')}"
+
+
 def record_table(run, key: str, step, form: dict, *, incremental: bool = False) -> str:
     """Index a logged table (or joined table) as the next version of the artifact
     ``run-<run id>-<key>``: an "artifact" event the daemon stores. Returns the name."""
-    from ..artifacts import table_artifact_name
-
     name = table_artifact_name(run.id, key)
     manifest = {key: {"kind": "object", "obj": form, "source": f"runs/{run.id}"}}
     digest = hashlib.sha256(_encode(manifest)).hexdigest()

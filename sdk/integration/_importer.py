@@ -10,13 +10,15 @@ the store's ``created_at`` is the time of the import (the source's start time is
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
+import subprocess
+import sys
 import time
 
-from .. import discovery
-from .._run import UsageError, _current, _split_values, init
+from ..contracts import discovery
+from .._run import _current, _split_values, init
+from ..contracts.errors import Error, UsageError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -35,7 +37,7 @@ class ImportedRun:
 
     ``log(values, step, time_s)`` writes one step's row at its original time (steps must not
     go down); ``config``, ``summary`` and ``console(lines)`` as for a live run. On a clean exit
-    the run is finished and stored; raises UsageError when ``run_id`` exists in ``root``."""
+    the run is finished and stored (by ``trackside sync``); raises UsageError when ``run_id`` exists in ``root``."""
 
     def __init__(self, root: str, *, run_id: str, project: str, name: str | None = None, config=None,
                  tags=(), group=None, job_type=None, source: dict | None = None):
@@ -93,9 +95,13 @@ class ImportedRun:
         run = self.run
         run.finish(exit_code=self.exit_code if exit_code is None else exit_code)
         self._restore()
-        from ..daemon.sync import sync_runs
-
-        asyncio.run(sync_runs([run.dir]))
+        # stored from its WAL by `trackside sync` (a process, as the daemon is one: the SDK
+        # never imports them), which keeps the rows' own times and ends the run at its last row
+        done = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", run.dir], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise Error(f"run {run.id} was written to {run.dir} but could not be stored "
+                        f"(`trackside sync {run.dir}` failed: {done.stderr.strip()[-2000:]})")
 
     def _restore(self) -> None:
         """The process's run root, run id and active run as they were before the import."""

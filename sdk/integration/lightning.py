@@ -20,7 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only as _rank_zero_fn
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from .. import discovery
+from ..contracts import discovery
 from .._run import UsageError, init, new_run_id
 
 

@@ -1,264 +1,46 @@
-"""The store: one SQLite database per run root, ``<root>/trackside.db``, or a PostgreSQL database.
-
-One writer (the daemon, or a ``trackside server``, through one ``Store``) and any number of
-readers (``trackside.api``, the CLI, a UI) at once: a reader never waits for the writer and
-sees every transaction committed before its statement began. SQLite runs in WAL mode for this;
-PostgreSQL does it anyway (MVCC).
-
-PostgreSQL: ``Store(root, db="postgresql://user@host/database")`` keeps the tables below in
-that database (an empty one, or one a trackside store created; needs ``pip install
-'trackside[server]'``) and the files (media, tables, artifacts) under ``root`` as for SQLite;
-``trackside.Api(root, db=...)`` reads it back. Both backends run the same statements and the
-same schema; the few differences (placeholders, column types, the schema version, how an
-amended step's values merge) live in ``daemon/db.py``. The writer holds one connection, each
-reader its own.
-
-Schema (SQLite's ``PRAGMA user_version``, PostgreSQL's ``meta`` table = ``SCHEMA_VERSION``):
-
-- ``runs``: one row per run. ``rid`` is a small integer key used by every other table (an
-  integer in each history row instead of the run id string keeps rows short and inserts fast).
-  ``config``, ``summary``, ``metadata`` and ``tags`` are JSON text; ``wal_cursor`` is the
-  daemon's WAL offset up to which everything is stored (see ``apply``).
-- ``history``: one row per (run, step): ``data`` is the row's values as a msgpack map. Rows are
-  stored whole rather than one SQL row per key because a training step logs many keys at once:
-  one B-tree insert per step is what lets a 2-core machine store well over 100,000 steps/s.
-- ``history_payloads``: a step's opaque payloads (rich values), kept out of ``history`` so that
-  scalar reads never page them in.
-- ``history_keys``: every key a run has logged, for listing without scanning history.
-- ``console``: captured output lines, ``seq`` numbered per run from 0.
-- ``artifacts``: one row per artifact version (``name``, ``version`` from 0), its ``manifest``
-  (JSON: entry name -> a logged object or a content-addressed file, paths relative to the run
-  root) and, for a table logged with ``run.log``, the run's ``run_key``, ``step`` and
-  ``increment`` (INCREMENTAL tables: 0, 1, ... per run and key). ``artifact_aliases`` maps
-  ``(name, alias)`` to a version ("latest" and the user's own); ``artifact_logs`` maps the SDK's
-  id of each log call to the version it stored, so a replayed event stores nothing twice and the
-  SDK can wait for its artifact. These tables are created with ``IF NOT EXISTS`` when the daemon
-  opens a store: adding them changes nothing an older reader reads.
-- ``media`` (schema 2): an index of the typed values (images, histograms, ...) in history rows:
-  one row per (run, key, step, file) with the file's ``path`` (relative to the run folder; ''
-  for a value without a file), ``sha256`` and the ``type`` of the value owning it. Filled in
-  the transaction that writes the rows, so readers can find a key's media without scanning
-  history; a store of schema 1 is indexed once when a newer daemon opens it.
-- ``system_metrics`` (schema 3): the sampled system metrics of a run, one row per (run, time,
-  host): ``data`` is a msgpack map of ``system/...`` keys aggregated over one log interval
-  (``daemon/sysmetrics.py``), ``time_us`` the end of that interval.
-"""
+"""The writer of a store: ``Store``, the one connection that writes a run root's database (the
+daemon's, or a team server's). Layout and versions: ``schema``; readers: ``reader``."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import msgspec
 
-from trackside import names
-from trackside.private import create, make_dirs, restrict
+from trackside.contracts import names
+from trackside.contracts.private import create, make_dirs, restrict
 
-from .db import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
+from .dialect import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
+from .index import check_artifact, media_refs
+from .schema import (
+    ARTIFACT_SCHEMA,
+    DB_NAME,
+    DEFAULT_PROJECT,
+    MARKS_SCHEMA,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STATES,
+    check_version,
+)
 
-__all__ = [
-    "DB_NAME",
-    "SCHEMA_VERSION",
-    "STATES",
-    "SchemaVersionError",
-    "Store",
-    "StoreError",
-    "check_artifact",
-    "open_reader",
-    "open_readonly",
-]
-
-DB_NAME = "trackside.db"
-SCHEMA_VERSION = 3
-STATES = ("running", "finished", "failed", "crashed")
-DEFAULT_PROJECT = "uncategorized"
-
-# Readers and the writer share these statements' idea of the layout; bump SCHEMA_VERSION (and add
-# a migration in Store._migrate) for any change a reader of the old version would misread.
-_SCHEMA = """
-CREATE TABLE runs (
-    rid           INTEGER PRIMARY KEY,
-    run_id        TEXT NOT NULL UNIQUE,
-    project       TEXT NOT NULL,
-    name          TEXT,
-    group_name    TEXT,
-    job_type      TEXT,
-    tags          TEXT NOT NULL DEFAULT '[]',
-    config        TEXT NOT NULL DEFAULT '{}',
-    summary       TEXT NOT NULL DEFAULT '{}',
-    metadata      TEXT NOT NULL DEFAULT '{}',
-    state         TEXT NOT NULL DEFAULT 'running',
-    exit_code     INTEGER,
-    created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL,
-    finished_at   REAL,
-    root_dir      TEXT NOT NULL,
-    history_rows  INTEGER NOT NULL DEFAULT 0,
-    last_step     INTEGER,
-    wal_cursor    INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX runs_created ON runs (created_at);
-CREATE INDEX runs_project ON runs (project, created_at);
-CREATE TABLE history (
-    rid      INTEGER NOT NULL,
-    step     INTEGER NOT NULL,
-    time_us  INTEGER NOT NULL,
-    data     BLOB NOT NULL,
-    PRIMARY KEY (rid, step)
-) WITHOUT ROWID;
-CREATE TABLE history_payloads (
-    rid   INTEGER NOT NULL,
-    step  INTEGER NOT NULL,
-    idx   INTEGER NOT NULL,
-    data  BLOB NOT NULL,
-    PRIMARY KEY (rid, step, idx)
-);
-CREATE TABLE history_keys (
-    rid  INTEGER NOT NULL,
-    key  TEXT NOT NULL,
-    PRIMARY KEY (rid, key)
-) WITHOUT ROWID;
-CREATE TABLE console (
-    rid      INTEGER NOT NULL,
-    seq      INTEGER NOT NULL,
-    time_us  INTEGER NOT NULL,
-    stream   TEXT NOT NULL,
-    text     TEXT NOT NULL,
-    PRIMARY KEY (rid, seq)
-) WITHOUT ROWID;
-"""
-
-# Artifacts (and the tables runs log, which are artifacts too). Created on open, not versioned:
-# they only add tables, so a reader of SCHEMA_VERSION 1 without them reads everything else.
-_ARTIFACT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS artifacts (
-    aid          INTEGER PRIMARY KEY,
-    name         TEXT NOT NULL,
-    version      INTEGER NOT NULL,
-    type         TEXT NOT NULL,
-    rid          INTEGER NOT NULL,
-    digest       TEXT NOT NULL,
-    description  TEXT,
-    metadata     TEXT NOT NULL DEFAULT '{}',
-    manifest     TEXT NOT NULL,
-    run_key      TEXT,
-    step         INTEGER,
-    increment    INTEGER,
-    created_at   REAL NOT NULL,
-    UNIQUE (name, version)
-);
-CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts (rid, run_key, version);
-CREATE TABLE IF NOT EXISTS artifact_aliases (
-    name     TEXT NOT NULL,
-    alias    TEXT NOT NULL,
-    version  INTEGER NOT NULL,
-    PRIMARY KEY (name, alias)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS artifact_logs (
-    uid  TEXT PRIMARY KEY,
-    aid  INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-# Replays append nothing twice: per (run, writer), the highest seq of its events whose appends
-# (console lines) the store holds, written in the transaction that holds them. Created on open
-# like the artifact tables: no reader reads it.
-_MARKS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS event_marks (
-    rid     INTEGER NOT NULL,
-    writer  INTEGER NOT NULL,
-    seq     INTEGER NOT NULL,
-    PRIMARY KEY (rid, writer)
-) WITHOUT ROWID;
-"""
-_VERSION_ALIAS = re.compile(r"^v[0-9]+$")  # "v3": a version, never a user's alias
-
-# Migrations: version -> the statements that bring a store of the version before it there. A new
-# store runs _SCHEMA and then every migration, so both paths end with the same tables.
-_MEDIA_SCHEMA = """
-CREATE TABLE IF NOT EXISTS media (
-    rid     INTEGER NOT NULL,
-    key     TEXT NOT NULL,
-    step    INTEGER NOT NULL,
-    path    TEXT NOT NULL,
-    sha256  TEXT,
-    type    TEXT NOT NULL,
-    PRIMARY KEY (rid, key, step, path)
-) WITHOUT ROWID;
-"""
-_MIGRATIONS = {2: _MEDIA_SCHEMA}
-# System metrics have a time axis, not steps: one row per (run, window end, host), the window's
-# aggregates as a msgpack map. The host is in the key: each host's daemon stores its own rows.
-_SYSTEM_SCHEMA = """
-CREATE TABLE IF NOT EXISTS system_metrics (
-    rid      INTEGER NOT NULL,
-    time_us  INTEGER NOT NULL,
-    host     TEXT NOT NULL,
-    data     BLOB NOT NULL,
-    PRIMARY KEY (rid, time_us, host)
-) WITHOUT ROWID;
-"""
-_MIGRATIONS[3] = _SYSTEM_SCHEMA
 _TYPED = b"\xa5_type"  # msgpack's "_type" key: a history blob without it holds no typed value
 
 # History rows go in with multi-row INSERTs: one sqlite3 call per 256 rows instead of one per
 # row takes ~0.4 us off each row's ~2 us. A batch is cut into chunks of these sizes (256 as
 # often as it fits, then the rest in binary), so a handful of cached statements serve any count.
 # 256 rows are 1,024 variables, far below SQLite's limit (32,766) and PostgreSQL's (65,535).
-# The conflict clause that merges a stored step is the database's (daemon/db.py).
+# The conflict clause that merges a stored step is the database's (store/dialect.py).
 _INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 _INSERT_HISTORY = {
     n: "INSERT INTO history (rid, step, time_us, data) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
     for n in _INSERT_SIZES
 }
 _LOOKUP_SIZES = (1, 8, 64, 512)  # steps per look-up of stored rows (PostgreSQL's merge in Python)
-
-
-class SchemaVersionError(StoreError):
-    """The database was written by a newer trackside whose schema this one cannot read."""
-
-
-def _check_version(db) -> int:
-    """The database's schema version; raises SchemaVersionError when it is newer than ours."""
-    version = db.schema_version()
-    if version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"{db.where} was written by a newer trackside (store schema {version}; this trackside "
-            f"reads up to {SCHEMA_VERSION}): upgrade trackside (pip install -U trackside)"
-        )
-    return version
-
-
-def open_reader(path: Optional[str] = None, *, db: Optional[str] = None, timeout: float = 5.0):
-    """A read-only connection to a store that sees the writer's commits as they happen: the
-    SQLite file at ``path``, or the PostgreSQL database of the URL ``db``. Returns the
-    database object of ``daemon/db.py`` (run SQL on its ``conn``). Raises SchemaVersionError
-    for a newer store, StoreError for a database that holds none. For a file, the caller
-    checks that it exists (to give its own hint)."""
-    if db is not None:
-        database = open_postgres(db, writer=False)
-    else:
-        database = SQLite.open_reader(path, timeout)
-    try:
-        if _check_version(database) == 0:
-            if database.name == "sqlite":
-                raise StoreError(f"{path} is not a trackside store (it has no trackside schema)")
-            raise StoreError(
-                f"no trackside store in {database.where}: nothing has been stored there yet (a trackside "
-                f"server started with --db {database.where} creates it)"
-            )
-    except BaseException:
-        database.close()
-        raise
-    return database
-
-
-def open_readonly(path: str, timeout: float = 5.0):
-    """A read-only ``sqlite3.Connection`` to the store file at ``path`` (see ``open_reader``)."""
-    return open_reader(path, timeout=timeout).conn
 
 
 def _json_default(obj: Any) -> Any:
@@ -342,7 +124,7 @@ class Store:
 
     def _setup(self) -> None:
         db = self._db
-        version = _check_version(db)
+        version = check_version(db)
         if version == 0 and db.table_count():
             raise StoreError(f"{self.path} is not a trackside store (it holds other tables); {db.foreign_hint}")
         db.prepare(new=version == 0)
@@ -350,8 +132,8 @@ class Store:
             self._create()
         elif version < SCHEMA_VERSION:
             self._migrate()
-        self._add_tables(_ARTIFACT_SCHEMA)
-        self._add_tables(_MARKS_SCHEMA)
+        self._add_tables(ARTIFACT_SCHEMA)
+        self._add_tables(MARKS_SCHEMA)
         db.register_merge(self._merge_blobs)
         for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs"):
             self._rids[run_id] = rid
@@ -362,7 +144,7 @@ class Store:
         try:
             # a second process may have created it while we waited for the lock
             if db.schema_version() == 0:
-                for schema in (_SCHEMA, *(_MIGRATIONS[v] for v in sorted(_MIGRATIONS))):
+                for schema in (SCHEMA, *(MIGRATIONS[v] for v in sorted(MIGRATIONS))):
                     for stmt in db.ddl(schema):
                         self._conn.execute(stmt)
                 db.set_schema_version(SCHEMA_VERSION)
@@ -379,7 +161,7 @@ class Store:
             # read again under the lock: another process may have migrated it meanwhile
             version = db.schema_version()
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                for stmt in db.ddl(_MIGRATIONS.get(v, "")):
+                for stmt in db.ddl(MIGRATIONS.get(v, "")):
                     self._conn.execute(stmt)
                 if v == 2:
                     self._index_stored_media()
@@ -988,84 +770,6 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.path}{' (closed)' if self._conn is None else ''}>"
-
-
-def check_artifact(data) -> dict:
-    """An "artifact" event's data, checked: raises ValueError or TypeError saying what is wrong.
-
-    Fields: ``uid`` (the log call's id), ``name``, ``type``, ``digest``, ``manifest`` (a dict of
-    entry name to entry), optional ``description``, ``metadata`` (dict), ``aliases`` (list of
-    str), ``run_key`` and ``step`` (a table logged with ``run.log``), ``incremental`` (bool)."""
-    if not isinstance(data, dict):
-        raise TypeError(f"artifact event data must be a map, not {type(data).__name__}")
-    out = {}
-    for field in ("uid", "name", "type", "digest"):
-        v = data.get(field)
-        if not isinstance(v, str) or not v:
-            raise ValueError(f"artifact {field} must be a non-empty string, not {v!r}")
-        out[field] = v
-    names.check_artifact_name(out["name"])
-    manifest = data.get("manifest")
-    if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in manifest.items()):
-        raise TypeError("artifact manifest must be a map of entry name to entry")
-    for name, entry in manifest.items():
-        check_manifest_entry(name, entry)
-    out["manifest"] = manifest
-    metadata = data.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise TypeError(f"artifact metadata must be a map, not {type(metadata).__name__}")
-    out["metadata"] = metadata
-    description = data.get("description")
-    if description is not None and not isinstance(description, str):
-        raise TypeError("artifact description must be a string")
-    out["description"] = description
-    aliases = data.get("aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a and ":" not in a and "/" not in a
-                                                 and not _VERSION_ALIAS.match(a) for a in aliases):
-        raise ValueError(f"artifact aliases must be strings without ':' or '/' and not of the form vN: {aliases!r}")
-    out["aliases"] = aliases
-    run_key, step = data.get("run_key"), data.get("step")
-    if run_key is not None and not isinstance(run_key, str):
-        raise TypeError("artifact run_key must be a string")
-    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
-        raise TypeError("artifact step must be an int")
-    out["run_key"], out["step"] = run_key, step
-    out["incremental"] = bool(data.get("incremental"))
-    return out
-
-
-def check_manifest_entry(name: str, entry: dict) -> None:
-    """An artifact manifest entry's names that become paths on a reader's machine: a file
-    entry's name (``download`` writes the file there) and ``path``, and an object entry's
-    ``source`` folder and the paths its logged form names under it (all relative to the run
-    root). An object entry's name is only a key (a run's table is named by its history key).
-    Raises BadName (a ValueError) naming the value."""
-    if entry.get("kind") == "file" or "path" in entry:
-        names.check_entry_name(name)
-        names.check_file_path(entry.get("path"))
-    if entry.get("kind") == "object" or "source" in entry:
-        source = entry.get("source", "artifacts")
-        names.check_folder(source)
-        for path, _, _ in media_refs(entry.get("obj")):
-            names.check_file_path(f"{source}/{names.check_relative_path(path, 'file path')}")
-
-
-def media_refs(value, owner: str = ""):
-    """``(path, sha256, type)`` of each file a logged value references, depth first."""
-    if isinstance(value, dict):
-        kind = value.get("_type")
-        kind = str(kind) if kind is not None else owner
-        path = value.get("path")
-        if isinstance(path, str) and kind:
-            sha = value.get("sha256")
-            yield path, sha if isinstance(sha, str) else None, kind
-        for v in value.values():
-            if isinstance(v, (dict, list)):
-                yield from media_refs(v, kind)
-    elif isinstance(value, list):
-        for v in value:
-            if isinstance(v, (dict, list)):
-                yield from media_refs(v, owner)
 
 
 def _check_state(state: str) -> None:

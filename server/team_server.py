@@ -16,7 +16,7 @@ stored) and closes the store. A second signal exits at once: the WAL still holds
 acknowledged, and the next start stores it.
 
     trackside server --root /data/trackside --host 0.0.0.0 --token "$TOKEN" --tls-cert c.pem --tls-key k.pem
-    python -m trackside.daemon.team_server --port 0 --info-file server.json
+    python -m trackside.server.team_server --port 0 --info-file server.json
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ import grpc
 import msgspec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from trackside._version import __version__
+from trackside.contracts.version import __version__
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
-from .signals import drain_on_signals
-from .sink import LocalSink, SinkBusy, check_file_path
-from .store import StoreError
-from .stream import BadRecord
+from trackside.daemon.signals import drain_on_signals
+from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
+from trackside.store import StoreError
+from trackside.daemon.records import BadRecord
 
 log = logging.getLogger("trackside.server")
 
@@ -661,4 +661,4 @@ def main(argv=None, prog: str = "trackside server") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m trackside.daemon.team_server"))
+    sys.exit(main(prog="python -m trackside.server.team_server"))

@@ -48,7 +48,7 @@ def _need(module: str, extra: str):
 
 
 def _root(args) -> str:
-    from ..discovery import run_root
+    from trackside.contracts.discovery import run_root
 
     return args.root or run_root()
 
@@ -90,7 +90,7 @@ def _import_source(args) -> int:
 
 
 def _export(args) -> int:
-    from ..api import Api
+    from trackside.api import Api
 
     tb = _need("trackside.integration.tensorboard", "tensorboard")
     run = Api(args.root).run(args.run)

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from ._version import __version__
+from trackside.contracts.version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, metavar="N", help="at most N rows")
     t.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
-    from .integration.commands import add_parsers  # import tensorboard|wandb|mlflow, export tensorboard
+    from .imports import add_parsers  # import tensorboard|wandb|mlflow, export tensorboard
 
     _COMMANDS.update(add_parsers(sub))
     return p
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     except Exception as e:
         # a store or server that cannot be read (StoreError; a RemoteError is one), imported
         # here: the command line starts without the store's modules
-        from trackside.daemon.db import StoreError
+        from trackside.store.dialect import StoreError
 
         if not isinstance(e, StoreError):
             raise
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
 
 
 def _daemon(args) -> int:
-    from . import discovery
+    from trackside.contracts import discovery
 
     folder = discovery.daemon_dir()
     if args.action == "run":
@@ -161,7 +161,7 @@ def _daemon(args) -> int:
         if not alive:
             print(f"no trackside daemon is running for {folder}")
             return 1
-        from .transport import daemon_status
+        from trackside.transport import daemon_status
 
         print(f"trackside daemon {info.get('version')} pid {info['pid']}, socket {info['socket']}, gRPC {info.get('grpc')}")
         status = daemon_status(info)
@@ -200,7 +200,7 @@ def _daemon(args) -> int:
     if alive:
         print(f"trackside daemon already running: pid {info['pid']}")
         return 0
-    from .transport import ensure_daemon
+    from trackside.transport import ensure_daemon
 
     daemon_args = []
     if args.metrics_port is not None:
@@ -224,7 +224,7 @@ def _sync(args) -> int:
 
     from trackside.daemon.sync import SyncError, find_runs, sync_runs
 
-    from .discovery import run_root
+    from trackside.contracts.discovery import run_root
 
     run_dirs = args.run_dirs or find_runs(run_root(args.root) if args.root else run_root())
     if not run_dirs:
@@ -266,13 +266,13 @@ def _sync(args) -> int:
 
 
 def _alive(pid) -> bool:
-    from .discovery import pid_alive
+    from trackside.contracts.discovery import pid_alive
 
     return pid_alive(pid)
 
 
 def _runs(args) -> int:
-    from .api import Api
+    from trackside.api import Api
     from .display import print_runs
 
     print_runs(Api(args.root).runs(project=args.project), args.format)
@@ -280,7 +280,7 @@ def _runs(args) -> int:
 
 
 def _history(args) -> int:
-    from .api import Api
+    from trackside.api import Api
     from .display import print_history
 
     run = Api(args.root).run(args.run)
@@ -299,7 +299,7 @@ def _history(args) -> int:
 
 
 def _summary(args) -> int:
-    from .api import Api
+    from trackside.api import Api
     from .display import print_summary
 
     print_summary(Api(args.root).run(args.run), args.format)
@@ -307,7 +307,7 @@ def _summary(args) -> int:
 
 
 def _table(args) -> int:
-    from .api import Api
+    from trackside.api import Api
     from .tablequery import QueryError, print_rows, query
 
     run = Api(args.root).run(args.run)
@@ -389,7 +389,7 @@ def _bench(args) -> int:
 
 
 def _top(args) -> int:
-    from . import discovery
+    from trackside.contracts import discovery
     from .top import run_top
 
     return run_top(discovery.daemon_dir(), once=args.once, interval=args.interval)
@@ -400,7 +400,7 @@ _COMMANDS["top"] = _top
 
 
 def _server(args) -> int:
-    from trackside.daemon.team_server import main as server_main
+    from trackside.server.team_server import main as server_main
 
     argv = ["--root", args.root, "--host", args.host, "--port", str(args.port)]
     for flag in ("db", "token", "tls_cert", "tls_key", "info_file"):

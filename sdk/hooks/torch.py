@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._run import UsageError
+from ..contracts.errors import UsageError
 
 LOG_KINDS = ("gradients", "parameters", "all", None)
 NUM_BINS = 64

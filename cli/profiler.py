@@ -2,7 +2,7 @@
 
 A scenario is isolated: a fresh temp folder holds its own daemon folder (``TRACKSIDE_DAEMON_DIR``)
 and run root (``TRACKSIDE_DIR``); writers are separate Python processes (``python -m
-trackside.profiler --writer-spec JSON``) and the first one's ``init()`` spawns the daemon. At the
+trackside.cli.profiler --writer-spec JSON``) and the first one's ``init()`` spawns the daemon. At the
 end the daemon is stopped (SIGTERM, waited for) and the folder deleted.
 
 Clocks: every process reads ``CLOCK_MONOTONIC`` (``time.monotonic_ns``), one clock for the host,
@@ -401,7 +401,7 @@ class Scenario:
         self.run_id = "bench" + os.urandom(4).hex()
         self.dest = spec.get("dest", "store")  # "store", "none" (offline: nothing is stored) or a server URL
         self.spec = dict(spec, run_id=self.run_id)
-        self.writer_cmd = writer_cmd or [sys.executable, "-m", "trackside.profiler"]
+        self.writer_cmd = writer_cmd or [sys.executable, "-m", "trackside.cli.profiler"]
         self.procs: list[subprocess.Popen] = []
         self._errs: list = []
         self.daemon_pid = None
@@ -430,7 +430,7 @@ class Scenario:
         return json.loads(line)
 
     def daemon_info(self) -> dict | None:
-        from trackside import discovery
+        from trackside.contracts import discovery
 
         return discovery.read_info(self.daemon_dir)
 
@@ -514,7 +514,7 @@ class Scenario:
             return e
 
     def close(self) -> None:
-        from trackside import discovery
+        from trackside.contracts import discovery
 
         for p in self.procs:
             if p.poll() is None:
@@ -591,7 +591,7 @@ def run_bench(opts: dict, progress=None) -> dict:
         el = (time.monotonic_ns() - t_go) / 1e9
         received = None
         try:
-            from .transport import daemon_status
+            from trackside.transport import daemon_status
 
             st = daemon_status(sc.daemon_info(), timeout=1.0)
             received = sum(r.get("entries", 0) for r in st.get("runs", []))
@@ -746,4 +746,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--writer-spec":
         writer_main(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: python -m trackside.profiler --writer-spec JSON (started by trackside bench)")
+        sys.exit("usage: python -m trackside.cli.profiler --writer-spec JSON (started by trackside bench)")

@@ -83,8 +83,8 @@ def render(now: dict, before: dict | None, dt: float, info: dict):
 def run_top(folder: str, *, once: bool = False, interval: float = 1.0) -> int:
     from rich.console import Console
 
-    from .discovery import pid_alive, read_info
-    from .transport import daemon_status
+    from trackside.contracts.discovery import pid_alive, read_info
+    from trackside.transport import daemon_status
 
     info = read_info(folder)
     if info is None or not pid_alive(info.get("pid")):
