@@ -302,6 +302,8 @@ class Daemon:
                 await writer.drain()
                 writer.close()
                 return
+            if hello is None:
+                return  # closed before its first frame: a probe (`trackside daemon start`), not a client
             if not isinstance(hello, Hello):
                 return conn.refuse("the first frame must be hello")
             conn.writer_id, conn.peer, conn.rank = hello.writer, hello.pid, hello.rank
