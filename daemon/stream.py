@@ -250,6 +250,8 @@ class RunStream:
         self.connections: set = set()
         self.pids: dict[int, tuple[int, int]] = {}  # training process -> (connections, rank): system metrics watch it
         self.finished_writers: set[int] = set()
+        self.system_writer: Optional[int] = None  # this host's system-metrics writer, once it wrote into the WAL
+        self.system_done = False  # its last rows are written: the sampler lets the run go
         self.warnings: list[str] = []
         self.error: str | None = None  # set while the WAL cannot be made durable
         self.damage: list[tuple] = []
@@ -669,6 +671,9 @@ class RunStream:
             system.extend((int(t), host, dict(values)) for t, values in data["rows"])
             meta.update(data.get("metadata") or {})
         elif kind == "finish":
+            if (data or {}).get("system"):  # a host's system metrics ended: no training writer's end
+                self.finished_writers.add(writer)
+                return
             self.merger.leave(writer)
             self.finished_writers.add(writer)
             finished.append((conn, seq, data or {}))
@@ -749,7 +754,7 @@ class RunStream:
             await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
             return
         # no store here: into the WAL, as an event of this host's writer, to travel with the run
-        writer = system_writer(host)
+        writer = self.system_writer = system_writer(host)
         seq = self.seqs.get(writer, 0) + 1
         data = {"host": host, "rows": [[t, values] for t, values in rows], "metadata": metadata or None}
         body = encode_event(Event(writer, seq, "system", data))
@@ -757,6 +762,31 @@ class RunStream:
         self.seqs[writer] = seq
         self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
         self._wanted.set()
+
+    def training_done(self) -> bool:
+        """Every training writer that sent anything has finished (the host's system-metrics
+        writer is no training writer: it ends with them, see ``finish_system``)."""
+        writers = set(self.seqs)
+        writers.discard(self.system_writer)
+        return bool(writers) and writers <= self.finished_writers
+
+    def finish_system(self) -> None:
+        """The run's system metrics from this host are all written: say so in the WAL, so that
+        whoever stores the run (a server) knows this writer is done too."""
+        self.system_done = True
+        writer = self.system_writer
+        if writer is None or self.local or writer in self.finished_writers:
+            return
+        seq = self.seqs[writer] + 1
+        body = encode_event(Event(writer, seq, "finish", {"system": True}))
+        end = self.wal.append(codec.frame(RECORD_EVENT, body))
+        self.seqs[writer] = seq
+        self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
+        self._wanted.set()
+
+    def done(self) -> bool:
+        """Every writer that sent anything, the system-metrics ones included, has finished."""
+        return self.finished_writers >= set(self.seqs)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""Many processes on many hosts, one run: ranks on two hosts, each host with its own daemon and
+run root, all uploading one run (`init(id=...)`) to one `trackside server`. The server reduces
+each step across every rank of every host, closes the run as soon as the last rank finished,
+and keeps both hosts' system metrics. Real daemons, server and training processes.
+
+Each daemon gets a host of its own where the kernel allows it: a UTS namespace (`unshare
+--uts`, root only) gives it its own host name; elsewhere both daemons share this machine's
+name, which the writer ids must survive anyway."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+import trackside
+from trackside import discovery
+from trackside.remote import UploadClient
+from trackside.transport import daemon_status
+
+from conftest import stop, wait_until
+
+TRAIN = """
+import json, os, sys, time, trackside
+run_id, steps, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rank = int(os.environ["RANK"])
+run = trackside.init(project="multi", id=run_id, group="ddp", config={"lr": 0.1, "rank_seen": rank},
+                     settings={"upload_interval": 0.2, "system_sample_interval": 0.1, "system_log_interval": 0.5})
+run.define_metric("t", reduce="sum")
+run.define_metric("loss", reduce="mean")
+run.define_metric("top", reduce="max")
+for i in range(steps):
+    run.log({"t": 1.0, "loss": (rank + 1) * 0.25 + i, "top": float(rank * 1000 + i)}, step=i)
+    time.sleep(pause)
+run.finish()
+print(json.dumps({"pid": os.getpid(), "rank": rank, "finished_at": time.time()}), flush=True)
+"""
+
+
+def _uts_namespaces() -> bool:
+    try:
+        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+UTS = _uts_namespaces()
+
+
+@pytest.fixture
+def hosts(tmp_path, monkeypatch):
+    """Starts daemons, each a host with its own daemon folder and run root (``hosts.start(name,
+    own_hostname=)``); stops each by its pid after the test."""
+    for k in ("TRACKSIDE_RUN_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "TRACKSIDE_SERVER", "TRACKSIDE_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    started = []
+
+    def start(name, own_hostname=True):
+        base = tmp_path / name
+        daemon_dir, root = base / "daemon", base / "trackside"
+        daemon_dir.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "trackside.daemon", "--dir", str(daemon_dir), "--idle-timeout", "120"]
+        hostname = socket.gethostname()
+        if own_hostname and UTS:
+            hostname = f"node-{name}"
+            cmd = ["unshare", "--uts", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh", *cmd]
+        log = open(base / "daemon.out", "w")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        started.append(proc)
+        wait_until(lambda: (discovery.read_info(str(daemon_dir)) or {}).get("pid") == proc.pid
+                   or proc.poll() is not None, 20)
+        assert proc.poll() is None, (base / "daemon.out").read_text()
+        env = dict(os.environ, TRACKSIDE_DAEMON_DIR=str(daemon_dir), TRACKSIDE_DIR=str(root))
+        return types.SimpleNamespace(name=name, hostname=hostname, proc=proc, daemon_dir=str(daemon_dir),
+                                     root=str(root), env=env)
+
+    try:
+        yield types.SimpleNamespace(start=start)
+    finally:
+        for proc in started:
+            stop(proc)
+
+
+def start_ranks(host, url, run_id, ranks, world_size, steps, pause):
+    procs = []
+    for rank in ranks:
+        env = dict(host.env, TRACKSIDE_SERVER=url, RANK=str(rank), LOCAL_RANK=str(rank % 2),
+                   WORLD_SIZE=str(world_size))
+        procs.append(subprocess.Popen([sys.executable, "-c", TRAIN, run_id, str(steps), str(pause)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish_ranks(procs) -> list[dict]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def run_closed(url, run_id, hosts) -> bool:
+    """The server stored the run's end and let its stream go; no daemon holds the run open."""
+    if trackside.Api(url).run(run_id).state != "finished":
+        return False
+    client = UploadClient(url)
+    try:
+        if any(r["run_id"] == run_id for r in client.status()["runs"]):
+            return False
+    finally:
+        client.close()
+    return not any(r["run_id"] == run_id for h in hosts
+                   for r in daemon_status(discovery.read_info(h.daemon_dir)).get("runs", []))
+
+
+def two_hosts(hosts, servers, tmp_path, steps=200, pause=0.01, own_hostnames=True):
+    """Two hosts x two ranks logging one run into one server; host b starts a moment after
+    host a (as hosts do). Returns what the ranks reported, the run and the time the run was
+    seen closed."""
+    server = servers.start(tmp_path / "server")
+    a = hosts.start("a", own_hostname=own_hostnames)
+    b = hosts.start("b", own_hostname=own_hostnames)
+    run_id = "shared-run"
+    procs = start_ranks(a, server.url, run_id, [0, 1], 4, steps, pause)
+    time.sleep(0.5)  # host b's ranks start later: the server sees host a's steps first
+    procs += start_ranks(b, server.url, run_id, [2, 3], 4, steps, pause)
+    ranks = finish_ranks(procs)
+    wait_until(lambda: run_closed(server.url, run_id, [a, b]), timeout=20)
+    closed_at = time.time()
+    return types.SimpleNamespace(server=server, a=a, b=b, run_id=run_id, ranks=ranks, closed_at=closed_at,
+                                 run=trackside.Api(server.url).run(run_id))
+
+
+def test_ranks_on_two_hosts_are_reduced_across_hosts(hosts, servers, tmp_path):
+    steps = 200
+    r = two_hosts(hosts, servers, tmp_path, steps=steps)
+    rows = r.run.history()
+    assert [row["_step"] for row in rows] == list(range(steps))
+    ranks = range(4)
+    for row in rows:
+        i = row["_step"]
+        assert row["t"] == 4.0, row
+        assert row["loss"] == pytest.approx(sum((k + 1) * 0.25 + i for k in ranks) / 4), row
+        assert row["top"] == max(float(k * 1000 + i) for k in ranks), row
+
+
+def test_an_uploading_run_closes_as_soon_as_its_last_rank_finished(hosts, servers, tmp_path):
+    """The hosts' system-metrics writers finish with the run: the server stores the run's end
+    and lets its stream go, and each daemon lets the run go, without waiting for an idle time
+    (30 s) that system rows every 0.5 s would keep putting off."""
+    r = two_hosts(hosts, servers, tmp_path, steps=100)
+    last_finish = max(x["finished_at"] for x in r.ranks)
+    print(f"closed {r.closed_at - last_finish:.2f} s after the last finish()")
+    rows = r.run.system_metrics()
+    assert rows
+    assert all(row["_timestamp"] <= last_finish + 2.0 for row in rows)
