@@ -17,6 +17,11 @@ means. The rules, in one place:
   when the row was last touched more than ``merge_window`` seconds ago.
 * An entry for a step that is not pending and not above the highest step already emitted is
   late: it is amended into the stored row, or dropped and counted (``late_steps=``).
+* A late entry still follows the reduce rule: for the last ``KEEP_STEPS`` emitted steps the
+  merger keeps each writer's values of the keys whose rule is not ``"last"``, and an amend row
+  carries the value reduced over every writer's, old and new (a rank on another host, whose
+  first upload reached the server after the other ranks' rows were final, is summed in, not
+  written over them).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "best", "none", "copy")
 LATE_STEPS = ("amend", "drop", "error")
 _GOALS = ("minimize", "maximize")
 _GLOB_CHARS = frozenset("*?[")
+# emitted steps whose per-writer values of reduced keys are kept for late entries: a host whose
+# uploads lag the others' by seconds is thousands of steps behind at most
+KEEP_STEPS = 16384
 
 # (step: int, commit: bool, time_us: int, values: dict[str, int|float|bool|str|None],
 #  payload: bytes | None); rich values arrive already encoded in the payload
@@ -89,6 +97,7 @@ class Metrics:
         self._order = 0
         self._cache: dict[str, Optional[MetricDef]] = {}
         self.has_summary_rules = False  # lets the summary skip per-key lookups when False
+        self.has_reduce_rules = False  # lets the merger skip keeping per-writer values when False
 
     def define(
         self,
@@ -120,6 +129,7 @@ class Metrics:
             self._globs[name] = (re.compile(fnmatch.translate(name)).match, d, self._order)
         self._cache.clear()
         self.has_summary_rules = any(x.summary is not None for x in self.definitions())
+        self.has_reduce_rules = any(x.reduce != "last" for x in self.definitions())
         return d
 
     def lookup(self, key: str) -> Optional[MetricDef]:
@@ -269,8 +279,12 @@ class Merger:
             "collisions": 0,
             "reduce_fallbacks": 0,  # collisions of non-numeric values under mean/sum/min/max
             "late_dropped": 0,
+            "late_reduced": 0,  # amend rows whose reduced keys were reduced with the kept values
             "pending": 0,
         }
+        # step -> {writer: {key: value}} of the keys with a reduce rule, for the emitted steps
+        # (the last KEEP_STEPS of them): late entries are reduced with them
+        self._kept: dict[int, dict] = {}
         # live writer -> [highest step, committed] or None before its first entry
         self._cursors: dict[int, Optional[list]] = {}
         self._pending: dict[int, _Pending] = {}
@@ -524,6 +538,9 @@ class Merger:
         if self._ready:  # final by construction, and nothing else is pending
             out, self._ready = self._ready, []
             self._ready_marks.clear()
+            if self.metrics.has_reduce_rules:
+                for row in out:
+                    self._keep(row.step, {self._ready_writer: row.values})
             self._emitted_max = max(self._emitted_max, out[-1].step)
             self.stats["rows_emitted"] += len(out)
             self.stats["pending"] = 0
@@ -577,6 +594,10 @@ class Merger:
     def _emit(self, step: int, row: _Pending) -> Row:
         if row.by_writer is not None:
             self._reduce(row)
+        if self.metrics.has_reduce_rules:
+            kept = self._keep(step, row.by_writer if row.by_writer is not None else {row.writer: row.values})
+            if row.amend and kept is not None:
+                self._reduce_late(row, kept)
         if step > self._emitted_max:
             self._emitted_max = step
         stats = self.stats
@@ -584,6 +605,41 @@ class Merger:
         if row.amend:
             stats["amends"] += 1
         return Row(step, row.time_us, row.values, row.payloads, row.amend)
+
+    def _keep(self, step: int, by_writer: dict) -> Optional[dict]:
+        """Keep the writers' values of reduced keys for ``step`` (merged into those kept
+        already); returns what is kept for the step, None when nothing is."""
+        reduce_of = self.metrics.reduce_of
+        kept = self._kept.get(step)
+        for writer, values in by_writer.items():
+            mine = {k: v for k, v in values.items() if reduce_of(k) != "last"}
+            if not mine:
+                continue
+            if kept is None:
+                kept = self._kept[step] = {}
+                if len(self._kept) > KEEP_STEPS:
+                    del self._kept[next(iter(self._kept))]  # the oldest emitted step
+            old = kept.get(writer)
+            if old is None:
+                kept[writer] = mine
+            else:
+                old.update(mine)
+        return kept
+
+    def _reduce_late(self, row: _Pending, kept: dict) -> None:
+        """An amend row: its reduced keys get the value reduced over every writer's kept one."""
+        reduce_of = self.metrics.reduce_of
+        reduced = False
+        for k in list(row.values):
+            rule = reduce_of(k)
+            if rule == "last":
+                continue
+            vs = [vals[k] for vals in kept.values() if k in vals]
+            if len(vs) > 1 and all(map(_is_number, vs)):
+                row.values[k] = _REDUCERS[rule](vs)
+                reduced = True
+        if reduced:
+            self.stats["late_reduced"] += 1
 
     def _reduce(self, row: _Pending) -> None:
         """Apply the reduce rules to keys that several writers set; count the collisions."""
