@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import os
+import random
 import time
 from typing import NamedTuple, Optional
 
@@ -348,6 +348,8 @@ class RunStream:
             writer, seq = record_writer_seq(rec.type, rec.body)
             if seq > self.seqs.get(writer, 0):
                 self.seqs[writer] = seq
+            if self.system_writer is None and rec.type == RECORD_EVENT and event_decoder.decode(rec.body).kind == "system":
+                self.system_writer = writer  # this host's, from before a restart: its seqs go on
         self._tasks = [asyncio.create_task(self._committer(), name=f"commit-{self.run_id}")]
         if self.dest != "offline":
             from .uploader import RemoteDestination, Uploader
@@ -754,7 +756,9 @@ class RunStream:
             await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
             return
         # no store here: into the WAL, as an event of this host's writer, to travel with the run
-        writer = self.system_writer = system_writer(host)
+        writer = self.system_writer
+        if writer is None:
+            writer = self.system_writer = new_system_writer(self.seqs)
         seq = self.seqs.get(writer, 0) + 1
         data = {"host": host, "rows": [[t, values] for t, values in rows], "metadata": metadata or None}
         body = encode_event(Event(writer, seq, "system", data))
@@ -895,10 +899,14 @@ class RunStream:
         }
 
 
-def system_writer(host: str) -> int:
-    """The writer id of a host's system metrics in a WAL: the same on every start of the host's
-    daemon (its seqs go on from the WAL), different across hosts uploading into one run."""
-    return int.from_bytes(hashlib.sha256(f"system:{host}".encode()).digest()[:8], "big") >> 1
+def new_system_writer(taken) -> int:
+    """A writer id for this host's system metrics in a run's WAL: random, as the training
+    writers' are, so two hosts uploading into one run never share one, whatever their host
+    names (containers and pods share them). A restarted daemon finds it again in the WAL."""
+    while True:
+        writer = random.getrandbits(62) + 1
+        if writer not in taken:
+            return writer
 
 
 def _run_fields(data: dict, root: str) -> dict:

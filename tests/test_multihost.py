@@ -161,3 +161,23 @@ def test_an_uploading_run_closes_as_soon_as_its_last_rank_finished(hosts, server
     rows = r.run.system_metrics()
     assert rows
     assert all(row["_timestamp"] <= last_finish + 2.0 for row in rows)
+
+
+def test_two_daemons_with_one_host_name_keep_both_hosts_system_metrics(hosts, servers, tmp_path):
+    """Containers and pods share host names: the system-metrics writers of two daemons on
+    hosts of one name are still two writers, and the server keeps the rows of both (each
+    daemon watches its own ranks, so each rank's process keys show up)."""
+    r = two_hosts(hosts, servers, tmp_path, steps=150, own_hostnames=False)
+    rows = r.run.system_metrics()
+    watched = {int(k.split("/")[2]) for row in rows for k in row if k.startswith("system/proc/")}
+    assert {x["pid"] for x in r.ranks} <= watched
+    assert {row["host"] for row in rows} == {socket.gethostname()}
+
+
+def test_both_hosts_system_metrics_reach_the_server(hosts, servers, tmp_path):
+    r = two_hosts(hosts, servers, tmp_path, steps=150)
+    rows = r.run.system_metrics()
+    watched = {int(k.split("/")[2]) for row in rows for k in row if k.startswith("system/proc/")}
+    assert {x["pid"] for x in r.ranks} <= watched
+    if UTS:
+        assert {row["host"] for row in rows} == {r.a.hostname, r.b.hostname}
