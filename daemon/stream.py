@@ -252,6 +252,8 @@ class RunStream:
         self.finished_writers: set[int] = set()
         self.system_writer: Optional[int] = None  # this host's system-metrics writer, once it wrote into the WAL
         self.system_done = False  # its last rows are written: the sampler lets the run go
+        self.ranks: dict[int, int] = {}  # writer -> the rank it announced (its "join" event)
+        self.world_size = 0  # the largest world size a writer announced (0: none did)
         self.warnings: list[str] = []
         self.error: str | None = None  # set while the WAL cannot be made durable
         self.damage: list[tuple] = []
@@ -610,7 +612,7 @@ class RunStream:
         """Finalize after ``group``: the store call's arguments. ``fed_through``: every record
         before this WAL offset is merged."""
         finished = group.finished
-        everything = bool(finished) and self.merger.live_writers() == 0
+        everything = bool(finished) and self.merger.live_writers() == 0 and self.world_finished()
         rows = self.merger.finalize(now, everything=everything)
         # the WAL cursor moves only past records whose rows are all stored
         cursor = fed_through if self.merger.pending() == 0 else None
@@ -665,6 +667,8 @@ class RunStream:
             await self._store_call(self.store.upsert_run, self.run_id, **_run_fields(data, self.root))
         elif kind == "join":
             self.merger.join(writer)
+            self.ranks[writer] = int(data.get("rank") or 0)
+            self.world_size = max(self.world_size, int(data.get("world_size") or 0))
         elif kind == "artifact":
             # checked here, so that one writer's bad artifact is a warning, never a failed group
             self._artifacts.append(check_artifact(data))
@@ -788,9 +792,18 @@ class RunStream:
         self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
         self._wanted.set()
 
+    def world_finished(self) -> bool:
+        """A stream that stores uploads (a server's) has seen every rank of the announced world
+        finish; a host's daemon sees its own ranks only, and does not wait for the others."""
+        if self.live or not self.world_size:
+            return True
+        # ranks, not writers: a rank's children (data loader workers) inherit its RANK
+        return len({self.ranks[w] for w in self.finished_writers.intersection(self.ranks)}) >= self.world_size
+
     def done(self) -> bool:
-        """Every writer that sent anything, the system-metrics ones included, has finished."""
-        return self.finished_writers >= set(self.seqs)
+        """Every writer that sent anything, the system-metrics ones included, has finished (and,
+        on a server, every rank of the announced world)."""
+        return self.finished_writers >= set(self.seqs) and self.world_finished()
 
     # -- shutdown --------------------------------------------------------------------------------
 

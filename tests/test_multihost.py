@@ -29,7 +29,7 @@ TRAIN = """
 import json, os, sys, time, trackside
 run_id, steps, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 rank = int(os.environ["RANK"])
-run = trackside.init(project="multi", id=run_id, group="ddp", config={"lr": 0.1, "rank_seen": rank},
+run = trackside.init(project="multi", id=None if run_id == "-" else run_id, group="ddp", config={"lr": 0.1, "rank_seen": rank},
                      settings={"upload_interval": 0.2, "system_sample_interval": 0.1, "system_log_interval": 0.5})
 run.define_metric("t", reduce="sum")
 run.define_metric("loss", reduce="mean")
@@ -87,12 +87,17 @@ def hosts(tmp_path, monkeypatch):
             stop(proc)
 
 
-def start_ranks(host, url, run_id, ranks, world_size, steps, pause):
+def start_ranks(host, url, run_id, ranks, world_size, steps, pause, by_env=False):
+    """The ranks join by ``init(id=run_id)``, or (``by_env``) by TRACKSIDE_RUN_ID exported
+    before the launcher started them."""
     procs = []
     for rank in ranks:
         env = dict(host.env, TRACKSIDE_SERVER=url, RANK=str(rank), LOCAL_RANK=str(rank % 2),
                    WORLD_SIZE=str(world_size))
-        procs.append(subprocess.Popen([sys.executable, "-c", TRAIN, run_id, str(steps), str(pause)], env=env,
+        if by_env:
+            env["TRACKSIDE_RUN_ID"] = run_id
+        procs.append(subprocess.Popen([sys.executable, "-c", TRAIN, "-" if by_env else run_id, str(steps), str(pause)],
+                                      env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -120,17 +125,17 @@ def run_closed(url, run_id, hosts) -> bool:
                    for r in daemon_status(discovery.read_info(h.daemon_dir)).get("runs", []))
 
 
-def two_hosts(hosts, servers, tmp_path, steps=200, pause=0.01, own_hostnames=True):
+def two_hosts(hosts, servers, tmp_path, steps=200, pause=0.01, own_hostnames=True, first=(0, 1), by_env=False):
     """Two hosts x two ranks logging one run into one server; host b starts a moment after
-    host a (as hosts do). Returns what the ranks reported, the run and the time the run was
-    seen closed."""
+    host a (as hosts do), host a runs ranks ``first``. Returns what the ranks reported, the
+    run and the time the run was seen closed."""
     server = servers.start(tmp_path / "server")
     a = hosts.start("a", own_hostname=own_hostnames)
     b = hosts.start("b", own_hostname=own_hostnames)
     run_id = "shared-run"
-    procs = start_ranks(a, server.url, run_id, [0, 1], 4, steps, pause)
+    procs = start_ranks(a, server.url, run_id, first, 4, steps, pause, by_env)
     time.sleep(0.5)  # host b's ranks start later: the server sees host a's steps first
-    procs += start_ranks(b, server.url, run_id, [2, 3], 4, steps, pause)
+    procs += start_ranks(b, server.url, run_id, [k for k in range(4) if k not in first], 4, steps, pause, by_env)
     ranks = finish_ranks(procs)
     wait_until(lambda: run_closed(server.url, run_id, [a, b]), timeout=20)
     closed_at = time.time()
@@ -181,3 +186,32 @@ def test_both_hosts_system_metrics_reach_the_server(hosts, servers, tmp_path):
     assert {x["pid"] for x in r.ranks} <= watched
     if UTS:
         assert {row["host"] for row in rows} == {r.a.hostname, r.b.hostname}
+
+
+@pytest.mark.parametrize("by_env", [False, True], ids=["init-id", "exported-run-id"])
+def test_ranks_joining_one_run_take_rank_0s_config_and_metadata(hosts, servers, tmp_path, by_env):
+    """Every rank calls init(project=, id=, group=, config=) alike (or the run id is exported
+    before the launcher starts them); the run is rank 0's, though rank 0 starts last here."""
+    r = two_hosts(hosts, servers, tmp_path, steps=50, first=(2, 3), by_env=by_env)
+    run = r.run
+    assert run.project == "multi" and run.group == "ddp"
+    assert run.config == {"lr": 0.1, "rank_seen": 0}
+    rank0 = next(x for x in r.ranks if x["rank"] == 0)
+    assert run.metadata["pid"] == rank0["pid"] and run.state == "finished"
+    assert [row["t"] for row in run.history()] == [4.0] * 50
+
+
+def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts, servers, tmp_path):
+    """The ranks announce the world's size: the server waits for all four to finish before it
+    ends the run and lets it go, so host b's steps, late by a whole run, are still reduced."""
+    server = servers.start(tmp_path / "server")
+    a, b = hosts.start("a"), hosts.start("b")
+    finish_ranks(start_ranks(a, server.url, "late-host", [0, 1], 4, 30, 0.0))
+    api = trackside.Api(server.url)
+    wait_until(lambda: not any(x["run_id"] == "late-host" for x in
+                               daemon_status(discovery.read_info(a.daemon_dir)).get("runs", []))
+               and api.run("late-host").history_rows == 30)
+    assert api.run("late-host").state == "running"
+    finish_ranks(start_ranks(b, server.url, "late-host", [2, 3], 4, 30, 0.0))
+    wait_until(lambda: run_closed(server.url, "late-host", [a, b]))
+    assert [row["t"] for row in api.run("late-host").history()] == [4.0] * 30
