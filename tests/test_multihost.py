@@ -3,9 +3,10 @@ run root, all uploading one run (`init(id=...)`) to one `trackside server`. The 
 each step across every rank of every host, closes the run as soon as the last rank finished,
 and keeps both hosts' system metrics. Real daemons, server and training processes.
 
-Each daemon gets a host of its own where the kernel allows it: a UTS namespace (`unshare
---uts`, root only) gives it its own host name; elsewhere both daemons share this machine's
-name, which the writer ids must survive anyway."""
+Each daemon gets a host of its own where the kernel allows it (root): a network namespace
+(`ip netns`, its own network stack, a veth pair to the server's) and a UTS namespace (its own
+host name). Elsewhere both daemons share this machine's network and name, which the writer ids
+must survive anyway (and one test makes them share the name on purpose)."""
 
 import json
 import os
@@ -42,33 +43,74 @@ print(json.dumps({"pid": os.getpid(), "rank": rank, "finished_at": time.time()})
 """
 
 
-def _uts_namespaces() -> bool:
+def _works(*cmd) -> bool:
     try:
-        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-UTS = _uts_namespaces()
+UTS = _works("unshare", "--uts", "true")
+NETNS = UTS and _works("ip", "netns", "list")
+TOKEN = "multihost-test-token"
+
+
+def _netns_up(name: str, idx: int) -> tuple[list, str, str]:
+    """A network namespace joined to this one by a veth pair; returns the commands that remove
+    it, the address of this side (where the namespace reaches the server) and its name."""
+    tag = f"{os.getpid() % 100000}{name}"
+    ns, veth, peer = f"tsmh{tag}", f"tv{tag}", f"tv{tag}p"
+    subnet = f"10.{240 + idx}.{os.getpid() % 250}"
+    undo = [["ip", "link", "del", veth], ["ip", "netns", "del", ns]]
+    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", veth, "type", "veth", "peer", "name", peer],
+             ["ip", "link", "set", peer, "netns", ns], ["ip", "addr", "add", f"{subnet}.1/24", "dev", veth],
+             ["ip", "link", "set", veth, "up"],
+             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{subnet}.2/24", "dev", peer],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", peer, "up"],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    for i, cmd in enumerate(steps):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        if p.returncode:
+            for u in undo[: 1 if i >= 2 else 0] + undo[1:]:
+                subprocess.run(u, capture_output=True, timeout=10)
+            raise AssertionError(f"{' '.join(cmd)} failed: {p.stderr}")
+    return undo, f"{subnet}.1", ns
 
 
 @pytest.fixture
-def hosts(tmp_path, monkeypatch):
-    """Starts daemons, each a host with its own daemon folder and run root (``hosts.start(name,
-    own_hostname=)``); stops each by its pid after the test."""
+def hosts(tmp_path, monkeypatch, servers):
+    """Hosts, each with its own daemon, daemon folder and run root (``hosts.start(name,
+    own_hostname=)``), and the server they all upload to (``hosts.server()``). Where this runs
+    as root, a host is a network namespace (its own network stack, joined to this one by a
+    veth pair: the server listens on every address, with a token) and a UTS namespace (its own
+    host name). Every daemon is stopped by its pid and every namespace removed after the test."""
     for k in ("TRACKSIDE_RUN_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "TRACKSIDE_SERVER", "TRACKSIDE_TOKEN"):
         monkeypatch.delenv(k, raising=False)
-    started = []
+    started, undo = [], []
+    state = types.SimpleNamespace(server=None)
+
+    def server():
+        if NETNS:
+            monkeypatch.setenv("TRACKSIDE_TOKEN", TOKEN)  # for reading back
+            state.server = servers.start(tmp_path / "server", "--host", "0.0.0.0", "--token", TOKEN,
+                                         env=dict(os.environ, TRACKSIDE_TOKEN=TOKEN))
+        else:
+            state.server = servers.start(tmp_path / "server")
+        return state.server
 
     def start(name, own_hostname=True):
         base = tmp_path / name
         daemon_dir, root = base / "daemon", base / "trackside"
         daemon_dir.mkdir(parents=True)
         cmd = [sys.executable, "-m", "trackside.daemon", "--dir", str(daemon_dir), "--idle-timeout", "120"]
-        hostname = socket.gethostname()
+        hostname, address = socket.gethostname(), "127.0.0.1"
         if own_hostname and UTS:
             hostname = f"node-{name}"
             cmd = ["unshare", "--uts", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh", *cmd]
+        if own_hostname and NETNS:
+            steps, address, ns = _netns_up(name, len(started))
+            undo.extend(steps)
+            cmd = ["ip", "netns", "exec", ns, *cmd]
         log = open(base / "daemon.out", "w")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -76,23 +118,26 @@ def hosts(tmp_path, monkeypatch):
         wait_until(lambda: (discovery.read_info(str(daemon_dir)) or {}).get("pid") == proc.pid
                    or proc.poll() is not None, 20)
         assert proc.poll() is None, (base / "daemon.out").read_text()
-        env = dict(os.environ, TRACKSIDE_DAEMON_DIR=str(daemon_dir), TRACKSIDE_DIR=str(root))
+        env = dict(os.environ, TRACKSIDE_DAEMON_DIR=str(daemon_dir), TRACKSIDE_DIR=str(root),
+                   TRACKSIDE_SERVER=f"grpc://{address}:{state.server.port}")
         return types.SimpleNamespace(name=name, hostname=hostname, proc=proc, daemon_dir=str(daemon_dir),
                                      root=str(root), env=env)
 
     try:
-        yield types.SimpleNamespace(start=start)
+        yield types.SimpleNamespace(start=start, server=server)
     finally:
         for proc in started:
             stop(proc)
+        for cmd in undo:
+            subprocess.run(cmd, capture_output=True, timeout=10)
 
 
-def start_ranks(host, url, run_id, ranks, world_size, steps, pause, by_env=False):
+def start_ranks(host, run_id, ranks, world_size, steps, pause, by_env=False):
     """The ranks join by ``init(id=run_id)``, or (``by_env``) by TRACKSIDE_RUN_ID exported
     before the launcher started them."""
     procs = []
     for rank in ranks:
-        env = dict(host.env, TRACKSIDE_SERVER=url, RANK=str(rank), LOCAL_RANK=str(rank % 2),
+        env = dict(host.env, RANK=str(rank), LOCAL_RANK=str(rank % 2),
                    WORLD_SIZE=str(world_size))
         if by_env:
             env["TRACKSIDE_RUN_ID"] = run_id
@@ -129,13 +174,13 @@ def two_hosts(hosts, servers, tmp_path, steps=200, pause=0.01, own_hostnames=Tru
     """Two hosts x two ranks logging one run into one server; host b starts a moment after
     host a (as hosts do), host a runs ranks ``first``. Returns what the ranks reported, the
     run and the time the run was seen closed."""
-    server = servers.start(tmp_path / "server")
+    server = hosts.server()
     a = hosts.start("a", own_hostname=own_hostnames)
     b = hosts.start("b", own_hostname=own_hostnames)
     run_id = "shared-run"
-    procs = start_ranks(a, server.url, run_id, first, 4, steps, pause, by_env)
+    procs = start_ranks(a, run_id, first, 4, steps, pause, by_env)
     time.sleep(0.5)  # host b's ranks start later: the server sees host a's steps first
-    procs += start_ranks(b, server.url, run_id, [k for k in range(4) if k not in first], 4, steps, pause, by_env)
+    procs += start_ranks(b, run_id, [k for k in range(4) if k not in first], 4, steps, pause, by_env)
     ranks = finish_ranks(procs)
     wait_until(lambda: run_closed(server.url, run_id, [a, b]), timeout=20)
     closed_at = time.time()
@@ -204,14 +249,14 @@ def test_ranks_joining_one_run_take_rank_0s_config_and_metadata(hosts, servers, 
 def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts, servers, tmp_path):
     """The ranks announce the world's size: the server waits for all four to finish before it
     ends the run and lets it go, so host b's steps, late by a whole run, are still reduced."""
-    server = servers.start(tmp_path / "server")
+    server = hosts.server()
     a, b = hosts.start("a"), hosts.start("b")
-    finish_ranks(start_ranks(a, server.url, "late-host", [0, 1], 4, 30, 0.0))
+    finish_ranks(start_ranks(a, "late-host", [0, 1], 4, 30, 0.0))
     api = trackside.Api(server.url)
     wait_until(lambda: not any(x["run_id"] == "late-host" for x in
                                daemon_status(discovery.read_info(a.daemon_dir)).get("runs", []))
                and api.run("late-host").history_rows == 30)
     assert api.run("late-host").state == "running"
-    finish_ranks(start_ranks(b, server.url, "late-host", [2, 3], 4, 30, 0.0))
+    finish_ranks(start_ranks(b, "late-host", [2, 3], 4, 30, 0.0))
     wait_until(lambda: run_closed(server.url, "late-host", [a, b]))
     assert [row["t"] for row in api.run("late-host").history()] == [4.0] * 30
