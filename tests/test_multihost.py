@@ -260,3 +260,68 @@ def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts, ser
     finish_ranks(start_ranks(b, "late-host", [2, 3], 4, 30, 0.0))
     wait_until(lambda: run_closed(server.url, "late-host", [a, b]))
     assert [row["t"] for row in api.run("late-host").history()] == [4.0] * 30
+
+
+DDP_TRAIN = """
+import json, os, sys, torch, torch.distributed as dist, trackside
+from torch.nn.parallel import DistributedDataParallel as DDP
+out_dir, run_id, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+run = trackside.init(project="ddp", id=run_id, config={"rank_seen": rank, "world": world},
+                     settings={"upload_interval": 0.2, "system_sample_interval": 0.1, "system_log_interval": 0.5})
+run.define_metric("loss", reduce="mean")
+run.define_metric("rank_tokens", reduce="sum")
+torch.manual_seed(rank)
+model = DDP(torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+logged = []
+for i in range(steps):
+    x = torch.randn(16, 8)
+    loss = ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()  # gradients all-reduced across both nodes over gloo
+    opt.step()
+    logged.append(loss.item())
+    run.log({"loss": logged[-1], "rank_tokens": 1.0}, step=i)
+run.finish()
+with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+    json.dump({"pid": os.getpid(), "loss": logged}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_a_torchrun_ddp_job_on_two_nodes_is_one_run(hosts, tmp_path):
+    """torchrun, 2 nodes x 2 ranks, real DDP over gloo; each node's ranks log through that
+    node's daemon to one server. Every step holds the mean loss and the summed tokens of all
+    four ranks; the run is rank 0's and closes once all four finished."""
+    pytest.importorskip("torch", reason="the torchrun test needs torch (pip install torch==2.13.0, the CPU build)")
+    server = hosts.server()
+    nodes = [hosts.start("a"), hosts.start("b")]
+    script = tmp_path / "train_ddp.py"
+    script.write_text(DDP_TRAIN)
+    with socket.socket() as s:  # a free port for the rendezvous, on loopback (the nodes share it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    steps, procs = 40, []
+    for node_rank, node in enumerate(nodes):
+        env = dict(node.env, OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+               "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+               str(script), str(tmp_path), "ddp-run", str(steps)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    logged = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(4)]
+    wait_until(lambda: run_closed(server.url, "ddp-run", nodes), timeout=30)
+    run = trackside.Api(server.url).run("ddp-run")
+    rows = run.history()
+    assert [row["_step"] for row in rows] == list(range(steps))
+    for row in rows:
+        i = row["_step"]
+        assert row["rank_tokens"] == 4.0, row
+        assert row["loss"] == pytest.approx(sum(x["loss"][i] for x in logged) / 4, rel=1e-6), row
+    assert run.config == {"rank_seen": 0, "world": 4}
+    watched = {int(k.split("/")[2]) for row in run.system_metrics() for k in row if k.startswith("system/proc/")}
+    assert {x["pid"] for x in logged} <= watched
