@@ -39,8 +39,9 @@ LATE_STEPS = ("amend", "drop", "error")
 _GOALS = ("minimize", "maximize")
 _GLOB_CHARS = frozenset("*?[")
 # emitted steps whose per-writer values of reduced keys are kept for late entries: a host whose
-# uploads lag the others' by seconds is thousands of steps behind at most
-KEEP_STEPS = 16384
+# uploads lag the others' by seconds is thousands of steps behind at most; ~0.25 KB per writer
+# and step (two reduced keys), 8 MB for 4 writers
+KEEP_STEPS = 8192
 
 # (step: int, commit: bool, time_us: int, values: dict[str, int|float|bool|str|None],
 #  payload: bytes | None); rich values arrive already encoded in the payload
