@@ -607,6 +607,17 @@ class Merger:
             stats["amends"] += 1
         return Row(step, row.time_us, row.values, row.payloads, row.amend)
 
+    def recall(self, writer: int, entries: Iterable[Entry]) -> None:
+        """Entries stored before this merger existed (a server's stream started again on its
+        WAL): nothing is emitted; their steps count as emitted (later entries for them amend),
+        and their reduced keys' values are kept for the reduce rule of late entries."""
+        keep = self.metrics.has_reduce_rules
+        for step, _, _, values, _ in entries:
+            if step > self._emitted_max:
+                self._emitted_max = step
+            if keep:
+                self._keep(step, {writer: values})
+
     def _keep(self, step: int, by_writer: dict) -> Optional[dict]:
         """Keep the writers' values of reduced keys for ``step`` (merged into those kept
         already); returns what is kept for the step, None when nothing is."""

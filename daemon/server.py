@@ -100,8 +100,9 @@ class Daemon:
         self._grpc = None
         self._opening: dict[str, asyncio.Lock] = {}
         # one sampler for the host, shared by every run (defaults for runs that set no intervals)
-        self.sampler = Sampler(lambda: [s for s in self.streams.values() if not s.system_done], enabled=system_metrics, sample_interval=sample_interval,
-                               log_interval=log_interval)
+        # (a run whose training writers all finished is no longer sampled: see _idle_watch)
+        self.sampler = Sampler(lambda: [s for s in self.streams.values() if not s.system_done],
+                               enabled=system_metrics, sample_interval=sample_interval, log_interval=log_interval)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

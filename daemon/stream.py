@@ -62,6 +62,9 @@ MERGE_LEAD = 4096  # steps a writer may run ahead of the slowest live one before
 MERGE_GROUP = 512 << 10  # bytes of records merged into one store transaction
 REPLAY_GROUP = 256  # WAL records read at a time when a stream restarts or catches up
 SUMMARY_EVERY = 1.0  # seconds between summary snapshots written to the store while live
+# a server's stream that starts again re-reads this much of the stored WAL into the merger, so
+# that late entries of a lagging host are still reduced with what was stored (Merger.recall)
+RECALL_BYTES = 16 << 20
 
 
 class BadRecord(ValueError):
@@ -304,6 +307,11 @@ class RunStream:
                     # merge what the backlog serves; records of writers far ahead wait for the
                     # others' to be read, so memory stays bounded however long the backlog
                     await self._merge_backlog()
+            elif not self.live:  # stored before this start: what the merger must still know
+                if rec.type == RECORD_EVENT:
+                    self._recall(event_decoder.decode(rec.body))
+                elif cursor - rec.offset <= RECALL_BYTES:
+                    self.merger.recall(writer, codec.decode_batch(rec.body)[2])
         if replayed:
             await self._merge_backlog(drain=True)
             log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
@@ -791,6 +799,20 @@ class RunStream:
         self.seqs[writer] = seq
         self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
         self._wanted.set()
+
+    def _recall(self, ev) -> None:
+        """An event stored before this stream started (a server restarted, a run reopened):
+        the ranks that announced themselves and those that finished still count."""
+        try:
+            if ev.kind == "join":
+                self.ranks[ev.writer] = int(ev.data.get("rank") or 0)
+                self.world_size = max(self.world_size, int(ev.data.get("world_size") or 0))
+            elif ev.kind == "finish":
+                self.finished_writers.add(ev.writer)
+            elif ev.kind == "define_metric":
+                self.merger.define_metric(**ev.data)
+        except (ValueError, TypeError, AttributeError):
+            pass  # a bad event was reported when it was stored
 
     def world_finished(self) -> bool:
         """A stream that stores uploads (a server's) has seen every rank of the announced world

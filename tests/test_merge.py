@@ -537,3 +537,16 @@ def test_property_every_value_in_exactly_one_row(ops, window):
     assert all(c == 1 for c in first_emits.values())
     assert m.stats["collisions"] == 0 and m.stats["pending"] == 0
     assert m.stats["rows_emitted"] == len(rows)
+
+
+def test_recalled_entries_count_as_emitted_and_reduce_late_ones():
+    """A server's stream started again re-reads stored entries: nothing is emitted for them,
+    and another writer's entries for their steps amend them by the reduce rule."""
+    m = Merger()
+    m.define_metric("t", reduce="sum")
+    m.recall(1, [e(0, {"t": 1.0}), e(1, {"t": 1.0})])
+    m.recall(2, [e(0, {"t": 1.0}), e(1, {"t": 1.0})])
+    assert m.finalize(everything=True) == [] and m.pending() == 0
+    m.add(3, [e(0, {"t": 1.0}), e(1, {"t": 1.0}), e(2, {"t": 1.0})])
+    assert [(r.step, r.amend, r.values) for r in m.finalize(everything=True)] == [
+        (0, True, {"t": 3.0}), (1, True, {"t": 3.0}), (2, False, {"t": 1.0})]

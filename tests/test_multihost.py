@@ -89,14 +89,18 @@ def hosts(tmp_path, monkeypatch, servers):
     started, undo = [], []
     state = types.SimpleNamespace(server=None)
 
-    def server():
+    def server(*args):
         if NETNS:
             monkeypatch.setenv("TRACKSIDE_TOKEN", TOKEN)  # for reading back
-            state.server = servers.start(tmp_path / "server", "--host", "0.0.0.0", "--token", TOKEN,
+            state.server = servers.start(tmp_path / "server", "--host", "0.0.0.0", "--token", TOKEN, *args,
                                          env=dict(os.environ, TRACKSIDE_TOKEN=TOKEN))
         else:
-            state.server = servers.start(tmp_path / "server")
+            state.server = servers.start(tmp_path / "server", *args)
         return state.server
+
+    def restart_server():
+        stop(state.server.proc)
+        return server("--port", str(state.server.port))
 
     def start(name, own_hostname=True):
         base = tmp_path / name
@@ -124,7 +128,7 @@ def hosts(tmp_path, monkeypatch, servers):
                                      root=str(root), env=env)
 
     try:
-        yield types.SimpleNamespace(start=start, server=server)
+        yield types.SimpleNamespace(start=start, server=server, restart_server=restart_server)
     finally:
         for proc in started:
             stop(proc)
@@ -260,6 +264,27 @@ def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts, ser
     finish_ranks(start_ranks(b, "late-host", [2, 3], 4, 30, 0.0))
     wait_until(lambda: run_closed(server.url, "late-host", [a, b]))
     assert [row["t"] for row in api.run("late-host").history()] == [4.0] * 30
+
+
+
+def test_a_server_restarted_between_the_hosts_still_ends_and_reduces_the_run(hosts, tmp_path):
+    """What was stored before a server restart still counts: the ranks' announcements and
+    finishes (the run ends once the other host's ranks finish after the restart) and their
+    values (the other host's steps are reduced with them)."""
+    server = hosts.server()
+    a, b = hosts.start("a"), hosts.start("b")
+    finish_ranks(start_ranks(a, "restart", [0, 1], 4, 30, 0.0))
+    api = trackside.Api(server.url)
+    wait_until(lambda: not any(x["run_id"] == "restart" for x in
+                               daemon_status(discovery.read_info(a.daemon_dir)).get("runs", []))
+               and api.run("restart").history_rows == 30)
+    server = hosts.restart_server()
+    finish_ranks(start_ranks(b, "restart", [2, 3], 4, 30, 0.0))
+    wait_until(lambda: run_closed(server.url, "restart", [a, b]))
+    rows = trackside.Api(server.url).run("restart").history()
+    assert [row["t"] for row in rows] == [4.0] * 30
+    assert [row["loss"] for row in rows] == pytest.approx([sum((k + 1) * 0.25 + i for k in range(4)) / 4
+                                                           for i in range(30)])
 
 
 DDP_TRAIN = """
