@@ -97,6 +97,7 @@ class Metrics:
         self._globs: dict[str, tuple] = {}  # pattern -> (compiled, MetricDef, order)
         self._order = 0
         self._cache: dict[str, Optional[MetricDef]] = {}
+        self.rules: dict[str, str] = {}  # key -> its reduce rule, for the keys looked up since the last define
         self.has_summary_rules = False  # lets the summary skip per-key lookups when False
         self.has_reduce_rules = False  # lets the merger skip keeping per-writer values when False
 
@@ -129,6 +130,7 @@ class Metrics:
             self._globs.pop(name, None)  # a redefinition counts as the later one
             self._globs[name] = (re.compile(fnmatch.translate(name)).match, d, self._order)
         self._cache.clear()
+        self.rules.clear()
         self.has_summary_rules = any(x.summary is not None for x in self.definitions())
         self.has_reduce_rules = any(x.reduce != "last" for x in self.definitions())
         return d
@@ -152,9 +154,11 @@ class Metrics:
         return d
 
     def reduce_of(self, key: str) -> str:
-        """The cross-writer reduce rule of ``key`` (``"last"`` unless defined)."""
+        """The cross-writer reduce rule of ``key`` (``"last"`` unless defined). Hot loops read
+        ``rules.get(key) or reduce_of(key)``: a dict hit for a key seen before."""
         d = self.lookup(key)
-        return "last" if d is None else d.reduce
+        rule = self.rules[key] = "last" if d is None else d.reduce
+        return rule
 
     def definitions(self) -> list[MetricDef]:
         """Every current definition, exact names first, each in definition order."""
@@ -596,7 +600,10 @@ class Merger:
         if row.by_writer is not None:
             self._reduce(row)
         if self.metrics.has_reduce_rules:
-            kept = self._keep(step, row.by_writer if row.by_writer is not None else {row.writer: row.values})
+            if row.by_writer is not None:
+                kept = self._keep(step, row.by_writer, union=row.values)
+            else:
+                kept = self._keep(step, {row.writer: row.values})
             if row.amend and kept is not None:
                 self._reduce_late(row, kept)
         if step > self._emitted_max:
@@ -618,13 +625,20 @@ class Merger:
             if keep:
                 self._keep(step, {writer: values})
 
-    def _keep(self, step: int, by_writer: dict) -> Optional[dict]:
+    def _keep(self, step: int, by_writer: dict, union: Optional[dict] = None) -> Optional[dict]:
         """Keep the writers' values of reduced keys for ``step`` (merged into those kept
-        already); returns what is kept for the step, None when nothing is."""
-        reduce_of = self.metrics.reduce_of
+        already); returns what is kept for the step, None when nothing is. ``union``: the keys
+        of all of ``by_writer``, which is then the merger's own (a row's): kept as it is, without
+        a copy, when nothing is kept for the step yet and every key is reduced."""
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
         kept = self._kept.get(step)
+        if kept is None and union is not None and all([(rules.get(k) or reduce_of(k)) != "last" for k in union]):
+            kept = self._kept[step] = by_writer
+            if len(self._kept) > KEEP_STEPS:
+                del self._kept[next(iter(self._kept))]
+            return kept
         for writer, values in by_writer.items():
-            mine = {k: v for k, v in values.items() if reduce_of(k) != "last"}
+            mine = {k: v for k, v in values.items() if (rules.get(k) or reduce_of(k)) != "last"}
             if not mine:
                 continue
             if kept is None:
@@ -640,10 +654,10 @@ class Merger:
 
     def _reduce_late(self, row: _Pending, kept: dict) -> None:
         """An amend row: its reduced keys get the value reduced over every writer's kept one."""
-        reduce_of = self.metrics.reduce_of
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
         reduced = False
         for k in list(row.values):
-            rule = reduce_of(k)
+            rule = rules.get(k) or reduce_of(k)
             if rule == "last":
                 continue
             vs = [vals[k] for vals in kept.values() if k in vals]
@@ -656,23 +670,24 @@ class Merger:
     def _reduce(self, row: _Pending) -> None:
         """Apply the reduce rules to keys that several writers set; count the collisions."""
         by = row.by_writer
-        if sum(map(len, by.values())) == len(row.values):
+        total = sum(map(len, by.values()))
+        if total == len(row.values):
             return  # the writers' keys are disjoint (``values`` holds their union): no collision
-        counts: dict[str, int] = {}
-        for vals in by.values():
-            for k in vals:
-                counts[k] = counts.get(k, 0) + 1
         stats = self.stats
-        reduce_of = self.metrics.reduce_of
-        for k, c in counts.items():
-            if c == 1:
-                continue
-            stats["collisions"] += c - 1
-            rule = reduce_of(k)
+        stats["collisions"] += total - len(row.values)  # a key set by c writers: c - 1 collisions
+        if not self.metrics.has_reduce_rules:
+            return  # every key "last": row.values already holds the last-arrived values
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        writers = list(by.values())
+        values = row.values
+        for k in values:
+            rule = rules.get(k) or reduce_of(k)
             if rule == "last":
-                continue  # row.values already holds the last-arrived value
-            vs = [vals[k] for vals in by.values() if k in vals]
+                continue
+            vs = [vals[k] for vals in writers if k in vals]
+            if len(vs) < 2:
+                continue
             if all(map(_is_number, vs)):
-                row.values[k] = _REDUCERS[rule](vs)
+                values[k] = _REDUCERS[rule](vs)
             else:
                 stats["reduce_fallbacks"] += 1
