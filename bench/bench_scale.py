@@ -6,7 +6,8 @@
    into one run for ``--seconds``: records/s from the first ``log()`` to stored, the writers'
    ``finish()`` time after they stop, the daemon's peak RSS (VmHWM).
 2. Many writers: ``--writers`` processes (one run each) on one daemon, each logging 10 floats
-   (one of them its wall-clock time) at ``--rate`` records/s for ``--seconds``. A poller
+   (one of them its wall-clock time) at ``--rate`` records/s for ``--seconds``, all starting
+   together once every one of them has started. A poller
    reads every run's new rows from the store every 100 ms: lag from ``log()`` to readable,
    median and p99 (the polling period is part of it). Then: every run holds every step exactly
    once, how many writers were refused (non-zero exit), the daemon's peak RSS.
@@ -35,10 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, parser  # noqa: E402
 
 PACED = """
-import sys, time, trackside
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+import os, sys, time, trackside
+rate, seconds, go = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 run = trackside.init(project="scale", settings={"system_metrics": False})
 print(run.id, flush=True)
+while not os.path.exists(go):  # every writer started: their start-up is not part of the figures
+    time.sleep(0.01)
 n = int(rate * seconds)
 t0 = time.perf_counter()
 for i in range(n):
@@ -101,10 +104,12 @@ def many_writers(writers: int, rate: float, seconds: float) -> dict:
         subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, cwd=tmp, check=True,
                        capture_output=True, timeout=60)
         pid = discovery.read_info(env["TRACKSIDE_DAEMON_DIR"])["pid"]
+        go = os.path.join(tmp, "go")
         for _ in range(writers):
-            procs.append(subprocess.Popen([sys.executable, "-c", PACED, str(rate), str(seconds)], env=env, cwd=tmp,
+            procs.append(subprocess.Popen([sys.executable, "-c", PACED, str(rate), str(seconds), go], env=env, cwd=tmp,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         run_ids = [p.stdout.readline().strip() for p in procs]
+        open(go, "w").close()
         n = int(rate * seconds)
         api = trackside.Api(env["TRACKSIDE_DIR"])
         next_step = {r: 0 for r in run_ids if r}
