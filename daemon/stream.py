@@ -53,7 +53,9 @@ log = logging.getLogger("trackside.daemon")
 # 16 MiB of bodies is ~170,000 entries of 10 floats: seconds of a fast writer, a small share of
 # the daemon's memory (the same entries decoded and pending would take ten times as much)
 MERGE_MEMORY = 16 << 20  # bytes of waiting records kept in memory; the rest are read back from the WAL
-MERGE_BACKLOG = 64 << 20  # bytes of waiting records past which writers ahead get no acks (backpressure)
+# ~1 s of the store stage's rate: with the writers' own 16 MiB buffers, what is logged but not
+# stored after an overload, and so finish(), stays within seconds (bench/bench_scale.py)
+MERGE_BACKLOG = 16 << 20  # bytes of waiting records past which writers ahead get no acks (backpressure)
 # a pending row of 4 writers' 10 floats is ~3.5 KB: a lead of 4,096 steps, plus a batch and a
 # group of entries, keeps the merger to ~10,000 rows (~35 MB) whatever the drift
 MERGE_LEAD = 4096  # steps a writer may run ahead of the slowest live one before its records wait

@@ -32,7 +32,7 @@ DEFAULT_SETTINGS = {
     "late_steps": "amend",
     "merge_window": 10.0,
     "flush_interval": 0.02,
-    "max_buffer": 256 << 20,
+    "max_buffer": 16 << 20,
     "buffer_policy": "block",
     "console": True,
     "finish_timeout": 120.0,
