@@ -818,8 +818,9 @@ class RunStream:
 
     def world_finished(self) -> bool:
         """A stream that stores uploads (a server's) has seen every rank of the announced world
-        finish; a host's daemon sees its own ranks only, and does not wait for the others."""
-        if self.live or not self.world_size:
+        finish; a host's daemon sees its own ranks only, and does not wait for the others (nor
+        does ``trackside sync`` of a host's offline run into its own root)."""
+        if self.live or self.read_only or not self.world_size:
             return True
         # ranks, not writers: a rank's children (data loader workers) inherit its RANK
         return len({self.ranks[w] for w in self.finished_writers.intersection(self.ranks)}) >= self.world_size

@@ -10,7 +10,6 @@ must survive anyway (and one test makes them share the name on purpose)."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,8 @@ TRAIN = """
 import json, os, sys, time, trackside
 run_id, steps, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 rank = int(os.environ["RANK"])
-run = trackside.init(project="multi", id=None if run_id == "-" else run_id, group="ddp", config={"lr": 0.1, "rank_seen": rank},
+run = trackside.init(project="multi", id=None if run_id == "-" else run_id, group="ddp",
+                     config={"lr": 0.1, "rank_seen": rank},
                      settings={"upload_interval": 0.2, "system_sample_interval": 0.1, "system_log_interval": 0.5})
 run.define_metric("t", reduce="sum")
 run.define_metric("loss", reduce="mean")
@@ -174,16 +174,18 @@ def run_closed(url, run_id, hosts) -> bool:
                    for r in daemon_status(discovery.read_info(h.daemon_dir)).get("runs", []))
 
 
-def two_hosts(hosts, servers, tmp_path, steps=200, pause=0.01, own_hostnames=True, first=(0, 1), by_env=False):
-    """Two hosts x two ranks logging one run into one server; host b starts a moment after
-    host a (as hosts do), host a runs ranks ``first``. Returns what the ranks reported, the
+def two_hosts(hosts, steps=200, pause=0.01, own_hostnames=True, first=(0, 1), by_env=False):
+    """Two hosts x two ranks logging one run into one server; host b starts after host a (as
+    hosts do), host a runs ranks ``first``. Returns what the ranks reported, the
     run and the time the run was seen closed."""
     server = hosts.server()
     a = hosts.start("a", own_hostname=own_hostnames)
     b = hosts.start("b", own_hostname=own_hostnames)
     run_id = "shared-run"
     procs = start_ranks(a, run_id, first, 4, steps, pause, by_env)
-    time.sleep(0.5)  # host b's ranks start later: the server sees host a's steps first
+    # host b's ranks start once the server has stored host a's first steps: rows made final
+    # before the server knew of host b's ranks
+    wait_until(lambda: trackside.Api(server.url).run(run_id).history_rows > 0)
     procs += start_ranks(b, run_id, [k for k in range(4) if k not in first], 4, steps, pause, by_env)
     ranks = finish_ranks(procs)
     wait_until(lambda: run_closed(server.url, run_id, [a, b]), timeout=20)
@@ -192,9 +194,9 @@ def two_hosts(hosts, servers, tmp_path, steps=200, pause=0.01, own_hostnames=Tru
                                  run=trackside.Api(server.url).run(run_id))
 
 
-def test_ranks_on_two_hosts_are_reduced_across_hosts(hosts, servers, tmp_path):
+def test_ranks_on_two_hosts_are_reduced_across_hosts(hosts):
     steps = 200
-    r = two_hosts(hosts, servers, tmp_path, steps=steps)
+    r = two_hosts(hosts, steps=steps)
     rows = r.run.history()
     assert [row["_step"] for row in rows] == list(range(steps))
     ranks = range(4)
@@ -205,11 +207,11 @@ def test_ranks_on_two_hosts_are_reduced_across_hosts(hosts, servers, tmp_path):
         assert row["top"] == max(float(k * 1000 + i) for k in ranks), row
 
 
-def test_an_uploading_run_closes_as_soon_as_its_last_rank_finished(hosts, servers, tmp_path):
+def test_an_uploading_run_closes_as_soon_as_its_last_rank_finished(hosts):
     """The hosts' system-metrics writers finish with the run: the server stores the run's end
     and lets its stream go, and each daemon lets the run go, without waiting for an idle time
     (30 s) that system rows every 0.5 s would keep putting off."""
-    r = two_hosts(hosts, servers, tmp_path, steps=100)
+    r = two_hosts(hosts, steps=100)
     last_finish = max(x["finished_at"] for x in r.ranks)
     print(f"closed {r.closed_at - last_finish:.2f} s after the last finish()")
     rows = r.run.system_metrics()
@@ -217,19 +219,19 @@ def test_an_uploading_run_closes_as_soon_as_its_last_rank_finished(hosts, server
     assert all(row["_timestamp"] <= last_finish + 2.0 for row in rows)
 
 
-def test_two_daemons_with_one_host_name_keep_both_hosts_system_metrics(hosts, servers, tmp_path):
+def test_two_daemons_with_one_host_name_keep_both_hosts_system_metrics(hosts):
     """Containers and pods share host names: the system-metrics writers of two daemons on
     hosts of one name are still two writers, and the server keeps the rows of both (each
     daemon watches its own ranks, so each rank's process keys show up)."""
-    r = two_hosts(hosts, servers, tmp_path, steps=150, own_hostnames=False)
+    r = two_hosts(hosts, steps=150, own_hostnames=False)
     rows = r.run.system_metrics()
     watched = {int(k.split("/")[2]) for row in rows for k in row if k.startswith("system/proc/")}
     assert {x["pid"] for x in r.ranks} <= watched
     assert {row["host"] for row in rows} == {socket.gethostname()}
 
 
-def test_both_hosts_system_metrics_reach_the_server(hosts, servers, tmp_path):
-    r = two_hosts(hosts, servers, tmp_path, steps=150)
+def test_both_hosts_system_metrics_reach_the_server(hosts):
+    r = two_hosts(hosts, steps=150)
     rows = r.run.system_metrics()
     watched = {int(k.split("/")[2]) for row in rows for k in row if k.startswith("system/proc/")}
     assert {x["pid"] for x in r.ranks} <= watched
@@ -238,10 +240,10 @@ def test_both_hosts_system_metrics_reach_the_server(hosts, servers, tmp_path):
 
 
 @pytest.mark.parametrize("by_env", [False, True], ids=["init-id", "exported-run-id"])
-def test_ranks_joining_one_run_take_rank_0s_config_and_metadata(hosts, servers, tmp_path, by_env):
+def test_ranks_joining_one_run_take_rank_0s_config_and_metadata(hosts, by_env):
     """Every rank calls init(project=, id=, group=, config=) alike (or the run id is exported
     before the launcher starts them); the run is rank 0's, though rank 0 starts last here."""
-    r = two_hosts(hosts, servers, tmp_path, steps=50, first=(2, 3), by_env=by_env)
+    r = two_hosts(hosts, steps=50, first=(2, 3), by_env=by_env)
     run = r.run
     assert run.project == "multi" and run.group == "ddp"
     assert run.config == {"lr": 0.1, "rank_seen": 0}
@@ -250,7 +252,7 @@ def test_ranks_joining_one_run_take_rank_0s_config_and_metadata(hosts, servers, 
     assert [row["t"] for row in run.history()] == [4.0] * 50
 
 
-def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts, servers, tmp_path):
+def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts):
     """The ranks announce the world's size: the server waits for all four to finish before it
     ends the run and lets it go, so host b's steps, late by a whole run, are still reduced."""
     server = hosts.server()
@@ -267,7 +269,7 @@ def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts, ser
 
 
 
-def test_a_server_restarted_between_the_hosts_still_ends_and_reduces_the_run(hosts, tmp_path):
+def test_a_server_restarted_between_the_hosts_still_ends_and_reduces_the_run(hosts):
     """What was stored before a server restart still counts: the ranks' announcements and
     finishes (the run ends once the other host's ranks finish after the restart) and their
     values (the other host's steps are reduced with them)."""
