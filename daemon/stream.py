@@ -311,9 +311,12 @@ class RunStream:
                     await self._merge_backlog()
             elif not self.live:  # stored before this start: what the merger must still know
                 if rec.type == RECORD_EVENT:
-                    self._recall(event_decoder.decode(rec.body))
+                    self._recall(rec.body)
                 elif cursor - rec.offset <= RECALL_BYTES:
-                    self.merger.recall(writer, codec.decode_batch(rec.body)[2])
+                    try:
+                        self.merger.recall(writer, codec.decode_batch(rec.body)[2])
+                    except Exception:  # merging it failed when it was stored, and was reported then
+                        pass
         if replayed:
             await self._merge_backlog(drain=True)
             log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
@@ -360,7 +363,7 @@ class RunStream:
             writer, seq = record_writer_seq(rec.type, rec.body)
             if seq > self.seqs.get(writer, 0):
                 self.seqs[writer] = seq
-            if self.system_writer is None and rec.type == RECORD_EVENT and event_decoder.decode(rec.body).kind == "system":
+            if self.system_writer is None and rec.type == RECORD_EVENT and _event_kind(rec.body) == "system":
                 self.system_writer = writer  # this host's, from before a restart: its seqs go on
         self._tasks = [asyncio.create_task(self._committer(), name=f"commit-{self.run_id}")]
         if self.dest != "offline":
@@ -802,10 +805,11 @@ class RunStream:
         self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
         self._wanted.set()
 
-    def _recall(self, ev) -> None:
+    def _recall(self, body) -> None:
         """An event stored before this stream started (a server restarted, a run reopened):
         the ranks that announced themselves and those that finished still count."""
         try:
+            ev = event_decoder.decode(body)
             if ev.kind == "join":
                 self.ranks[ev.writer] = int(ev.data.get("rank") or 0)
                 self.world_size = max(self.world_size, int(ev.data.get("world_size") or 0))
@@ -813,7 +817,7 @@ class RunStream:
                 self.finished_writers.add(ev.writer)
             elif ev.kind == "define_metric":
                 self.merger.define_metric(**ev.data)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, msgspec.DecodeError):
             pass  # a bad event was reported when it was stored
 
     def world_finished(self) -> bool:
@@ -935,6 +939,13 @@ class RunStream:
             **self.stats,
             **{f"merge_{k}": v for k, v in self.merger.stats.items()},
         }
+
+
+def _event_kind(body) -> Optional[str]:
+    try:
+        return event_decoder.decode(body).kind
+    except msgspec.DecodeError:
+        return None
 
 
 def new_system_writer(taken) -> int:
