@@ -281,6 +281,7 @@ class Run:
         if getattr(self, "_exported_id", False) and os.environ.get(discovery.ENV_RUN_ID) == self.id:
             # children started from now on are not ranks of this run
             os.environ.pop(discovery.ENV_RUN_ID, None)
+            os.environ.pop(_ENV_STARTED_BY, None)
         client, self._client = self._client, None
         if client is None:
             return
@@ -520,7 +521,9 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     run._client = client
     if client.welcome is not None and client.welcome.next_step:
         run.step = client.welcome.next_step
-    if rank == 0 and (ranked or not joined):
+    # a process the run's own processes started (a data loader worker of rank 0 inherits RANK=0)
+    # is never rank 0; one whose launcher was given TRACKSIDE_RUN_ID by the user may be
+    if rank == 0 and not (joined and (os.environ.get(_ENV_STARTED_BY) or not ranked)):
         # the run's own fields, config and metadata come from rank 0 only: every rank may call
         # init(project=, config=, ...) alike, and the run is rank 0's whatever order they join in
         client.event("run", {**info, "config": dict(run.config), "metadata": _metadata_quick()})
@@ -529,6 +532,7 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         run._meta_thread.start()
     if not joined:
         os.environ[discovery.ENV_RUN_ID] = run.id  # this process's children join the run
+        os.environ[_ENV_STARTED_BY] = str(os.getpid())
         os.environ[discovery.ENV_ROOT] = root
         run._exported_id = True  # finish() takes it back: a later init() here starts a new run
     # every writer announces itself before its data: whoever stores the run (this host's daemon,
@@ -543,6 +547,9 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     _live_runs.add(run)
     _install_exit_handlers()
     return run
+
+
+_ENV_STARTED_BY = "TRACKSIDE_RUN_STARTED_BY"  # set beside TRACKSIDE_RUN_ID by the process that exported it
 
 
 def _ranks() -> tuple[int, int, int | None, bool]:

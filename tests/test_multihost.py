@@ -252,6 +252,29 @@ def test_ranks_joining_one_run_take_rank_0s_config_and_metadata(hosts, by_env):
     assert [row["t"] for row in run.history()] == [4.0] * 50
 
 
+def test_a_process_started_by_rank_0_never_takes_the_run_over(ts, monkeypatch):
+    """A data loader worker of rank 0 inherits RANK=0 and the exported run id: it joins the
+    run as another writer, and the run keeps rank 0's config and metadata."""
+    from conftest import run_script
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    run = trackside.init(project="p", config={"who": "rank 0"}, settings={"system_metrics": False})
+    code = """
+import os, trackside
+run = trackside.init(project="p", config={"who": "worker"}, settings={"system_metrics": False})
+run.log({"w": 1.0})
+run.finish()
+print(os.getpid())
+"""
+    worker = int(run_script(code, dict(os.environ)).stdout.split()[-1])
+    run.log({"r": 1.0})
+    run.finish()
+    stored = trackside.Api(ts.root).run(run.id)
+    assert stored.config == {"who": "rank 0"}
+    assert stored.metadata["pid"] == os.getpid() != worker
+
+
 def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts):
     """The ranks announce the world's size: the server waits for all four to finish before it
     ends the run and lets it go, so host b's steps, late by a whole run, are still reduced."""
