@@ -17,6 +17,11 @@ means. The rules, in one place:
   when the row was last touched more than ``merge_window`` seconds ago.
 * An entry for a step that is not pending and not above the highest step already emitted is
   late: it is amended into the stored row, or dropped and counted (``late_steps=``).
+* A late entry still follows the reduce rule: for the last ``KEEP_STEPS`` emitted steps the
+  merger keeps each writer's values of the keys whose rule is not ``"last"``, and an amend row
+  carries the value reduced over every writer's, old and new (a rank on another host, whose
+  first upload reached the server after the other ranks' rows were final, is summed in, not
+  written over them).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "best", "none", "copy")
 LATE_STEPS = ("amend", "drop", "error")
 _GOALS = ("minimize", "maximize")
 _GLOB_CHARS = frozenset("*?[")
+# emitted steps whose per-writer values of reduced keys are kept for late entries: a host whose
+# uploads lag the others' by seconds is thousands of steps behind at most; ~0.25 KB per writer
+# and step (two reduced keys), 8 MB for 4 writers
+KEEP_STEPS = 8192
 
 # (step: int, commit: bool, time_us: int, values: dict[str, int|float|bool|str|None],
 #  payload: bytes | None); rich values arrive already encoded in the payload
@@ -88,7 +97,9 @@ class Metrics:
         self._globs: dict[str, tuple] = {}  # pattern -> (compiled, MetricDef, order)
         self._order = 0
         self._cache: dict[str, Optional[MetricDef]] = {}
+        self.rules: dict[str, str] = {}  # key -> its reduce rule, for the keys looked up since the last define
         self.has_summary_rules = False  # lets the summary skip per-key lookups when False
+        self.has_reduce_rules = False  # lets the merger skip keeping per-writer values when False
 
     def define(
         self,
@@ -119,7 +130,9 @@ class Metrics:
             self._globs.pop(name, None)  # a redefinition counts as the later one
             self._globs[name] = (re.compile(fnmatch.translate(name)).match, d, self._order)
         self._cache.clear()
+        self.rules.clear()
         self.has_summary_rules = any(x.summary is not None for x in self.definitions())
+        self.has_reduce_rules = any(x.reduce != "last" for x in self.definitions())
         return d
 
     def lookup(self, key: str) -> Optional[MetricDef]:
@@ -141,9 +154,11 @@ class Metrics:
         return d
 
     def reduce_of(self, key: str) -> str:
-        """The cross-writer reduce rule of ``key`` (``"last"`` unless defined)."""
+        """The cross-writer reduce rule of ``key`` (``"last"`` unless defined). Hot loops read
+        ``rules.get(key) or reduce_of(key)``: a dict hit for a key seen before."""
         d = self.lookup(key)
-        return "last" if d is None else d.reduce
+        rule = self.rules[key] = "last" if d is None else d.reduce
+        return rule
 
     def definitions(self) -> list[MetricDef]:
         """Every current definition, exact names first, each in definition order."""
@@ -269,8 +284,12 @@ class Merger:
             "collisions": 0,
             "reduce_fallbacks": 0,  # collisions of non-numeric values under mean/sum/min/max
             "late_dropped": 0,
+            "late_reduced": 0,  # amend rows whose reduced keys were reduced with the kept values
             "pending": 0,
         }
+        # step -> {writer: {key: value}} of the keys with a reduce rule, for the emitted steps
+        # (the last KEEP_STEPS of them): late entries are reduced with them
+        self._kept: dict[int, dict] = {}
         # live writer -> [highest step, committed] or None before its first entry
         self._cursors: dict[int, Optional[list]] = {}
         self._pending: dict[int, _Pending] = {}
@@ -524,6 +543,9 @@ class Merger:
         if self._ready:  # final by construction, and nothing else is pending
             out, self._ready = self._ready, []
             self._ready_marks.clear()
+            if self.metrics.has_reduce_rules:
+                for row in out:
+                    self._keep(row.step, {self._ready_writer: row.values})
             self._emitted_max = max(self._emitted_max, out[-1].step)
             self.stats["rows_emitted"] += len(out)
             self.stats["pending"] = 0
@@ -577,6 +599,13 @@ class Merger:
     def _emit(self, step: int, row: _Pending) -> Row:
         if row.by_writer is not None:
             self._reduce(row)
+        if self.metrics.has_reduce_rules:
+            if row.by_writer is not None:
+                kept = self._keep(step, row.by_writer, union=row.values)
+            else:
+                kept = self._keep(step, {row.writer: row.values})
+            if row.amend and kept is not None:
+                self._reduce_late(row, kept)
         if step > self._emitted_max:
             self._emitted_max = step
         stats = self.stats
@@ -585,26 +614,80 @@ class Merger:
             stats["amends"] += 1
         return Row(step, row.time_us, row.values, row.payloads, row.amend)
 
+    def recall(self, writer: int, entries: Iterable[Entry]) -> None:
+        """Entries stored before this merger existed (a server's stream started again on its
+        WAL): nothing is emitted; their steps count as emitted (later entries for them amend),
+        and their reduced keys' values are kept for the reduce rule of late entries."""
+        keep = self.metrics.has_reduce_rules
+        for step, _, _, values, _ in entries:
+            if step > self._emitted_max:
+                self._emitted_max = step
+            if keep:
+                self._keep(step, {writer: values})
+
+    def _keep(self, step: int, by_writer: dict, union: Optional[dict] = None) -> Optional[dict]:
+        """Keep the writers' values of reduced keys for ``step`` (merged into those kept
+        already); returns what is kept for the step, None when nothing is. ``union``: the keys
+        of all of ``by_writer``, which is then the merger's own (a row's): kept as it is, without
+        a copy, when nothing is kept for the step yet and every key is reduced."""
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        kept = self._kept.get(step)
+        if kept is None and union is not None and all([(rules.get(k) or reduce_of(k)) != "last" for k in union]):
+            kept = self._kept[step] = by_writer
+            if len(self._kept) > KEEP_STEPS:
+                del self._kept[next(iter(self._kept))]
+            return kept
+        for writer, values in by_writer.items():
+            mine = {k: v for k, v in values.items() if (rules.get(k) or reduce_of(k)) != "last"}
+            if not mine:
+                continue
+            if kept is None:
+                kept = self._kept[step] = {}
+                if len(self._kept) > KEEP_STEPS:
+                    del self._kept[next(iter(self._kept))]  # the oldest emitted step
+            old = kept.get(writer)
+            if old is None:
+                kept[writer] = mine
+            else:
+                old.update(mine)
+        return kept
+
+    def _reduce_late(self, row: _Pending, kept: dict) -> None:
+        """An amend row: its reduced keys get the value reduced over every writer's kept one."""
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        reduced = False
+        for k in list(row.values):
+            rule = rules.get(k) or reduce_of(k)
+            if rule == "last":
+                continue
+            vs = [vals[k] for vals in kept.values() if k in vals]
+            if len(vs) > 1 and all(map(_is_number, vs)):
+                row.values[k] = _REDUCERS[rule](vs)
+                reduced = True
+        if reduced:
+            self.stats["late_reduced"] += 1
+
     def _reduce(self, row: _Pending) -> None:
         """Apply the reduce rules to keys that several writers set; count the collisions."""
         by = row.by_writer
-        if sum(map(len, by.values())) == len(row.values):
+        total = sum(map(len, by.values()))
+        if total == len(row.values):
             return  # the writers' keys are disjoint (``values`` holds their union): no collision
-        counts: dict[str, int] = {}
-        for vals in by.values():
-            for k in vals:
-                counts[k] = counts.get(k, 0) + 1
         stats = self.stats
-        reduce_of = self.metrics.reduce_of
-        for k, c in counts.items():
-            if c == 1:
-                continue
-            stats["collisions"] += c - 1
-            rule = reduce_of(k)
+        stats["collisions"] += total - len(row.values)  # a key set by c writers: c - 1 collisions
+        if not self.metrics.has_reduce_rules:
+            return  # every key "last": row.values already holds the last-arrived values
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        writers = list(by.values())
+        values = row.values
+        for k in values:
+            rule = rules.get(k) or reduce_of(k)
             if rule == "last":
-                continue  # row.values already holds the last-arrived value
-            vs = [vals[k] for vals in by.values() if k in vals]
+                continue
+            vs = [vals[k] for vals in writers if k in vals]
+            if len(vs) < 2:
+                continue
             if all(map(_is_number, vs)):
-                row.values[k] = _REDUCERS[rule](vs)
+                values[k] = _REDUCERS[rule](vs)
             else:
                 stats["reduce_fallbacks"] += 1

@@ -99,8 +99,9 @@ class Daemon:
         self._grpc = None
         self._opening: dict[str, asyncio.Lock] = {}
         # one sampler for the host, shared by every run (defaults for runs that set no intervals)
-        self.sampler = Sampler(self.streams.values, enabled=system_metrics, sample_interval=sample_interval,
-                               log_interval=log_interval)
+        # (a run whose training writers all finished is no longer sampled: see _idle_watch)
+        self.sampler = Sampler(lambda: [s for s in self.streams.values() if not s.system_done],
+                               enabled=system_metrics, sample_interval=sample_interval, log_interval=log_interval)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -192,16 +193,26 @@ class Daemon:
 
     async def _idle_watch(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, max(self.idle_timeout / 4, 0.05)))
+            await asyncio.sleep(min(0.2, max(self.idle_timeout / 4, 0.05)))
             now = time.monotonic()
             for run_id, stream in list(self.streams.items()):
+                if not stream.system_done and not stream.local and stream.training_done():
+                    # the host's system metrics end with the run's training writers: their
+                    # last rows and their finish go into the WAL, and nothing holds the run open
+                    stream.system_done = True
+                    try:
+                        await self.sampler.close_run(stream)
+                        stream.finish_system()
+                    except Exception:
+                        log.exception("run %s: ending its system metrics failed", run_id)
                 if not stream.idle():
                     stream.idle_since = None
                     continue
                 if stream.idle_since is None:
                     stream.idle_since = now
                 # every writer said finish; or the writers vanished (killed) long enough ago
-                done = stream.finished_writers >= set(stream.seqs)
+                # (uploads refused for good: kept for the idle timeout, so `trackside status` says why)
+                done = stream.done() and not (stream.uploader is not None and stream.uploader.error)
                 if done or now - stream.idle_since > max(self.idle_timeout, 5.0):
                     try:
                         await self._close_stream(run_id)
@@ -309,6 +320,8 @@ class Daemon:
                 await writer.drain()
                 writer.close()
                 return
+            if hello is None:
+                return  # closed before its first frame: a probe (`trackside daemon start`), not a client
             if not isinstance(hello, Hello):
                 return conn.refuse("the first frame must be hello")
             conn.writer_id, conn.peer, conn.rank = hello.writer, hello.pid, hello.rank

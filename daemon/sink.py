@@ -312,10 +312,12 @@ class LocalSink:
 
     async def _close_idle(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.idle_close / 4))
+            await asyncio.sleep(min(0.2, self.idle_close / 4))
             now = time.monotonic()
             for run_id, stream in list(self.streams.items()):
-                if stream.idle() and now - self._used.get(run_id, now) > self.idle_close:
+                # a run whose writers all finished (the hosts' system-metrics writers too) is
+                # let go at once; one that went silent, after ``idle_close``
+                if stream.idle() and (stream.done() or now - self._used.get(run_id, now) > self.idle_close):
                     try:
                         await self._close(run_id, stream)
                     except Exception:

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import os
+import random
 import time
 from typing import NamedTuple, Optional
 
@@ -62,7 +62,9 @@ log = logging.getLogger("trackside.daemon")
 # 16 MiB of bodies is ~170,000 entries of 10 floats: seconds of a fast writer, a small share of
 # the daemon's memory (the same entries decoded and pending would take ten times as much)
 MERGE_MEMORY = 16 << 20  # bytes of waiting records kept in memory; the rest are read back from the WAL
-MERGE_BACKLOG = 64 << 20  # bytes of waiting records past which writers ahead get no acks (backpressure)
+# ~1 s of the store stage's rate: with the writers' own 16 MiB buffers, what is logged but not
+# stored after an overload, and so finish(), stays within seconds (bench/bench_scale.py)
+MERGE_BACKLOG = 16 << 20  # bytes of waiting records past which writers ahead get no acks (backpressure)
 # a pending row of 4 writers' 10 floats is ~3.5 KB: a lead of 4,096 steps, plus a batch and a
 # group of entries, keeps the merger to ~10,000 rows (~35 MB) whatever the drift
 MERGE_LEAD = 4096  # steps a writer may run ahead of the slowest live one before its records wait
@@ -71,6 +73,9 @@ MERGE_LEAD = 4096  # steps a writer may run ahead of the slowest live one before
 MERGE_GROUP = 512 << 10  # bytes of records merged into one store transaction
 REPLAY_GROUP = 256  # WAL records read at a time when a stream restarts or catches up
 SUMMARY_EVERY = 1.0  # seconds between summary snapshots written to the store while live
+# a server's stream that starts again re-reads this much of the stored WAL into the merger, so
+# that late entries of a lagging host are still reduced with what was stored (Merger.recall)
+RECALL_BYTES = 16 << 20
 
 
 class Waiting(NamedTuple):
@@ -228,6 +233,10 @@ class RunStream:
         self.connections: set = set()
         self.pids: dict[int, tuple[int, int]] = {}  # training process -> (connections, rank): system metrics watch it
         self.finished_writers: set[int] = set()
+        self.system_writer: Optional[int] = None  # this host's system-metrics writer, once it wrote into the WAL
+        self.system_done = False  # its last rows are written: the sampler lets the run go
+        self.ranks: dict[int, int] = {}  # writer -> the rank it announced (its "join" event)
+        self.world_size = 0  # the largest world size a writer announced (0: none did)
         self.error: str | None = None  # set while the WAL cannot be made durable
         self.stats = {"records": 0, "entries": 0, "duplicates": 0, "bytes": 0}
         self.next_step = 0
@@ -280,6 +289,14 @@ class RunStream:
                     # merge what the backlog serves; records of writers far ahead wait for the
                     # others' to be read, so memory stays bounded however long the backlog
                     await self._merge_backlog()
+            elif not self.live:  # stored before this start: what the merger must still know
+                if rec.type == RECORD_EVENT:
+                    self._recall(rec.body)
+                elif cursor - rec.offset <= RECALL_BYTES:
+                    try:
+                        self.merger.recall(writer, codec.decode_batch(rec.body)[2])
+                    except Exception:  # merging it failed when it was stored, and was reported then
+                        pass
         if replayed:
             await self._merge_backlog(drain=True)
             log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
@@ -328,6 +345,8 @@ class RunStream:
             writer, seq = record_writer_seq(rec.type, rec.body)
             if seq > self.seqs.get(writer, 0):
                 self.seqs[writer] = seq
+            if self.system_writer is None and rec.type == RECORD_EVENT and _event_kind(rec.body) == "system":
+                self.system_writer = writer  # this host's, from before a restart: its seqs go on
         self._tasks = [asyncio.create_task(self._committer(), name=f"commit-{self.run_id}")]
         if self.dest != "offline":
             from .uploader import RemoteDestination, Uploader
@@ -606,7 +625,7 @@ class RunStream:
         """Finalize after ``group``: the store call's arguments. ``fed_through``: every record
         before this WAL offset is merged."""
         finished = group.finished
-        everything = bool(finished) and self.merger.live_writers() == 0
+        everything = bool(finished) and self.merger.live_writers() == 0 and self.world_finished()
         rows = self.merger.finalize(now, everything=everything)
         # the WAL cursor moves only past records whose rows are all stored
         cursor = fed_through if self.merger.pending() == 0 else None
@@ -670,6 +689,8 @@ class RunStream:
             await self._store_call(self.store.upsert_run, self.run_id, **_run_fields(data, self.root))
         elif kind == "join":
             self.merger.join(writer)
+            self.ranks[writer] = int(data.get("rank") or 0)
+            self.world_size = max(self.world_size, int(data.get("world_size") or 0))
         elif kind == "artifact":
             # checked here, so that one writer's bad artifact is a warning, never a failed group
             self._artifacts.append(check_artifact(data))
@@ -678,6 +699,9 @@ class RunStream:
             system.extend((int(t), host, dict(values)) for t, values in data["rows"])
             meta.update(data.get("metadata") or {})
         elif kind == "finish":
+            if (data or {}).get("system"):  # a host's system metrics ended: no training writer's end
+                self.finished_writers.add(writer)
+                return
             self.merger.leave(writer)
             self.finished_writers.add(writer)
             finished.append((conn, seq, data or {}))
@@ -779,7 +803,9 @@ class RunStream:
             await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
             return
         # no store here: into the WAL, as an event of this host's writer, to travel with the run
-        writer = system_writer(host)
+        writer = self.system_writer
+        if writer is None:
+            writer = self.system_writer = new_system_writer(self.seqs)
         seq = self.seqs.get(writer, 0) + 1
         data = {"host": host, "rows": [[t, values] for t, values in rows], "metadata": metadata or None}
         body = encode_event(Event(writer, seq, "system", data))
@@ -787,6 +813,56 @@ class RunStream:
         self.seqs[writer] = seq
         self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
         self._wanted.set()
+
+    def training_done(self) -> bool:
+        """Every training writer that sent anything has finished (the host's system-metrics
+        writer is no training writer: it ends with them, see ``finish_system``)."""
+        writers = set(self.seqs)
+        writers.discard(self.system_writer)
+        return bool(writers) and writers <= self.finished_writers
+
+    def finish_system(self) -> None:
+        """The run's system metrics from this host are all written: say so in the WAL, so that
+        whoever stores the run (a server) knows this writer is done too."""
+        self.system_done = True
+        writer = self.system_writer
+        if writer is None or self.local or writer in self.finished_writers:
+            return
+        seq = self.seqs[writer] + 1
+        body = encode_event(Event(writer, seq, "finish", {"system": True}))
+        end = self.wal.append(codec.frame(RECORD_EVENT, body))
+        self.seqs[writer] = seq
+        self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
+        self._wanted.set()
+
+    def _recall(self, body) -> None:
+        """An event stored before this stream started (a server restarted, a run reopened):
+        the ranks that announced themselves and those that finished still count."""
+        try:
+            ev = event_decoder.decode(body)
+            if ev.kind == "join":
+                self.ranks[ev.writer] = int(ev.data.get("rank") or 0)
+                self.world_size = max(self.world_size, int(ev.data.get("world_size") or 0))
+            elif ev.kind == "finish":
+                self.finished_writers.add(ev.writer)
+            elif ev.kind == "define_metric":
+                self.merger.define_metric(**ev.data)
+        except (ValueError, TypeError, AttributeError, msgspec.DecodeError):
+            pass  # a bad event was reported when it was stored
+
+    def world_finished(self) -> bool:
+        """A stream that stores uploads (a server's) has seen every rank of the announced world
+        finish; a host's daemon sees its own ranks only, and does not wait for the others (nor
+        does ``trackside sync`` of a host's offline run into its own root)."""
+        if self.live or self.read_only or not self.world_size:
+            return True
+        # ranks, not writers: a rank's children (data loader workers) inherit its RANK
+        return len({self.ranks[w] for w in self.finished_writers.intersection(self.ranks)}) >= self.world_size
+
+    def done(self) -> bool:
+        """Every writer that sent anything, the system-metrics ones included, has finished (and,
+        on a server, every rank of the announced world)."""
+        return self.finished_writers >= set(self.seqs) and self.world_finished()
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -928,10 +1004,21 @@ class RunStream:
         }
 
 
-def system_writer(host: str) -> int:
-    """The writer id of a host's system metrics in a WAL: the same on every start of the host's
-    daemon (its seqs go on from the WAL), different across hosts uploading into one run."""
-    return int.from_bytes(hashlib.sha256(f"system:{host}".encode()).digest()[:8], "big") >> 1
+def _event_kind(body) -> Optional[str]:
+    try:
+        return event_decoder.decode(body).kind
+    except msgspec.DecodeError:
+        return None
+
+
+def new_system_writer(taken) -> int:
+    """A writer id for this host's system metrics in a run's WAL: random, as the training
+    writers' are, so two hosts uploading into one run never share one, whatever their host
+    names (containers and pods share them). A restarted daemon finds it again in the WAL."""
+    while True:
+        writer = random.getrandbits(62) + 1
+        if writer not in taken:
+            return writer
 
 
 def _run_fields(data: dict, root: str) -> dict:

@@ -33,7 +33,7 @@ DEFAULT_SETTINGS = {
     "late_steps": "amend",
     "merge_window": 10.0,
     "flush_interval": 0.02,
-    "max_buffer": 256 << 20,
+    "max_buffer": 16 << 20,
     "buffer_policy": "block",
     "console": True,
     "finish_timeout": 120.0,
@@ -314,6 +314,7 @@ class Run:
         if getattr(self, "_exported_id", False) and os.environ.get(discovery.ENV_RUN_ID) == self.id:
             # children started from now on are not ranks of this run
             os.environ.pop(discovery.ENV_RUN_ID, None)
+            os.environ.pop(_ENV_STARTED_BY, None)
         client, self._client = self._client, None
         if client is None:
             return
@@ -534,7 +535,7 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         raise UsageError(f"resume={resume!r} is not one of allow, must, never, auto")
     root = discovery.run_root(dir) if dir is not None else (
         os.environ.get(discovery.ENV_ROOT) and os.path.abspath(os.environ[discovery.ENV_ROOT]) or discovery.run_root())
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    rank, local_rank, world_size, ranked = _ranks()
     run = Run(id=id or new_run_id(), project=project or os.environ.get("TRACKSIDE_PROJECT") or "uncategorized",
               name=name, config=config, tags=tags, group=group, job_type=job_type, root=root, mode=mode,
               settings=merged, resume=resume, rank=rank)
@@ -561,16 +562,26 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     run._client = client
     if client.welcome is not None and client.welcome.next_step:
         run.step = client.welcome.next_step
-    if not joined:
+    # a process the run's own processes started (a data loader worker of rank 0 inherits RANK=0)
+    # is never rank 0; one whose launcher was given TRACKSIDE_RUN_ID by the user may be
+    if rank == 0 and not (joined and (os.environ.get(_ENV_STARTED_BY) or not ranked)):
+        # the run's own fields, config and metadata come from rank 0 only: every rank may call
+        # init(project=, config=, ...) alike, and the run is rank 0's whatever order they join in
         client.event("run", {**info, "config": dict(run.config), "metadata": _metadata_quick()})
-        os.environ[discovery.ENV_RUN_ID] = run.id
-        os.environ[discovery.ENV_ROOT] = root
-        run._exported_id = True  # finish() takes it back: a later init() here starts a new run
         run._meta_thread = threading.Thread(target=_record_environment, args=(client,), name="trackside-meta",
                                             daemon=True)
         run._meta_thread.start()
-    else:
-        client.event("join", {"rank": rank, "pid": os.getpid()})
+    if not joined:
+        os.environ[discovery.ENV_RUN_ID] = run.id  # this process's children join the run
+        os.environ[_ENV_STARTED_BY] = str(os.getpid())
+        os.environ[discovery.ENV_ROOT] = root
+        run._exported_id = True  # finish() takes it back: a later init() here starts a new run
+    # every writer announces itself before its data: whoever stores the run (this host's daemon,
+    # a server that gets every host's uploads) knows how many ranks to wait for
+    import socket
+
+    client.event("join", {"rank": rank, "local_rank": local_rank, "world_size": world_size,
+                          "host": socket.gethostname(), "pid": os.getpid()})
     if merged["console"]:
         _console.attach(client)
     _current["run"] = run
@@ -585,6 +596,29 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
                              f"pip install 'trackside[tensorboard]'") from None
         sync(run)
     return run
+
+
+_ENV_STARTED_BY = "TRACKSIDE_RUN_STARTED_BY"  # set beside TRACKSIDE_RUN_ID by the process that exported it
+
+
+def _ranks() -> tuple[int, int, int | None, bool]:
+    """``(rank, local_rank, world_size, ranked)`` from the launcher's environment: ``RANK``,
+    ``LOCAL_RANK`` and ``WORLD_SIZE`` as torchrun, accelerate and Lightning set them (``ranked``:
+    ``RANK`` or ``LOCAL_RANK`` was set). A process without them is rank 0 of an unknown world."""
+    values = {}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise UsageError(f"{name}={raw!r} in the environment is not an integer; "
+                             f"set it as a launcher does (RANK=0, LOCAL_RANK=0, WORLD_SIZE=4)") from None
+        if values[name] < 0 or (name == "WORLD_SIZE" and values[name] == 0):
+            raise UsageError(f"{name}={raw!r} in the environment is out of range")
+    rank = values.get("RANK", values.get("LOCAL_RANK", 0))
+    return rank, values.get("LOCAL_RANK", rank), values.get("WORLD_SIZE"), "RANK" in values or "LOCAL_RANK" in values
 
 
 def _check_system_settings(settings: dict) -> None:

@@ -52,7 +52,8 @@ import sys
 import time
 import types
 
-ENV_KEYS = ("TRACKSIDE_DAEMON_DIR", "TRACKSIDE_DIR", "TRACKSIDE_RUN_ID", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK")
+ENV_KEYS = ("TRACKSIDE_DAEMON_DIR", "TRACKSIDE_DIR", "TRACKSIDE_RUN_ID", "TRACKSIDE_RUN_STARTED_BY", "TRACKSIDE_MODE", "RANK",
+            "LOCAL_RANK", "WORLD_SIZE")
 
 
 def stop_daemon(folder, timeout: float = 20.0) -> None:

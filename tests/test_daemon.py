@@ -296,6 +296,18 @@ def test_daemon_cli_start_status_stop(ts):
     assert p.returncode == 1
 
 
+def test_daemon_start_logs_no_refused_connection(ts):
+    """`trackside daemon start` checks that the daemon answers by connecting and closing: a
+    connection closed before its first frame is a probe, not a client to refuse."""
+    cli = [sys.executable, "-m", "trackside.cli"]
+    p = subprocess.run(cli + ["daemon", "start"], env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    start_run().finish()  # a real client too, so the log is not read before the daemon got to the probe
+    with open(os.path.join(ts.daemon_dir, "daemon.log")) as f:
+        text = f.read()
+    assert "first frame must be hello" not in text and "closing connection" not in text, text
+
+
 def test_full_disk_holds_acks_and_loses_nothing(ts, tmp_path):
     """A run root on a small filesystem that fills up: the daemon stops acknowledging (log()
     waits once the buffer is full), reports the error, and once space is back everything

@@ -431,8 +431,59 @@ def test_stats_counts():
         "collisions": 1,
         "reduce_fallbacks": 0,
         "late_dropped": 0,
+        "late_reduced": 0,
         "pending": 0,
     }
+
+
+# -- late entries of another writer still follow the reduce rule ----------------------------------
+
+
+@pytest.mark.parametrize("rule, expected", [("sum", 6.0), ("mean", 2.0), ("min", 1.0), ("max", 3.0)])
+def test_a_writer_first_seen_after_its_steps_were_final_is_reduced_into_them(rule, expected):
+    """Ranks on another host reach a server only with that host's first upload, after the
+    server made the steps final: their amend rows carry the value reduced over all writers."""
+    m = Merger()
+    m.define_metric("t", reduce=rule)
+    m.add(1, [e(0, {"t": 1.0, "a": 0}), e(1, {"t": 1.0})])
+    m.add(2, [e(0, {"t": 2.0}), e(1, {"t": 2.0})])
+    assert steps(m.finalize(everything=True)) == [0, 1]
+    m.add(3, [e(0, {"t": 3.0, "b": 1})])
+    rows = m.finalize(everything=True)
+    assert [(r.step, r.amend, r.values) for r in rows] == [(0, True, {"t": expected, "b": 1})]
+    assert m.stats["late_reduced"] == 1
+
+
+def test_a_lone_writers_rows_are_reduced_with_a_late_second_writer():
+    m = Merger()
+    m.define_metric("t", reduce="sum")
+    m.add(1, [e(s, {"t": 1.0}) for s in range(3)])  # alone: the fast path makes the rows
+    assert steps(m.finalize()) == [0, 1, 2]
+    m.add(2, [e(s, {"t": 1.0}) for s in range(3)])
+    assert [(r.step, r.amend, r.values) for r in m.finalize(everything=True)] == [
+        (s, True, {"t": 2.0}) for s in range(3)]
+
+
+def test_a_writers_late_value_replaces_its_own_kept_one():
+    m = Merger()
+    m.define_metric("t", reduce="sum")
+    m.add(1, [e(0, {"t": 1.0}), e(1, {"t": 1.0})])
+    m.add(2, [e(0, {"t": 10.0}), e(1, {"t": 10.0})])
+    m.finalize(everything=True)
+    m.add(2, [e(0, {"t": 20.0})])  # writer 2 amends its own step 0
+    assert [r.values for r in m.finalize(everything=True)] == [{"t": 21.0}]
+
+
+def test_late_values_beyond_the_kept_steps_fall_back_to_the_last_value(monkeypatch):
+    from trackside.daemon import merger
+
+    monkeypatch.setattr(merger, "KEEP_STEPS", 2)
+    m = Merger()
+    m.define_metric("t", reduce="sum")
+    m.add(1, [e(s, {"t": 1.0}) for s in range(4)])
+    m.finalize(everything=True)
+    m.add(2, [e(0, {"t": 1.0}), e(3, {"t": 1.0})])
+    assert [(r.step, r.values) for r in m.finalize(everything=True)] == [(0, {"t": 1.0}), (3, {"t": 2.0})]
 
 
 # -- property: nothing lost, nothing duplicated -----------------------------------------------
@@ -486,3 +537,16 @@ def test_property_every_value_in_exactly_one_row(ops, window):
     assert all(c == 1 for c in first_emits.values())
     assert m.stats["collisions"] == 0 and m.stats["pending"] == 0
     assert m.stats["rows_emitted"] == len(rows)
+
+
+def test_recalled_entries_count_as_emitted_and_reduce_late_ones():
+    """A server's stream started again re-reads stored entries: nothing is emitted for them,
+    and another writer's entries for their steps amend them by the reduce rule."""
+    m = Merger()
+    m.define_metric("t", reduce="sum")
+    m.recall(1, [e(0, {"t": 1.0}), e(1, {"t": 1.0})])
+    m.recall(2, [e(0, {"t": 1.0}), e(1, {"t": 1.0})])
+    assert m.finalize(everything=True) == [] and m.pending() == 0
+    m.add(3, [e(0, {"t": 1.0}), e(1, {"t": 1.0}), e(2, {"t": 1.0})])
+    assert [(r.step, r.amend, r.values) for r in m.finalize(everything=True)] == [
+        (0, True, {"t": 3.0}), (1, True, {"t": 3.0}), (2, False, {"t": 1.0})]
