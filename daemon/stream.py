@@ -289,10 +289,10 @@ class RunStream:
                     # merge what the backlog serves; records of writers far ahead wait for the
                     # others' to be read, so memory stays bounded however long the backlog
                     await self._merge_backlog()
-            elif not self.live:  # stored before this start: what the merger must still know
-                if rec.type == RECORD_EVENT:
-                    self._recall(rec.body)
-                elif cursor - rec.offset <= RECALL_BYTES:
+            elif rec.type == RECORD_EVENT:  # stored before this start: what the merger must still know
+                self._recall(rec.body)  # (metric definitions: a resumed run's summary kinds and reduce rules)
+            elif not self.live:
+                if cursor - rec.offset <= RECALL_BYTES:
                     try:
                         self.merger.recall(writer, codec.decode_batch(rec.body)[2])
                     except Exception:  # merging it failed when it was stored, and was reported then
