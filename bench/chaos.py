@@ -33,6 +33,7 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=300)
     p.add_argument("--seed", type=int, default=None, help="replay a seed (default: a random one, printed)")
+    p.add_argument("--kinds", nargs="+", choices=chaos.KINDS, default=None, help="only these kinds of rounds")
     args = p.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     base = tempfile.mkdtemp(prefix="trackside-chaos-")
@@ -47,7 +48,7 @@ def main() -> int:
         print(f"chaos: {args.rounds} rounds, seed {seed}", file=sys.stderr)
     try:
         os.makedirs(os.path.join(base, "s"))
-        result = chaos.session(os.path.join(base, "s"), args.rounds, seed, progress)
+        result = chaos.session(os.path.join(base, "s"), args.rounds, seed, progress, args.kinds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     stats = result.stats

@@ -339,6 +339,7 @@ class Daemon:
             stream.add_pid(hello.pid, hello.rank)
             self.sampler.wake()
             conn.send(Welcome(PROTOCOL_VERSION, stream.seqs.get(hello.writer, 0), stream.dir, stream.next_step))
+            stream.welcomed(conn, hello.writer)
             while True:
                 msg = await self._read(reader)
                 if msg is None:

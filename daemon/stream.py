@@ -255,6 +255,7 @@ class RunStream:
         self._tasks: list[asyncio.Task] = []
         self._artifacts: list = []  # artifact versions to index, stored with the group's transaction
         self._marks: dict[int, int] = {}  # writer -> seq of its last event whose console lines are stored
+        self._done: dict[int, int] = {}  # finished writer -> the seq through which it is stored (Done)
         self._away: dict[int, Optional[int]] = {}  # writer -> pid: connection ended, process alive then
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
         self._durable_waiters: list = []  # (WAL offset, future): resolved once the WAL is durable there
@@ -291,6 +292,8 @@ class RunStream:
                     await self._merge_backlog()
             elif rec.type == RECORD_EVENT:  # stored before this start: what the merger must still know
                 self._recall(rec.body)  # (metric definitions: a resumed run's summary kinds and reduce rules)
+                if writer in self.finished_writers:
+                    self._done[writer] = seq  # stored, finish included
             elif not self.live:
                 if cursor - rec.offset <= RECALL_BYTES:
                     try:
@@ -659,12 +662,23 @@ class RunStream:
         (console lines flushed at exit ride behind the finish event)."""
         done: dict = {}
         for _, conn, writer, seq, *_ in group:
-            if conn is not None and writer in self.finished_writers:
-                done[conn] = seq
+            if writer in self.finished_writers:
+                if seq > self._done.get(writer, 0):
+                    self._done[writer] = seq  # a writer that reconnects hears it again (welcomed)
+                if conn is not None:
+                    done[conn] = seq
         for conn, seq in done.items():
             held = self._held_acks.pop(conn, None)
             if held is not None:
                 conn.send(Ack(held[1]))  # stored is durable: no writer hears Done before its Ack
+            conn.send(Done(seq))
+
+    def welcomed(self, conn, writer: int) -> None:
+        """After a writer's Welcome: a writer whose finish is stored already (it reconnected
+        after the daemon died between storing its finish and telling it so; the records came
+        back through the WAL, with no connection to answer) hears its Done again."""
+        seq = self._done.get(writer)
+        if seq is not None:
             conn.send(Done(seq))
 
     async def _apply_event(self, ev, conn, group: "_Group") -> None:

@@ -143,10 +143,11 @@ class Chaos:
 
     # -- a round ---------------------------------------------------------------------------------
 
-    def run(self, rounds: int, progress=None) -> dict:
-        kinds = self.rng.choices(KINDS, WEIGHTS, k=rounds)
+    def run(self, rounds: int, progress=None, kinds_allowed=None) -> dict:
+        allowed = [k for k in KINDS if kinds_allowed is None or k in kinds_allowed]
+        kinds = self.rng.choices(allowed, [WEIGHTS[KINDS.index(k)] for k in allowed], k=rounds)
         # every kind at least once when there are rounds enough for that
-        if rounds >= len(KINDS):
+        if kinds_allowed is None and rounds >= len(KINDS):
             kinds[: len(KINDS)] = KINDS
             self.rng.shuffle(kinds)
         for n, kind in enumerate(kinds):
@@ -162,7 +163,10 @@ class Chaos:
         steps = self.rng.randint(100, 600)
         flush_every = self.rng.choice((10, 25, 50))
         self.flush_every = flush_every
-        getattr(self, "_round_" + kind)(run_id, steps, flush_every)
+        try:
+            getattr(self, "_round_" + kind)(run_id, steps, flush_every)
+        except ChaosFailure as e:  # one round's failure, with what the daemon said of the run
+            self._fail(run_id, f"{e}\n{self._daemon_log(run_id)}")
         self.stats["rounds"] += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         self._check_daemon()
@@ -468,6 +472,14 @@ class Chaos:
             self.stats["escapes"] += len(stray)
             self.failures.append(f"files outside the run roots: {stray}")
 
+    def _daemon_log(self, run_id: str, lines: int = 40) -> str:
+        try:
+            with open(os.path.join(self.daemon_dir, "daemon.log"), errors="replace") as f:
+                found = [line.rstrip() for line in f if run_id in line or "Traceback" in line or "Error" in line]
+        except OSError:
+            return "(no daemon.log)"
+        return "daemon.log:\n  " + "\n  ".join(found[-lines:])
+
     def _fail(self, run_id: str, message: str) -> None:
         self.failures.append(f"seed {self.seed}, run {run_id}: {message}")
 
@@ -488,11 +500,12 @@ def _wait(check, timeout: float) -> bool:
     return True
 
 
-def session(base: str, rounds: int, seed: int, progress=None) -> types.SimpleNamespace:
-    """Run ``rounds`` rounds in ``base``; the stats, the kinds drawn and the failures."""
+def session(base: str, rounds: int, seed: int, progress=None, kinds=None) -> types.SimpleNamespace:
+    """Run ``rounds`` rounds in ``base`` (of ``kinds`` only, when given); the stats, the kinds
+    drawn and the failures."""
     chaos = Chaos(base, seed)
     try:
-        stats = chaos.run(rounds, progress)
+        stats = chaos.run(rounds, progress, kinds)
     finally:
         chaos.close()
     return types.SimpleNamespace(stats=stats, kinds=chaos.kinds, failures=chaos.failures, seed=seed)

@@ -411,3 +411,28 @@ def test_an_acknowledged_summary_survives_a_daemon_crash_and_a_resume(ts):
     summary = api.run(run_id).summary
     assert summary["best"] == 7 and summary["x"] == 299.0 and summary["y"] == 1.0
     assert summary["loss"]["min"] == 10.0 - 299 / 100
+
+
+# -- a finish stored while its writer was away ----------------------------------------------------------
+
+
+def test_a_writer_reconnecting_after_its_finish_was_stored_hears_done(ts):
+    """The daemon died after storing (or making durable) a writer's finish and before telling
+    it: the next daemon stores it from the WAL, with no connection to answer. The writer's
+    reconnect must then hear Done, or its finish() waits for ever (seen in the chaos test)."""
+    from trackside.contracts.protocol import Done
+
+    run = trackside.init(project="p")
+    for i in range(50):
+        run.log({"x": float(i)})
+    client = run._client
+    run.finish()
+    writer = client.writer
+    stop_daemon_now(ts)  # the next daemon opens the run again when the writer says hello
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True, timeout=60)
+    sock, answer = _raw_writer(ts, run.id, writer=writer)
+    try:
+        assert isinstance(answer, Welcome) and answer.acked_seq > 0
+        assert _read_frame(sock) == Done(answer.acked_seq)
+    finally:
+        sock.close()
