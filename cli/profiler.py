@@ -183,15 +183,11 @@ class _Probes:
         c = self.client
         while not self._stop.wait(0.1):
             t = time.monotonic_ns()
-            with c._lock:
-                # what is logged so far is in the batch being built (framed next) or already framed
-                target = c._seq + (1 if len(c._enc) else 0)
-                if target == 0:
-                    continue
-                while c._acked_seq < target and c._error is None and not self._stop.is_set():
-                    c._acked.wait(0.05)
-                if c._acked_seq >= target:
-                    self.durable.append((t, (time.monotonic_ns() - t) / 1e6))
+            target = c.logged_seq()  # what is logged so far: in the batch being built, or framed
+            if target == 0:
+                continue
+            if c.wait_acked(target, self._stop):
+                self.durable.append((t, (time.monotonic_ns() - t) / 1e6))
 
 
 def writer_main(spec: dict) -> None:

@@ -311,6 +311,11 @@ class RunStream:
             asyncio.create_task(self._ticker(), name=f"tick-{self.run_id}"),
         ]
 
+    @property
+    def read_offset(self) -> int:
+        """A read-only stream: the WAL offset it has read and stored up to."""
+        return self._read_from
+
     async def catch_up(self) -> int:
         """A read-only stream: store the records its WAL gained since the last call (in groups,
         so memory stays bounded); returns how many."""

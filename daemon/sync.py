@@ -202,7 +202,7 @@ async def _sync_in_place(run_dir, root, run_id, progress, follow, on_progress) -
         await stream.start()
         quiet_since = time.monotonic()
         while True:
-            progress.done_bytes = stream._read_from
+            progress.done_bytes = stream.read_offset
             progress.records = stream.stats["records"]
             progress.total_bytes = max(_wal_size(run_dir), progress.total_bytes)
             if on_progress is not None:
@@ -216,6 +216,6 @@ async def _sync_in_place(run_dir, root, run_id, progress, follow, on_progress) -
                     and time.monotonic() - quiet_since > FOLLOW_QUIET:
                 break
         await stream.close()
-        progress.done_bytes = stream._read_from
+        progress.done_bytes = stream.read_offset
     finally:
         handle.close()

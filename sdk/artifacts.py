@@ -152,6 +152,11 @@ class Artifact:
         return f"{self.name}:{self.version}" if self.version else self.name
 
     @property
+    def manifest(self) -> Optional[dict]:
+        """The stored manifest (entry name -> stored entry) once logged or read; None before."""
+        return self._manifest
+
+    @property
     def entries(self) -> list[str]:
         """The entry names, in the order they were added."""
         return list(self._manifest if self._manifest is not None else self._entries)

@@ -293,6 +293,20 @@ class Client:
                 raise TransportError(self._error)
             return True
 
+    def logged_seq(self) -> int:
+        """The seq of the batch that will hold everything added so far (the one being built
+        counts as the next); 0 when nothing was added."""
+        with self._lock:
+            return self._seq + (1 if len(self._enc) else 0)
+
+    def wait_acked(self, seq: int, stop: threading.Event | None = None) -> bool:
+        """Wait until the daemon acknowledged batches through ``seq`` (durable), the writer
+        failed, or ``stop`` is set; True when acknowledged. Frames nothing (``flush`` does)."""
+        with self._acked:
+            while self._acked_seq < seq and self._error is None and not (stop is not None and stop.is_set()):
+                self._acked.wait(0.05)
+            return self._acked_seq >= seq
+
     def _seq_after_flush(self) -> int:
         """Frame what was added so far; the seq of the last batch that holds it."""
         self._take()

@@ -152,7 +152,7 @@ def _media_files(api, run_id, key=None):
 def _artifact_fields(art) -> dict:
     return {"name": art.name, "version": art.version, "type": art.type, "description": art.description,
             "metadata": art.metadata, "aliases": art.aliases, "digest": art.digest, "run_key": art.run_key,
-            "step": art.step, "increment": art.increment, "manifest": art._manifest}
+            "step": art.step, "increment": art.increment, "manifest": art.manifest}
 
 
 def _artifact(api, name, type=None):

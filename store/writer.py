@@ -370,26 +370,6 @@ class Store:
                 ),
             )
 
-    def has_run(self, run_id: str) -> bool:
-        """Whether the store holds the run (placeholders included)."""
-        return run_id in self._rids
-
-    def update_config(self, run_id: str, config: Mapping) -> None:
-        """Merge ``config`` into the run's config (top-level keys; new value wins)."""
-        self.apply(run_id, config=config)
-
-    def set_metadata(self, run_id: str, metadata: Mapping) -> None:
-        """Merge ``metadata`` into the run's metadata (top-level keys; new value wins)."""
-        self.apply(run_id, metadata=metadata)
-
-    def set_summary(self, run_id: str, summary: Mapping) -> None:
-        """Replace the run's summary with ``summary``."""
-        self.apply(run_id, summary=summary)
-
-    def finish_run(self, run_id: str, state: str, exit_code: Optional[int] = None) -> None:
-        """Mark the run ended: ``state`` is "finished", "failed" or "crashed"; sets finished_at."""
-        self.apply(run_id, final_state=(state, exit_code))
-
     def stored_summary(self, run_id: str) -> dict:
         """The run's summary as stored (empty for an unknown run): a resumed stream goes on from it."""
         with self._lock:

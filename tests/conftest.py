@@ -38,6 +38,14 @@ class Row(NamedTuple):
     amend: bool = False
 
 
+def stored_run_ids(store) -> set:
+    """The ids of the runs a store holds (placeholders included), read as a reader reads them."""
+    from trackside.store.reader import StoreReader
+
+    with StoreReader(store.root, db=store.db) as reader:
+        return {r for (r,) in reader.conn.execute("SELECT run_id FROM runs")}
+
+
 def rows(n, start=0, keys=("loss", "acc")):
     return [Row(s, T0 + s * 1000, {k: s + i / 10 for i, k in enumerate(keys)}) for s in range(start, start + n)]
 

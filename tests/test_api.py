@@ -88,9 +88,9 @@ def test_reads_after_writer_closed(store, root):
 def test_run_attributes(store, api, root):
     store.upsert_run("abc123", project="p", name="n", group="g", job_type="train", tags=["x"],
                      config={"lr": 0.1}, metadata={"host": "h"}, created_at=100.0)
-    store.set_summary("abc123", {"loss": 0.5, "diverged": float("nan")})
+    store.apply("abc123", summary={"loss": 0.5, "diverged": float("nan")})
     store.write_rows("abc123", rows(4))
-    store.finish_run("abc123", "finished", 0)
+    store.apply("abc123", final_state=("finished", 0))
     r = api.run("abc123")
     assert (r.id, r.project, r.name, r.group, r.job_type, r.tags) == ("abc123", "p", "n", "g", "train", ["x"])
     assert (r.state, r.exit_code, r.created_at) == ("finished", 0, 100.0)
@@ -145,7 +145,7 @@ def test_run_by_path(store, api):
 def test_refresh_sees_new_state(store, api):
     store.upsert_run("r1", project="p")
     r = api.run("r1")
-    store.finish_run("r1", "crashed", 137)
+    store.apply("r1", final_state=("crashed", 137))
     assert r.state == "running"  # a snapshot
     assert r.refresh().state == "crashed" and r.exit_code == 137
 
@@ -321,8 +321,8 @@ def shown(store, api):
     store.upsert_run("r1", project="p", name="first", tags=["a"], created_at=1.0)
     store.upsert_run("r2", project="p", created_at=2.0)
     store.write_rows("r1", [Row(0, T0, {"loss": 0.5, "acc": 0.25}), Row(1, T0 + 1, {"loss": 0.1 + 0.2})])
-    store.set_summary("r1", {"loss": 0.3, "best": {"acc": 0.25}})
-    store.finish_run("r1", "finished", 0)
+    store.apply("r1", summary={"loss": 0.3, "best": {"acc": 0.25}})
+    store.apply("r1", final_state=("finished", 0))
     return api
 
 

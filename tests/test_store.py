@@ -9,7 +9,7 @@ import pytest
 
 from trackside.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError
 
-from conftest import T0, Row
+from conftest import T0, Row, stored_run_ids
 
 
 def rows(n, start=0, keys=("loss", "acc")):  # a microsecond apart, unlike conftest.rows
@@ -65,7 +65,7 @@ def test_store_reopens_with_data(tmp_path):
         s.write_rows("r1", rows(10))
         s.append_console("r1", [(T0, "stdout", "a")])
     with Store(tmp_path) as s:
-        assert s.has_run("r1")
+        assert stored_run_ids(s) == {"r1"}
         assert len(history(s, "r1")) == 10
         s.append_console("r1", [(T0, "stdout", "b")])  # seq continues after reopening
         con = sqlite3.connect(s.path)
@@ -117,7 +117,7 @@ def test_upsert_run_creates_run(store):
 
 def test_upsert_existing_run_resumes_and_merges(store):
     store.upsert_run("r1", project="p", name="n", tags=["a"], config={"lr": 0.1, "bs": 8}, metadata={"x": 1})
-    store.finish_run("r1", "crashed", 1)
+    store.apply("r1", final_state=("crashed", 1))
     store.upsert_run("r1", project="p2", config={"lr": 0.2}, metadata={"y": 2})
     name, tags, config, metadata, state, exit_code, finished = run_row(
         store, "r1", "name", "tags", "config", "metadata", "state", "exit_code", "finished_at")
@@ -129,12 +129,12 @@ def test_upsert_existing_run_resumes_and_merges(store):
 
 def test_update_config_merges_and_set_summary_replaces(store):
     store.upsert_run("r1", project="p", config={"a": 1})
-    store.update_config("r1", {"b": 2})
-    store.update_config("r1", {"a": 3})
-    store.set_summary("r1", {"loss": 1.0, "old": 1})
-    store.set_summary("r1", {"loss": float("nan")})
-    store.set_metadata("r1", {"git": "abc"})
-    store.set_metadata("r1", {"host": "h"})
+    store.apply("r1", config={"b": 2})
+    store.apply("r1", config={"a": 3})
+    store.apply("r1", summary={"loss": 1.0, "old": 1})
+    store.apply("r1", summary={"loss": float("nan")})
+    store.apply("r1", metadata={"git": "abc"})
+    store.apply("r1", metadata={"host": "h"})
     config, summary, metadata = run_row(store, "r1", "config", "summary", "metadata")
     assert config == '{"a":3,"b":2}'
     assert summary == '{"loss":NaN}'  # NaN is kept, not turned into null
@@ -143,7 +143,7 @@ def test_update_config_merges_and_set_summary_replaces(store):
 
 def test_finish_run_sets_state_exit_code_and_time(store):
     store.upsert_run("r1", project="p")
-    store.finish_run("r1", "failed", 3)
+    store.apply("r1", final_state=("failed", 3))
     state, exit_code, finished = run_row(store, "r1", "state", "exit_code", "finished_at")
     assert (state, exit_code) == ("failed", 3)
     assert finished is not None
@@ -153,7 +153,7 @@ def test_invalid_state_is_refused(store):
     with pytest.raises(ValueError, match="invalid run state 'done'"):
         store.upsert_run("r1", project="p", state="done")
     with pytest.raises(ValueError, match="invalid final state 'running'"):
-        store.finish_run("r1", "running", 0)
+        store.apply("r1", final_state=("running", 0))
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "a\\b", "a\0b", "x" * 129])
@@ -167,7 +167,7 @@ def test_run_id_that_could_escape_the_run_folder_is_refused(store, bad):
 def test_unjsonable_config_is_refused_with_what(store):
     with pytest.raises(TypeError, match="config is not JSON-serializable"):
         store.upsert_run("r1", project="p", config={"f": object()})
-    assert not store.has_run("r1")
+    assert "r1" not in stored_run_ids(store)
 
 
 def test_data_for_an_unknown_run_creates_a_placeholder(store):
