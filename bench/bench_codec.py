@@ -32,13 +32,23 @@ T0 = 1_764_215_400_000_000  # microseconds since the epoch
 
 # What a training loop logs every step ...
 KEYS_10 = [
-    "train/loss", "train/accuracy", "train/learning_rate", "train/grad_norm",
-    "train/tokens_per_second", "train/epoch", "val/loss", "val/accuracy",
-    "system/gpu_utilization", "system/gpu_memory_allocated",
+    "train/loss",
+    "train/accuracy",
+    "train/learning_rate",
+    "train/grad_norm",
+    "train/tokens_per_second",
+    "train/epoch",
+    "val/loss",
+    "val/accuracy",
+    "system/gpu_utilization",
+    "system/gpu_memory_allocated",
 ]
 # ... and what a per-layer monitor adds (25 layers x 4 statistics).
-KEYS_100 = [f"model/layers.{i}.{part}" for i in range(25)
-            for part in ("attn/grad_norm", "attn/weight_norm", "mlp/grad_norm", "mlp/act_mean")]
+KEYS_100 = [
+    f"model/layers.{i}.{part}"
+    for i in range(25)
+    for part in ("attn/grad_norm", "attn/weight_norm", "mlp/grad_norm", "mlp/act_mean")
+]
 
 SIZE_TARGET = 1_000_000  # entries/s of 10 floats the Cython encoder must reach
 MIN_SAMPLE_S = 0.05
@@ -85,11 +95,12 @@ def main() -> None:
         peer = msgspec.msgpack.Encoder()
         peer_bytes = peer.encode(entries)
         peer_dec = msgspec.msgpack.Decoder()
-        runs = [(name, "encode", (lambda m=mod: m.encode_batch(1, 1, entries)), len(record))
-                for name, mod in impls]
+        runs = [(name, "encode", (lambda m=mod: m.encode_batch(1, 1, entries)), len(record)) for name, mod in impls]
         runs += [(name, "decode", (lambda m=mod: m.decode_batch(body)), len(record)) for name, mod in impls]
-        runs += [("msgspec (peer)", "encode", lambda: peer.encode(entries), len(peer_bytes)),
-                 ("msgspec (peer)", "decode", lambda: peer_dec.decode(peer_bytes), len(peer_bytes))]
+        runs += [
+            ("msgspec (peer)", "encode", lambda: peer.encode(entries), len(peer_bytes)),
+            ("msgspec (peer)", "decode", lambda: peer_dec.decode(peer_bytes), len(peer_bytes)),
+        ]
         for name, op, fn, nbytes in runs:
             s = measure(fn, args.repeat)
             fig = {"entries_per_s": args.batch / s, "mb_per_s": nbytes / s / 1e6, "us_per_batch": s * 1e6}
@@ -99,9 +110,17 @@ def main() -> None:
             for name in [n for n, _ in impls] + ["msgspec (peer)"]:
                 fig = results[name][f"{width}_floats"][op]
                 fig["x_twin"] = fig["entries_per_s"] / base
-                rows.append({"values": width, "op": op, "codec": name,
-                             "entries/s": round(fig["entries_per_s"]), "MB/s": fig["mb_per_s"],
-                             "us/batch": fig["us_per_batch"], "x twin": fig["x_twin"]})
+                rows.append(
+                    {
+                        "values": width,
+                        "op": op,
+                        "codec": name,
+                        "entries/s": round(fig["entries_per_s"]),
+                        "MB/s": fig["mb_per_s"],
+                        "us/batch": fig["us_per_batch"],
+                        "x twin": fig["x_twin"],
+                    }
+                )
 
     # Size: one 10-float entry in the WAL against the same values dict as msgpack.
     entries = make_entries(KEYS_10, args.batch)
@@ -117,8 +136,14 @@ def main() -> None:
         "ratio_wal_to_msgpack": (whole / args.batch) / msgpack,
         "ratio_steady_to_msgpack": steady / msgpack,
     }
-    speedup = {f"{w}_floats": {op: results["cython"][f"{w}_floats"][op]["x_twin"] for op in ("encode", "decode")}
-               for w in (10, 100)} if _codec is not None else {}
+    speedup = (
+        {
+            f"{w}_floats": {op: results["cython"][f"{w}_floats"][op]["x_twin"] for op in ("encode", "decode")}
+            for w in (10, 100)
+        }
+        if _codec is not None
+        else {}
+    )
     figures = {
         "batch_entries": args.batch,
         "statistic": f"median of {args.repeat} samples of >= {MIN_SAMPLE_S}s",
@@ -146,10 +171,11 @@ def main() -> None:
         enc10 = results["cython"]["10_floats"]["encode"]["entries_per_s"]
         notes += [
             "",
-            "speedup cython/python: " + ", ".join(
-                f"{w}: encode {s['encode']:.1f}x, decode {s['decode']:.1f}x" for w, s in speedup.items()),
+            "speedup cython/python: "
+            + ", ".join(f"{w}: encode {s['encode']:.1f}x, decode {s['decode']:.1f}x" for w, s in speedup.items()),
             f"target: cython encode of 10 floats >= {SIZE_TARGET:,} entries/s: "
-            + ("met" if enc10 >= SIZE_TARGET else "NOT MET") + f" ({enc10:,.0f})",
+            + ("met" if enc10 >= SIZE_TARGET else "NOT MET")
+            + f" ({enc10:,.0f})",
         ]
     notes += [
         "",
@@ -158,8 +184,14 @@ def main() -> None:
         "neither and writes every key string of every entry. Figures move by ~10% between runs "
         "on a shared 2-core machine.",
     ]
-    emit(args, "codec: Cython extension vs pure-Python twin", figures, rows,
-         ["values", "op", "codec", "entries/s", "MB/s", "us/batch", "x twin"], notes)
+    emit(
+        args,
+        "codec: Cython extension vs pure-Python twin",
+        figures,
+        rows,
+        ["values", "op", "codec", "entries/s", "MB/s", "us/batch", "x twin"],
+        notes,
+    )
 
 
 if __name__ == "__main__":

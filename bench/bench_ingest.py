@@ -53,6 +53,7 @@ TARGET_FINISH_MS = 200.0
 
 # -- one isolated scenario: trackside bench's (temp folders, writers, daemon monitor, clean-up) ----
 
+
 def scenario(args, writers: int, mode: str, rate: float = 0) -> dict:
     s = Scenario({"durability": args.durability, "records": args.records, "keys": args.keys, "rate": rate})
     try:
@@ -99,11 +100,19 @@ def main() -> None:
     p.add_argument("--records", type=int, default=100_000, help="log() calls per writer (default 100,000)")
     p.add_argument("--writers", type=int, nargs="+", default=[1, 4], help="writer counts of the sustained runs")
     p.add_argument("--durability", default="fsync", choices=("fsync", "flush", "none"))
-    p.add_argument("--keys", default="own", choices=("own", "same"),
-                   help="several writers: own keys per writer (default) or the same keys (collide, reduced)")
+    p.add_argument(
+        "--keys",
+        default="own",
+        choices=("own", "same"),
+        help="several writers: own keys per writer (default) or the same keys (collide, reduced)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="fresh runs of each sustained scenario (median)")
-    p.add_argument("--paced-rate", type=float, default=50_000,
-                   help="also time finish() after one writer logging at this many records/s (0: skip)")
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        default=50_000,
+        help="also time finish() after one writer logging at this many records/s (0: skip)",
+    )
     p.add_argument("--skip-caller", action="store_true", help="skip the caller-cost scenario")
     args = p.parse_args()
 
@@ -112,8 +121,13 @@ def main() -> None:
     if native.IMPLEMENTATION != "cython":
         print(f"bench: warning: the codec is {native.IMPLEMENTATION!r}, not 'cython'", file=sys.stderr)
 
-    figures: dict = {"records": args.records, "durability": args.durability, "keys": args.keys,
-                     "repeat": args.repeat, "versions": _versions()}
+    figures: dict = {
+        "records": args.records,
+        "durability": args.durability,
+        "keys": args.keys,
+        "repeat": args.repeat,
+        "versions": _versions(),
+    }
     rows: list[dict] = []
 
     def row(figure, value, unit, target=None, ok=None):
@@ -125,18 +139,29 @@ def main() -> None:
     if not args.skip_caller:
         c = scenario(args, 1, "caller")
         w = c["writer_results"][0]
-        figures["caller"] = {"log": w["log_cost"], "empty_loop": w["empty_loop"],
-                             **{k: v for k, v in c.items() if k != "writer_results"}}
+        figures["caller"] = {
+            "log": w["log_cost"],
+            "empty_loop": w["empty_loop"],
+            **{k: v for k, v in c.items() if k != "writer_results"},
+        }
         lc, el = w["log_cost"], w["empty_loop"]
         calls = f"{args.records:,} calls"
-        row(f"log() median ({calls})", lc["median_us"], "us", f"<= {TARGET_MEDIAN_US:g}",
-            lc["median_us"] <= TARGET_MEDIAN_US)
+        row(
+            f"log() median ({calls})",
+            lc["median_us"],
+            "us",
+            f"<= {TARGET_MEDIAN_US:g}",
+            lc["median_us"] <= TARGET_MEDIAN_US,
+        )
         row("log() p99", lc["p99_us"], "us", f"<= {TARGET_P99_US:g}", lc["p99_us"] <= TARGET_P99_US)
         row("log() p99.9", lc["p999_us"], "us")
         row("log() max", lc["max_us"], "us")
         row("log() mean", lc["mean_us"], "us")
-        row("empty timing loop: median / p99 / max", f"{el['median_us']:.3f} / {el['p99_us']:.3f} / "
-            f"{el['max_us']:.1f}", "us")
+        row(
+            "empty timing loop: median / p99 / max",
+            f"{el['median_us']:.3f} / {el['p99_us']:.3f} / {el['max_us']:.1f}",
+            "us",
+        )
 
     figures["sustained"] = {}
     for n in args.writers:
@@ -144,34 +169,75 @@ def main() -> None:
         figures["sustained"][str(n)] = r
         tag = f"{n} writer{'s' if n > 1 else ''}"
         one = n == 1
-        row(f"{tag}: records/s end to end", r["records_per_s"], "rec/s",
-            f">= {TARGET_RECORDS_S:,}" if one else "", r["records_per_s"] >= TARGET_RECORDS_S if one else None)
-        row(f"{tag}: records/s, slowest / fastest run",
-            f"{r['records_per_s_min']:,.0f} / {r['records_per_s_max']:,.0f}", "rec/s")
-        row(f"{tag}: records logged; rows stored, worst run", f"{int(r['records']):,}; {int(r['rows_stored_min']):,}",
-            "", f"= {int(r['rows_expected']):,}", r["rows_stored_min"] == r["rows_expected"])
+        row(
+            f"{tag}: records/s end to end",
+            r["records_per_s"],
+            "rec/s",
+            f">= {TARGET_RECORDS_S:,}" if one else "",
+            r["records_per_s"] >= TARGET_RECORDS_S if one else None,
+        )
+        row(
+            f"{tag}: records/s, slowest / fastest run",
+            f"{r['records_per_s_min']:,.0f} / {r['records_per_s_max']:,.0f}",
+            "rec/s",
+        )
+        row(
+            f"{tag}: records logged; rows stored, worst run",
+            f"{int(r['records']):,}; {int(r['rows_stored_min']):,}",
+            "",
+            f"= {int(r['rows_expected']):,}",
+            r["rows_stored_min"] == r["rows_expected"],
+        )
         row(f"{tag}: log() loop, slowest writer", r["log_loop_s"], "s")
-        row(f"{tag}: finish() after last log()", r["finish_after_last_log_ms"], "ms",
-            f"<= {TARGET_FINISH_MS:g}", r["finish_after_last_log_ms"] <= TARGET_FINISH_MS)
+        row(
+            f"{tag}: finish() after last log()",
+            r["finish_after_last_log_ms"],
+            "ms",
+            f"<= {TARGET_FINISH_MS:g}",
+            r["finish_after_last_log_ms"] <= TARGET_FINISH_MS,
+        )
         row(f"{tag}: daemon CPU user+sys", r["daemon_cpu_s"], "s")
         row(f"{tag}: daemon CPU per record", r["daemon_cpu_s"] / r["records"] * 1e6, "us")
-        row(f"{tag}: daemon peak RSS (worst run)", r["daemon_peak_rss_mb"], "MB",
-            f"< {TARGET_RSS_MB:g}", r["daemon_peak_rss_mb"] < TARGET_RSS_MB)
+        row(
+            f"{tag}: daemon peak RSS (worst run)",
+            r["daemon_peak_rss_mb"],
+            "MB",
+            f"< {TARGET_RSS_MB:g}",
+            r["daemon_peak_rss_mb"] < TARGET_RSS_MB,
+        )
 
     if args.paced_rate:
         r = scenario(args, 1, "sustained", rate=args.paced_rate)
         figures["paced"] = {"rate": args.paced_rate, **{k: v for k, v in r.items() if k != "writer_results"}}
         tag = f"1 writer paced at {args.paced_rate:,.0f}/s"
-        row(f"{tag}: finish() after last log()", r["finish_after_last_log_ms"], "ms",
-            f"<= {TARGET_FINISH_MS:g}", r["finish_after_last_log_ms"] <= TARGET_FINISH_MS)
-        row(f"{tag}: rows stored", r["rows_stored"], "", f"= {r['rows_expected']:,}",
-            r["rows_stored"] == r["rows_expected"])
+        row(
+            f"{tag}: finish() after last log()",
+            r["finish_after_last_log_ms"],
+            "ms",
+            f"<= {TARGET_FINISH_MS:g}",
+            r["finish_after_last_log_ms"] <= TARGET_FINISH_MS,
+        )
+        row(
+            f"{tag}: rows stored",
+            r["rows_stored"],
+            "",
+            f"= {r['rows_expected']:,}",
+            r["rows_stored"] == r["rows_expected"],
+        )
         row(f"{tag}: daemon CPU per record", r["daemon_cpu_s"] / r["records"] * 1e6, "us")
-        row(f"{tag}: daemon peak RSS", r["daemon_peak_rss_mb"], "MB", f"< {TARGET_RSS_MB:g}",
-            r["daemon_peak_rss_mb"] < TARGET_RSS_MB)
+        row(
+            f"{tag}: daemon peak RSS",
+            r["daemon_peak_rss_mb"],
+            "MB",
+            f"< {TARGET_RSS_MB:g}",
+            r["daemon_peak_rss_mb"] < TARGET_RSS_MB,
+        )
 
-    warned = [w for f in (figures.get("caller", {}), figures.get("paced", {}), *figures["sustained"].values())
-              for w in f.get("writer_warnings", ())]
+    warned = [
+        w
+        for f in (figures.get("caller", {}), figures.get("paced", {}), *figures["sustained"].values())
+        for w in f.get("writer_warnings", ())
+    ]
     v = figures["versions"]
     emit(
         args,

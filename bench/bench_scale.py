@@ -63,8 +63,12 @@ print("done", flush=True)
 
 
 def _env(tmp: str) -> dict:
-    env = dict(os.environ, TRACKSIDE_DAEMON_DIR=os.path.join(tmp, "daemon"), TRACKSIDE_DIR=os.path.join(tmp, "root"),
-               TRACKSIDE_IDLE_TIMEOUT="30")
+    env = dict(
+        os.environ,
+        TRACKSIDE_DAEMON_DIR=os.path.join(tmp, "daemon"),
+        TRACKSIDE_DIR=os.path.join(tmp, "root"),
+        TRACKSIDE_IDLE_TIMEOUT="30",
+    )
     for k in ("TRACKSIDE_SERVER", "TRACKSIDE_RUN_ID", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
         env.pop(k, None)
     return env
@@ -78,14 +82,34 @@ def overload(writers: int, seconds: float) -> dict:
     tmp = tempfile.mkdtemp(prefix="trackside-bench-scale-")
     env = _env(tmp)
     try:
-        p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--writers", str(writers), "--seconds",
-                            str(seconds), "--json"], env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trackside.cli",
+                "bench",
+                "--writers",
+                str(writers),
+                "--seconds",
+                str(seconds),
+                "--json",
+            ],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if p.returncode:
             raise SystemExit(f"trackside bench failed:\n{p.stderr}")
         r = json.loads(p.stdout)
-        return {"case": f"overload, {writers} writers x {seconds:g} s", "records_per_s": r["records_per_s"],
-                "finish_max_s": r["finish_ms"]["max_ms"] / 1e3, "daemon_peak_rss_mb": r["daemon"]["peak_rss_mb"],
-                "rows_ok": r["rows_stored"] == r["rows_expected"]}
+        return {
+            "case": f"overload, {writers} writers x {seconds:g} s",
+            "records_per_s": r["records_per_s"],
+            "finish_max_s": r["finish_ms"]["max_ms"] / 1e3,
+            "daemon_peak_rss_mb": r["daemon"]["peak_rss_mb"],
+            "rows_ok": r["rows_stored"] == r["rows_expected"],
+        }
     finally:
         _stop_daemon(env)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,13 +131,27 @@ def many_writers(writers: int, rate: float, seconds: float) -> dict:
     env = _env(tmp)
     procs = []
     try:
-        subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, cwd=tmp, check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "trackside.cli", "daemon", "start"],
+            env=env,
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         pid = discovery.read_info(env["TRACKSIDE_DAEMON_DIR"])["pid"]
         go = os.path.join(tmp, "go")
         for _ in range(writers):
-            procs.append(subprocess.Popen([sys.executable, "-c", PACED, str(rate), str(seconds), go], env=env, cwd=tmp,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", PACED, str(rate), str(seconds), go],
+                    env=env,
+                    cwd=tmp,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         run_ids = [p.stdout.readline().strip() for p in procs]
         open(go, "w").close()
         n = int(rate * seconds)
@@ -144,10 +182,15 @@ def many_writers(writers: int, rate: float, seconds: float) -> dict:
             complete += steps == list(range(n))
         rss = _peak_rss_mb(pid)
         lags.sort()
-        return {"case": f"{writers} writers x {rate:g} records/s x {seconds:g} s", "records_per_s": writers * rate,
-                "runs_complete": f"{complete}/{writers}", "refused": refused,
-                "lag_p50_s": statistics.median(lags) if lags else float("nan"),
-                "lag_p99_s": lags[int(len(lags) * 0.99) - 1] if lags else float("nan"), "daemon_peak_rss_mb": rss}
+        return {
+            "case": f"{writers} writers x {rate:g} records/s x {seconds:g} s",
+            "records_per_s": writers * rate,
+            "runs_complete": f"{complete}/{writers}",
+            "refused": refused,
+            "lag_p50_s": statistics.median(lags) if lags else float("nan"),
+            "lag_p99_s": lags[int(len(lags) * 0.99) - 1] if lags else float("nan"),
+            "daemon_peak_rss_mb": rss,
+        }
     finally:
         for p in procs:
             if p.poll() is None:
@@ -181,9 +224,21 @@ def closing(steps: int = 300) -> dict:
     server = None
     try:
         info = os.path.join(tmp, "server.json")
-        server = subprocess.Popen([sys.executable, "-m", "trackside.daemon.team_server", "--root",
-                                   os.path.join(tmp, "server"), "--port", "0", "--info-file", info],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trackside.daemon.team_server",
+                "--root",
+                os.path.join(tmp, "server"),
+                "--port",
+                "0",
+                "--info-file",
+                info,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while not os.path.exists(info):
             time.sleep(0.02)
         with open(info) as f:
@@ -194,8 +249,15 @@ def closing(steps: int = 300) -> dict:
             hosts.append(env)
         for k in range(4):
             env = dict(hosts[k // 2], RANK=str(k), LOCAL_RANK=str(k % 2), WORLD_SIZE="4")
-            procs.append(subprocess.Popen([sys.executable, "-c", RANK, "close-run", str(steps)], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", RANK, "close-run", str(steps)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         last_finish = max(float(p.communicate(timeout=300)[0].split()[-1]) for p in procs)
         client = UploadClient(url)
 
@@ -215,8 +277,11 @@ def closing(steps: int = 300) -> dict:
         client.close()
         rows = trackside.Api(url).run("close-run").history()
         right = len(rows) == steps and all(r["t"] == 4.0 for r in rows)
-        return {"case": "2 daemons x 2 ranks, one server: close after the last finish()",
-                "close_s": closed_after, "runs_complete": "1/1" if right else "0/1"}
+        return {
+            "case": "2 daemons x 2 ranks, one server: close after the last finish()",
+            "close_s": closed_after,
+            "runs_complete": "1/1" if right else "0/1",
+        }
     finally:
         for p in procs:
             if p.poll() is None:
@@ -242,15 +307,33 @@ def main() -> None:
         rows += [overload(2, args.seconds), overload(4, args.seconds)]
     rows.append(many_writers(args.writers, args.rate, args.seconds))
     rows.append(closing())
-    notes = ["", "Targets (issue 16): overload finish() <= ~2 s, RSS <= 150 MB; many writers: every run complete, "
-             "lag p99 <= 2 s, RSS <= 150 MB, none refused; closing within 2 s of the last finish().",
-             "Not measured: 100 simulated hosts through 3 servers on one PostgreSQL (the multi-server tier, "
-             "docs/multiserver.md, is not built yet).",
-             "Caveats: a 2-core machine shared with other work gives noisy figures; the many-writers lag includes "
-             "up to 100 ms of polling and the poller's own share of the CPU."]
-    emit(args, "trackside scale", {"cases": rows}, rows,
-         ["case", "records_per_s", "finish_max_s", "runs_complete", "refused", "lag_p50_s", "lag_p99_s",
-          "daemon_peak_rss_mb", "close_s"], notes)
+    notes = [
+        "",
+        "Targets (issue 16): overload finish() <= ~2 s, RSS <= 150 MB; many writers: every run complete, "
+        "lag p99 <= 2 s, RSS <= 150 MB, none refused; closing within 2 s of the last finish().",
+        "Not measured: 100 simulated hosts through 3 servers on one PostgreSQL (the multi-server tier, "
+        "docs/multiserver.md, is not built yet).",
+        "Caveats: a 2-core machine shared with other work gives noisy figures; the many-writers lag includes "
+        "up to 100 ms of polling and the poller's own share of the CPU.",
+    ]
+    emit(
+        args,
+        "trackside scale",
+        {"cases": rows},
+        rows,
+        [
+            "case",
+            "records_per_s",
+            "finish_max_s",
+            "runs_complete",
+            "refused",
+            "lag_p50_s",
+            "lag_p99_s",
+            "daemon_peak_rss_mb",
+            "close_s",
+        ],
+        notes,
+    )
 
 
 if __name__ == "__main__":

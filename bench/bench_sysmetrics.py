@@ -87,8 +87,12 @@ def one_sample(root: str, n: int) -> dict:
         times.append((time.perf_counter() - t) * 1e6)
     reader.close()
     times.sort()
-    return {"median_us": median(times), "p90_us": times[int(0.9 * (len(times) - 1))], "samples": n,
-            "gpu": reader.gpu_status}
+    return {
+        "median_us": median(times),
+        "p90_us": times[int(0.9 * (len(times) - 1))],
+        "samples": n,
+        "gpu": reader.gpu_status,
+    }
 
 
 def main() -> None:
@@ -105,8 +109,22 @@ def main() -> None:
     os.environ.update(TRACKSIDE_DAEMON_DIR=daemon_dir, TRACKSIDE_DIR=root)
     from trackside.contracts import discovery
 
-    subprocess.run([sys.executable, "-m", "trackside.daemon", "--dir", daemon_dir, "--detach", "--idle-timeout", "0",
-                    "--log-level", "WARNING"], check=True, timeout=30)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trackside.daemon",
+            "--dir",
+            daemon_dir,
+            "--detach",
+            "--idle-timeout",
+            "0",
+            "--log-level",
+            "WARNING",
+        ],
+        check=True,
+        timeout=30,
+    )
     deadline = time.monotonic() + 15
     while (info := discovery.read_info(daemon_dir)) is None:
         if time.monotonic() > deadline:
@@ -142,9 +160,14 @@ def main() -> None:
     at_1s = next(r for r in results if r["scenario"] == "1 s")
     met = at_1s["daemon_cpu_percent"] - off < TARGET_PERCENT
     rows = [
-        {"sampling": r["scenario"], "seconds": r["seconds"], "daemon CPU %": r["daemon_cpu_percent"],
-         "sampler CPU %": r["sampler_cpu_percent"], "samples": r["samples"],
-         "us/sample (daemon)": r["daemon_sample_us"] if r["daemon_sample_us"] is not None else ""}
+        {
+            "sampling": r["scenario"],
+            "seconds": r["seconds"],
+            "daemon CPU %": r["daemon_cpu_percent"],
+            "sampler CPU %": r["sampler_cpu_percent"],
+            "samples": r["samples"],
+            "us/sample (daemon)": r["daemon_sample_us"] if r["daemon_sample_us"] is not None else "",
+        }
         for r in results
     ]
     figures = {
@@ -163,8 +186,14 @@ def main() -> None:
         f"({at_1s['daemon_cpu_percent'] - off:.3f}%)",
         "CPU % is of one core, measured from the daemon's /proc/<pid>/stat; 'sampler' = daemon minus 'off'.",
     ]
-    emit(args, "system metrics: the daemon's cost of sampling", figures, rows,
-         ["sampling", "seconds", "daemon CPU %", "sampler CPU %", "samples", "us/sample (daemon)"], notes)
+    emit(
+        args,
+        "system metrics: the daemon's cost of sampling",
+        figures,
+        rows,
+        ["sampling", "seconds", "daemon CPU %", "sampler CPU %", "samples", "us/sample (daemon)"],
+        notes,
+    )
 
 
 if __name__ == "__main__":

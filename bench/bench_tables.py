@@ -77,7 +77,7 @@ def one_round(args, wandb, seed: int) -> dict:
     inc_rows = make_rows(args.increments * args.increment_rows, seed + 1000)
     costs = []
     for k in range(args.increments):
-        for row in inc_rows[k * args.increment_rows:(k + 1) * args.increment_rows]:
+        for row in inc_rows[k * args.increment_rows : (k + 1) * args.increment_rows]:
             inc.add_data(*row)
         t0 = time.perf_counter()
         run.log({"inc": inc}, step=k)
@@ -118,8 +118,12 @@ def histogram_run(args, wandb) -> dict:
     total = time.perf_counter() - t0
     stored = len(wandb.Api().run(run.id).history(keys=["weights"]))
     costs.sort()
-    return {"hist_log_median_ms": costs[len(costs) // 2] / 1e6, "hist_log_p99_ms": costs[int(len(costs) * 0.99)] / 1e6,
-            "hist_total_s": total, "hist_rows_stored": stored}
+    return {
+        "hist_log_median_ms": costs[len(costs) // 2] / 1e6,
+        "hist_log_p99_ms": costs[int(len(costs) * 0.99)] / 1e6,
+        "hist_total_s": total,
+        "hist_rows_stored": stored,
+    }
 
 
 def stop_daemon(folder: str) -> None:
@@ -166,45 +170,91 @@ def main() -> None:
     fig = {k: median([r[k] for r in rounds]) for k in rounds[0] if k != "equal"}
     fig["equal"] = all(r["equal"] for r in rounds)
     fig.update(hist)
-    figures = {"rows": args.rows, "columns": len(COLUMNS), "repeat": args.repeat, "increments": args.increments,
-               "increment_rows": args.increment_rows, **fig}
+    figures = {
+        "rows": args.rows,
+        "columns": len(COLUMNS),
+        "repeat": args.repeat,
+        "increments": args.increments,
+        "increment_rows": args.increment_rows,
+        **fig,
+    }
     n = f"{args.rows:,} x {len(COLUMNS)}"
     log_total = fig["log_s"] + fig["stored_s"]
     rows = [
         {"figure": f"build {n} with add_data (per row)", "value": fig["add_data_s"], "unit": "s"},
         {"figure": f"build {n} with Table(data=rows)", "value": fig["construct_s"], "unit": "s"},
         {"figure": "run.log() caller cost", "value": fig["log_s"], "unit": "s"},
-        {"figure": "log -> indexed in the store (total)", "value": log_total, "unit": "s",
-         "target": f"< {TARGET_S:g}", "met": "yes" if log_total < TARGET_S else "NO"},
-        {"figure": "read back RunView.table()", "value": fig["read_s"], "unit": "s",
-         "target": f"< {TARGET_S:g}", "met": "yes" if fig["read_s"] < TARGET_S else "NO"},
+        {
+            "figure": "log -> indexed in the store (total)",
+            "value": log_total,
+            "unit": "s",
+            "target": f"< {TARGET_S:g}",
+            "met": "yes" if log_total < TARGET_S else "NO",
+        },
+        {
+            "figure": "read back RunView.table()",
+            "value": fig["read_s"],
+            "unit": "s",
+            "target": f"< {TARGET_S:g}",
+            "met": "yes" if fig["read_s"] < TARGET_S else "NO",
+        },
         {"figure": "rows file size", "value": fig["file_mb"], "unit": "MiB"},
         {"figure": "log_artifact() (returns once stored)", "value": fig["log_artifact_s"], "unit": "s"},
         {"figure": "use_artifact().get()", "value": fig["get_s"], "unit": "s"},
-        {"figure": f"INCREMENTAL: log() per increment of {args.increment_rows:,} rows", "value": fig["increment_log_ms"],
-         "unit": "ms"},
-        {"figure": f"INCREMENTAL: read back {args.increments} increments joined", "value": fig["increments_read_s"],
-         "unit": "s"},
+        {
+            "figure": f"INCREMENTAL: log() per increment of {args.increment_rows:,} rows",
+            "value": fig["increment_log_ms"],
+            "unit": "ms",
+        },
+        {
+            "figure": f"INCREMENTAL: read back {args.increments} increments joined",
+            "value": fig["increments_read_s"],
+            "unit": "s",
+        },
         {"figure": "read back equal to what was logged", "value": str(fig["equal"]), "unit": ""},
-        {"figure": f"Histogram of {args.hist_values:,} values: log() median", "value": fig["hist_log_median_ms"],
-         "unit": "ms", "target": f"< {HIST_TARGET_MS:g}", "met": "yes" if fig["hist_log_median_ms"] < HIST_TARGET_MS else "NO"},
-        {"figure": "Histogram log() p99", "value": fig["hist_log_p99_ms"], "unit": "ms",
-         "target": f"< {HIST_TARGET_MS:g}", "met": "yes" if fig["hist_log_p99_ms"] < HIST_TARGET_MS else "NO"},
-        {"figure": f"{args.hist_steps:,} histogram steps: first log() to finish()", "value": fig["hist_total_s"], "unit": "s"},
-        {"figure": "histogram rows stored", "value": fig["hist_rows_stored"], "unit": "",
-         "target": f"= {args.hist_steps}", "met": "yes" if fig["hist_rows_stored"] == args.hist_steps else "NO"},
+        {
+            "figure": f"Histogram of {args.hist_values:,} values: log() median",
+            "value": fig["hist_log_median_ms"],
+            "unit": "ms",
+            "target": f"< {HIST_TARGET_MS:g}",
+            "met": "yes" if fig["hist_log_median_ms"] < HIST_TARGET_MS else "NO",
+        },
+        {
+            "figure": "Histogram log() p99",
+            "value": fig["hist_log_p99_ms"],
+            "unit": "ms",
+            "target": f"< {HIST_TARGET_MS:g}",
+            "met": "yes" if fig["hist_log_p99_ms"] < HIST_TARGET_MS else "NO",
+        },
+        {
+            "figure": f"{args.hist_steps:,} histogram steps: first log() to finish()",
+            "value": fig["hist_total_s"],
+            "unit": "s",
+        },
+        {
+            "figure": "histogram rows stored",
+            "value": fig["hist_rows_stored"],
+            "unit": "",
+            "target": f"= {args.hist_steps}",
+            "met": "yes" if fig["hist_rows_stored"] == args.hist_steps else "NO",
+        },
     ]
-    emit(args, f"tables: build, log and read back {n} rows", figures, rows,
-         ["figure", "value", "unit", "target", "met"],
-         notes=[
-             "",
-             f"Median of {args.repeat} fresh tables (new values each), one process, default durability (fsync).",
-             "Columns: int id, float loss, str label (50 values), bool, float score. Every cell's kind is checked",
-             "when it enters the table; logging encodes the rows as msgpack columns into one content-addressed",
-             "file in the run folder, and the store holds only its reference. Reading back checks the file's",
-             "SHA-256 and rebuilds the rows as lists. Caveats: the daemon shares the machine's cores "
-             f"(here {os.cpu_count()}); the page cache is warm when reading back (the file was just written).",
-         ])
+    emit(
+        args,
+        f"tables: build, log and read back {n} rows",
+        figures,
+        rows,
+        ["figure", "value", "unit", "target", "met"],
+        notes=[
+            "",
+            f"Median of {args.repeat} fresh tables (new values each), one process, default durability (fsync).",
+            "Columns: int id, float loss, str label (50 values), bool, float score. Every cell's kind is checked",
+            "when it enters the table; logging encodes the rows as msgpack columns into one content-addressed",
+            "file in the run folder, and the store holds only its reference. Reading back checks the file's",
+            "SHA-256 and rebuilds the rows as lists. Caveats: the daemon shares the machine's cores "
+            f"(here {os.cpu_count()}); the page cache is warm when reading back (the file was just written).",
+        ],
+    )
 
 
 if __name__ == "__main__":

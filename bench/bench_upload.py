@@ -90,8 +90,12 @@ class World:
 
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="trackside-bench-upload-")
-        self.env = dict(os.environ, TRACKSIDE_DAEMON_DIR=os.path.join(self.tmp, "daemon"),
-                        TRACKSIDE_DIR=os.path.join(self.tmp, "root"), TRACKSIDE_IDLE_TIMEOUT="30")
+        self.env = dict(
+            os.environ,
+            TRACKSIDE_DAEMON_DIR=os.path.join(self.tmp, "daemon"),
+            TRACKSIDE_DIR=os.path.join(self.tmp, "root"),
+            TRACKSIDE_IDLE_TIMEOUT="30",
+        )
         for k in ("TRACKSIDE_SERVER", "TRACKSIDE_RUN_ID", "TRACKSIDE_MODE"):
             self.env.pop(k, None)
         self.servers = []
@@ -99,8 +103,17 @@ class World:
 
     def server(self, name: str, db: str | None = None) -> str:
         info = os.path.join(self.tmp, f"{name}.json")
-        cmd = [sys.executable, "-m", "trackside.server.team_server", "--root", os.path.join(self.tmp, name),
-               "--port", "0", "--info-file", info]
+        cmd = [
+            sys.executable,
+            "-m",
+            "trackside.server.team_server",
+            "--root",
+            os.path.join(self.tmp, name),
+            "--port",
+            "0",
+            "--info-file",
+            info,
+        ]
         if db:
             cmd += ["--db", db]
         log = open(os.path.join(self.tmp, f"{name}.log"), "w")
@@ -115,8 +128,14 @@ class World:
             return f"grpc://127.0.0.1:{json.load(f)['port']}"
 
     def python(self, code: str, *args, env=None, **kw):
-        return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env or self.env,
-                              capture_output=True, text=True, check=True, **kw)
+        return subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)],
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            **kw,
+        )
 
     def postgres(self, url: str | None) -> str | None:
         if url:
@@ -168,31 +187,55 @@ def sync_throughput(world: World, url: str, n: int) -> dict:
     run_dir = os.path.join(world.env["TRACKSIDE_DIR"], "runs", run_id)
     wal_bytes = sum(e.stat().st_size for e in os.scandir(os.path.join(run_dir, "wal")))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", url, "--quiet"], env=world.env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", url, "--quiet"],
+        env=world.env,
+        check=True,
+        capture_output=True,
+    )
     sent = time.perf_counter() - t0
     wait_rows(url, run_id, n)
     stored = time.perf_counter() - t0
-    return {"records": n, "wal_mb": round(wal_bytes / 1e6, 1), "log_seconds": round(logged, 2),
-            "sync_seconds": round(sent, 2), "stored_seconds": round(stored, 2),
-            "records_per_s": round(n / stored)}
+    return {
+        "records": n,
+        "wal_mb": round(wal_bytes / 1e6, 1),
+        "log_seconds": round(logged, 2),
+        "sync_seconds": round(sent, 2),
+        "stored_seconds": round(stored, 2),
+        "records_per_s": round(n / stored),
+    }
 
 
 def lag(world: World, url: str, seconds: float, rate: float = 1000.0) -> dict:
     env = dict(world.env, TRACKSIDE_SERVER=url)
-    trainer = subprocess.Popen([sys.executable, "-c", PACED, str(rate), str(seconds)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", PACED, str(rate), str(seconds)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_id = trainer.stdout.readline().strip()
     n = int(rate * seconds)
-    poller = subprocess.Popen([sys.executable, "-c", POLL, url, run_id, str(n)], env=world.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    poller = subprocess.Popen(
+        [sys.executable, "-c", POLL, url, run_id, str(n)],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = poller.communicate(timeout=seconds + 600)
     trainer.communicate(timeout=120)
     lags = sorted(json.loads(out))
     if len(lags) < n:
         raise SystemExit(f"only {len(lags)} of {n} rows became readable: {err}")
-    return {"rate": rate, "records": n, "lag_median_s": round(lags[len(lags) // 2], 3),
-            "lag_p99_s": round(lags[int(len(lags) * 0.99)], 3), "lag_max_s": round(lags[-1], 3)}
+    return {
+        "rate": rate,
+        "records": n,
+        "lag_median_s": round(lags[len(lags) // 2], 3),
+        "lag_p99_s": round(lags[int(len(lags) * 0.99)], 3),
+        "lag_max_s": round(lags[-1], 3),
+    }
 
 
 def main() -> None:
@@ -222,14 +265,31 @@ def main() -> None:
                 rows.append({"figure": "sync offline run -> server (PostgreSQL)", **figures["sync_postgres"]})
     finally:
         world.close()
-    emit(args, "trackside uploads: server throughput, lag to readable, offline sync", figures, rows,
-         ["figure", "records", "wal_mb", "log_seconds", "sync_seconds", "stored_seconds", "records_per_s",
-          "lag_median_s", "lag_p99_s", "lag_max_s"],
-         notes=["records: log() calls of 10 floats; records_per_s: rows stored at the server / seconds from "
-                "the start of `trackside sync` until all are readable",
-                "lag: time a row became readable through trackside.Api(url) (polled every 50 ms) minus its "
-                "log() time, at 1,000 records/s, default upload interval (1 s)",
-                "targets: >= 50,000 records/s into the server with SQLite; median lag < 2 s"])
+    emit(
+        args,
+        "trackside uploads: server throughput, lag to readable, offline sync",
+        figures,
+        rows,
+        [
+            "figure",
+            "records",
+            "wal_mb",
+            "log_seconds",
+            "sync_seconds",
+            "stored_seconds",
+            "records_per_s",
+            "lag_median_s",
+            "lag_p99_s",
+            "lag_max_s",
+        ],
+        notes=[
+            "records: log() calls of 10 floats; records_per_s: rows stored at the server / seconds from "
+            "the start of `trackside sync` until all are readable",
+            "lag: time a row became readable through trackside.Api(url) (polled every 50 ms) minus its "
+            "log() time, at 1,000 records/s, default upload interval (1 s)",
+            "targets: >= 50,000 records/s into the server with SQLite; median lag < 2 s",
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -149,8 +149,12 @@ def main() -> None:
     p.add_argument("--threads", default="1,4", help="thread counts, comma-separated (default 1,4)")
     p.add_argument("--recovery-gb", type=float, default=1.0, help="size of the recovery WAL in GiB (0: skip)")
     p.add_argument("--dir", default=None, help="where the temporary WALs go (default: the system temp dir)")
-    p.add_argument("--codec", choices=["default", "python"], default="default",
-                   help="parse/encode with the default codec or the pure-Python twin")
+    p.add_argument(
+        "--codec",
+        choices=["default", "python"],
+        default="default",
+        help="parse/encode with the default codec or the pure-Python twin",
+    )
     args = p.parse_args()
     codec = _twin if args.codec == "python" else native
 
@@ -158,8 +162,12 @@ def main() -> None:
     for durability in ("none", "flush", "fsync"):
         for threads in (int(t) for t in args.threads.split(",")):
             rows.append(throughput(codec, args.dir, durability, threads, args.seconds))
-    figures = {"codec": codec.IMPLEMENTATION, "record_bytes": len(make_record(codec, 1)),
-               "entries_per_record": ENTRIES_PER_RECORD, "throughput": rows}
+    figures = {
+        "codec": codec.IMPLEMENTATION,
+        "record_bytes": len(make_record(codec, 1)),
+        "entries_per_record": ENTRIES_PER_RECORD,
+        "throughput": rows,
+    }
     notes = [
         "",
         f"record: {ENTRIES_PER_RECORD} entries of {FLOATS_PER_ENTRY} floats, {figures['record_bytes']:,} bytes, "
@@ -183,8 +191,14 @@ def main() -> None:
         "device's own cache ignores; 'none' and 'flush' measure the page cache, not the disk; with",
         "several threads the GIL, not the disk, bounds 'none'.",
     ]
-    emit(args, "WAL append throughput and recovery", figures, rows,
-         ["durability", "threads", "records/s", "entries/s", "MB/s", "writes/s", "fsyncs/s", "commits/fsync"], notes)
+    emit(
+        args,
+        "WAL append throughput and recovery",
+        figures,
+        rows,
+        ["durability", "threads", "records/s", "entries/s", "MB/s", "writes/s", "fsyncs/s", "commits/fsync"],
+        notes,
+    )
 
 
 if __name__ == "__main__":

@@ -57,12 +57,20 @@ def main() -> int:
     try:
         torch.manual_seed(0)
         w = args.width
-        model = torch.nn.Sequential(torch.nn.Linear(w, w), torch.nn.ReLU(), torch.nn.Linear(w, w), torch.nn.ReLU(),
-                                    torch.nn.Linear(w, w), torch.nn.ReLU(), torch.nn.Linear(w, 1))
+        model = torch.nn.Sequential(
+            torch.nn.Linear(w, w),
+            torch.nn.ReLU(),
+            torch.nn.Linear(w, w),
+            torch.nn.ReLU(),
+            torch.nn.Linear(w, w),
+            torch.nn.ReLU(),
+            torch.nn.Linear(w, 1),
+        )
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         x, y = torch.randn(64, w), torch.randn(64, 1)
-        run = trackside.init(project="bench-watch", settings={"console": False, "system_metrics": False,
-                                                              "durability": "none"})
+        run = trackside.init(
+            project="bench-watch", settings={"console": False, "system_metrics": False, "durability": "none"}
+        )
 
         def block(n: int) -> float:
             t0 = time.perf_counter()
@@ -102,27 +110,51 @@ def main() -> int:
     hook_percent = hook_s / base * 100
     n_params = len(list(model.parameters()))
     figures = {
-        "torch": torch.__version__, "width": w, "parameters": sum(q.numel() for q in model.parameters()),
-        "step_us": base * 1e6, "watched_step_us": hooked * 1e6, "overhead_percent": overhead,
-        "overhead_fastest_percent": overhead_fastest, "hook_us": hook_s * 1e6, "hook_percent": hook_percent,
-        "logging_step_us": logging * 1e6, "histograms_per_logging_step": 2 * n_params,
+        "torch": torch.__version__,
+        "width": w,
+        "parameters": sum(q.numel() for q in model.parameters()),
+        "step_us": base * 1e6,
+        "watched_step_us": hooked * 1e6,
+        "overhead_percent": overhead,
+        "overhead_fastest_percent": overhead_fastest,
+        "hook_us": hook_s * 1e6,
+        "hook_percent": hook_percent,
+        "logging_step_us": logging * 1e6,
+        "histograms_per_logging_step": 2 * n_params,
         "target_percent": TARGET_PERCENT,
     }
     rows = [
         {"case": "no watch", "step (us)": base * 1e6, "vs no watch (%)": 0.0},
         {"case": "watch, step does not log", "step (us)": hooked * 1e6, "vs no watch (%)": overhead},
-        {"case": "  (fastest blocks)", "step (us)": min(watched) * 1e6,
-         "vs no watch (%)": overhead_fastest},
-        {"case": "watch, step does not log: the hook alone", "step (us)": hook_s * 1e6,
-         "vs no watch (%)": hook_percent},
-        {"case": f"watch, step logs {2 * n_params} histograms", "step (us)": logging * 1e6,
-         "vs no watch (%)": (logging - base) / base * 100},
+        {"case": "  (fastest blocks)", "step (us)": min(watched) * 1e6, "vs no watch (%)": overhead_fastest},
+        {
+            "case": "watch, step does not log: the hook alone",
+            "step (us)": hook_s * 1e6,
+            "vs no watch (%)": hook_percent,
+        },
+        {
+            "case": f"watch, step logs {2 * n_params} histograms",
+            "step (us)": logging * 1e6,
+            "vs no watch (%)": (logging - base) / base * 100,
+        },
     ]
-    emit(args, "run.watch: cost per training step", figures, rows, ["case", "step (us)", "vs no watch (%)"],
-         [(f"torch {torch.__version__}, MLP width {w} ({figures['parameters']:,} parameters), batch 64, 1 thread; "
-           f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log"),
-          (f"the hook alone: {hook_s * 1e6:.2f} us per call of the model, {hook_percent:.3f}% of a step "
-           f"({'within' if hook_percent < TARGET_PERCENT else 'ABOVE'} the target)")])
+    emit(
+        args,
+        "run.watch: cost per training step",
+        figures,
+        rows,
+        ["case", "step (us)", "vs no watch (%)"],
+        [
+            (
+                f"torch {torch.__version__}, MLP width {w} ({figures['parameters']:,} parameters), batch 64, 1 thread; "
+                f"medians of {args.blocks} blocks of {args.steps} steps; target: < {TARGET_PERCENT}% on steps that do not log"
+            ),
+            (
+                f"the hook alone: {hook_s * 1e6:.2f} us per call of the model, {hook_percent:.3f}% of a step "
+                f"({'within' if hook_percent < TARGET_PERCENT else 'ABOVE'} the target)"
+            ),
+        ],
+    )
     return 0
 
 

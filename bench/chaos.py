@@ -41,8 +41,12 @@ def main() -> int:
 
     def progress(n, total, kind, stats):
         if not args.json and (n % 10 == 0 or n == total):
-            print(f"  round {n}/{total} ({kind}): {stats['records_checked']:,} records checked, "
-                  f"{stats['lost']} lost, {stats['duplicated']} duplicated", file=sys.stderr, flush=True)
+            print(
+                f"  round {n}/{total} ({kind}): {stats['records_checked']:,} records checked, "
+                f"{stats['lost']} lost, {stats['duplicated']} duplicated",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if not args.json:
         print(f"chaos: {args.rounds} rounds, seed {seed}", file=sys.stderr)
@@ -52,15 +56,28 @@ def main() -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     stats = result.stats
-    figures = {"seed": seed, "seconds": round(time.monotonic() - t0, 1), **stats, "kinds": result.kinds,
-               "failures": result.failures[:50]}
+    figures = {
+        "seed": seed,
+        "seconds": round(time.monotonic() - t0, 1),
+        **stats,
+        "kinds": result.kinds,
+        "failures": result.failures[:50],
+    }
     rows = [{"figure": k, "value": v} for k, v in stats.items()]
     rows += [{"figure": f"rounds of {k}", "value": v} for k, v in sorted(result.kinds.items())]
     notes = [f"seed {seed}; {figures['seconds']} s; replay with --seed {seed}"]
     notes += [f"FAILURE: {f}" for f in result.failures[:20]]
-    emit(args, "chaos: kills, damaged WALs and garbage; every acknowledged record exactly once", figures, rows,
-         ["figure", "value"], notes)
-    bad = stats["lost"] or stats["duplicated"] or stats["escapes"] or stats["unexpected_daemon_deaths"] or result.failures
+    emit(
+        args,
+        "chaos: kills, damaged WALs and garbage; every acknowledged record exactly once",
+        figures,
+        rows,
+        ["figure", "value"],
+        notes,
+    )
+    bad = (
+        stats["lost"] or stats["duplicated"] or stats["escapes"] or stats["unexpected_daemon_deaths"] or result.failures
+    )
     return 1 if bad else 0
 
 

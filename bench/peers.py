@@ -40,22 +40,34 @@ PREPARE = {
     "mlflow": "import mlflow; mlflow.set_tracking_uri('sqlite:///' + os.path.abspath('mlflow.db')); mlflow.search_experiments()",
 }
 PREPARE["mlflow-async"] = PREPARE["mlflow"]
-DIST = {"trackside": "trackside", "wandb": "wandb", "mlflow": "mlflow", "mlflow-async": "mlflow",
-        "tensorboardX": "tensorboardX", "trackio": "trackio"}
+DIST = {
+    "trackside": "trackside",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "mlflow-async": "mlflow",
+    "tensorboardX": "tensorboardX",
+    "trackio": "trackio",
+}
 
 # each peer: (setup, log one dict d at step i, finish); run inside a fresh temp cwd
 CODE = {
-    "trackside": ("import trackside; run = trackside.init(project='peers', dir='.')",
-                  "run.log(d)", "run.finish()"),
-    "wandb": ("import wandb; run = wandb.init(project='peers', mode='offline', dir='.')",
-              "run.log(d)", "run.finish()"),
-    "mlflow": ("import mlflow; mlflow.set_tracking_uri('sqlite:///' + os.path.abspath('mlflow.db')); run = mlflow.start_run()",
-               "mlflow.log_metrics(d, step=i)", "mlflow.end_run()"),
-    "mlflow-async": ("import mlflow; mlflow.set_tracking_uri('sqlite:///' + os.path.abspath('mlflow.db')); run = mlflow.start_run()",
-                     "mlflow.log_metrics(d, step=i, synchronous=False)",
-                     "mlflow.flush_async_logging(); mlflow.end_run()"),
-    "tensorboardX": ("from tensorboardX import SummaryWriter; w = SummaryWriter('tb')",
-                     "[w.add_scalar(k, v, i) for k, v in d.items()]", "w.close()"),
+    "trackside": ("import trackside; run = trackside.init(project='peers', dir='.')", "run.log(d)", "run.finish()"),
+    "wandb": ("import wandb; run = wandb.init(project='peers', mode='offline', dir='.')", "run.log(d)", "run.finish()"),
+    "mlflow": (
+        "import mlflow; mlflow.set_tracking_uri('sqlite:///' + os.path.abspath('mlflow.db')); run = mlflow.start_run()",
+        "mlflow.log_metrics(d, step=i)",
+        "mlflow.end_run()",
+    ),
+    "mlflow-async": (
+        "import mlflow; mlflow.set_tracking_uri('sqlite:///' + os.path.abspath('mlflow.db')); run = mlflow.start_run()",
+        "mlflow.log_metrics(d, step=i, synchronous=False)",
+        "mlflow.flush_async_logging(); mlflow.end_run()",
+    ),
+    "tensorboardX": (
+        "from tensorboardX import SummaryWriter; w = SummaryWriter('tb')",
+        "[w.add_scalar(k, v, i) for k, v in d.items()]",
+        "w.close()",
+    ),
     "trackio": ("import trackio; trackio.init(project='peers')", "trackio.log(d)", "trackio.finish()"),
 }
 
@@ -86,9 +98,17 @@ os.write(1, ("RESULT " + json.dumps({"median_us": samples[len(samples) // 2] / 1
 
 def _env(tmp):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
-    env.update({"TRACKSIDE_DAEMON_DIR": os.path.join(tmp, "daemon"), "TRACKSIDE_DIR": os.path.join(tmp, "trackside"),
-                "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TRACKIO_DIR": os.path.join(tmp, "trackio"),
-                "HF_HOME": os.path.join(tmp, "hf"), "MLFLOW_TRACKING_URI": "sqlite:///" + os.path.join(tmp, "mlflow.db")})
+    env.update(
+        {
+            "TRACKSIDE_DAEMON_DIR": os.path.join(tmp, "daemon"),
+            "TRACKSIDE_DIR": os.path.join(tmp, "trackside"),
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "TRACKIO_DIR": os.path.join(tmp, "trackio"),
+            "HF_HOME": os.path.join(tmp, "hf"),
+            "MLFLOW_TRACKING_URI": "sqlite:///" + os.path.join(tmp, "mlflow.db"),
+        }
+    )
     os.makedirs(env["TRACKSIDE_DAEMON_DIR"], mode=0o700)
     return env
 
@@ -112,13 +132,28 @@ def run_peer(peer, python, n, keys, procs, timeout):
     env = _env(tmp)
     try:
         if peer in PREPARE:
-            r = subprocess.run([python, "-c", "import os\n" + PREPARE[peer]], cwd=tmp, env=env,
-                               capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(
+                [python, "-c", "import os\n" + PREPARE[peer]],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             if r.returncode != 0:
                 return {"error": "prepare: " + _short_error(r.stderr, r.returncode)}
         t0 = time.perf_counter()
-        ps = [subprocess.Popen([python, "-c", code, str(n), str(keys), str(r)], cwd=tmp, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(procs)]
+        ps = [
+            subprocess.Popen(
+                [python, "-c", code, str(n), str(keys), str(r)],
+                cwd=tmp,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in range(procs)
+        ]
         outs = []
         for p in ps:
             out, err = p.communicate(timeout=timeout)
@@ -135,9 +170,16 @@ def run_peer(peer, python, n, keys, procs, timeout):
         _stop_daemon(tmp)
         subprocess.run(["rm", "-rf", tmp])
     o = outs[0]
-    return {"median_us": o["median_us"], "p99_us": o["p99_us"], "init_s": o["init_s"], "loop_s": o["loop_s"],
-            "finish_s": o["finish_s"], "records_per_s": n / (o["loop_s"] + o["finish_s"]), "wall_s": wall,
-            "ranks": outs}
+    return {
+        "median_us": o["median_us"],
+        "p99_us": o["p99_us"],
+        "init_s": o["init_s"],
+        "loop_s": o["loop_s"],
+        "finish_s": o["finish_s"],
+        "records_per_s": n / (o["loop_s"] + o["finish_s"]),
+        "wall_s": wall,
+        "ranks": outs,
+    }
 
 
 def _short_error(text, rc) -> str:
@@ -188,8 +230,10 @@ def limits(n, keys):
 
 
 def versions(python):
-    code = ("import importlib.metadata as m, json\nout = {}\nfor d in %r:\n    try: out[d] = m.version(d)\n"
-            "    except Exception: out[d] = None\nprint(json.dumps(out))" % sorted(set(DIST.values()) | {"msgpack"}))
+    code = (
+        "import importlib.metadata as m, json\nout = {}\nfor d in %r:\n    try: out[d] = m.version(d)\n"
+        "    except Exception: out[d] = None\nprint(json.dumps(out))" % sorted(set(DIST.values()) | {"msgpack"})
+    )
     v = json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True).stdout)
     import trackside
 
@@ -202,8 +246,9 @@ def commit() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         r = subprocess.run(["git", "log", "-1", "--format=%h"], capture_output=True, text=True, cwd=here)
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                            text=True, cwd=here).stdout.splitlines()
+        st = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+        ).stdout.splitlines()
     except OSError:
         return "unknown"
     if r.returncode != 0:
@@ -257,13 +302,20 @@ def render(out) -> str:
         if "error" in v:
             rows.append({"peer": peer, "log() median us": v["error"]})
             continue
-        rows.append({"peer": peer, "log() median us": v["median_us"], "p99 us": v["p99_us"],
-                     "cost / best peer": v["median_us"] / best_cost if best_cost else "",
-                     "records/s": v["records_per_s"],
-                     "rate / best peer": v["records_per_s"] / best_rate if best_rate else "",
-                     "file limit / rate": lim["file_append_records_per_s"] / v["records_per_s"],
-                     "socket limit / rate": lim["unix_socket_records_per_s"] / v["records_per_s"],
-                     "finish/drain s": v["finish_s"], "init s": v["init_s"]})
+        rows.append(
+            {
+                "peer": peer,
+                "log() median us": v["median_us"],
+                "p99 us": v["p99_us"],
+                "cost / best peer": v["median_us"] / best_cost if best_cost else "",
+                "records/s": v["records_per_s"],
+                "rate / best peer": v["records_per_s"] / best_rate if best_rate else "",
+                "file limit / rate": lim["file_append_records_per_s"] / v["records_per_s"],
+                "socket limit / rate": lim["unix_socket_records_per_s"] / v["records_per_s"],
+                "finish/drain s": v["finish_s"],
+                "init s": v["init_s"],
+            }
+        )
     an = out["anchor"]
     wall_peer, best_wall = _best_peer(an, "wall_s", min)
     arows = []
@@ -272,19 +324,25 @@ def render(out) -> str:
             arows.append({"peer": peer, "wall s": v["error"]})
             continue
         ranks = v.get("ranks") or [v]
-        arows.append({"peer": peer, "wall s": v["wall_s"],
-                      "wall / best peer": v["wall_s"] / best_wall if best_wall else "",
-                      "values/s": 10 * 100 * 100 / v["wall_s"],
-                      "log() median us": sorted(r["median_us"] for r in ranks)[len(ranks) // 2],
-                      "p99 us (worst rank)": max(r["p99_us"] for r in ranks),
-                      "finish s (slowest)": max(r["finish_s"] for r in ranks)})
+        arows.append(
+            {
+                "peer": peer,
+                "wall s": v["wall_s"],
+                "wall / best peer": v["wall_s"] / best_wall if best_wall else "",
+                "values/s": 10 * 100 * 100 / v["wall_s"],
+                "log() median us": sorted(r["median_us"] for r in ranks)[len(ranks) // 2],
+                "p99 us (worst rank)": max(r["p99_us"] for r in ranks),
+                "finish s (slowest)": max(r["finish_s"] for r in ranks),
+            }
+        )
     verdict = []
     ts = sc.get("trackside", {})
     if "error" not in ts and best_cost and best_rate:
         c = best_cost / ts["median_us"]
         r = ts["records_per_s"] / best_rate
         verdict = [
-            "## Against the issue's bar (scalars workload)", "",
+            "## Against the issue's bar (scalars workload)",
+            "",
             f"- caller-side cost: {c:.1f}x lower than the cheapest peer ({cost_peer}); bar 20x: "
             + ("met." if c >= 20 else "NOT met."),
             f"- sustained throughput: {r:.2f}x the fastest peer ({rate_peer}); bar 10x: "
@@ -292,31 +350,71 @@ def render(out) -> str:
         ]
         ta = an.get("trackside", {})
         if "error" not in ta and best_wall:
-            verdict.append(f"- anchor profile: wall {best_wall / ta['wall_s']:.2f}x shorter than the fastest peer ({wall_peer}).")
+            verdict.append(
+                f"- anchor profile: wall {best_wall / ta['wall_s']:.2f}x shorter than the fastest peer ({wall_peer})."
+            )
         verdict.append("")
     m = out["machine"]
     lines = [
-        "# Peers side by side", "",
-        "Written by `bench/peers.py`; do not edit by hand. Caveats: docs/benchmarks.md.", "",
-        "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), "",
-        "Versions: " + ", ".join(f"{k}={v}" for k, v in sorted(out["versions"].items())), "",
-        f"Measured at trackside commit {out.get('commit', 'unknown')}.", "",
-        f"## One process, {out['records']:,} calls of log({{10 floats}})", "",
+        "# Peers side by side",
+        "",
+        "Written by `bench/peers.py`; do not edit by hand. Caveats: docs/benchmarks.md.",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()),
+        "",
+        "Versions: " + ", ".join(f"{k}={v}" for k, v in sorted(out["versions"].items())),
+        "",
+        f"Measured at trackside commit {out.get('commit', 'unknown')}.",
+        "",
+        f"## One process, {out['records']:,} calls of log({{10 floats}})",
+        "",
         "records/s = calls / (log loop + the peer's finish/flush/close), from the first log() to everything"
         " flushed (trackside: fsynced and in its local store; MLflow async: queue drained). Ratios: to the"
         " best peer other than trackside (cost: lowest median; rate: highest records/s), and the machine's"
-        " limits over the peer's rate.", "",
-        "```", table(rows, ["peer", "log() median us", "p99 us", "cost / best peer", "records/s",
-                            "rate / best peer", "file limit / rate", "socket limit / rate", "finish/drain s",
-                            "init s"]), "```", "",
+        " limits over the peer's rate.",
+        "",
+        "```",
+        table(
+            rows,
+            [
+                "peer",
+                "log() median us",
+                "p99 us",
+                "cost / best peer",
+                "records/s",
+                "rate / best peer",
+                "file limit / rate",
+                "socket limit / rate",
+                "finish/drain s",
+                "init s",
+            ],
+        ),
+        "```",
+        "",
         f"Machine's limit for the same {lim['record_bytes']}-byte msgpack record, in the same run: file appends "
         f"{lim['file_append_records_per_s']:,.0f} records/s; Unix-socket sends {lim['unix_socket_records_per_s']:,.0f} records/s.",
-        "", *verdict,
-        "## Anchor profile: 10 processes x 100 steps x 100 float scalars", "",
+        "",
+        *verdict,
+        "## Anchor profile: 10 processes x 100 steps x 100 float scalars",
+        "",
         "Wall seconds from spawning the 10 processes to the last one exiting (imports, init and finish included);"
-        " log() cost: median over ranks of each rank's median, and the worst rank's p99.", "",
-        "```", table(arows, ["peer", "wall s", "wall / best peer", "values/s", "log() median us",
-                             "p99 us (worst rank)", "finish s (slowest)"]), "```", "",
+        " log() cost: median over ranks of each rank's median, and the worst rank's p99.",
+        "",
+        "```",
+        table(
+            arows,
+            [
+                "peer",
+                "wall s",
+                "wall / best peer",
+                "values/s",
+                "log() median us",
+                "p99 us (worst rank)",
+                "finish s (slowest)",
+            ],
+        ),
+        "```",
+        "",
     ]
     return "\n".join(lines)
 

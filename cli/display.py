@@ -24,8 +24,19 @@ __all__ = ["FORMATS", "print_history", "print_runs", "print_summary", "print_sys
 FORMATS = ("table", "json", "csv")
 
 _RUN_FIELDS = (
-    "id", "project", "name", "group", "job_type", "tags", "state", "exit_code",
-    "created_at", "finished_at", "history_rows", "last_step", "dir",
+    "id",
+    "project",
+    "name",
+    "group",
+    "job_type",
+    "tags",
+    "state",
+    "exit_code",
+    "created_at",
+    "finished_at",
+    "history_rows",
+    "last_step",
+    "dir",
 )
 _RUN_TABLE = ("id", "project", "name", "state", "created", "runtime", "rows")
 
@@ -44,7 +55,12 @@ def print_runs(runs: Sequence, fmt: str = "table", file: Optional[TextIO] = None
     else:
         rows = [
             [
-                r.id, r.project, r.name or "", r.state, _when(r.created_at), _duration(r.runtime),
+                r.id,
+                r.project,
+                r.name or "",
+                r.state,
+                _when(r.created_at),
+                _duration(r.runtime),
                 str(r.history_rows),
             ]
             for r in runs
@@ -123,8 +139,10 @@ def print_system_metrics(
         for row in rows:
             w.writerow([_csv_cell(row.get(k)) for k in columns])
     else:
-        body = [[_when_ms(row.get("_timestamp")), str(row.get("host", "")), *(_cell(row.get(k)) for k in keys)]
-                for row in rows]
+        body = [
+            [_when_ms(row.get("_timestamp")), str(row.get("host", "")), *(_cell(row.get(k)) for k in keys)]
+            for row in rows
+        ]
         _table(["time", "host", *keys], body, file, title="system metrics", right=set(keys))
 
 

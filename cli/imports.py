@@ -14,18 +14,24 @@ EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 def add_parsers(sub) -> dict:
     """Add the ``import`` and ``export`` commands to ``sub``; returns their handlers by name."""
-    imp = sub.add_parser("import", help="turn runs of TensorBoard, W&B or MLflow into trackside runs",
-                         description="Each source run becomes a run of the run root (history at its original "
-                                     "steps and times, config, summary); importing a run again imports nothing.")
+    imp = sub.add_parser(
+        "import",
+        help="turn runs of TensorBoard, W&B or MLflow into trackside runs",
+        description="Each source run becomes a run of the run root (history at its original "
+        "steps and times, config, summary); importing a run again imports nothing.",
+    )
     src = imp.add_subparsers(dest="source", metavar="SOURCE", required=True)
     tb = src.add_parser("tensorboard", help="event files (TensorBoard, tensorboardX, torch SummaryWriter)")
     tb.add_argument("logdir", help="a log directory: every folder inside holding event files is one run")
     wb = src.add_parser("wandb", help="W&B offline or local run folders (wandb/offline-run-*, wandb/run-*)")
-    wb.add_argument("paths", nargs="+", metavar="PATH",
-                    help="run folders, or folders holding them (such as ./wandb)")
+    wb.add_argument("paths", nargs="+", metavar="PATH", help="run folders, or folders holding them (such as ./wandb)")
     ml = src.add_parser("mlflow", help="runs of an MLflow tracking store")
-    ml.add_argument("--tracking-uri", required=True, metavar="URI",
-                    help="the MLflow tracking URI (a folder, file:///..., sqlite:///..., http://...)")
+    ml.add_argument(
+        "--tracking-uri",
+        required=True,
+        metavar="URI",
+        help="the MLflow tracking URI (a folder, file:///..., sqlite:///..., http://...)",
+    )
     ml.add_argument("--experiment", metavar="NAME", help="only this experiment (default: all of them)")
     for p in (tb, wb, ml):
         p.add_argument("--root", help="run root to import into (default: $TRACKSIDE_DIR or ./trackside)")
@@ -58,8 +64,10 @@ def _report(result: dict) -> None:
     if result["status"] == "exists":
         print(f"{result['source']}: run {result['id']} exists already, not imported again")
     else:
-        print(f"{result['source']} -> run {result['id']} ({result['name']}): {result['rows']} rows"
-              + (f"; skipped: {skipped}" if skipped else ""))
+        print(
+            f"{result['source']} -> run {result['id']} ({result['name']}): {result['rows']} rows"
+            + (f"; skipped: {skipped}" if skipped else "")
+        )
 
 
 def _import(args) -> int:
@@ -81,8 +89,7 @@ def _import_source(args) -> int:
         results = wb.import_paths(args.paths, root, project=project, on_run=_report)
     else:
         ml = _need("trackside.integration.mlflow", "mlflow")
-        results = ml.import_runs(args.tracking_uri, root, experiment=args.experiment, project=project,
-                                 on_run=_report)
+        results = ml.import_runs(args.tracking_uri, root, experiment=args.experiment, project=project, on_run=_report)
     if not results:
         print(f"trackside import {args.source}: found no runs to import", file=sys.stderr)
         return 1

@@ -17,66 +17,111 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("daemon", help="start, stop or inspect this host's daemon")
-    d.add_argument("action", choices=["start", "stop", "status", "run"],
-                   help="start: in the background; run: in the foreground; stop; status")
+    d.add_argument(
+        "action",
+        choices=["start", "stop", "status", "run"],
+        help="start: in the background; run: in the foreground; stop; status",
+    )
     d.add_argument("--idle-timeout", type=float, default=None, help="seconds without runs before it exits (0: never)")
-    d.add_argument("--metrics-port", type=int, default=None, metavar="N",
-                   help="start/run: serve Prometheus metrics on 127.0.0.1:N (needs prometheus-client)")
+    d.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start/run: serve Prometheus metrics on 127.0.0.1:N (needs prometheus-client)",
+    )
     d.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default: loopback)")
 
-    b = sub.add_parser("bench", help="profile logging on this machine: throughput, log() cost, lag, daemon cost",
-                       description="Writer processes log into a private daemon and run root (deleted afterwards) "
-                                   "and the figures are printed: records/s and values/s, log() cost, lag to "
-                                   "durable and to stored, finish() time, the daemon's CPU and peak RSS.")
+    b = sub.add_parser(
+        "bench",
+        help="profile logging on this machine: throughput, log() cost, lag, daemon cost",
+        description="Writer processes log into a private daemon and run root (deleted afterwards) "
+        "and the figures are printed: records/s and values/s, log() cost, lag to "
+        "durable and to stored, finish() time, the daemon's CPU and peak RSS.",
+    )
     b.add_argument("--writers", type=int, default=1, help="writer processes, logging the same steps (default 1)")
-    b.add_argument("--keys", type=int, default=10, dest="keys_per_record", metavar="N",
-                   help="float keys per record (default 10)")
-    b.add_argument("--kinds", default="float", metavar="K[,K]",
-                   help="value kinds per record: float (always), histogram, image, table (default: float)")
+    b.add_argument(
+        "--keys", type=int, default=10, dest="keys_per_record", metavar="N", help="float keys per record (default 10)"
+    )
+    b.add_argument(
+        "--kinds",
+        default="float",
+        metavar="K[,K]",
+        help="value kinds per record: float (always), histogram, image, table (default: float)",
+    )
     g = b.add_mutually_exclusive_group()
     g.add_argument("--records", type=int, help="records per writer")
     g.add_argument("--seconds", type=float, help="log for this many seconds (default 10, unless --records)")
     b.add_argument("--rate", type=float, default=0, help="records/s per writer (default 0: as fast as possible)")
     b.add_argument("--durability", choices=["fsync", "flush", "none"], default="fsync")
-    b.add_argument("--transport", default="unix", choices=["unix", "grpc"],
-                   help="how writers reach the daemon: its Unix socket (default) or its gRPC listener")
-    b.add_argument("--dest", default="store", metavar="store|none|URL",
-                   help="store: the local store (default); none: the WAL only (offline); "
-                        "grpc://HOST:PORT: upload to a trackside server, lag measured to readable there")
+    b.add_argument(
+        "--transport",
+        default="unix",
+        choices=["unix", "grpc"],
+        help="how writers reach the daemon: its Unix socket (default) or its gRPC listener",
+    )
+    b.add_argument(
+        "--dest",
+        default="store",
+        metavar="store|none|URL",
+        help="store: the local store (default); none: the WAL only (offline); "
+        "grpc://HOST:PORT: upload to a trackside server, lag measured to readable there",
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/bench.schema.json)")
     b.add_argument("--plot", metavar="FILE.png", help="draw throughput and lag over time (needs matplotlib)")
 
     st = sub.add_parser("status", help="this host's daemon: its runs, where each goes and how far its upload lags")
     st.set_defaults(action="status", idle_timeout=None, metrics_port=None, metrics_host="127.0.0.1")
 
-    sy = sub.add_parser("sync", help="replay runs' WALs (offline runs) into a store or a trackside server",
-                        description="Replays each run folder's WAL into the destination: a server URL "
-                                    "(grpc://host:port, grpcs://...), another run root, or by default the run's "
-                                    "own root. Idempotent: running it again sends only what is new.")
-    sy.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
-                    help="run folders (<root>/runs/<id>); default: every offline run under the run root")
+    sy = sub.add_parser(
+        "sync",
+        help="replay runs' WALs (offline runs) into a store or a trackside server",
+        description="Replays each run folder's WAL into the destination: a server URL "
+        "(grpc://host:port, grpcs://...), another run root, or by default the run's "
+        "own root. Idempotent: running it again sends only what is new.",
+    )
+    sy.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run folders (<root>/runs/<id>); default: every offline run under the run root",
+    )
     sy.add_argument("--to", metavar="URL|PATH", help="destination (default: each run's own root)")
     sy.add_argument("--root", help="run root whose offline runs to sync when no RUN_DIR is given")
     sy.add_argument("--follow", action="store_true", help="keep syncing runs still being written, until they finish")
     sy.add_argument("--token", help="server token (default: $TRACKSIDE_TOKEN)")
     sy.add_argument("--ca", help="CA certificate of a grpcs:// server (default: $TRACKSIDE_TLS_CA, else system roots)")
     sy.add_argument("--quiet", action="store_true", help="no progress bar")
-    sy.add_argument("--batch-records", type=int, default=4096, metavar="N",
-                    help="WAL records per upload (default 4096; fewer for a slow link)")
+    sy.add_argument(
+        "--batch-records",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="WAL records per upload (default 4096; fewer for a slow link)",
+    )
 
     tp = sub.add_parser("top", help="live view of this host's daemon: per run and writer rates, WAL, backlog")
     tp.add_argument("--once", action="store_true", help="print one snapshot and exit")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
 
-    sv = sub.add_parser("server", help="serve a team's runs: daemons and `trackside sync` upload to it, "
-                                       "trackside.Api('grpc://HOST:PORT') reads from it")
+    sv = sub.add_parser(
+        "server",
+        help="serve a team's runs: daemons and `trackside sync` upload to it, "
+        "trackside.Api('grpc://HOST:PORT') reads from it",
+    )
     sv.add_argument("--root", default="trackside-server", help="where runs are kept (default: ./trackside-server)")
     sv.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
-    sv.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default: loopback; any other address requires a token)")
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: loopback; any other address requires a token)",
+    )
     sv.add_argument("--port", type=int, default=7311, help="port (default 7311; 0: any free port)")
-    sv.add_argument("--token", help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
-                                    "variable, the command line is visible to other users)")
+    sv.add_argument(
+        "--token",
+        help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
+        "variable, the command line is visible to other users)",
+    )
     sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
     sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
     sv.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
@@ -92,8 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--keys", nargs="+", help="only these keys")
     h.add_argument("--min-step", type=int)
     h.add_argument("--max-step", type=int)
-    h.add_argument("--system", action="store_true",
-                   help="the run's system metrics (CPU, memory, disk, network, GPUs) by time and host, not its steps")
+    h.add_argument(
+        "--system",
+        action="store_true",
+        help="the run's system metrics (CPU, memory, disk, network, GPUs) by time and host, not its steps",
+    )
     h.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
     s = sub.add_parser("summary", help="print a run's summary")
@@ -106,9 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("key", help="the key the table was logged under")
     t.add_argument("--root")
     t.add_argument("--version", help="N, vN or an alias (default: latest)")
-    t.add_argument("--where", metavar="EXPR",
-                   help="keep rows where EXPR holds: COL OP VALUE joined by and/or (OP: == != < <= > >= "
-                        "contains startswith), e.g. \"label == cat and score > 0.5\"")
+    t.add_argument(
+        "--where",
+        metavar="EXPR",
+        help="keep rows where EXPR holds: COL OP VALUE joined by and/or (OP: == != < <= > >= "
+        'contains startswith), e.g. "label == cat and score > 0.5"',
+    )
     t.add_argument("--group-by", metavar="COL", help="one row per value of COL: count and means of number columns")
     t.add_argument("--sort", metavar="COL", help="sort by COL (after grouping: any output column)")
     t.add_argument("--desc", action="store_true", help="sort in descending order")
@@ -163,25 +214,40 @@ def _daemon(args) -> int:
             return 1
         from trackside.transport import daemon_status
 
-        print(f"trackside daemon {info.get('version')} pid {info['pid']}, socket {info['socket']}, gRPC {info.get('grpc')}")
+        print(
+            f"trackside daemon {info.get('version')} pid {info['pid']}, socket {info['socket']}, gRPC {info.get('grpc')}"
+        )
         status = daemon_status(info)
         for run in status.get("runs", []):
-            print(f"  run {run['run_id']}: {run['writers']} writer(s), {run['records']} batches, {run['entries']} entries, "
-                  f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}, to {run.get('dest', 'local')}")
+            print(
+                f"  run {run['run_id']}: {run['writers']} writer(s), {run['records']} batches, {run['entries']} entries, "
+                f"WAL {run['wal_bytes']} bytes, merge backlog {run['merge_backlog']}, to {run.get('dest', 'local')}"
+            )
             for d in run.get("damage") or ():
-                print(f"    WAL damage in {d['path']} at offset {d['offset']}: {d['bytes']} bytes skipped ({d['reason']})")
+                print(
+                    f"    WAL damage in {d['path']} at offset {d['offset']}: {d['bytes']} bytes skipped ({d['reason']})"
+                )
             up = run.get("upload")
             if up:
-                state = (f"stopped: {up['error']}" if up["error"] else
-                         f"retrying: {up['retrying']}" if up["retrying"] else "ok")
-                print(f"    upload lag {up['lag_records']} records, {up['lag_seconds']:.1f} s "
-                      f"({up['lag_bytes']} bytes); {up['uploaded']} records uploaded; {state}")
+                state = (
+                    f"stopped: {up['error']}"
+                    if up["error"]
+                    else f"retrying: {up['retrying']}"
+                    if up["retrying"]
+                    else "ok"
+                )
+                print(
+                    f"    upload lag {up['lag_records']} records, {up['lag_seconds']:.1f} s "
+                    f"({up['lag_bytes']} bytes); {up['uploaded']} records uploaded; {state}"
+                )
         sm = status.get("system_metrics")
         if sm:
-            print(f"  system metrics: {'on' if sm['enabled'] else 'off'}, every {sm['sample_interval']} s, "
-                  f"stored every {sm['log_interval']} s by default; {sm['samples']} samples"
-                  f"{'' if sm['mean_sample_us'] is None else ' of %.0f us' % sm['mean_sample_us']}; "
-                  f"GPUs: {sm['gpu'] or 'not looked at yet (no run so far)'}")
+            print(
+                f"  system metrics: {'on' if sm['enabled'] else 'off'}, every {sm['sample_interval']} s, "
+                f"stored every {sm['log_interval']} s by default; {sm['samples']} samples"
+                f"{'' if sm['mean_sample_us'] is None else ' of %.0f us' % sm['mean_sample_us']}; "
+                f"GPUs: {sm['gpu'] or 'not looked at yet (no run so far)'}"
+            )
         return 0
     if args.action == "stop":
         if not alive:
@@ -207,7 +273,9 @@ def _daemon(args) -> int:
         try:
             import prometheus_client  # noqa: F401
         except ImportError:
-            print("trackside: --metrics-port needs prometheus-client: pip install 'trackside[metrics]'", file=sys.stderr)
+            print(
+                "trackside: --metrics-port needs prometheus-client: pip install 'trackside[metrics]'", file=sys.stderr
+            )
             return 2
         daemon_args += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
     ensure_daemon(folder, daemon_args=daemon_args).close()
@@ -237,8 +305,14 @@ def _sync(args) -> int:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         # on stderr, like the check above: stdout keeps only the summary lines
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                       console=Console(stderr=True), transient=False)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
         tasks = {}
 
         def show(p):
@@ -248,8 +322,17 @@ def _sync(args) -> int:
 
         bar.start()
     try:
-        results = asyncio.run(sync_runs(run_dirs, args.to, follow=args.follow, token=args.token, ca=args.ca,
-                                        on_progress=show, max_records=max(args.batch_records, 1)))
+        results = asyncio.run(
+            sync_runs(
+                run_dirs,
+                args.to,
+                follow=args.follow,
+                token=args.token,
+                ca=args.ca,
+                on_progress=show,
+                max_records=max(args.batch_records, 1),
+            )
+        )
     except SyncError as e:
         print(f"trackside sync: {e}", file=sys.stderr)
         return 1
@@ -260,8 +343,10 @@ def _sync(args) -> int:
         if bar is not None:
             bar.stop()
     for p in results:
-        print(f"run {p.run_id} -> {p.dest}: {p.records} new records, {p.duplicates} already there, "
-              f"{p.files} files, {p.seconds:.1f} s")
+        print(
+            f"run {p.run_id} -> {p.dest}: {p.records} new records, {p.duplicates} already there, "
+            f"{p.files} files, {p.seconds:.1f} s"
+        )
     return 0
 
 
@@ -286,8 +371,11 @@ def _history(args) -> int:
     run = Api(args.root).run(args.run)
     if args.system:
         if args.min_step is not None or args.max_step is not None:
-            print("trackside: --min-step and --max-step select steps; system metrics have a time axis "
-                  "(leave them out with --system)", file=sys.stderr)
+            print(
+                "trackside: --min-step and --max-step select steps; system metrics have a time axis "
+                "(leave them out with --system)",
+                file=sys.stderr,
+            )
             return 2
         from .display import print_system_metrics
 
@@ -318,8 +406,15 @@ def _table(args) -> int:
     if hasattr(table, "joined"):  # a JoinedTable: its joined rows
         table = table.joined()
     try:
-        columns, rows = query(table.columns, table.data, where=args.where, group_by=args.group_by, sort=args.sort,
-                              descending=args.desc, limit=args.limit)
+        columns, rows = query(
+            table.columns,
+            table.data,
+            where=args.where,
+            group_by=args.group_by,
+            sort=args.sort,
+            descending=args.desc,
+            limit=args.limit,
+        )
     except QueryError as e:
         print(f"trackside: {e}", file=sys.stderr)
         return 2
@@ -363,9 +458,17 @@ def _bench(args) -> int:
         for p in problems:
             print(f"trackside bench: {p}", file=sys.stderr)
         return 2
-    opts = {"writers": args.writers, "keys_per_record": args.keys_per_record, "kinds": kinds,
-            "records": args.records, "seconds": None if args.records else (args.seconds or 10.0),
-            "durability": args.durability, "rate": args.rate, "transport": args.transport, "dest": args.dest}
+    opts = {
+        "writers": args.writers,
+        "keys_per_record": args.keys_per_record,
+        "kinds": kinds,
+        "records": args.records,
+        "seconds": None if args.records else (args.seconds or 10.0),
+        "durability": args.durability,
+        "rate": args.rate,
+        "transport": args.transport,
+        "dest": args.dest,
+    }
     live = sys.stderr.isatty()
 
     def progress(line):

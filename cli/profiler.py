@@ -25,8 +25,18 @@ import time
 
 SCHEMA_VERSION = 1
 KINDS = ("float", "histogram", "image", "table")
-BASE_KEYS = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch",
-             "train/step_time", "val/loss", "val/acc", "gpu/mem_gb")
+BASE_KEYS = (
+    "train/loss",
+    "train/acc",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_s",
+    "train/epoch",
+    "train/step_time",
+    "val/loss",
+    "val/acc",
+    "gpu/mem_gb",
+)
 POOL = 16  # rich values are built before the timed loop and cycled: building them is not log()'s cost
 
 
@@ -34,8 +44,12 @@ def machine() -> dict:
     """The machine and software versions, printed with every result."""
     import platform
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_name(),
-            "cores": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+    }
     try:
         import trackside
         import trackside._native as native
@@ -72,14 +86,20 @@ def _cpu_name() -> str:
 
 # -- figures ----------------------------------------------------------------------------------------
 
+
 def pct(sorted_xs, q: float):
     return sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))]
 
 
 def stats_us(samples_ns) -> dict:
     xs = sorted(samples_ns)
-    return {"median_us": pct(xs, 0.5) / 1e3, "p99_us": pct(xs, 0.99) / 1e3, "p999_us": pct(xs, 0.999) / 1e3,
-            "max_us": xs[-1] / 1e3, "mean_us": sum(xs) / len(xs) / 1e3}
+    return {
+        "median_us": pct(xs, 0.5) / 1e3,
+        "p99_us": pct(xs, 0.99) / 1e3,
+        "p999_us": pct(xs, 0.999) / 1e3,
+        "max_us": xs[-1] / 1e3,
+        "mean_us": sum(xs) / len(xs) / 1e3,
+    }
 
 
 def stats_ms(xs) -> dict:
@@ -112,7 +132,9 @@ def check_kinds(kinds) -> None:
             import numpy  # noqa: F401
             import PIL  # noqa: F401
         except ImportError as e:
-            raise ValueError(f"value kind 'image' needs numpy and pillow ({e}): pip install 'trackside[media]'") from None
+            raise ValueError(
+                f"value kind 'image' needs numpy and pillow ({e}): pip install 'trackside[media]'"
+            ) from None
 
 
 def _rich_pool(kinds, rank: int) -> list[dict]:
@@ -130,14 +152,17 @@ def _rich_pool(kinds, rank: int) -> list[dict]:
             rng = np.random.default_rng(rank * POOL + j)
             d[f"rank{rank}/image"] = trackside.Image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
         if "table" in kinds:
-            d[f"rank{rank}/table"] = trackside.Table(columns=["id", "label", "score"],
-                                                     data=[[i, f"c{(i + j) % 5}", i / 10 + j] for i in range(10)],
-                                                     log_mode="MUTABLE")  # each log stores a version
+            d[f"rank{rank}/table"] = trackside.Table(
+                columns=["id", "label", "score"],
+                data=[[i, f"c{(i + j) % 5}", i / 10 + j] for i in range(10)],
+                log_mode="MUTABLE",
+            )  # each log stores a version
         pool.append(d)
     return pool
 
 
 # -- the writer process -----------------------------------------------------------------------------
+
 
 def _say(obj) -> None:
     # straight to fd 1: sys.stdout is teed into the run's console log once init() has run
@@ -196,8 +221,10 @@ def writer_main(spec: dict) -> None:
     import trackside
 
     rank = spec["rank"]
-    kwargs = {"project": "bench", "settings": {"durability": spec["durability"],
-                                               "transport": spec.get("transport", "unix")}}
+    kwargs = {
+        "project": "bench",
+        "settings": {"durability": spec["durability"], "transport": spec.get("transport", "unix")},
+    }
     dest = spec.get("dest", "store")
     if dest == "none":
         kwargs["mode"] = "offline"  # the WAL only
@@ -297,6 +324,7 @@ def _subsample(xs, k: int) -> list:
 
 # -- the parent: one isolated scenario --------------------------------------------------------------
 
+
 class DaemonMonitor:
     """CPU seconds (user + sys) between start() and stop(), RSS sampled every 50 ms, VmHWM."""
 
@@ -392,8 +420,9 @@ class Scenario:
         self.env = dict(os.environ)
         for k in ("TRACKSIDE_RUN_ID", "TRACKSIDE_NO_EXTENSIONS", "TRACKSIDE_MODE", "RANK", "LOCAL_RANK"):
             self.env.pop(k, None)
-        self.env.update({"TRACKSIDE_DAEMON_DIR": self.daemon_dir, "TRACKSIDE_DIR": self.root,
-                         "TRACKSIDE_IDLE_TIMEOUT": "120"})
+        self.env.update(
+            {"TRACKSIDE_DAEMON_DIR": self.daemon_dir, "TRACKSIDE_DIR": self.root, "TRACKSIDE_IDLE_TIMEOUT": "120"}
+        )
         self.run_id = "bench" + os.urandom(4).hex()
         self.dest = spec.get("dest", "store")  # "store", "none" (offline: nothing is stored) or a server URL
         self.spec = dict(spec, run_id=self.run_id)
@@ -410,9 +439,15 @@ class Scenario:
         spec = dict(self.spec, rank=rank, **extra)
         err = open(os.path.join(self.tmp, f"writer{rank}.err"), "wb")
         self._errs.append(err)
-        p = subprocess.Popen([*self.writer_cmd, "--writer-spec", json.dumps(spec)],
-                             env=env, cwd=self.tmp, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=err, text=True)
+        p = subprocess.Popen(
+            [*self.writer_cmd, "--writer-spec", json.dumps(spec)],
+            env=env,
+            cwd=self.tmp,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         self.procs.append(p)
         return p
 
@@ -450,8 +485,10 @@ class Scenario:
             p.stdin.write("go\n")
             p.stdin.flush()
         results: list = [None] * len(self.procs)
-        readers = [threading.Thread(target=lambda j=j, p=p: results.__setitem__(j, self._read_safe(p)), daemon=True)
-                   for j, p in enumerate(self.procs)]
+        readers = [
+            threading.Thread(target=lambda j=j, p=p: results.__setitem__(j, self._read_safe(p)), daemon=True)
+            for j, p in enumerate(self.procs)
+        ]
         for t in readers:
             t.start()
         while True:
@@ -537,6 +574,7 @@ class Scenario:
 
 # -- trackside bench ----------------------------------------------------------------------------------
 
+
 def _logged_at(timeline: list, count: int):
     """The monotonic ns at which a writer's count of logged records reached ``count``
     (linear between its 20 ms samples); None if it never did."""
@@ -575,10 +613,19 @@ def run_bench(opts: dict, progress=None) -> dict:
     ``progress(line)`` is called about every 0.5 s with a one-line summary while writers run."""
     import trackside._native as native
 
-    spec = {"durability": opts["durability"], "records": opts.get("records"), "seconds": opts.get("seconds"),
-            "keys_per_record": opts["keys_per_record"], "kinds": list(opts["kinds"]), "keys": opts.get("keys", "own"),
-            "rate": opts.get("rate") or 0, "time_calls": True, "probes": True, "dest": opts.get("dest", "store"),
-            "transport": opts.get("transport", "unix")}
+    spec = {
+        "durability": opts["durability"],
+        "records": opts.get("records"),
+        "seconds": opts.get("seconds"),
+        "keys_per_record": opts["keys_per_record"],
+        "kinds": list(opts["kinds"]),
+        "keys": opts.get("keys", "own"),
+        "rate": opts.get("rate") or 0,
+        "time_calls": True,
+        "probes": True,
+        "dest": opts.get("dest", "store"),
+        "transport": opts.get("transport", "unix"),
+    }
     values_per_record = opts["keys_per_record"] + len([k for k in opts["kinds"] if k != "float"])
 
     def tick(sc, watch, t_go):
@@ -594,8 +641,11 @@ def run_bench(opts: dict, progress=None) -> dict:
         except Exception:
             pass
         rows = watch.rows
-        line = f"{el:6.1f} s  daemon has {received if received is not None else '?':>10,} records" \
-            if received is not None else f"{el:6.1f} s"
+        line = (
+            f"{el:6.1f} s  daemon has {received if received is not None else '?':>10,} records"
+            if received is not None
+            else f"{el:6.1f} s"
+        )
         progress(f"{line}  stored {rows:,} rows  ({rows * opts['writers'] / max(el, 1e-9):,.0f} records/s stored)")
 
     sc = Scenario(spec)
@@ -615,10 +665,18 @@ def run_bench(opts: dict, progress=None) -> dict:
         "schema_version": SCHEMA_VERSION,
         "benchmark": "trackside bench",
         "machine": machine(),
-        "options": {"writers": opts["writers"], "keys_per_record": opts["keys_per_record"], "kinds": list(opts["kinds"]),
-                    "records": opts.get("records"), "seconds": opts.get("seconds"), "durability": opts["durability"],
-                    "transport": opts.get("transport", "unix"), "dest": opts.get("dest", "store"),
-                    "rate": opts.get("rate") or None, "keys": opts.get("keys", "own")},
+        "options": {
+            "writers": opts["writers"],
+            "keys_per_record": opts["keys_per_record"],
+            "kinds": list(opts["kinds"]),
+            "records": opts.get("records"),
+            "seconds": opts.get("seconds"),
+            "durability": opts["durability"],
+            "transport": opts.get("transport", "unix"),
+            "dest": opts.get("dest", "store"),
+            "rate": opts.get("rate") or None,
+            "keys": opts.get("keys", "own"),
+        },
         "codec": native.IMPLEMENTATION,
         "records": r["records"],
         "values": r["records"] * values_per_record,
@@ -632,8 +690,11 @@ def run_bench(opts: dict, progress=None) -> dict:
         "lag_durable_ms": stats_ms([ms for _, ms in durable]),
         "lag_stored_ms": stats_ms([ms for _, ms in stored]),
         "finish_ms": {"median_ms": statistics.median(finish_ms), "max_ms": max(finish_ms)},
-        "daemon": {"cpu_s": r["daemon_cpu_s"], "peak_rss_mb": r["daemon_peak_rss_mb"],
-                   "vmhwm_mb": r["daemon_vmhwm_mb"]},
+        "daemon": {
+            "cpu_s": r["daemon_cpu_s"],
+            "peak_rss_mb": r["daemon_peak_rss_mb"],
+            "vmhwm_mb": r["daemon_vmhwm_mb"],
+        },
         "late_dropped": sum(w.get("late_dropped", 0) for w in results),
         "dropped": sum(w.get("dropped", 0) for w in results),
         "warnings": r["writer_warnings"],
@@ -682,15 +743,33 @@ def report_lines(res: dict) -> list[str]:
     c = res["log_call_us"] or {}
     ld, ls = res["lag_durable_ms"], res["lag_stored_ms"]
     rows = [
-        ("records logged / rows stored", f"{res['records']:,} / {res['rows_stored']:,} (expected {res['rows_expected']:,})"),
-        ("throughput, first log() to stored", f"{f(res['records_per_s'])} records/s, {f(res['values_per_s'])} values/s"),
-        ("log() cost median / p99 / max", f"{f(c.get('median_us'), '', '.2f')} / {f(c.get('p99_us'), '', '.2f')} / "
-                                          f"{f(c.get('max_us'), ' us', ',.0f')}"),
-        ("lag to durable median / p99 / max", f"{f(ld['median_ms'], '', '.1f')} / {f(ld['p99_ms'], '', '.1f')} / "
-                                              f"{f(ld['max_ms'], ' ms', '.1f')} ({ld['samples']} probes)"),
-        ("lag to stored median / p99 / max", f"{f(ls['median_ms'], '', '.1f')} / {f(ls['p99_ms'], '', '.1f')} / "
-                                             f"{f(ls['max_ms'], ' ms', '.1f')} ({ls['samples']} polls)"),
-        ("finish() median / max", f"{f(res['finish_ms']['median_ms'], '', '.1f')} / {f(res['finish_ms']['max_ms'], ' ms', '.1f')}"),
+        (
+            "records logged / rows stored",
+            f"{res['records']:,} / {res['rows_stored']:,} (expected {res['rows_expected']:,})",
+        ),
+        (
+            "throughput, first log() to stored",
+            f"{f(res['records_per_s'])} records/s, {f(res['values_per_s'])} values/s",
+        ),
+        (
+            "log() cost median / p99 / max",
+            f"{f(c.get('median_us'), '', '.2f')} / {f(c.get('p99_us'), '', '.2f')} / "
+            f"{f(c.get('max_us'), ' us', ',.0f')}",
+        ),
+        (
+            "lag to durable median / p99 / max",
+            f"{f(ld['median_ms'], '', '.1f')} / {f(ld['p99_ms'], '', '.1f')} / "
+            f"{f(ld['max_ms'], ' ms', '.1f')} ({ld['samples']} probes)",
+        ),
+        (
+            "lag to stored median / p99 / max",
+            f"{f(ls['median_ms'], '', '.1f')} / {f(ls['p99_ms'], '', '.1f')} / "
+            f"{f(ls['max_ms'], ' ms', '.1f')} ({ls['samples']} polls)",
+        ),
+        (
+            "finish() median / max",
+            f"{f(res['finish_ms']['median_ms'], '', '.1f')} / {f(res['finish_ms']['max_ms'], ' ms', '.1f')}",
+        ),
         ("daemon CPU / peak RSS", f"{res['daemon']['cpu_s']:.2f} s / {res['daemon']['peak_rss_mb']:.0f} MB"),
         ("late dropped / buffer dropped", f"{res['late_dropped']} / {res['dropped']}"),
     ]

@@ -28,7 +28,8 @@ class QueryError(ValueError):
     """A ``--where`` expression (or a column name) the query cannot use; says where and why."""
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     \s*(?:
       (?P<op>==|!=|<=|>=|=|<|>)
     | (?P<paren>[()])
@@ -36,11 +37,18 @@ _TOKEN = re.compile(r"""
     | '(?P<sq>(?:[^'\\]|\\.)*)'
     | "(?P<dq>(?:[^"\\]|\\.)*)"
     | (?P<word>[^\s()=!<>'"`]+)
-    )""", re.VERBOSE)
+    )""",
+    re.VERBOSE,
+)
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq, "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 _WORD_OPS = ("contains", "startswith")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
@@ -53,7 +61,7 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
-            raise QueryError(f"cannot read the expression at position {pos}: {text[pos:pos + 20]!r}")
+            raise QueryError(f"cannot read the expression at position {pos}: {text[pos : pos + 20]!r}")
         kind = m.lastgroup
         value = m.group(kind)
         start = m.start(kind)
@@ -146,8 +154,9 @@ class _Parser:
         if okind == "word" and op.lower() in _WORD_OPS:
             op = op.lower()
         elif okind != "op":
-            raise QueryError(f"expected an operator (== != < <= > >= contains startswith) at position {opos}, "
-                             f"found {op!r}")
+            raise QueryError(
+                f"expected an operator (== != < <= > >= contains startswith) at position {opos}, found {op!r}"
+            )
         vkind, raw, vpos = self.take()
         if vkind not in ("word", "str"):
             raise QueryError(f"expected a value at position {vpos}, found {raw!r}")
@@ -156,6 +165,7 @@ class _Parser:
 
 def _condition(j: int, op: str, want):
     if op == "contains":
+
         def test(row):
             v = row[j]
             if isinstance(v, str):
@@ -164,6 +174,7 @@ def _condition(j: int, op: str, want):
                 return want in v
             return False
     elif op == "startswith":
+
         def test(row):
             v = row[j]
             return isinstance(v, str) and isinstance(want, str) and v.startswith(want)
@@ -181,6 +192,7 @@ def _condition(j: int, op: str, want):
                 return bool(fn(v, want))
             except TypeError:  # no order between these values
                 return False
+
     return test
 
 
@@ -204,8 +216,11 @@ def group_rows(columns: list[str], rows: list[list], by: str) -> tuple[list[str]
     """One row per value of column ``by`` (in first-seen order): the value, ``count``, and
     ``mean(<col>)`` of each column that holds numbers (None values skipped)."""
     j = _column(columns, by, "--group-by")
-    numeric = [i for i in range(len(columns)) if i != j and any(_is_number(r[i]) for r in rows)
-               and all(r[i] is None or _is_number(r[i]) for r in rows)]
+    numeric = [
+        i
+        for i in range(len(columns))
+        if i != j and any(_is_number(r[i]) for r in rows) and all(r[i] is None or _is_number(r[i]) for r in rows)
+    ]
     groups: dict = {}
     for r in rows:
         key = r[j]
@@ -244,8 +259,16 @@ def sort_rows(columns: list[str], rows: list[list], by: str, descending: bool = 
     return sorted(present, key=key, reverse=descending) + missing
 
 
-def query(columns: list[str], rows: list[list], *, where: Optional[str] = None, group_by: Optional[str] = None,
-          sort: Optional[str] = None, descending: bool = False, limit: Optional[int] = None):
+def query(
+    columns: list[str],
+    rows: list[list],
+    *,
+    where: Optional[str] = None,
+    group_by: Optional[str] = None,
+    sort: Optional[str] = None,
+    descending: bool = False,
+    limit: Optional[int] = None,
+):
     """``(columns, rows)`` after filtering, grouping, sorting and limiting, in that order."""
     columns = list(columns)
     if where:
@@ -280,7 +303,9 @@ def print_rows(columns: list[str], rows: list[list], fmt: str = "table", file=No
         for r in rows:
             w.writerow([_csv_cell(v) for v in r])
     else:
-        right = {c for i, c in enumerate(columns) if rows and all(v is None or _is_number(v) for v in (r[i] for r in rows))}
+        right = {
+            c for i, c in enumerate(columns) if rows and all(v is None or _is_number(v) for v in (r[i] for r in rows))
+        }
         _table(list(columns), [[_cell(v) for v in r] for r in rows], file, title=title, right=right)
 
 

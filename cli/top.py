@@ -24,20 +24,42 @@ def snapshot_rows(now: dict, before: dict | None, dt: float) -> list[tuple]:
     rows = []
     for run in now.get("runs", []):
         b = prev_runs.get(run["run_id"])
-        rows.append((run["run_id"] + (f"  ERROR: {run['error']}" if run.get("error") else ""),
-                     _rate(run, b, "entries", dt), _mb(_rate(run, b, "bytes", dt)), run.get("records"),
-                     _mb(run.get("wal_bytes")), run.get("merge_backlog"), run.get("pending_rows"),
-                     run.get("merge_late_dropped", 0), run.get("duplicates", 0), upload_lag(run.get("upload"))))
+        rows.append(
+            (
+                run["run_id"] + (f"  ERROR: {run['error']}" if run.get("error") else ""),
+                _rate(run, b, "entries", dt),
+                _mb(_rate(run, b, "bytes", dt)),
+                run.get("records"),
+                _mb(run.get("wal_bytes")),
+                run.get("merge_backlog"),
+                run.get("pending_rows"),
+                run.get("merge_late_dropped", 0),
+                run.get("duplicates", 0),
+                upload_lag(run.get("upload")),
+            )
+        )
         prev_w = {w["writer"]: w for w in (b or {}).get("writer_stats", [])}
         for w in sorted(run.get("writer_stats", []), key=lambda w: (w["rank"] is None, w["rank"] or 0, w["pid"])):
             pw = prev_w.get(w["writer"])
-            rows.append((f"  rank {w['rank']} pid {w['pid']}", _rate(w, pw, "records", dt),
-                         _mb(_rate(w, pw, "bytes", dt)), w["records"], None, None, None, None, None, None))
+            rows.append(
+                (
+                    f"  rank {w['rank']} pid {w['pid']}",
+                    _rate(w, pw, "records", dt),
+                    _mb(_rate(w, pw, "bytes", dt)),
+                    w["records"],
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
     return rows
 
 
 def upload_lag(up: dict | None) -> str | None:
-    """"records / seconds" behind the run's server, and why uploads stop or retry."""
+    """ "records / seconds" behind the run's server, and why uploads stop or retry."""
     if not up:
         return None
     lag = f"{up['lag_records']:,} rec / {up['lag_seconds']:.1f} s"
@@ -65,10 +87,12 @@ def _cell(v) -> str:
 def render(now: dict, before: dict | None, dt: float, info: dict):
     from rich.table import Table
 
-    t = Table(title=f"trackside daemon {now.get('version')} pid {now.get('pid')}: {now.get('connections', 0)} "
-                    f"connection(s), {len(now.get('runs', []))} run(s)"
-                    + ("" if before is not None else "  (rates after the next poll)"),
-              title_justify="left")
+    t = Table(
+        title=f"trackside daemon {now.get('version')} pid {now.get('pid')}: {now.get('connections', 0)} "
+        f"connection(s), {len(now.get('runs', []))} run(s)"
+        + ("" if before is not None else "  (rates after the next poll)"),
+        title_justify="left",
+    )
     for c in COLUMNS:
         t.add_column(c, justify="left" if c == "run / writer" else "right")
     rows = snapshot_rows(now, before, dt)

@@ -52,17 +52,27 @@ def check_run_id(run_id) -> str:
     """A run id: 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit
     (so never '.', '..' or a path)."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-        raise BadName(f"invalid run id {run_id!r}: use 1 to {MAX_RUN_ID} letters, digits, '_', '.' or '-', "
-                      f"starting with a letter or digit")
+        raise BadName(
+            f"invalid run id {run_id!r}: use 1 to {MAX_RUN_ID} letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit"
+        )
     return run_id
 
 
 def check_project(project) -> str:
     """A project name: 1 to 128 characters, no '/', '\\' or control characters."""
-    if (not isinstance(project, str) or not project or len(project) > MAX_PROJECT
-            or _CONTROL.search(project) or "/" in project or "\\" in project):
-        raise BadName(f"invalid project name {project!r}: use 1 to {MAX_PROJECT} characters without '/', '\\' "
-                      f"or control characters")
+    if (
+        not isinstance(project, str)
+        or not project
+        or len(project) > MAX_PROJECT
+        or _CONTROL.search(project)
+        or "/" in project
+        or "\\" in project
+    ):
+        raise BadName(
+            f"invalid project name {project!r}: use 1 to {MAX_PROJECT} characters without '/', '\\' "
+            f"or control characters"
+        )
     return project
 
 
@@ -72,8 +82,10 @@ def check_artifact_name(name, what: str = "artifact name") -> str:
     if not isinstance(name, str) or not name:
         raise BadName(f"invalid {what} {name!r}: use a non-empty string")
     if ":" in name or _CONTROL.search(name) or len(name) > MAX_ARTIFACT_NAME:
-        raise BadName(f"invalid {what} {name!r}: use at most {MAX_ARTIFACT_NAME} characters, no ':' (it "
-                      f"separates an alias) and no control characters")
+        raise BadName(
+            f"invalid {what} {name!r}: use at most {MAX_ARTIFACT_NAME} characters, no ':' (it "
+            f"separates an alias) and no control characters"
+        )
     return name
 
 
@@ -83,8 +95,9 @@ def check_relative_path(path, what: str = "path") -> str:
     if not isinstance(path, str) or not path:
         raise BadName(f"invalid {what} {path!r}: use a non-empty relative path")
     if len(path) > MAX_PATH or _CONTROL.search(path) or "\\" in path:
-        raise BadName(f"invalid {what} {path!r}: no '\\' or control characters (NUL ...), at most {MAX_PATH} "
-                      f"characters")
+        raise BadName(
+            f"invalid {what} {path!r}: no '\\' or control characters (NUL ...), at most {MAX_PATH} characters"
+        )
     if path.startswith("/") or _DRIVE.match(path):
         raise BadName(f"invalid {what} {path!r}: use a relative path, not an absolute one")
     if any(p in ("", ".", "..") for p in path.split("/")):

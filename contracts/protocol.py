@@ -70,7 +70,7 @@ class Event(msgspec.Struct, array_like=True, omit_defaults=True):
     "define_metric" (data: dict of define_metric's arguments), "console" (data: list of
     [time_us, stream, text]), "meta" (data: dict merged into the run's metadata), "finish"
     (data: {"exit_code": int}; this writer is done), "artifact" (data: an artifact version to
-    index: uid, name, type, digest, manifest ...; see ``daemon/store.py`` ``check_artifact``)."""
+    index: uid, name, type, digest, manifest ...; see ``store/index.py`` ``check_artifact``)."""
 
     writer: int
     seq: int

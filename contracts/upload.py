@@ -39,8 +39,9 @@ _decode = msgspec.msgpack.Decoder().decode
 
 # Statuses a retry cannot cure: the uploader stops and says why. Every other status (the
 # server down, overloaded, restarting ...) is transient: the WAL keeps the records meanwhile.
-PERMANENT = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION",
-                       "UNIMPLEMENTED"})
+PERMANENT = frozenset(
+    {"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNIMPLEMENTED"}
+)
 
 
 def is_server_url(text) -> bool:
@@ -51,7 +52,9 @@ def is_server_url(text) -> bool:
 def parse_url(url: str) -> tuple[str, bool]:
     """``(target, tls)`` for a server URL: ``grpc://host:port`` -> ``("host:port", False)``.
     Raises ValueError naming the accepted forms."""
-    m = re.fullmatch(r"(grpcs?)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)(?::(\d{1,5}))?/?", url if isinstance(url, str) else "")
+    m = re.fullmatch(
+        r"(grpcs?)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)(?::(\d{1,5}))?/?", url if isinstance(url, str) else ""
+    )
     if m is None:
         raise ValueError(f"{url!r} is not a trackside server URL: use grpc://HOST:PORT, or grpcs://HOST:PORT for TLS")
     scheme, host, port = m.groups()
@@ -145,6 +148,7 @@ class UploadClient:
     def put_file(self, path: str, local_file_path: Union[str, os.PathLike]) -> int:
         """Send the file at ``local_file_path`` to be kept at ``path`` (relative to the run
         root); streamed in 1 MiB pieces. Returns the size the server wrote."""
+
         def chunks(f):
             first = True
             while True:

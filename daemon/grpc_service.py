@@ -36,8 +36,10 @@ class IngestService(pb_grpc.IngestServicer):
 
     async def Open(self, request, context):
         if request.protocol != PROTOCOL_VERSION:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"protocol version {request.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {request.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})",
+            )
         try:
             info = msgspec.msgpack.decode(request.run_info) if request.run_info else {}
             if not isinstance(info, dict):
@@ -49,8 +51,12 @@ class IngestService(pb_grpc.IngestServicer):
             stream = await self.daemon.open_stream(hello)
         except (BadRecord, ValueError, TypeError, OSError, msgspec.DecodeError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot open run {request.run_id}: {e}")
-        return pb.Welcome(protocol=PROTOCOL_VERSION, acked_seq=stream.seqs.get(request.writer, 0), run_dir=stream.dir,
-                          next_step=stream.next_step)
+        return pb.Welcome(
+            protocol=PROTOCOL_VERSION,
+            acked_seq=stream.seqs.get(request.writer, 0),
+            run_dir=stream.dir,
+            next_step=stream.next_step,
+        )
 
     async def Send(self, request_iterator, context):
         conn = None

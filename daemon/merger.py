@@ -176,9 +176,7 @@ def _parse_summary(name: str, summary, goal: Optional[str]) -> Optional[tuple]:
     for p in parts:
         k = p.strip().lower() if isinstance(p, str) else p
         if k not in SUMMARY_KINDS:
-            raise ValueError(
-                f"define_metric({name!r}): summary kind {p!r} is not one of {', '.join(SUMMARY_KINDS)}"
-            )
+            raise ValueError(f"define_metric({name!r}): summary kind {p!r} is not one of {', '.join(SUMMARY_KINDS)}")
         if k not in kinds:
             kinds.append(k)
     for alone in ("none", "copy"):
@@ -407,8 +405,10 @@ class Merger:
         if not isinstance(entries, (list, tuple)):
             entries = list(entries)
         n = 0
-        if not pending and (not cursors or (len(cursors) == 1 and writer in cursors)) and (
-            not self._ready or self._ready_writer == writer
+        if (
+            not pending
+            and (not cursors or (len(cursors) == 1 and writer in cursors))
+            and (not self._ready or self._ready_writer == writer)
         ):
             n = self._add_alone(writer, entries, cur_step, now)
             if n:

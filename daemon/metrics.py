@@ -48,22 +48,27 @@ class StatusCollector:
                     fam.add_metric([run["run_id"]], run[key])
             yield fam
         err = GaugeMetricFamily("trackside_run_error", "1 when the run's stream failed", labels=["run"])
-        wb = CounterMetricFamily("trackside_writer_batches", "batches accepted on a writer's connection",
-                                 labels=["run", "writer", "rank"])
-        wy = CounterMetricFamily("trackside_writer_bytes", "bytes accepted on a writer's connection",
-                                 labels=["run", "writer", "rank"])
+        wb = CounterMetricFamily(
+            "trackside_writer_batches", "batches accepted on a writer's connection", labels=["run", "writer", "rank"]
+        )
+        wy = CounterMetricFamily(
+            "trackside_writer_bytes", "bytes accepted on a writer's connection", labels=["run", "writer", "rank"]
+        )
         for run in status["runs"]:
             err.add_metric([run["run_id"]], 1 if run.get("error") else 0)
             for w in run.get("writer_stats", ()):
                 labels = [run["run_id"], str(w["writer"]), str(w["rank"])]
                 wb.add_metric(labels, w["records"])
                 wy.add_metric(labels, w["bytes"])
-        lag_r = GaugeMetricFamily("trackside_run_upload_lag_records", "WAL records not yet uploaded to the run's server",
-                                  labels=["run"])
-        lag_s = GaugeMetricFamily("trackside_run_upload_lag_seconds", "age of the oldest record not yet uploaded",
-                                  labels=["run"])
-        up_err = GaugeMetricFamily("trackside_run_upload_stopped", "1 when the run's uploads stopped on a permanent error",
-                                   labels=["run"])
+        lag_r = GaugeMetricFamily(
+            "trackside_run_upload_lag_records", "WAL records not yet uploaded to the run's server", labels=["run"]
+        )
+        lag_s = GaugeMetricFamily(
+            "trackside_run_upload_lag_seconds", "age of the oldest record not yet uploaded", labels=["run"]
+        )
+        up_err = GaugeMetricFamily(
+            "trackside_run_upload_stopped", "1 when the run's uploads stopped on a permanent error", labels=["run"]
+        )
         for run in status["runs"]:
             up = run.get("upload")
             if up:
@@ -78,8 +83,9 @@ def start_metrics(daemon, loop, host: str, port: int):
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
-        raise SystemExit("trackside daemon: --metrics-port needs prometheus-client: "
-                         "pip install 'trackside[metrics]'") from None
+        raise SystemExit(
+            "trackside daemon: --metrics-port needs prometheus-client: pip install 'trackside[metrics]'"
+        ) from None
     if host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("metrics endpoint bound to %s: anyone who can reach it sees run ids and rates", host)
     registry = CollectorRegistry()

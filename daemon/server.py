@@ -76,11 +76,20 @@ class Connection:
         self.writer.close()
 
 
-
 class Daemon:
-    def __init__(self, folder: str | None = None, *, idle_timeout: float = 30.0, grpc_port: int | None = 0,
-                 grpc_host: str = "127.0.0.1", system_metrics: bool = True, sample_interval: float = 1.0,
-                 log_interval: float = 10.0, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        folder: str | None = None,
+        *,
+        idle_timeout: float = 30.0,
+        grpc_port: int | None = 0,
+        grpc_host: str = "127.0.0.1",
+        system_metrics: bool = True,
+        sample_interval: float = 1.0,
+        log_interval: float = 10.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ):
         self.folder = folder or discovery.daemon_dir()
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
@@ -100,8 +109,12 @@ class Daemon:
         self._opening: dict[str, asyncio.Lock] = {}
         # one sampler for the host, shared by every run (defaults for runs that set no intervals)
         # (a run whose training writers all finished is no longer sampled: see _idle_watch)
-        self.sampler = Sampler(lambda: [s for s in self.streams.values() if not s.system_done],
-                               enabled=system_metrics, sample_interval=sample_interval, log_interval=log_interval)
+        self.sampler = Sampler(
+            lambda: [s for s in self.streams.values() if not s.system_done],
+            enabled=system_metrics,
+            sample_interval=sample_interval,
+            log_interval=log_interval,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -143,10 +156,17 @@ class Daemon:
 
             self._metrics, port = start_metrics(self, loop, self.metrics_host, self.metrics_port)
             metrics = f"{self.metrics_host}:{port}"
-        discovery.write_info(self.folder, {
-            "pid": os.getpid(), "socket": self.socket, "grpc": f"{self.grpc_host}:{grpc_port}" if grpc_port else None,
-            "version": __version__, "started": time.time(), "metrics": metrics,
-        })
+        discovery.write_info(
+            self.folder,
+            {
+                "pid": os.getpid(),
+                "socket": self.socket,
+                "grpc": f"{self.grpc_host}:{grpc_port}" if grpc_port else None,
+                "version": __version__,
+                "started": time.time(),
+                "metrics": metrics,
+            },
+        )
         log.info("trackside daemon %s listening on %s (gRPC %s)", __version__, self.socket, grpc_port)
         await self._resume_runs()
         idle = asyncio.create_task(self._idle_watch())
@@ -284,7 +304,9 @@ class Daemon:
                     handle = await loop.run_in_executor(None, StoreHandle, root)
                     self.stores[root] = handle
                 handle.runs += 1
-            stream = RunStream(run_id, root, run_dir, info, handle and handle.store, handle and handle.call, self.io_pool)
+            stream = RunStream(
+                run_id, root, run_dir, info, handle and handle.store, handle and handle.call, self.io_pool
+            )
             try:
                 await stream.start()
             except BaseException:
@@ -326,7 +348,9 @@ class Daemon:
                 return conn.refuse("the first frame must be hello")
             conn.writer_id, conn.peer, conn.rank = hello.writer, hello.pid, hello.rank
             if hello.protocol != PROTOCOL_VERSION:
-                return conn.refuse(f"protocol version {hello.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})")
+                return conn.refuse(
+                    f"protocol version {hello.protocol} is not supported (this daemon speaks {PROTOCOL_VERSION})"
+                )
             try:
                 stream = await self.open_stream(hello)
             except (BadRecord, OSError, ValueError, TypeError) as e:
@@ -397,11 +421,13 @@ class Daemon:
             "system_metrics": self.sampler.status(),
         }
 
-
     def _writer_stats(self, stream: RunStream) -> list:
         """Per connected writer of ``stream``: batches and bytes accepted on its connection."""
-        return [{"writer": c.writer_id, "pid": c.peer, "rank": c.rank, "records": c.records, "bytes": c.bytes}
-                for c in self.connections if c.stream is stream]
+        return [
+            {"writer": c.writer_id, "pid": c.peer, "rank": c.rank, "records": c.records, "bytes": c.bytes}
+            for c in self.connections
+            if c.stream is stream
+        ]
 
 
 class _FrameError(Exception):
@@ -411,22 +437,44 @@ class _FrameError(Exception):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="trackside-daemon", description="the trackside sidecar daemon")
     p.add_argument("--dir", help="daemon folder (default: $TRACKSIDE_DAEMON_DIR or a per-user runtime folder)")
-    p.add_argument("--idle-timeout", type=float, default=float(os.environ.get("TRACKSIDE_IDLE_TIMEOUT", 30)),
-                   help="exit after this many seconds without runs (0: never)")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get("TRACKSIDE_IDLE_TIMEOUT", 30)),
+        help="exit after this many seconds without runs (0: never)",
+    )
     p.add_argument("--grpc-port", type=int, default=0, help="gRPC port on loopback (0: any free port)")
     p.add_argument("--no-grpc", action="store_true", help="do not start the gRPC listener")
-    p.add_argument("--detach", action="store_true",
-                   help="fork into the background (the parent returns at once; the daemon is nobody's child)")
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="fork into the background (the parent returns at once; the daemon is nobody's child)",
+    )
     p.add_argument("--log-level", default=os.environ.get("TRACKSIDE_LOG_LEVEL", "INFO"))
-    p.add_argument("--sample-interval", type=float, default=1.0,
-                   help="seconds between system-metrics samples, for runs that set no system_sample_interval")
-    p.add_argument("--log-interval", type=float, default=10.0,
-                   help="seconds of samples aggregated into one stored row, for runs that set no system_log_interval")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus metrics (the figures of `trackside top`) on this port (0: any free port)")
+    p.add_argument(
+        "--sample-interval",
+        type=float,
+        default=1.0,
+        help="seconds between system-metrics samples, for runs that set no system_sample_interval",
+    )
+    p.add_argument(
+        "--log-interval",
+        type=float,
+        default=10.0,
+        help="seconds of samples aggregated into one stored row, for runs that set no system_log_interval",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics (the figures of `trackside top`) on this port (0: any free port)",
+    )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default: loopback)")
-    p.add_argument("--no-system-metrics", action="store_true",
-                   help="sample no system metrics (CPU, memory, disk, network, GPUs) for any run")
+    p.add_argument(
+        "--no-system-metrics",
+        action="store_true",
+        help="sample no system metrics (CPU, memory, disk, network, GPUs) for any run",
+    )
     args = p.parse_args(argv)
     # The daemon allocates millions of short-lived rows and dicts, none in cycles that matter:
     # collecting every 700 allocations cost ~0.6 us per record. Collect far less often, and
@@ -447,9 +495,16 @@ def main(argv=None) -> int:
     folder = discovery.daemon_dir() if args.dir is None else os.path.abspath(args.dir)
     os.makedirs(folder, mode=0o700, exist_ok=True)
     restrict(os.path.join(folder, "daemon.log"))  # the spawner made it with its own umask
-    daemon = Daemon(folder, idle_timeout=args.idle_timeout, grpc_port=None if args.no_grpc else args.grpc_port,
-                    system_metrics=not args.no_system_metrics, sample_interval=args.sample_interval,
-                    log_interval=args.log_interval, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    daemon = Daemon(
+        folder,
+        idle_timeout=args.idle_timeout,
+        grpc_port=None if args.no_grpc else args.grpc_port,
+        system_metrics=not args.no_system_metrics,
+        sample_interval=args.sample_interval,
+        log_interval=args.log_interval,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency, but never let its absence stop logging

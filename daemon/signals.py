@@ -10,8 +10,12 @@ import os
 import signal
 
 
-def drain_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, log: logging.Logger,
-                     draining: str = "signal received: draining") -> None:
+def drain_on_signals(
+    loop: asyncio.AbstractEventLoop,
+    stop: asyncio.Event,
+    log: logging.Logger,
+    draining: str = "signal received: draining",
+) -> None:
     signals = 0
 
     def on_signal():

@@ -91,6 +91,7 @@ def _local_path(root: str, path: str) -> str:
 # event. A record that fails is refused with BadRecord naming the value; the records before it
 # are kept.
 
+
 def check_run(run_id: str, info) -> None:
     try:
         names.check_run_id(run_id)
@@ -199,8 +200,10 @@ class LocalSink:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SinkBusy(f"{self.root} is in use by another trackside server or sync (it holds {path}); "
-                           f"stop it, or use another root") from None
+            raise SinkBusy(
+                f"{self.root} is in use by another trackside server or sync (it holds {path}); "
+                f"stop it, or use another root"
+            ) from None
         self._lock_fd = fd
 
     def _runs_behind(self) -> list[str]:
@@ -298,8 +301,9 @@ class LocalSink:
                 run_dir = os.path.join(self.root, "runs", run_id)
                 info = await asyncio.get_running_loop().run_in_executor(None, run_info, run_dir, info)
                 info = {**info, "dest": "local"}  # stored here, whatever the run was started with
-                stream = RunStream(run_id, self.root, run_dir, info, self.handle.store, self.handle.call, self.io_pool,
-                                   live=False)
+                stream = RunStream(
+                    run_id, self.root, run_dir, info, self.handle.store, self.handle.call, self.io_pool, live=False
+                )
                 await stream.start()
                 self.streams[run_id] = stream
                 self._used[run_id] = time.monotonic()

@@ -194,8 +194,19 @@ class _Group:
 class RunStream:
     """The daemon's state for one run: its WAL, merger, summary and the writers attached."""
 
-    def __init__(self, run_id: str, root: str, run_dir: str, info: dict, store, store_call, io_pool,
-                 *, read_only: bool = False, live: bool = True):
+    def __init__(
+        self,
+        run_id: str,
+        root: str,
+        run_dir: str,
+        info: dict,
+        store,
+        store_call,
+        io_pool,
+        *,
+        read_only: bool = False,
+        live: bool = True,
+    ):
         self.run_id = run_id
         self.info = info
         self.dest = info.get("dest") or "local"  # "local", "offline" or a server URL
@@ -216,11 +227,15 @@ class RunStream:
         self.warnings: list[str] = []
         self.damage: list[dict] = []  # WAL damage found (path, offset, bytes, reason): status and metadata
         self._damage_stored = 0  # how many of them the store's metadata holds
-        self.wal = None if read_only else WAL(
-            os.path.join(run_dir, "wal"),
-            durability=self.durability,
-            max_record_size=RECORD_HEADER_SIZE + MAX_RECORD_SIZE,  # all the format allows (log() checks it)
-            reporter=self._report_damage,
+        self.wal = (
+            None
+            if read_only
+            else WAL(
+                os.path.join(run_dir, "wal"),
+                durability=self.durability,
+                max_record_size=RECORD_HEADER_SIZE + MAX_RECORD_SIZE,  # all the format allows (log() checks it)
+                reporter=self._report_damage,
+            )
         )
         self.live = live and not read_only  # False: records replayed long after they were logged
         self.merger = Merger(
@@ -360,17 +375,27 @@ class RunStream:
             from .uploader import RemoteDestination, Uploader
 
             # the token of the writer that opened the run, else the daemon's own environment's
-            dest = RemoteDestination(self.dest, token=self.info.get("token") or os.environ.get("TRACKSIDE_TOKEN") or None,
-                                     ca=os.environ.get("TRACKSIDE_TLS_CA") or None)
+            dest = RemoteDestination(
+                self.dest,
+                token=self.info.get("token") or os.environ.get("TRACKSIDE_TOKEN") or None,
+                ca=os.environ.get("TRACKSIDE_TLS_CA") or None,
+            )
             info = {k: v for k, v in self.info.items() if k not in ("root", "dest", "token")}
-            self.uploader = Uploader(self.run_id, self.root, self.dir, info, dest,
-                                     limit=lambda: self.wal.durable_offset,
-                                     interval=float(self.settings.get("upload_interval", 1.0)))
+            self.uploader = Uploader(
+                self.run_id,
+                self.root,
+                self.dir,
+                info,
+                dest,
+                limit=lambda: self.wal.durable_offset,
+                interval=float(self.settings.get("upload_interval", 1.0)),
+            )
             self._upload_stop = asyncio.Event()
             backlog = await asyncio.get_running_loop().run_in_executor(self._io_pool, self.uploader.count_backlog)
             self.uploader.durable(self.wal.durable_offset, backlog)
-            self._tasks.append(asyncio.create_task(self.uploader.run(stop=self._upload_stop),
-                                                   name=f"upload-{self.run_id}"))
+            self._tasks.append(
+                asyncio.create_task(self.uploader.run(stop=self._upload_stop), name=f"upload-{self.run_id}")
+            )
 
     # -- stage 1: accept ---------------------------------------------------------------------
 
@@ -573,8 +598,8 @@ class RunStream:
                 body = rec.body
                 if body is None:
                     found = await asyncio.get_running_loop().run_in_executor(
-                        self._io_pool, read_record, self.wal.directory, rec.end - rec.size, rec.end,
-                        self._report_damage)
+                        self._io_pool, read_record, self.wal.directory, rec.end - rec.size, rec.end, self._report_damage
+                    )
                     if found is None:  # damaged on disk since it was written: reported
                         continue
                     body = found.body
@@ -658,9 +683,19 @@ class RunStream:
         artifacts, self._artifacts = self._artifacts, []
         if len(self.damage) > self._damage_stored:
             group.meta["wal_damage"] = self._damage_report()
-        return dict(rows=rows, typed_steps=self._take_typed(rows), config=group.config, metadata=group.meta,
-                    console=group.console, marks=group.marks, summary=summary, cursor=cursor, final_state=final_state,
-                    artifacts=artifacts, system=group.system)
+        return dict(
+            rows=rows,
+            typed_steps=self._take_typed(rows),
+            config=group.config,
+            metadata=group.meta,
+            console=group.console,
+            marks=group.marks,
+            summary=summary,
+            cursor=cursor,
+            final_state=final_state,
+            artifacts=artifacts,
+            system=group.system,
+        )
 
     def _send_done(self, group) -> None:
         """Tell each finished writer how far it is done: its finish and whatever it sent after
@@ -750,7 +785,9 @@ class RunStream:
             if not isinstance(rich, dict):
                 raise TypeError(f"a {type(rich).__name__}, not a map")
         except (msgspec.DecodeError, TypeError) as e:
-            self._warn(f"writer {writer} batch {seq}: step {step} has a payload that is not a map of values ({e}); kept aside")
+            self._warn(
+                f"writer {writer} batch {seq}: step {step} has a payload that is not a map of values ({e}); kept aside"
+            )
             return entry
         self._typed_steps.add(step)
         return (step, commit, time_us, {**values, **rich}, None)
@@ -896,8 +933,11 @@ class RunStream:
         """Everything appended is durable and through the materializer (rows a live writer
         still holds back may wait in the merger, records of writers far ahead of it in the
         backlog)."""
-        return (not self._pending and self._unstored == self._backlog.records
-                and not self._backlog.ready(self.merger, time.monotonic()))
+        return (
+            not self._pending
+            and self._unstored == self._backlog.records
+            and not self._backlog.ready(self.merger, time.monotonic())
+        )
 
     def idle(self) -> bool:
         if self.uploader is not None and not self.uploader.caught_up():
@@ -912,8 +952,9 @@ class RunStream:
             rows = self.merger.finalize(time.monotonic(), everything=False)
             if rows or self._summary_dirty:
                 self.summary.update(rows)
-                await self._store(rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(),
-                                  cursor=None)
+                await self._store(
+                    rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(), cursor=None
+                )
             return
         if not self.local:
             await self._tasks[0]
@@ -941,8 +982,12 @@ class RunStream:
         try:
             await asyncio.wait_for(task, grace)
         except asyncio.TimeoutError:
-            log.warning("run %s: uploads to %s go on at the next start (%d bytes behind)",
-                        self.run_id, self.dest, self.uploader.status()["lag_bytes"])
+            log.warning(
+                "run %s: uploads to %s go on at the next start (%d bytes behind)",
+                self.run_id,
+                self.dest,
+                self.uploader.status()["lag_bytes"],
+            )
         except Exception:
             log.exception("run %s: the uploader failed", self.run_id)
         self.uploader.dest.close()
@@ -952,7 +997,9 @@ class RunStream:
     def _report_damage(self, path, offset, nbytes, reason) -> None:
         # called from the io threads too: a list append is atomic, the store picks it up later
         self.damage.append({"path": os.fspath(path), "offset": offset, "bytes": nbytes, "reason": reason})
-        log.warning("run %s: WAL damage in %s at offset %d: %d bytes dropped (%s)", self.run_id, path, offset, nbytes, reason)
+        log.warning(
+            "run %s: WAL damage in %s at offset %d: %d bytes dropped (%s)", self.run_id, path, offset, nbytes, reason
+        )
 
     def _damage_report(self) -> list:
         """Every damage found so far, for the run's metadata (``wal_damage``)."""

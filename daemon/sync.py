@@ -92,10 +92,17 @@ def _wal_size(run_dir: str) -> int:
     return sum(e.stat().st_size for e in os.scandir(wal) if e.is_file())
 
 
-async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bool = False,
-                    token: Optional[str] = None, ca: Optional[str] = None,
-                    on_progress: Optional[Callable[[Progress], None]] = None,
-                    interval: float = 0.0, max_records: int = MAX_RECORDS) -> list[Progress]:
+async def sync_runs(
+    run_dirs: list[str],
+    to: Optional[str] = None,
+    *,
+    follow: bool = False,
+    token: Optional[str] = None,
+    ca: Optional[str] = None,
+    on_progress: Optional[Callable[[Progress], None]] = None,
+    interval: float = 0.0,
+    max_records: int = MAX_RECORDS,
+) -> list[Progress]:
     """Sync each run folder into ``to`` (URL, run root, or None: the run's own root)."""
     checked = [(os.path.abspath(d), *_check_run_dir(d)) for d in run_dirs]
     results = []
@@ -104,16 +111,20 @@ async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bo
     dest = None
     try:
         if remote:
-            dest = RemoteDestination(to, token=token or os.environ.get("TRACKSIDE_TOKEN") or None,
-                                     ca=ca or os.environ.get("TRACKSIDE_TLS_CA") or None)
+            dest = RemoteDestination(
+                to,
+                token=token or os.environ.get("TRACKSIDE_TOKEN") or None,
+                ca=ca or os.environ.get("TRACKSIDE_TLS_CA") or None,
+            )
         for run_dir, root, run_id in checked:
             target = to if remote else os.path.abspath(to or root)
             progress = Progress(run_id, target, total_bytes=_wal_size(run_dir))
             started = time.monotonic()
             if not remote and target == root:
                 if run_info(run_dir).get("dest", "local") == "local":
-                    raise SyncError(f"run {run_id} is stored in {root} by the daemon already; "
-                                    f"sync it elsewhere with --to URL|PATH")
+                    raise SyncError(
+                        f"run {run_id} is stored in {root} by the daemon already; sync it elsewhere with --to URL|PATH"
+                    )
                 await _sync_in_place(run_dir, root, run_id, progress, follow, on_progress)
             else:
                 if not remote and (sink is None or sink.root != target):
@@ -125,8 +136,7 @@ async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bo
                     except SinkBusy as e:
                         raise SyncError(str(e)) from None
                     dest = SinkDestination(sink)
-                await _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval,
-                                      max_records)
+                await _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval, max_records)
                 if sink is not None:
                     await sink.wait_stored(run_id)
             progress.seconds = time.monotonic() - started
@@ -139,12 +149,10 @@ async def sync_runs(run_dirs: list[str], to: Optional[str] = None, *, follow: bo
     return results
 
 
-async def _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval,
-                          max_records) -> None:
+async def _sync_by_upload(run_dir, root, run_id, dest, progress, follow, on_progress, interval, max_records) -> None:
     info = {k: v for k, v in run_info(run_dir).items() if k not in ("root", "dest")}
     state = "sync-" + hashlib.sha256(str(dest).encode()).hexdigest()[:12] + ".json"
-    uploader = Uploader(run_id, root, run_dir, info, dest, state_file=state, interval=interval,
-                        max_records=max_records)
+    uploader = Uploader(run_id, root, run_dir, info, dest, state_file=state, interval=interval, max_records=max_records)
     stop = asyncio.Event()
     task = asyncio.create_task(uploader.run(follow=follow, stop=stop))
     try:
@@ -212,8 +220,11 @@ async def _sync_in_place(run_dir, root, run_id, progress, follow, on_progress) -
             await asyncio.sleep(FOLLOW_POLL)
             if await stream.catch_up():
                 quiet_since = time.monotonic()
-            elif stream.finished_writers and stream.merger.live_writers() == 0 \
-                    and time.monotonic() - quiet_since > FOLLOW_QUIET:
+            elif (
+                stream.finished_writers
+                and stream.merger.live_writers() == 0
+                and time.monotonic() - quiet_since > FOLLOW_QUIET
+            ):
                 break
         await stream.close()
         progress.done_bytes = stream.read_offset

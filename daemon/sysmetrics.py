@@ -136,12 +136,24 @@ class GpuReader:
             if v is not None:
                 avg[k["memory_clock_mhz"]] = v
             # volatile counts: since the driver last loaded, which is what a run can act on
-            v = call(i, "ecc_corrected", nvml.nvmlDeviceGetTotalEccErrors, h,
-                     nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, nvml.NVML_VOLATILE_ECC)
+            v = call(
+                i,
+                "ecc_corrected",
+                nvml.nvmlDeviceGetTotalEccErrors,
+                h,
+                nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+                nvml.NVML_VOLATILE_ECC,
+            )
             if v is not None:
                 last[k["ecc_corrected"]] = v
-            v = call(i, "ecc_uncorrected", nvml.nvmlDeviceGetTotalEccErrors, h,
-                     nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC)
+            v = call(
+                i,
+                "ecc_uncorrected",
+                nvml.nvmlDeviceGetTotalEccErrors,
+                h,
+                nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                nvml.NVML_VOLATILE_ECC,
+            )
             if v is not None:
                 last[k["ecc_uncorrected"]] = v
             ps = call(i, "processes", nvml.nvmlDeviceGetComputeRunningProcesses, h)
@@ -178,9 +190,18 @@ class GpuReader:
 
 
 _GPU_METRICS = (
-    "utilization_percent", "memory_utilization_percent", "memory_used_bytes", "memory_total_bytes",
-    "memory_used_percent", "temperature_c", "power_w", "power_limit_w", "sm_clock_mhz", "memory_clock_mhz",
-    "ecc_corrected", "ecc_uncorrected",
+    "utilization_percent",
+    "memory_utilization_percent",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "memory_used_percent",
+    "temperature_c",
+    "power_w",
+    "power_limit_w",
+    "sm_clock_mhz",
+    "memory_clock_mhz",
+    "ecc_corrected",
+    "ecc_uncorrected",
 )
 
 
@@ -544,8 +565,20 @@ class Window:
 
 
 class _RunState:
-    __slots__ = ("stream", "off", "sample_interval", "log_interval", "window", "base", "next_sample",
-                 "pending", "meta", "described", "writer", "closed")
+    __slots__ = (
+        "stream",
+        "off",
+        "sample_interval",
+        "log_interval",
+        "window",
+        "base",
+        "next_sample",
+        "pending",
+        "meta",
+        "described",
+        "writer",
+        "closed",
+    )
 
     def __init__(self, stream, off: bool, sample_interval: float = 1.0, log_interval: float = 10.0):
         self.stream = stream
@@ -573,8 +606,16 @@ class Sampler:
     it samples at the smallest sample interval of the live runs (a run with a larger one takes
     every sample that is due for it) and stores each run's window at the run's log interval."""
 
-    def __init__(self, streams, *, enabled: bool = True, sample_interval: float = 1.0, log_interval: float = 10.0,
-                 host: str | None = None, nvml_loader=load_nvml):
+    def __init__(
+        self,
+        streams,
+        *,
+        enabled: bool = True,
+        sample_interval: float = 1.0,
+        log_interval: float = 10.0,
+        host: str | None = None,
+        nvml_loader=load_nvml,
+    ):
         self.streams = streams
         self.enabled = enabled
         self.sample_interval = max(float(sample_interval), MIN_INTERVAL)
@@ -630,8 +671,11 @@ class Sampler:
             try:
                 await asyncio.wait_for(st.writer, CLOSE_TIMEOUT)
             except asyncio.TimeoutError:
-                log.warning("run %s: its last system metrics were not stored within %.0f s; dropped",
-                            stream.run_id, CLOSE_TIMEOUT)
+                log.warning(
+                    "run %s: its last system metrics were not stored within %.0f s; dropped",
+                    stream.run_id,
+                    CLOSE_TIMEOUT,
+                )
 
     async def stop(self) -> None:
         """Store every run's last window, stop sampling and shut NVML down."""
@@ -714,8 +758,13 @@ class Sampler:
             if not math.isfinite(value) or value <= 0:
                 raise ValueError
         except (TypeError, ValueError):
-            log.warning("run %s: setting %s=%r is not a positive number of seconds; using %s",
-                        stream.run_id, name, value, default)
+            log.warning(
+                "run %s: setting %s=%r is not a positive number of seconds; using %s",
+                stream.run_id,
+                name,
+                value,
+                default,
+            )
             return default
         return max(value, MIN_INTERVAL)
 
@@ -805,8 +854,9 @@ class Sampler:
             try:
                 await st.stream.write_system(self.host, rows, metadata=meta)
             except Exception:
-                log.exception("run %s: storing %d rows of system metrics failed; they are dropped",
-                              st.stream.run_id, len(rows))
+                log.exception(
+                    "run %s: storing %d rows of system metrics failed; they are dropped", st.stream.run_id, len(rows)
+                )
 
     # -- reporting -------------------------------------------------------------------------------
 

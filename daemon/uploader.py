@@ -41,10 +41,10 @@ from .wal import read_records
 
 log = logging.getLogger("trackside.upload")
 
-MAX_RECORDS = 4096        # WAL records per upload (a record is one client batch: up to thousands of steps)
-MAX_BYTES = 4 << 20       # bytes per upload
-INTERVAL = 1.0            # seconds between uploads while keeping up
-MARK_EVERY = 1.0          # seconds of lag one progress mark stands for
+MAX_RECORDS = 4096  # WAL records per upload (a record is one client batch: up to thousands of steps)
+MAX_BYTES = 4 << 20  # bytes per upload
+INTERVAL = 1.0  # seconds between uploads while keeping up
+MARK_EVERY = 1.0  # seconds of lag one progress mark stands for
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 _SKIP = {"wal", "upload.json", "run.json"}  # run-folder entries that are not the run's files (nor sync-*.json)
 
@@ -116,9 +116,20 @@ class SinkDestination:
 class Uploader:
     """Sends the WAL of the run in ``run_dir`` (under run root ``root``) to ``dest``."""
 
-    def __init__(self, run_id: str, root: str, run_dir: str, info: dict, dest, *,
-                 limit: Optional[Callable[[], Optional[int]]] = None, state_file: str = "upload.json",
-                 interval: float = INTERVAL, max_records: int = MAX_RECORDS, max_bytes: int = MAX_BYTES):
+    def __init__(
+        self,
+        run_id: str,
+        root: str,
+        run_dir: str,
+        info: dict,
+        dest,
+        *,
+        limit: Optional[Callable[[], Optional[int]]] = None,
+        state_file: str = "upload.json",
+        interval: float = INTERVAL,
+        max_records: int = MAX_RECORDS,
+        max_bytes: int = MAX_BYTES,
+    ):
         self.run_id = run_id
         self.root = root
         self.run_dir = run_dir
@@ -131,8 +142,8 @@ class Uploader:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.cursor, self.uploaded = self._load_state()
-        self.error: Optional[str] = None       # a permanent error: the uploader stopped
-        self.retrying: Optional[str] = None    # the last transient error, while retrying
+        self.error: Optional[str] = None  # a permanent error: the uploader stopped
+        self.retrying: Optional[str] = None  # the last transient error, while retrying
         self.files_sent: set[str] = set()
         self._sent_folders: dict[str, tuple[int, list]] = {}  # folder -> (mtime_ns, subfolders): all its files sent
         self.stats = {"batches": 0, "records": 0, "duplicates": 0, "files": 0, "retries": 0}
@@ -155,8 +166,10 @@ class Uploader:
 
     def _save_state(self) -> None:
         # not fsynced: a cursor lost in a crash only repeats batches the destination drops
-        write_atomic(self.state_path, msgspec.json.encode({"dest": str(self.dest), "offset": self.cursor,
-                                                           "records": self.uploaded}))
+        write_atomic(
+            self.state_path,
+            msgspec.json.encode({"dest": str(self.dest), "offset": self.cursor, "records": self.uploaded}),
+        )
 
     # -- progress --------------------------------------------------------------------------------
 
@@ -340,7 +353,9 @@ class Uploader:
                             new.append(rel)
             stack.extend(subfolders)
             out.extend(new)
-            if not new and now - mtime > 2_000_000_000:  # mtimes tick coarsely: a folder changed just now is listed again
+            if (
+                not new and now - mtime > 2_000_000_000
+            ):  # mtimes tick coarsely: a folder changed just now is listed again
                 self._sent_folders[folder] = (mtime, subfolders)
         return out
 

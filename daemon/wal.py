@@ -216,8 +216,18 @@ class _SegmentScan:
     the number of bytes after it that no valid record follows (clean end or torn tail).
     """
 
-    def __init__(self, parse, fd: int, path: str, base: int, pos: int, report: Reporter,
-                 final: bool, later_exists: Callable[[], bool], buf: Optional[bytearray] = None):
+    def __init__(
+        self,
+        parse,
+        fd: int,
+        path: str,
+        base: int,
+        pos: int,
+        report: Reporter,
+        final: bool,
+        later_exists: Callable[[], bool],
+        buf: Optional[bytearray] = None,
+    ):
         self.parse = parse
         self.fd = fd
         self.path = path
@@ -271,8 +281,9 @@ class _SegmentScan:
         while True:
             status, rtype, body_start, body_end = parse(self.buf, i, self.n)
             if status == PARSE_OK:
-                yield Record(self._offset(i), rtype, bytes(memoryview(self.buf)[body_start:body_end]),
-                             self._offset(body_end))
+                yield Record(
+                    self._offset(i), rtype, bytes(memoryview(self.buf)[body_start:body_end]), self._offset(body_end)
+                )
                 i = body_end
                 self.valid_end = self.at + i
                 continue
@@ -287,11 +298,11 @@ class _SegmentScan:
             if i is None:
                 self.tail = self.at + self.n - start
                 if self.final:
-                    self.report(self.path, self.base + start - HEADER, self.tail,
-                                PARSE_REASONS.get(status, _CUT_OFF))
+                    self.report(self.path, self.base + start - HEADER, self.tail, PARSE_REASONS.get(status, _CUT_OFF))
                 return
-            self.report(self.path, self.base + start - HEADER, self.at + i - start,
-                        PARSE_REASONS.get(status, _RUNS_PAST))
+            self.report(
+                self.path, self.base + start - HEADER, self.at + i - start, PARSE_REASONS.get(status, _RUNS_PAST)
+            )
 
     def _resync(self, i: int) -> Optional[int]:
         """The index in ``buf`` of the next valid record after the bad byte ``buf[i]``, or None
@@ -325,8 +336,9 @@ class _Tally:
         self.segments = self.tail = self.damaged = self.reports = 0
 
 
-def _iter_records(directory: str, start: int, report: Reporter, parse, stop: Optional[int] = None,
-                  tally: Optional[_Tally] = None) -> Iterator[Record]:
+def _iter_records(
+    directory: str, start: int, report: Reporter, parse, stop: Optional[int] = None, tally: Optional[_Tally] = None
+) -> Iterator[Record]:
     segments = _list_segments(directory)
     if not segments:
         return
@@ -351,8 +363,17 @@ def _iter_records(directory: str, start: int, report: Reporter, parse, stop: Opt
                         ident = seg_ident
                     elif seg_ident != ident:
                         raise WALFormatError(f"{path}: the segment belongs to another WAL (ident differs)")
-                    scan = _SegmentScan(parse, fd, path, base, pos, report, final,
-                                        lambda b=base: any(o > b for o, _ in _list_segments(directory)), buf)
+                    scan = _SegmentScan(
+                        parse,
+                        fd,
+                        path,
+                        base,
+                        pos,
+                        report,
+                        final,
+                        lambda b=base: any(o > b for o, _ in _list_segments(directory)),
+                        buf,
+                    )
                     for rec in scan:
                         if stop is not None and rec.offset >= stop:
                             return
@@ -374,8 +395,9 @@ def _iter_records(directory: str, start: int, report: Reporter, parse, stop: Opt
         pos = HEADER
 
 
-def read_records(directory: str, start: int = 0, reporter: Optional[Reporter] = None, *,
-                 stop: Optional[int] = None, codec=None) -> Iterator[Record]:
+def read_records(
+    directory: str, start: int = 0, reporter: Optional[Reporter] = None, *, stop: Optional[int] = None, codec=None
+) -> Iterator[Record]:
     """The records of the WAL in ``directory`` from logical offset ``start`` (0 or a
     ``Record.end``), in order, without opening it for writing (another process may be writing).
 
@@ -387,8 +409,9 @@ def read_records(directory: str, start: int = 0, reporter: Optional[Reporter] = 
     yield from _iter_records(os.fspath(directory), start, reporter or _log_damage, parse, stop)
 
 
-def read_record(directory: str, offset: int, end: int, reporter: Optional[Reporter] = None, *,
-                codec=None) -> Optional[Record]:
+def read_record(
+    directory: str, offset: int, end: int, reporter: Optional[Reporter] = None, *, codec=None
+) -> Optional[Record]:
     """The one record from logical ``offset`` to ``end`` (a ``Record``'s, or an append's start
     and end), read with a single ``pread`` once it is in the files (``written_offset``): the
     way back to a record whose bytes were let go from memory. None, with the damage reported
@@ -443,8 +466,16 @@ class WAL:
     and reports damage before it. ``recovery`` says what was found. Thread-safe.
     """
 
-    def __init__(self, directory, *, durability: str = "fsync", segment_size: int = 64 << 20,
-                 max_record_size: int = 16 << 20, reporter: Optional[Reporter] = None, codec=None):
+    def __init__(
+        self,
+        directory,
+        *,
+        durability: str = "fsync",
+        segment_size: int = 64 << 20,
+        max_record_size: int = 16 << 20,
+        reporter: Optional[Reporter] = None,
+        codec=None,
+    ):
         if durability not in DURABILITY_LEVELS:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}")
         if segment_size < HEADER + RECORD_HEADER_SIZE:
@@ -528,8 +559,12 @@ class WAL:
         scan = _SegmentScan(self.codec.parse_record, fd, path, base, HEADER, report, False, lambda: False)
         records = sum(1 for _ in scan)
         if scan.tail:
-            log.info("WAL %s: truncated a torn tail of %d bytes at offset %d", path, scan.tail,
-                     base + scan.valid_end - HEADER)
+            log.info(
+                "WAL %s: truncated a torn tail of %d bytes at offset %d",
+                path,
+                scan.tail,
+                base + scan.valid_end - HEADER,
+            )
             os.ftruncate(fd, scan.valid_end)
         # The previous writer may have left unsynced data (durability "flush" or "none"): make
         # everything we keep durable, so durable_offset starts true.
@@ -575,7 +610,11 @@ class WAL:
                 f"bytes; split the batch"
             )
         # A cheap check that keeps raw bytes out: they would read back as damage.
-        if n < RECORD_HEADER_SIZE or record[:4] != RECORD_MAGIC or _u32.unpack_from(record, 8)[0] != n - RECORD_HEADER_SIZE:
+        if (
+            n < RECORD_HEADER_SIZE
+            or record[:4] != RECORD_MAGIC
+            or _u32.unpack_from(record, 8)[0] != n - RECORD_HEADER_SIZE
+        ):
             raise ValueError("append takes one complete framed record (from codec.frame or codec.encode_batch)")
         with self._lock:
             self._check_usable()
@@ -745,8 +784,9 @@ class WAL:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def records(self, start: int = 0, *, reporter: Optional[Reporter] = None,
-                stop: Optional[int] = None) -> Iterator[Record]:
+    def records(
+        self, start: int = 0, *, reporter: Optional[Reporter] = None, stop: Optional[int] = None
+    ) -> Iterator[Record]:
         """Records from logical offset ``start`` (0 or a ``Record.end``), across segments, from
         what has been written to the files (not the append buffer: ``commit`` first). Damage is
         reported to ``reporter`` (default: the WAL's) and skipped. ``stop``: no record that

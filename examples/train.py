@@ -56,8 +56,12 @@ def main():
     parser.add_argument("--dir", default=None, help="parent folder of the run root (default: current folder)")
     args = parser.parse_args()
 
-    run = trackside.init(project="examples", name="logreg-3-ranks", dir=args.dir,
-                         config={"lr": args.lr, "steps": args.steps, "ranks": 3, "features": FEATURES})
+    run = trackside.init(
+        project="examples",
+        name="logreg-3-ranks",
+        dir=args.dir,
+        config={"lr": args.lr, "steps": args.steps, "ranks": 3, "features": FEATURES},
+    )
     run.define_metric("accuracy", summary="max,last")
     run.define_metric("loss", summary="min,last")
 
@@ -80,8 +84,15 @@ def main():
         avg = sum(np.frombuffer(gr.get_obj()) for gr in grads) / 3
         w -= args.lr * avg
         _, _, pv = loss_and_grad(w, xv, yv)
-        run.log({"rank0/loss": float(loss), "loss": float(loss), "accuracy": float(np.mean((pv > 0.5) == yv)),
-                 "grad_norm": float(np.linalg.norm(avg))}, step=step)
+        run.log(
+            {
+                "rank0/loss": float(loss),
+                "loss": float(loss),
+                "accuracy": float(np.mean((pv > 0.5) == yv)),
+                "grad_norm": float(np.linalg.norm(avg)),
+            },
+            step=step,
+        )
     for p in procs:
         p.join()
     run.finish()

@@ -207,7 +207,8 @@ class BatchEncoder:
         if len(out) > MAX_RECORD_SIZE - 4 * 10:  # take() could not frame it (4 uvarints of <= 10 bytes)
             raise RecordTooLarge(
                 f"log entry too large: its batch of {len(out)} bytes exceeds the record "
-                f"limit of {MAX_RECORD_SIZE}; log big values as files (trackside.Artifact, Html, Image)")
+                f"limit of {MAX_RECORD_SIZE}; log big values as files (trackside.Artifact, Html, Image)"
+            )
         if not same:
             self._prev_keys = cur
 

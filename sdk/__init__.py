@@ -15,9 +15,34 @@ from .contracts.version import __version__
 from ._run import Run, init
 from .contracts.errors import Error, TransportError, UsageError
 
-__all__ = ["Api", "Artifact", "Audio", "Classes", "Error", "Histogram", "Html", "Image", "JoinedTable",
-           "Molecule", "Object3D", "Table", "Video", "plot", "Run", "TransportError", "UsageError", "__version__",
-           "define_metric", "finish", "init", "log", "log_artifact", "unwatch", "use_artifact", "watch"]
+__all__ = [
+    "Api",
+    "Artifact",
+    "Audio",
+    "Classes",
+    "Error",
+    "Histogram",
+    "Html",
+    "Image",
+    "JoinedTable",
+    "Molecule",
+    "Object3D",
+    "Table",
+    "Video",
+    "plot",
+    "Run",
+    "TransportError",
+    "UsageError",
+    "__version__",
+    "define_metric",
+    "finish",
+    "init",
+    "log",
+    "log_artifact",
+    "unwatch",
+    "use_artifact",
+    "watch",
+]
 
 
 # names imported on first use, so that `import trackside` stays light
@@ -73,8 +98,14 @@ def use_artifact(artifact_or_name, type: str | None = None):
     return _active("use_artifact").use_artifact(artifact_or_name, type=type)
 
 
-def watch(models, criterion=None, log: str | None = "gradients", log_freq: int = 1000, idx: int | None = None,
-          log_graph: bool = False) -> None:
+def watch(
+    models,
+    criterion=None,
+    log: str | None = "gradients",
+    log_freq: int = 1000,
+    idx: int | None = None,
+    log_graph: bool = False,
+) -> None:
     """``Run.watch`` on the active run."""
     _active("watch").watch(models, criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
 

@@ -157,7 +157,9 @@ class Run:
         if client is None:
             if self.mode == "disabled":
                 return
-            raise UsageError(f"run {self.id} is finished: log() after finish() is not recorded; start a new run with trackside.init()")
+            raise UsageError(
+                f"run {self.id} is finished: log() after finish() is not recorded; start a new run with trackside.init()"
+            )
         if type(data) is not dict:
             if not isinstance(data, dict):
                 raise TypeError(f"log() takes a dict of values, not {type(data).__name__}")
@@ -174,14 +176,18 @@ class Run:
             commit_now = commit is True
             if s < cur:
                 if self._late_steps == "error":
-                    raise UsageError(f"step {s} is lower than the current step {cur} (late_steps='error'); "
-                                     f"log with step >= {cur}, or init with settings={{'late_steps': 'amend'}}")
+                    raise UsageError(
+                        f"step {s} is lower than the current step {cur} (late_steps='error'); "
+                        f"log with step >= {cur}, or init with settings={{'late_steps': 'amend'}}"
+                    )
                 if self._late_steps == "drop":
                     self.late_dropped += 1
                     if self.late_dropped == 1:
-                        warnings.warn(f"trackside: dropping values logged at step {s} < current step {cur} "
-                                      f"(late_steps='drop'); later drops are counted in run.late_dropped",
-                                      stacklevel=2)
+                        warnings.warn(
+                            f"trackside: dropping values logged at step {s} < current step {cur} "
+                            f"(late_steps='drop'); later drops are counted in run.late_dropped",
+                            stacklevel=2,
+                        )
                     return
         if not self._seen_keys.issuperset(data):
             self._check_keys(data)
@@ -206,11 +212,21 @@ class Run:
                 warnings.warn(
                     f"trackside: metric name {k!r} breaks the naming rules (letters, digits and underscores, "
                     f"not starting with a digit; '/' separates groups); it is logged, but may be hard to query",
-                    stacklevel=3)
+                    stacklevel=3,
+                )
 
-    def define_metric(self, name: str, step_metric: str | None = None, *, summary: str | None = None,
-                      reduce: str | None = None, hidden: bool = False, step_sync: bool | None = None,
-                      goal: str | None = None, overwrite: bool | None = None) -> None:
+    def define_metric(
+        self,
+        name: str,
+        step_metric: str | None = None,
+        *,
+        summary: str | None = None,
+        reduce: str | None = None,
+        hidden: bool = False,
+        step_sync: bool | None = None,
+        goal: str | None = None,
+        overwrite: bool | None = None,
+    ) -> None:
         """Say how a metric (or a glob like ``"val/*"``) is summarized and merged across writers.
 
         ``summary``: comma-separated of min, max, mean, first, last, none. ``reduce``: how values
@@ -225,10 +241,21 @@ class Run:
             bad = [k for k in kinds if k not in ("min", "max", "mean", "first", "last", "none", "best", "copy")]
             if bad:
                 raise UsageError(f"summary={summary!r}: unknown kind(s) {bad}; use min, max, mean, first, last, none")
-        self._event("define_metric", {k: v for k, v in {
-            "name": name, "step_metric": step_metric, "summary": summary, "reduce": reduce, "hidden": hidden,
-            "goal": goal,
-        }.items() if v is not None})
+        self._event(
+            "define_metric",
+            {
+                k: v
+                for k, v in {
+                    "name": name,
+                    "step_metric": step_metric,
+                    "summary": summary,
+                    "reduce": reduce,
+                    "hidden": hidden,
+                    "goal": goal,
+                }.items()
+                if v is not None
+            },
+        )
 
     def _logged_form(self, key: str, value):
         """A data type (histogram, image, ...), a list of them or a figure as it is stored;
@@ -264,8 +291,15 @@ class Run:
 
     # -- frameworks ------------------------------------------------------------------------------
 
-    def watch(self, models, criterion=None, log: str | None = "gradients", log_freq: int = 1000,
-              idx: int | None = None, log_graph: bool = False) -> None:
+    def watch(
+        self,
+        models,
+        criterion=None,
+        log: str | None = "gradients",
+        log_freq: int = 1000,
+        idx: int | None = None,
+        log_graph: bool = False,
+    ) -> None:
         """Log histograms of a PyTorch model's gradients (``gradients/<name>``) and/or parameters
         (``parameters/<name>``; ``log="parameters"`` or ``"all"``) every ``log_freq`` calls of
         the model, into the step of the next ``log()``. Calls that do not log cost a counter
@@ -295,8 +329,9 @@ class Run:
         if client is None:
             return
         if not client.flush(timeout):
-            raise TimeoutError(f"run {self.id}: not everything logged was durable within {timeout} s; "
-                               f"it stays buffered and is sent on")
+            raise TimeoutError(
+                f"run {self.id}: not everything logged was durable within {timeout} s; it stays buffered and is sent on"
+            )
 
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
         """Flush everything and return once the daemon has it durable and in the store.
@@ -325,11 +360,15 @@ class Run:
         self._last_client = client
         ok = client.finish(timeout=self.settings["finish_timeout"])
         if client.error is not None:
-            raise TransportError(f"run {self.id} finished without confirmation that everything is stored: "
-                                 f"{client.error}")
+            raise TransportError(
+                f"run {self.id} finished without confirmation that everything is stored: {client.error}"
+            )
         if not ok:
-            print(f"trackside: run {self.id} finished without confirmation that everything is stored: the daemon "
-                  f"did not confirm within {self.settings['finish_timeout']:.0f} s", file=sys.stderr)
+            print(
+                f"trackside: run {self.id} finished without confirmation that everything is stored: the daemon "
+                f"did not confirm within {self.settings['finish_timeout']:.0f} s",
+                file=sys.stderr,
+            )
 
     @property
     def dropped(self) -> int:
@@ -382,8 +421,10 @@ def _split_values(data: dict, run: "Run", step: int) -> tuple[dict, bytes | None
         else:
             form = _rich_form(run, k, v, step)
             if form is None:
-                raise TypeError(f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str, "
-                                f"None, a trackside data type, a list of data types or a matplotlib/plotly figure")
+                raise TypeError(
+                    f"cannot log {type(v).__name__} for key {k!r}: values must be int, float, bool, str, "
+                    f"None, a trackside data type, a list of data types or a matplotlib/plotly figure"
+                )
             rich[k] = form
     return plain, (msgspec.msgpack.encode(rich) if rich else None)
 
@@ -488,10 +529,25 @@ class _TeeStream:
         return getattr(self.inner, name)
 
 
-def init(project: str | None = None, name: str | None = None, *, id: str | None = None, config=None,
-         tags=None, group: str | None = None, job_type: str | None = None, dir=None, resume=None,
-         mode: str | None = None, settings: dict | None = None, entity=None, notes=None, reinit=None,
-         sync_tensorboard: bool = False, **unknown) -> Run:
+def init(
+    project: str | None = None,
+    name: str | None = None,
+    *,
+    id: str | None = None,
+    config=None,
+    tags=None,
+    group: str | None = None,
+    job_type: str | None = None,
+    dir=None,
+    resume=None,
+    mode: str | None = None,
+    settings: dict | None = None,
+    entity=None,
+    notes=None,
+    reinit=None,
+    sync_tensorboard: bool = False,
+    **unknown,
+) -> Run:
     """Start a run (or join one: a child process of a run joins it as another writer).
 
     Starts the host's daemon when none is running. ``mode="disabled"`` returns a run whose
@@ -508,8 +564,10 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     if settings:
         unknown_settings = set(settings) - set(DEFAULT_SETTINGS) - set(_SYSTEM_INTERVALS)
         if unknown_settings:
-            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown_settings))}; "
-                             f"known: {', '.join([*DEFAULT_SETTINGS, *_SYSTEM_INTERVALS])}")
+            raise UsageError(
+                f"unknown setting(s): {', '.join(sorted(unknown_settings))}; "
+                f"known: {', '.join([*DEFAULT_SETTINGS, *_SYSTEM_INTERVALS])}"
+            )
         merged.update(settings)
     _check_system_settings(merged)
     merged["server"] = merged["server"] or os.environ.get("TRACKSIDE_SERVER") or None
@@ -533,12 +591,30 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         raise UsageError(str(e)) from None
     if resume not in (None, False, True, "allow", "must", "never", "auto"):
         raise UsageError(f"resume={resume!r} is not one of allow, must, never, auto")
-    root = discovery.run_root(dir) if dir is not None else (
-        os.environ.get(discovery.ENV_ROOT) and os.path.abspath(os.environ[discovery.ENV_ROOT]) or discovery.run_root())
+    root = (
+        discovery.run_root(dir)
+        if dir is not None
+        else (
+            os.environ.get(discovery.ENV_ROOT)
+            and os.path.abspath(os.environ[discovery.ENV_ROOT])
+            or discovery.run_root()
+        )
+    )
     rank, local_rank, world_size, ranked = _ranks()
-    run = Run(id=id or new_run_id(), project=project or os.environ.get("TRACKSIDE_PROJECT") or "uncategorized",
-              name=name, config=config, tags=tags, group=group, job_type=job_type, root=root, mode=mode,
-              settings=merged, resume=resume, rank=rank)
+    run = Run(
+        id=id or new_run_id(),
+        project=project or os.environ.get("TRACKSIDE_PROJECT") or "uncategorized",
+        name=name,
+        config=config,
+        tags=tags,
+        group=group,
+        job_type=job_type,
+        root=root,
+        mode=mode,
+        settings=merged,
+        resume=resume,
+        rank=rank,
+    )
     if mode == "disabled":
         return run
     if resume == "must" and not _run_exists(root, run.id):
@@ -547,17 +623,31 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         raise UsageError(f"resume='never' but run {run.id} already exists under {root}")
     from .transport import Client  # socket and thread machinery only when a run really starts
 
-    info = {"project": run.project, "name": run.name, "group": group, "job_type": job_type,
-            "tags": list(run.tags), "settings": merged, "dest": run.dest}
+    info = {
+        "project": run.project,
+        "name": run.name,
+        "group": group,
+        "job_type": job_type,
+        "tags": list(run.tags),
+        "settings": merged,
+        "dest": run.dest,
+    }
     if merged["transport"] == "grpc":
         from .grpc_transport import GrpcClient as Client
     hello = info
     if run.dest not in ("local", "offline") and os.environ.get("TRACKSIDE_TOKEN"):
         # the daemon uploads with the token of the run's own environment (it keeps it in memory only)
         hello = {**info, "token": os.environ["TRACKSIDE_TOKEN"]}
-    client = Client(run.id, root, hello, rank=rank, flush_interval=merged["flush_interval"],
-                    max_buffer=merged["max_buffer"], buffer_policy=merged["buffer_policy"],
-                    reconnect_timeout=float(merged["reconnect_timeout"]))
+    client = Client(
+        run.id,
+        root,
+        hello,
+        rank=rank,
+        flush_interval=merged["flush_interval"],
+        max_buffer=merged["max_buffer"],
+        buffer_policy=merged["buffer_policy"],
+        reconnect_timeout=float(merged["reconnect_timeout"]),
+    )
     client.start()
     run._client = client
     if client.welcome is not None and client.welcome.next_step:
@@ -568,8 +658,9 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
         # the run's own fields, config and metadata come from rank 0 only: every rank may call
         # init(project=, config=, ...) alike, and the run is rank 0's whatever order they join in
         client.event("run", {**info, "config": dict(run.config), "metadata": _metadata_quick()})
-        run._meta_thread = threading.Thread(target=_record_environment, args=(client,), name="trackside-meta",
-                                            daemon=True)
+        run._meta_thread = threading.Thread(
+            target=_record_environment, args=(client,), name="trackside-meta", daemon=True
+        )
         run._meta_thread.start()
     if not joined:
         os.environ[discovery.ENV_RUN_ID] = run.id  # this process's children join the run
@@ -580,8 +671,16 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
     # a server that gets every host's uploads) knows how many ranks to wait for
     import socket
 
-    client.event("join", {"rank": rank, "local_rank": local_rank, "world_size": world_size,
-                          "host": socket.gethostname(), "pid": os.getpid()})
+    client.event(
+        "join",
+        {
+            "rank": rank,
+            "local_rank": local_rank,
+            "world_size": world_size,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        },
+    )
     if merged["console"]:
         _console.attach(client)
     _current["run"] = run
@@ -592,8 +691,9 @@ def init(project: str | None = None, name: str | None = None, *, id: str | None 
             from .hooks.tensorboard import sync
         except ImportError as e:
             run.finish()
-            raise UsageError(f"init(sync_tensorboard=True) needs the tensorboard package ({e}): "
-                             f"pip install 'trackside[tensorboard]'") from None
+            raise UsageError(
+                f"init(sync_tensorboard=True) needs the tensorboard package ({e}): pip install 'trackside[tensorboard]'"
+            ) from None
         sync(run)
     return run
 
@@ -613,8 +713,10 @@ def _ranks() -> tuple[int, int, int | None, bool]:
         try:
             values[name] = int(raw)
         except ValueError:
-            raise UsageError(f"{name}={raw!r} in the environment is not an integer; "
-                             f"set it as a launcher does (RANK=0, LOCAL_RANK=0, WORLD_SIZE=4)") from None
+            raise UsageError(
+                f"{name}={raw!r} in the environment is not an integer; "
+                f"set it as a launcher does (RANK=0, LOCAL_RANK=0, WORLD_SIZE=4)"
+            ) from None
         if values[name] < 0 or (name == "WORLD_SIZE" and values[name] == 0):
             raise UsageError(f"{name}={raw!r} in the environment is out of range")
     rank = values.get("RANK", values.get("LOCAL_RANK", 0))
@@ -632,8 +734,10 @@ def _check_system_settings(settings: dict) -> None:
             raise UsageError(f"{name}={value!r} must be a positive number of seconds")
     sample, window = settings.get("system_sample_interval"), settings.get("system_log_interval")
     if sample is not None and window is not None and window < sample:
-        raise UsageError(f"system_log_interval={window!r} is shorter than system_sample_interval={sample!r}: "
-                         f"a stored row aggregates the samples of one log interval")
+        raise UsageError(
+            f"system_log_interval={window!r} is shorter than system_sample_interval={sample!r}: "
+            f"a stored row aggregates the samples of one log interval"
+        )
 
 
 def _run_exists(root: str, run_id: str) -> bool:
@@ -647,9 +751,15 @@ def _metadata_quick() -> dict:
     from .contracts.version import __version__
 
     return {
-        "host": socket.gethostname(), "pid": os.getpid(), "program": sys.argv[0] if sys.argv else None,
-        "args": sys.argv[1:], "cwd": os.getcwd(), "python": platform.python_version(),
-        "executable": sys.executable, "platform": platform.platform(), "trackside": __version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "program": sys.argv[0] if sys.argv else None,
+        "args": sys.argv[1:],
+        "cwd": os.getcwd(),
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "trackside": __version__,
         "started_at": time.time(),
     }
 
@@ -708,6 +818,7 @@ def _install_exit_handlers() -> None:
 
     sys.excepthook = excepthook
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+
         def on_term(signum, frame):
             # Unwind like Ctrl-C does, and finish the runs at exit: finishing here, inside
             # whatever the main thread was doing (holding a lock, printing), could deadlock.

@@ -54,8 +54,6 @@ class StoreNotFoundError(FileNotFoundError):
     """The run root holds no store (nothing was logged there, or it is the wrong folder)."""
 
 
-
-
 def default_root() -> str:
     """The run root when none is given: ``$TRACKSIDE_DIR``, else ``./trackside``."""
     return os.environ.get("TRACKSIDE_DIR") or os.path.join(os.getcwd(), "trackside")
@@ -90,8 +88,7 @@ class Api(StoreReader):
             return RemoteApi(root, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, root: Union[str, os.PathLike, None] = None, *, db: Optional[str] = None,
-                 timeout: float = 5.0):
+    def __init__(self, root: Union[str, os.PathLike, None] = None, *, db: Optional[str] = None, timeout: float = 5.0):
         root = os.path.abspath(os.fspath(root)) if root is not None else os.path.abspath(default_root())
         if db is not None:
             super().__init__(root, db=db)
@@ -192,9 +189,25 @@ class RunView:
     """
 
     __slots__ = (
-        "_api", "_rid", "id", "project", "name", "group", "job_type", "tags", "state", "exit_code",
-        "created_at", "updated_at", "finished_at", "dir", "history_rows", "last_step",
-        "_config", "_summary", "_metadata",
+        "_api",
+        "_rid",
+        "id",
+        "project",
+        "name",
+        "group",
+        "job_type",
+        "tags",
+        "state",
+        "exit_code",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "dir",
+        "history_rows",
+        "last_step",
+        "_config",
+        "_summary",
+        "_metadata",
     )
 
     def __init__(self, api: Api, row: tuple):
@@ -203,9 +216,24 @@ class RunView:
 
     def _load(self, row: tuple) -> None:
         (
-            self._rid, self.id, self.project, self.name, self.group, self.job_type, tags, self.state,
-            self.exit_code, self.created_at, self.updated_at, self.finished_at, root_dir,
-            self.history_rows, self.last_step, self._config, self._summary, self._metadata,
+            self._rid,
+            self.id,
+            self.project,
+            self.name,
+            self.group,
+            self.job_type,
+            tags,
+            self.state,
+            self.exit_code,
+            self.created_at,
+            self.updated_at,
+            self.finished_at,
+            root_dir,
+            self.history_rows,
+            self.last_step,
+            self._config,
+            self._summary,
+            self._metadata,
         ) = row
         self.tags = json.loads(tags) if tags else []
         self.dir = os.path.join(root_dir, "runs", self.id)
@@ -240,9 +268,10 @@ class RunView:
 
     def keys(self) -> list[str]:
         """Every key the run has logged to its history, sorted."""
-        return [k for (k,) in self._api.conn.execute(
-            "SELECT key FROM history_keys WHERE rid = ? ORDER BY key", (self._rid,)
-        )]
+        return [
+            k
+            for (k,) in self._api.conn.execute("SELECT key FROM history_keys WHERE rid = ? ORDER BY key", (self._rid,))
+        ]
 
     def history(
         self,
@@ -441,16 +470,19 @@ class RunView:
             return None
         lo = _STEP_MIN if lo is None else lo
         hi = _STEP_END if hi is None else hi
-        return [s for (s,) in self._api.conn.execute(
-            "SELECT DISTINCT step FROM media WHERE rid = ? AND key = ? AND step >= ? AND step < ? ORDER BY step",
-            (self._rid, key, lo, hi),
-        )]
+        return [
+            s
+            for (s,) in self._api.conn.execute(
+                "SELECT DISTINCT step FROM media WHERE rid = ? AND key = ? AND step >= ? AND step < ? ORDER BY step",
+                (self._rid, key, lo, hi),
+            )
+        ]
 
     def _values_at(self, key: str, steps: list[int]) -> Iterator[tuple[int, Any]]:
         pick = _picker((key,))
         conn = self._api.conn
         for i in range(0, len(steps), 500):  # SQLite's limit on bound parameters is 999 on old builds
-            chunk = steps[i:i + 500]
+            chunk = steps[i : i + 500]
             marks = ",".join("?" * len(chunk))
             for s, data in conn.execute(
                 f"SELECT step, data FROM history WHERE rid = ? AND step IN ({marks}) ORDER BY step",
@@ -474,9 +506,10 @@ class RunView:
 
     def console(self) -> str:
         """The captured console output, one line per logged line, in order."""
-        return "".join(text + "\n" for (text,) in self._api.conn.execute(
-            "SELECT text FROM console WHERE rid = ? ORDER BY seq", (self._rid,)
-        ))
+        return "".join(
+            text + "\n"
+            for (text,) in self._api.conn.execute("SELECT text FROM console WHERE rid = ? ORDER BY seq", (self._rid,))
+        )
 
     # -- tables and artifacts --------------------------------------------------------------------
 

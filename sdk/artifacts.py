@@ -94,8 +94,10 @@ class Artifact:
 
     def _building(self, what: str) -> None:
         if self._manifest is not None:
-            raise ValueError(f"artifact {self.qualified_name} is already logged and cannot change ({what}); "
-                             f"create a new Artifact({self.name!r}, {self.type!r}) for a new version")
+            raise ValueError(
+                f"artifact {self.qualified_name} is already logged and cannot change ({what}); "
+                f"create a new Artifact({self.name!r}, {self.type!r}) for a new version"
+            )
 
     def add(self, obj, name: str):
         """Add a data type object (Table, JoinedTable, Image ...) under ``name``; returns it.
@@ -106,8 +108,10 @@ class Artifact:
         self._building("add")
         name = _check_entry_name(name)
         if not isinstance(obj, DataType):
-            raise TypeError(f"add() takes a trackside data type (Table, Image, ...), not {type(obj).__name__}; "
-                            f"use add_file() for a file")
+            raise TypeError(
+                f"add() takes a trackside data type (Table, Image, ...), not {type(obj).__name__}; "
+                f"use add_file() for a file"
+            )
         for t in _tables_in(obj):
             t._check_size(len(t.data))
         self._entries[name] = ("object", obj)
@@ -241,8 +245,9 @@ class Artifact:
 
     def _source(self, entry: dict) -> str:
         """The folder an object entry's logged form names its files relative to."""
-        return names.contained(self._root, names.check_folder(entry.get("source", "artifacts"), "source folder"),
-                               "source folder")
+        return names.contained(
+            self._root, names.check_folder(entry.get("source", "artifacts"), "source folder"), "source folder"
+        )
 
     def _file(self, entry: dict) -> str:
         """The local path of a file entry's stored copy."""
@@ -253,7 +258,8 @@ class Artifact:
         name up to this one, in version order."""
         rows = self._api.conn.execute(
             "SELECT version, step, increment, manifest FROM artifacts WHERE name = ? AND increment IS NOT NULL"
-            " AND version <= ? ORDER BY version", (self.name, int(self.version[1:])),
+            " AND version <= ? ORDER BY version",
+            (self.name, int(self.version[1:])),
         ).fetchall()
         return [(v, step, inc, json.loads(manifest)) for v, step, inc, manifest in rows]
 
@@ -275,8 +281,12 @@ class Artifact:
                 manifest[name] = {"kind": "object", "obj": obj.to_json(folder), "source": "artifacts"}
             else:
                 ref = store_file(folder, obj)
-                manifest[name] = {"kind": "file", "path": "artifacts/" + ref["path"].replace(os.sep, "/"),
-                                  "sha256": ref["sha256"], "size": ref["size"]}
+                manifest[name] = {
+                    "kind": "file",
+                    "path": "artifacts/" + ref["path"].replace(os.sep, "/"),
+                    "sha256": ref["sha256"],
+                    "size": ref["size"],
+                }
         return manifest
 
     @classmethod
@@ -292,8 +302,12 @@ class Artifact:
         self._manifest = json.loads(manifest)
         self._api = api
         self._root = api.root
-        self.aliases = [a for (a,) in api.conn.execute(
-            "SELECT alias FROM artifact_aliases WHERE name = ? AND version = ? ORDER BY alias", (name, version))]
+        self.aliases = [
+            a
+            for (a,) in api.conn.execute(
+                "SELECT alias FROM artifact_aliases WHERE name = ? AND version = ? ORDER BY alias", (name, version)
+            )
+        ]
         return self
 
 
@@ -301,8 +315,10 @@ def _inside(root: str, path: str) -> None:
     """ValueError when ``path`` (a symlink, or under one) leads out of the folder ``root``."""
     base = os.path.realpath(root)
     if os.path.commonpath([base, os.path.realpath(path)]) != base:
-        raise names.BadName(f"{path} leads out of the folder {root} (a symlink to {os.path.realpath(path)}): "
-                            f"copy the file into the folder, or add it with add_file()")
+        raise names.BadName(
+            f"{path} leads out of the folder {root} (a symlink to {os.path.realpath(path)}): "
+            f"copy the file into the folder, or add it with add_file()"
+        )
 
 
 def _tables_in(obj) -> list:
@@ -364,18 +380,22 @@ def _find(api, name: str, alias: str):
     conn = api.conn
     m = _VERSION.match(alias)
     if m:
-        return conn.execute(f"SELECT {_ROW} FROM artifacts WHERE name = ? AND version = ?",
-                            (name, int(m.group(1)))).fetchone()
+        return conn.execute(
+            f"SELECT {_ROW} FROM artifacts WHERE name = ? AND version = ?", (name, int(m.group(1)))
+        ).fetchone()
     return conn.execute(
         f"SELECT {_ROW} FROM artifacts WHERE name = ? AND version ="
-        " (SELECT version FROM artifact_aliases WHERE name = ? AND alias = ?)", (name, name, alias),
+        " (SELECT version FROM artifact_aliases WHERE name = ? AND alias = ?)",
+        (name, name, alias),
     ).fetchone()
 
 
 def _not_found(api, name: str, alias: str) -> str:
     conn = api.conn
     try:
-        versions = [v for (v,) in conn.execute("SELECT version FROM artifacts WHERE name = ? ORDER BY version", (name,))]
+        versions = [
+            v for (v,) in conn.execute("SELECT version FROM artifacts WHERE name = ? ORDER BY version", (name,))
+        ]
     except Exception as e:
         if not api.missing_table(e):
             raise
@@ -390,8 +410,10 @@ def _not_found(api, name: str, alias: str) -> str:
         known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
         return f"no artifact named {name!r} in {api.path} (artifacts: {known})"
     aliases = [a for (a,) in conn.execute("SELECT alias FROM artifact_aliases WHERE name = ? ORDER BY alias", (name,))]
-    return (f"artifact {name!r} has no version {alias!r}: its versions are v{versions[0]} to v{versions[-1]}, "
-            f"its aliases {', '.join(aliases)}")
+    return (
+        f"artifact {name!r} has no version {alias!r}: its versions are v{versions[0]} to v{versions[-1]}, "
+        f"its aliases {', '.join(aliases)}"
+    )
 
 
 def run_table(api, run_id: str, key: str, version=None):
@@ -418,8 +440,9 @@ def run_table_artifact(api, run_id: str, key: str, version=None) -> tuple[Artifa
         keys = run_table_keys(api, run_id)
         if key in keys:
             raise
-        raise ArtifactNotFoundError(f"run {run_id} logged no table under {key!r} (its tables: "
-                                    f"{', '.join(map(repr, keys)) or 'none'})") from e
+        raise ArtifactNotFoundError(
+            f"run {run_id} logged no table under {key!r} (its tables: {', '.join(map(repr, keys)) or 'none'})"
+        ) from e
     return art, key if key in art else art.entries[0]
 
 
@@ -432,9 +455,14 @@ def run_table_increments(api, run_id: str, key: str) -> list[TableIncrement]:
 def run_table_keys(api, run_id: str) -> list[str]:
     """The keys under which a run logged tables."""
     try:
-        return [k for (k,) in api.conn.execute(
-            "SELECT DISTINCT a.run_key FROM artifacts a JOIN runs r ON r.rid = a.rid"
-            " WHERE r.run_id = ? AND a.run_key IS NOT NULL ORDER BY a.run_key", (run_id,))]
+        return [
+            k
+            for (k,) in api.conn.execute(
+                "SELECT DISTINCT a.run_key FROM artifacts a JOIN runs r ON r.rid = a.rid"
+                " WHERE r.run_id = ? AND a.run_key IS NOT NULL ORDER BY a.run_key",
+                (run_id,),
+            )
+        ]
     except Exception as e:
         if not api.missing_table(e):
             raise
@@ -446,7 +474,9 @@ def run_artifacts(api, run_id: str) -> list[Artifact]:
     try:
         rows = api.conn.execute(
             f"SELECT {', '.join('a.' + c.strip() for c in _ROW.split(','))} FROM artifacts a"
-            " JOIN runs r ON r.rid = a.rid WHERE r.run_id = ? ORDER BY a.aid", (run_id,)).fetchall()
+            " JOIN runs r ON r.rid = a.rid WHERE r.run_id = ? ORDER BY a.aid",
+            (run_id,),
+        ).fetchall()
     except Exception as e:
         if not api.missing_table(e):
             raise
@@ -461,7 +491,6 @@ def _reader(run):
     """The run's read-only view of its store (opened once)."""
     api = getattr(run, "_artifact_reader", None)
     if api is None:
-
         api = run._artifact_reader = StoreReader(run.root)
     return api
 
@@ -478,7 +507,8 @@ def _stored(run, uid: str, timeout: float):
         try:
             row = api.conn.execute(
                 "SELECT a.name, a.version FROM artifact_logs l JOIN artifacts a ON a.aid = l.aid WHERE l.uid = ?",
-                (uid,)).fetchone()
+                (uid,),
+            ).fetchone()
         except Exception as e:
             if not api.missing_table(e):
                 raise
@@ -491,8 +521,9 @@ def _stored(run, uid: str, timeout: float):
         delay = min(delay * 2, 0.05)
 
 
-def log_artifact(run, artifact, name: Optional[str] = None, type: Optional[str] = None,
-                 aliases: Optional[list] = None) -> Artifact:
+def log_artifact(
+    run, artifact, name: Optional[str] = None, type: Optional[str] = None, aliases: Optional[list] = None
+) -> Artifact:
     """``Run.log_artifact``: store the artifact's files, index it as the name's next version
     and return once the store holds it (``artifact.version`` is then set). A path (file or
     folder) makes an artifact of it (``name`` defaults to its base name, ``type`` to
@@ -510,12 +541,16 @@ def log_artifact(run, artifact, name: Optional[str] = None, type: Optional[str] 
     elif not isinstance(artifact, Artifact):
         raise TypeError(f"log_artifact() takes an Artifact or a path, not {artifact.__class__.__name__}")
     if artifact._manifest is not None:
-        raise ValueError(f"artifact {artifact.qualified_name} is already logged; create a new Artifact for a new version")
+        raise ValueError(
+            f"artifact {artifact.qualified_name} is already logged; create a new Artifact for a new version"
+        )
     aliases = list(aliases or [])
     for a in aliases:
         if not isinstance(a, str) or not a or ":" in a or "/" in a or _VERSION.match(a):
-            raise ValueError(f"alias {a!r} is not valid: a non-empty string without ':' or '/', not of the form vN "
-                             f"(versions are named by the store)")
+            raise ValueError(
+                f"alias {a!r} is not valid: a non-empty string without ':' or '/', not of the form vN "
+                f"(versions are named by the store)"
+            )
     if run._client is None:
         raise UsageError(f"run {run.id} is not live (finished or disabled): log_artifact() needs a running run")
     manifest = artifact._serialize(run.root)
@@ -523,25 +558,41 @@ def log_artifact(run, artifact, name: Optional[str] = None, type: Optional[str] 
 
     digest = hashlib.sha256(_encode({"type": artifact.type, "manifest": manifest})).hexdigest()
     uid = uuid.uuid4().hex
-    run._event("artifact", {
-        "uid": uid, "name": artifact.name, "type": artifact.type, "digest": digest, "manifest": manifest,
-        "description": artifact.description, "metadata": artifact.metadata, "aliases": aliases,
-    })
+    run._event(
+        "artifact",
+        {
+            "uid": uid,
+            "name": artifact.name,
+            "type": artifact.type,
+            "digest": digest,
+            "manifest": manifest,
+            "description": artifact.description,
+            "metadata": artifact.metadata,
+            "aliases": aliases,
+        },
+    )
     if run.dest != "local":
         # offline or uploading: the destination numbers the version when the run gets there
         artifact.version, artifact.digest, artifact._manifest, artifact._root = None, digest, manifest, run.root
         return artifact
     found = _stored(run, uid, STORE_WAIT)
     if found is None:
-        raise Error(f"the trackside daemon did not store artifact {artifact.name!r} within {STORE_WAIT:.0f} s "
-                    f"(is it an older daemon? `trackside daemon stop` lets the next run start a new one)")
+        raise Error(
+            f"the trackside daemon did not store artifact {artifact.name!r} within {STORE_WAIT:.0f} s "
+            f"(is it an older daemon? `trackside daemon stop` lets the next run start a new one)"
+        )
     artifact.version = f"v{found[1]}"
     artifact.digest = digest
     artifact._manifest = manifest
     artifact._root = run.root
     artifact._api = _reader(run)
-    artifact.aliases = [a for (a,) in artifact._api.conn.execute(
-        "SELECT alias FROM artifact_aliases WHERE name = ? AND version = ? ORDER BY alias", (artifact.name, found[1]))]
+    artifact.aliases = [
+        a
+        for (a,) in artifact._api.conn.execute(
+            "SELECT alias FROM artifact_aliases WHERE name = ? AND version = ? ORDER BY alias",
+            (artifact.name, found[1]),
+        )
+    ]
     return artifact
 
 

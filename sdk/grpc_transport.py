@@ -71,8 +71,14 @@ class GrpcClient(Client):
         address = self._address()
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.IngestStub(channel)
-        hello = pb.Hello(protocol=PROTOCOL_VERSION, run_id=self.run_id, writer=self.writer, pid=os.getpid(),
-                         rank=self.rank, run_info=msgspec.msgpack.encode({**self.run_info, "root": self.root}))
+        hello = pb.Hello(
+            protocol=PROTOCOL_VERSION,
+            run_id=self.run_id,
+            writer=self.writer,
+            pid=os.getpid(),
+            rank=self.rank,
+            run_info=msgspec.msgpack.encode({**self.run_info, "root": self.root}),
+        )
         try:
             w = stub.Open(hello, timeout=30)
         except grpc.RpcError as e:
@@ -88,8 +94,7 @@ class GrpcClient(Client):
         self._send(link, resend)
         responses = stub.Send(iter(requests.get, None))
         self._sock = link
-        threading.Thread(target=self._grpc_reader, args=(responses, gen), name="trackside-acks",
-                         daemon=True).start()
+        threading.Thread(target=self._grpc_reader, args=(responses, gen), name="trackside-acks", daemon=True).start()
 
     def _send(self, link: _Link, records) -> None:
         pb = self._pb

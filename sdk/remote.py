@@ -64,9 +64,14 @@ _decode = msgspec.msgpack.Decoder().decode
 
 ERROR_HEADER = "trackside-error"  # a refused read's trailing metadata: the class of the server's exception
 # the exceptions a refused read raises again here, by that name (the server's Api raised them)
-READ_ERRORS = {"RunNotFoundError": RunNotFoundError, "ArtifactNotFoundError": ArtifactNotFoundError,
-               "KeyError": KeyError, "FileNotFoundError": FileNotFoundError, "ValueError": ValueError,
-               "TypeError": TypeError}
+READ_ERRORS = {
+    "RunNotFoundError": RunNotFoundError,
+    "ArtifactNotFoundError": ArtifactNotFoundError,
+    "KeyError": KeyError,
+    "FileNotFoundError": FileNotFoundError,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+}
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # media, table and artifact files are named by their SHA-256
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -95,8 +100,15 @@ class RemoteApi:
     connection.
     """
 
-    def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None, *, timeout: float = 60.0,
-                 cache_dir: Union[str, os.PathLike, None] = None):
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        ca: Optional[str] = None,
+        *,
+        timeout: float = 60.0,
+        cache_dir: Union[str, os.PathLike, None] = None,
+    ):
         self.url = self.root = url
         self._conn = ServerChannel(url, token, ca, timeout)
         self._stub = pb_grpc.ReadStub(self._conn.channel)
@@ -121,8 +133,13 @@ class RemoteApi:
             trailer = dict(e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else {}
             cls = READ_ERRORS.get(trailer.get(ERROR_HEADER))
             if cls is None:  # a server that does not name the exception
-                cls = ValueError if code == "INVALID_ARGUMENT" else RunNotFoundError if what == "run" else \
-                    FileNotFoundError
+                cls = (
+                    ValueError
+                    if code == "INVALID_ARGUMENT"
+                    else RunNotFoundError
+                    if what == "run"
+                    else FileNotFoundError
+                )
             # the server says what is missing; which server, only the client knows
             return cls(f"trackside server {self.url}: {details}")
         return RemoteError(f"trackside server {self.url}: {what}: {details} ({code})", code)
@@ -131,8 +148,11 @@ class RemoteApi:
         """One read call (``runs``, ``run``, ``keys``, ``table_keys``, ``artifact`` ...) and its
         decoded result."""
         try:
-            reply = self._stub.Query(pb.QueryRequest(method=method, args=_encode(args)),
-                                     timeout=self._conn.timeout, metadata=self._conn.metadata)
+            reply = self._stub.Query(
+                pb.QueryRequest(method=method, args=_encode(args)),
+                timeout=self._conn.timeout,
+                metadata=self._conn.metadata,
+            )
         except grpc.RpcError as e:
             raise self._error(e, "run" if "run_id" in args or method == "run" else method) from None
         return _decode(reply.result)
@@ -188,8 +208,10 @@ class RemoteApi:
                     raise self._error(e, f"file {path}") from None
             name = os.path.basename(target).split(".", 1)[0]
             if SHA256_NAME.fullmatch(name) and digest.hexdigest() != name:
-                raise ValueError(f"the file {path} from trackside server {self.url} is damaged: its SHA-256 is not "
-                                 f"the one its name carries")
+                raise ValueError(
+                    f"the file {path} from trackside server {self.url} is damaged: its SHA-256 is not "
+                    f"the one its name carries"
+                )
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -352,9 +374,16 @@ class RemoteRunView:
         """Every key the run has logged to its history, sorted."""
         return self._api.query("keys", run_id=self.id)
 
-    def history(self, keys: Union[str, Sequence[str], None] = None, min_step: Optional[int] = None,
-                max_step: Optional[int] = None, pandas: bool = False, *, samples: Optional[int] = None,
-                objects: bool = False):
+    def history(
+        self,
+        keys: Union[str, Sequence[str], None] = None,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        pandas: bool = False,
+        *,
+        samples: Optional[int] = None,
+        objects: bool = False,
+    ):
         """As ``RunView.history``: rows with ``_step``, ``_timestamp`` and the values, for
         ``min_step <= step < max_step``; ``pandas=True`` for a DataFrame. Rich values are their
         logged form; ``objects=True`` rebuilds them as the objects logged (see ``rebuild``)."""
@@ -362,15 +391,24 @@ class RemoteRunView:
             try:
                 import pandas as pd
             except ImportError:
-                raise ImportError("history(pandas=True) needs pandas, which is not installed: pip install pandas "
-                                  "(or call history() without pandas=True for a list of dicts)") from None
+                raise ImportError(
+                    "history(pandas=True) needs pandas, which is not installed: pip install pandas "
+                    "(or call history() without pandas=True for a list of dicts)"
+                ) from None
         rows = list(self._api.scan("history", **_history_args(self.id, keys, min_step, max_step), samples=samples))
         if objects:
             rows = [self._rebuild_row(row) for row in rows]
         return pd.DataFrame.from_records(rows) if pandas else rows
 
-    def scan_history(self, keys: Union[str, Sequence[str], None] = None, min_step: Optional[int] = None,
-                     max_step: Optional[int] = None, page_size: int = 1000, *, objects: bool = False) -> Iterator[dict]:
+    def scan_history(
+        self,
+        keys: Union[str, Sequence[str], None] = None,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        page_size: int = 1000,
+        *,
+        objects: bool = False,
+    ) -> Iterator[dict]:
         """Every history row in step order, streamed from the server: memory stays bounded
         however long the run. ``objects=True`` rebuilds rich values as in ``history``."""
         if page_size < 1:
@@ -403,8 +441,11 @@ class RemoteRunView:
         if not isinstance(key, str):
             raise TypeError(f"media() takes a key (str), not {type(key).__name__}")
         lo, hi = (None, None) if step is None else (step, step + 1)
-        found = [(r["_step"], self.rebuild(r[key])) for r in self.scan_history([key], lo, hi)
-                 if type(r.get(key)) is dict and "_type" in r[key]]
+        found = [
+            (r["_step"], self.rebuild(r[key]))
+            for r in self.scan_history([key], lo, hi)
+            if type(r.get(key)) is dict and "_type" in r[key]
+        ]
         if step is None:
             return found
         if not found:

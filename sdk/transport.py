@@ -51,8 +51,10 @@ def _plain(obj):
         return obj.tolist()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    raise TypeError(f"cannot store a {type(obj).__name__} in a run's config or summary: use numbers, strings, "
-                    f"lists and dicts of them")
+    raise TypeError(
+        f"cannot store a {type(obj).__name__} in a run's config or summary: use numbers, strings, "
+        f"lists and dicts of them"
+    )
 
 
 _event_data_encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
@@ -94,7 +96,12 @@ def spawn_daemon(folder: str, daemon_args=()) -> None:
     try:
         subprocess.run(
             [sys.executable, "-m", "trackside.daemon", "--dir", folder, "--detach", *daemon_args],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/", close_fds=True, timeout=30,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            cwd="/",
+            close_fds=True,
+            timeout=30,
         )
     finally:
         logf.close()
@@ -128,9 +135,21 @@ class Client:
 
     answer_timeout = 30.0  # seconds a daemon may take to answer a hello before it is tried again
 
-    def __init__(self, run_id: str, root: str, run_info: dict, *, rank: int = 0, flush_interval: float = 0.02,
-                 batch_entries: int = 4096, batch_bytes: int = 1 << 20, max_buffer: int = 256 << 20,
-                 buffer_policy: str = "block", folder: str | None = None, reconnect_timeout: float = 60.0):
+    def __init__(
+        self,
+        run_id: str,
+        root: str,
+        run_info: dict,
+        *,
+        rank: int = 0,
+        flush_interval: float = 0.02,
+        batch_entries: int = 4096,
+        batch_bytes: int = 1 << 20,
+        max_buffer: int = 256 << 20,
+        buffer_policy: str = "block",
+        folder: str | None = None,
+        reconnect_timeout: float = 60.0,
+    ):
         if buffer_policy not in ("block", "drop"):
             raise ValueError(f"buffer_policy must be 'block' or 'drop', not {buffer_policy!r}")
         self.run_id = run_id
@@ -207,7 +226,9 @@ class Client:
             if self.dropped == 1:
                 warnings.warn(
                     f"trackside: the send buffer is full ({self.max_buffer} bytes not yet acknowledged); "
-                    f"dropping entries and counting them (buffer_policy='drop')", stacklevel=4)
+                    f"dropping entries and counting them (buffer_policy='drop')",
+                    stacklevel=4,
+                )
             return False
         with self._acked:
             while self._unacked_bytes > self.max_buffer and self._error is None:
@@ -228,7 +249,8 @@ class Client:
         if len(raw) > _MAX_EVENT_DATA:
             raise codec.RecordTooLarge(
                 f"{kind} too large: {len(raw)} bytes encoded, over the record limit of {codec.constants.MAX_RECORD_SIZE}; "
-                f"keep big values in files (trackside.Artifact)")
+                f"keep big values in files (trackside.Artifact)"
+            )
         if self._thread is None and kind != "finish":
             self.start()
         with self._lock:
@@ -392,8 +414,11 @@ class Client:
         sock = ensure_daemon(self.folder)
         try:
             sock.settimeout(self.answer_timeout)  # a daemon that takes the hello and hangs is retried
-            sock.sendall(pack(Hello(PROTOCOL_VERSION, self.run_id, self.writer, os.getpid(), self.rank,
-                                    self.root, self.run_info)))
+            sock.sendall(
+                pack(
+                    Hello(PROTOCOL_VERSION, self.run_id, self.writer, os.getpid(), self.rank, self.root, self.run_info)
+                )
+            )
             msg = _read_frame(sock)
             sock.settimeout(None)
         except BaseException:
@@ -442,8 +467,10 @@ class Client:
                     return
             except Exception as e:  # a daemon dying mid-hello, a reset, a daemon that cannot start
                 if time.monotonic() > deadline:
-                    self._fail(f"lost the trackside daemon and could not reconnect within {self.reconnect_timeout:.0f} s "
-                               f"({type(e).__name__}: {e})")
+                    self._fail(
+                        f"lost the trackside daemon and could not reconnect within {self.reconnect_timeout:.0f} s "
+                        f"({type(e).__name__}: {e})"
+                    )
                     return
             # backoff with jitter: many ranks of a host must not knock on a new daemon in step
             time.sleep(delay * (0.5 + random.random()))

@@ -94,8 +94,19 @@ def _address(host: str, port: int) -> str:
 # arguments. Nothing else of the server's Api can be reached.
 
 RUN_FIELDS = (
-    "id", "project", "name", "group", "job_type", "tags", "state", "exit_code",
-    "created_at", "updated_at", "finished_at", "history_rows", "last_step",
+    "id",
+    "project",
+    "name",
+    "group",
+    "job_type",
+    "tags",
+    "state",
+    "exit_code",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "history_rows",
+    "last_step",
 )
 
 
@@ -149,10 +160,21 @@ def _media_files(api, run_id, key=None):
 # Artifacts and tables: the client rebuilds the objects itself from the manifests, fetching
 # the files they name with GetFile (paths relative to an entry's ``source`` folder under the root).
 
+
 def _artifact_fields(art) -> dict:
-    return {"name": art.name, "version": art.version, "type": art.type, "description": art.description,
-            "metadata": art.metadata, "aliases": art.aliases, "digest": art.digest, "run_key": art.run_key,
-            "step": art.step, "increment": art.increment, "manifest": art.manifest}
+    return {
+        "name": art.name,
+        "version": art.version,
+        "type": art.type,
+        "description": art.description,
+        "metadata": art.metadata,
+        "aliases": art.aliases,
+        "digest": art.digest,
+        "run_key": art.run_key,
+        "step": art.step,
+        "increment": art.increment,
+        "manifest": art.manifest,
+    }
 
 
 def _artifact(api, name, type=None):
@@ -177,10 +199,22 @@ def _logged_artifacts(api, run_id):
     return [_artifact_fields(a) for a in api.run(run_id).logged_artifacts()]
 
 
-QUERIES = {"runs": _runs, "run": _run, "keys": _keys, "table_keys": _table_keys, "artifact": _artifact,
-           "artifact_increments": _artifact_increments, "table": _table, "logged_artifacts": _logged_artifacts}
-SCANS = {"history": _history, "console_lines": _console_lines, "system_metrics": _system_metrics,
-         "media_files": _media_files}
+QUERIES = {
+    "runs": _runs,
+    "run": _run,
+    "keys": _keys,
+    "table_keys": _table_keys,
+    "artifact": _artifact,
+    "artifact_increments": _artifact_increments,
+    "table": _table,
+    "logged_artifacts": _logged_artifacts,
+}
+SCANS = {
+    "history": _history,
+    "console_lines": _console_lines,
+    "system_metrics": _system_metrics,
+    "media_files": _media_files,
+}
 
 
 def _pages(items):
@@ -242,8 +276,9 @@ class UploadService(pb_grpc.UploadServicer):
     async def MissingFiles(self, request, context):
         loop = asyncio.get_running_loop()
         try:
-            missing = await loop.run_in_executor(self.server.file_pool, self.server.sink.missing_files,
-                                                 list(request.paths))
+            missing = await loop.run_in_executor(
+                self.server.file_pool, self.server.sink.missing_files, list(request.paths)
+            )
         except BadRecord as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return pb.MissingFilesReply(paths=missing)
@@ -349,8 +384,10 @@ class ReadService(pb_grpc.ReadServicer):
         """The function and keyword arguments a Query or Scan names; aborts for anything else."""
         fn = table.get(request.method)
         if fn is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                f"no read call {request.method!r}: this server answers {', '.join(sorted(table))}")
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"no read call {request.method!r}: this server answers {', '.join(sorted(table))}",
+            )
         try:
             kwargs = _decode_args(request.args) if request.args else {}
             inspect.signature(fn).bind(None, **kwargs)
@@ -420,8 +457,7 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
             return None
         given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         if given is None:
-            message = ("this trackside server requires a token: pass token=... (or set TRACKSIDE_TOKEN) "
-                       "to the client")
+            message = "this trackside server requires a token: pass token=... (or set TRACKSIDE_TOKEN) to the client"
         elif hmac.compare_digest(given.encode() if isinstance(given, str) else given, self.expected):
             return handler
         else:
@@ -461,17 +497,30 @@ class TeamServer:
     unreadable certificate.
     """
 
-    def __init__(self, root: str, *, db: str | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-                 info_file: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        *,
+        db: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        token: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        info_file: str | None = None,
+    ):
         self.root = os.path.abspath(root)
         self.db = db
         self.host = host
         self.port = port
         self.token = token or None
         self.info_file = os.path.abspath(info_file) if info_file else None
-        if self.token is not None and not (self.token.isascii() and self.token.isprintable() and self.token.strip() == self.token):
-            raise ConfigError("the token must be printable ASCII without surrounding spaces (it travels as gRPC metadata)")
+        if self.token is not None and not (
+            self.token.isascii() and self.token.isprintable() and self.token.strip() == self.token
+        ):
+            raise ConfigError(
+                "the token must be printable ASCII without surrounding spaces (it travels as gRPC metadata)"
+            )
         if not is_loopback(host) and self.token is None:
             raise ConfigError(
                 f"refusing to listen on {host} without a token: anyone who can reach the port could read "
@@ -490,8 +539,11 @@ class TeamServer:
                     raise ConfigError(f"cannot read the TLS {what} {path}: {e.strerror}") from None
             self.credentials = grpc.ssl_server_credentials([(pair[0], pair[1])])
         elif self.token is not None and not is_loopback(host):
-            log.warning("listening on %s with a token but without TLS: the token and the runs travel unencrypted "
-                        "(add --tls-cert and --tls-key)", host)
+            log.warning(
+                "listening on %s with a token but without TLS: the token and the runs travel unencrypted "
+                "(add --tls-cert and --tls-key)",
+                host,
+            )
         self.sink = LocalSink(self.root, db=db)
         self.api = None
         self.read_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="read")
@@ -547,10 +599,24 @@ class TeamServer:
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.info_file:
-            _write_json(self.info_file, {"pid": os.getpid(), "address": self.address, "url": self.url,
-                                         "port": port, "root": self.root, "version": __version__})
-        log.info("trackside server %s listening on %s (store %s, token %s)", __version__, self.url,
-                 self.root, "required" if self.token else "not required")
+            _write_json(
+                self.info_file,
+                {
+                    "pid": os.getpid(),
+                    "address": self.address,
+                    "url": self.url,
+                    "port": port,
+                    "root": self.root,
+                    "version": __version__,
+                },
+            )
+        log.info(
+            "trackside server %s listening on %s (store %s, token %s)",
+            __version__,
+            self.url,
+            self.root,
+            "required" if self.token else "not required",
+        )
         return port
 
     async def serve(self) -> None:
@@ -621,15 +687,24 @@ def _remove_own_info(path: str) -> None:
 
 
 def main(argv=None, prog: str = "trackside server") -> int:
-    p = argparse.ArgumentParser(prog=prog, description="serve a team's runs: daemons and `trackside sync` upload "
-                                "to it, trackside.Api('grpc://HOST:PORT') reads from it")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="serve a team's runs: daemons and `trackside sync` upload "
+        "to it, trackside.Api('grpc://HOST:PORT') reads from it",
+    )
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"where runs are kept (default: ./{DEFAULT_ROOT})")
     p.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: loopback; any other address requires a token)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: loopback; any other address requires a token)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
-    p.add_argument("--token", help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
-                   "variable, the command line is visible to other users)")
+    p.add_argument(
+        "--token",
+        help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
+        "variable, the command line is visible to other users)",
+    )
     p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
     p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
     p.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
@@ -641,8 +716,16 @@ def main(argv=None, prog: str = "trackside server") -> int:
     os.umask(0o077)  # the store, run folders and files it keeps are its user's only
     token = args.token or os.environ.get("TRACKSIDE_TOKEN") or None
     try:
-        server = TeamServer(args.root, db=args.db, host=args.host, port=args.port, token=token,
-                            tls_cert=args.tls_cert, tls_key=args.tls_key, info_file=args.info_file)
+        server = TeamServer(
+            args.root,
+            db=args.db,
+            host=args.host,
+            port=args.port,
+            token=token,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            info_file=args.info_file,
+        )
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2

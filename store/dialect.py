@@ -1,4 +1,4 @@
-"""Where SQLite and PostgreSQL differ, for the store (``daemon/store.py``) and its readers
+"""Where SQLite and PostgreSQL differ, for the store (``store/writer.py``) and its readers
 (``trackside.api``). Everything else writes one form of SQL, SQLite's, and runs it through
 ``<database>.conn.execute``: a ``sqlite3.Connection`` for SQLite, a ``Postgres`` (which
 translates the statement once and caches it) for PostgreSQL.
@@ -164,9 +164,12 @@ class SQLite:
         return self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
 
     def has_table(self, name: str) -> bool:
-        return self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)", (name,)
-        ).fetchone()[0] == 1
+        return (
+            self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)", (name,)
+            ).fetchone()[0]
+            == 1
+        )
 
     def missing_table(self, exc: BaseException) -> bool:
         """Whether ``exc`` says a statement named a table the store does not have (yet)."""
@@ -303,7 +306,8 @@ class Postgres:
             self.raw.execute(stmt)
         self.raw.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(int(version)),)
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(int(version)),),
         )
 
     def table_count(self) -> int:

@@ -28,7 +28,9 @@ def check_artifact(data) -> dict:
         out[field] = v
     names.check_artifact_name(out["name"])
     manifest = data.get("manifest")
-    if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in manifest.items()):
+    if not isinstance(manifest, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in manifest.items()
+    ):
         raise TypeError("artifact manifest must be a map of entry name to entry")
     for name, entry in manifest.items():
         check_manifest_entry(name, entry)
@@ -42,8 +44,9 @@ def check_artifact(data) -> dict:
         raise TypeError("artifact description must be a string")
     out["description"] = description
     aliases = data.get("aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and a and ":" not in a and "/" not in a
-                                                 and not _VERSION_ALIAS.match(a) for a in aliases):
+    if not isinstance(aliases, list) or not all(
+        isinstance(a, str) and a and ":" not in a and "/" not in a and not _VERSION_ALIAS.match(a) for a in aliases
+    ):
         raise ValueError(f"artifact aliases must be strings without ':' or '/' and not of the form vN: {aliases!r}")
     out["aliases"] = aliases
     run_key, step = data.get("run_key"), data.get("step")

@@ -10,7 +10,7 @@ that database (an empty one, or one a trackside store created; needs ``pip insta
 'trackside[server]'``) and the files (media, tables, artifacts) under ``root`` as for SQLite;
 ``trackside.Api(root, db=...)`` reads it back. Both backends run the same statements and the
 same schema; the few differences (placeholders, column types, the schema version, how an
-amended step's values merge) live in ``daemon/db.py``. The writer holds one connection, each
+amended step's values merge) live in ``store/dialect.py``. The writer holds one connection, each
 reader its own.
 
 Schema (SQLite's ``PRAGMA user_version``, PostgreSQL's ``meta`` table = ``SCHEMA_VERSION``):
@@ -179,6 +179,7 @@ CREATE TABLE IF NOT EXISTS system_metrics (
 """
 MIGRATIONS[3] = SYSTEM_SCHEMA
 
+
 class SchemaVersionError(StoreError):
     """The database was written by a newer trackside whose schema this one cannot read."""
 
@@ -192,5 +193,3 @@ def check_version(db) -> int:
             f"reads up to {SCHEMA_VERSION}): upgrade trackside (pip install -U trackside)"
         )
     return version
-
-

@@ -28,8 +28,10 @@ def read_columns(obj: dict, source: str) -> tuple[list, list, list, int]:
         if doc.get("format") != FORMAT:
             raise ValueError("not a trackside table file")
         if doc.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"table format {doc['version']} is newer than this trackside reads "
-                             f"({FORMAT_VERSION}): upgrade trackside")
+            raise ValueError(
+                f"table format {doc['version']} is newer than this trackside reads "
+                f"({FORMAT_VERSION}): upgrade trackside"
+            )
         return list(doc["columns"]), list(doc["types"]), doc["data"], int(doc["nrows"])
     except (msgspec.DecodeError, KeyError, AttributeError, TypeError) as e:
         raise ValueError(f"the table rows file {obj.get('path')} cannot be read: {e}") from None

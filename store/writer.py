@@ -37,8 +37,7 @@ _TYPED = b"\xa5_type"  # msgpack's "_type" key: a history blob without it holds 
 # The conflict clause that merges a stored step is the database's (store/dialect.py).
 _INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 _INSERT_HISTORY = {
-    n: "INSERT INTO history (rid, step, time_us, data) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
-    for n in _INSERT_SIZES
+    n: "INSERT INTO history (rid, step, time_us, data) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n) for n in _INSERT_SIZES
 }
 _LOOKUP_SIZES = (1, 8, 64, 512)  # steps per look-up of stored rows (PostgreSQL's merge in Python)
 
@@ -285,7 +284,8 @@ class Store:
             now = time.time()
             rid = self._rids[run_id] = self._db.insert_id(
                 "INSERT INTO runs (run_id, project, created_at, updated_at, root_dir) VALUES (?, ?, ?, ?, ?)",
-                (run_id, DEFAULT_PROJECT, now, now, self.root), "rid",
+                (run_id, DEFAULT_PROJECT, now, now, self.root),
+                "rid",
             )
         return rid
 
@@ -345,9 +345,18 @@ class Store:
                     "INSERT INTO runs (run_id, project, name, group_name, job_type, tags, config, metadata,"
                     " state, created_at, updated_at, root_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        run_id, project, name, group, job_type, tags_json or "[]",
-                        _dumps(dict(config or {}), "config"), _dumps(dict(metadata or {}), "metadata"),
-                        state, created_at if created_at is not None else now, now, root_dir or self.root,
+                        run_id,
+                        project,
+                        name,
+                        group,
+                        job_type,
+                        tags_json or "[]",
+                        _dumps(dict(config or {}), "config"),
+                        _dumps(dict(metadata or {}), "metadata"),
+                        state,
+                        created_at if created_at is not None else now,
+                        now,
+                        root_dir or self.root,
                     ),
                     "rid",
                 )
@@ -364,9 +373,19 @@ class Store:
                 " finished_at = CASE WHEN ? = 'running' THEN NULL ELSE finished_at END"
                 " WHERE rid = ?",
                 (
-                    project, name, group, job_type, tags_json,
-                    _dumps(merged_config, "config"), _dumps(merged_meta, "metadata"),
-                    state, root_dir, now, state, state, rid,
+                    project,
+                    name,
+                    group,
+                    job_type,
+                    tags_json,
+                    _dumps(merged_config, "config"),
+                    _dumps(merged_meta, "metadata"),
+                    state,
+                    root_dir,
+                    now,
+                    state,
+                    state,
+                    rid,
                 ),
             )
 
@@ -390,7 +409,9 @@ class Store:
             if rid is None:
                 return {}
             try:
-                return dict(self._live().execute("SELECT writer, seq FROM event_marks WHERE rid = ?", (rid,)).fetchall())
+                return dict(
+                    self._live().execute("SELECT writer, seq FROM event_marks WHERE rid = ?", (rid,)).fetchall()
+                )
             except self._db.Error as e:
                 self._rollback()
                 raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
@@ -543,9 +564,12 @@ class Store:
 
     def _add_payloads(self, rid: int, step: int, payloads) -> None:
         conn = self._conn
-        have = [d for (d,) in conn.execute(
-            "SELECT data FROM history_payloads WHERE rid = ? AND step = ? ORDER BY idx", (rid, step)
-        )]
+        have = [
+            d
+            for (d,) in conn.execute(
+                "SELECT data FROM history_payloads WHERE rid = ? AND step = ? ORDER BY idx", (rid, step)
+            )
+        ]
         idx = len(have)
         for p in payloads:
             p = bytes(p)
@@ -717,9 +741,18 @@ class Store:
                 "INSERT INTO artifacts (name, version, type, rid, digest, description, metadata, manifest, run_key,"
                 " step, increment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    name, version, a["type"], rid, a["digest"], a["description"],
-                    _dumps(a["metadata"], "artifact metadata"), _dumps(a["manifest"], "artifact manifest"),
-                    a["run_key"], a["step"], increment, time.time(),
+                    name,
+                    version,
+                    a["type"],
+                    rid,
+                    a["digest"],
+                    a["description"],
+                    _dumps(a["metadata"], "artifact metadata"),
+                    _dumps(a["manifest"], "artifact manifest"),
+                    a["run_key"],
+                    a["step"],
+                    increment,
+                    time.time(),
                 ),
                 "aid",
             )

@@ -74,14 +74,27 @@ class Chaos:
         self.daemon_dir = os.path.join(base, "daemon")
         self.root = os.path.join(base, "trackside")
         self.server_root = os.path.join(base, "server")
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("TRACKSIDE_") and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("TRACKSIDE_") and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+        }
         self.env.update(TRACKSIDE_DAEMON_DIR=self.daemon_dir, TRACKSIDE_DIR=self.root, TRACKSIDE_IDLE_TIMEOUT="300")
         self.procs: list[subprocess.Popen] = []
         self.server = None
-        self.stats = dict(rounds=0, records_checked=0, lost=0, duplicated=0, escapes=0, damage_recovered=0,
-                          malformed_inputs=0, daemon_kills=0, trainer_kills=0, server_kills=0,
-                          unexpected_daemon_deaths=0)
+        self.stats = dict(
+            rounds=0,
+            records_checked=0,
+            lost=0,
+            duplicated=0,
+            escapes=0,
+            damage_recovered=0,
+            malformed_inputs=0,
+            daemon_kills=0,
+            trainer_kills=0,
+            server_kills=0,
+            unexpected_daemon_deaths=0,
+        )
         self.kinds: dict[str, int] = {}
         self.flush_every = 1
         self.failures: list[str] = []
@@ -90,8 +103,13 @@ class Chaos:
     # -- processes -------------------------------------------------------------------------------
 
     def _trainer(self, run_id: str, start: int, steps: int, flush_every: int, resume: str = "allow", env=None):
-        p = subprocess.Popen([self.python, "-c", TRAINER, run_id, str(start), str(steps), str(flush_every), resume],
-                             env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [self.python, "-c", TRAINER, run_id, str(start), str(steps), str(flush_every), resume],
+            env=env or self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(p)
         return p
 
@@ -120,8 +138,13 @@ class Chaos:
         self.stats["daemon_kills"] += 1
 
     def _ensure_daemon(self) -> None:
-        p = subprocess.run([self.python, "-m", "trackside.cli", "daemon", "start"], env=self.env,
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [self.python, "-m", "trackside.cli", "daemon", "start"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if p.returncode != 0:
             raise ChaosFailure(f"trackside daemon start failed ({p.returncode}): {p.stdout}{p.stderr}")
         self._known_daemon = self._daemon_pid()
@@ -359,9 +382,22 @@ class Chaos:
         if os.path.exists(info):
             os.unlink(info)
         log = open(os.path.join(self.base, "server.log"), "ab")
-        proc = subprocess.Popen([self.python, "-m", "trackside.server.team_server", "--root", self.server_root,
-                                 "--port", str(port), "--info-file", info], stdout=log, stderr=subprocess.STDOUT,
-                                env=self.env)
+        proc = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "trackside.server.team_server",
+                "--root",
+                self.server_root,
+                "--port",
+                str(port),
+                "--info-file",
+                info,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
         log.close()
         self.server = proc
         if not _wait(lambda: os.path.exists(info) or proc.poll() is not None, 30) or proc.poll() is not None:
@@ -382,8 +418,9 @@ class Chaos:
 
     # -- checks ----------------------------------------------------------------------------------------
 
-    def _check_run(self, run_id: str, last_acked: int, *, complete: bool, root: str | None = None,
-                   timeout: float = 30) -> None:
+    def _check_run(
+        self, run_id: str, last_acked: int, *, complete: bool, root: str | None = None, timeout: float = 30
+    ) -> None:
         """Every step up to ``last_acked`` stored once with its value (``complete``: and nothing
         after it); console lines of those steps once, and no line twice; the summary."""
         import trackside
@@ -409,8 +446,11 @@ class Chaos:
         deadline = time.monotonic() + timeout
         while True:
             got = stored()
-            if got is not None and sum(1 for row in got[1] if row["_step"] <= last_acked) >= want \
-                    and summary_ok(got[0]):
+            if (
+                got is not None
+                and sum(1 for row in got[1] if row["_step"] <= last_acked) >= want
+                and summary_ok(got[0])
+            ):
                 break
             if time.monotonic() > deadline:
                 break
@@ -437,8 +477,9 @@ class Chaos:
         dup_lines = [line for line, c in seen.items() if c > 1]
         lost_lines = [f"line {i}" for i in range(0, want, 5) if f"line {i}" not in seen]
         if not summary_ok(r):
-            self._fail(run_id, f"summary['last'] is {r.summary.get('last')!r}, but it was set to {last_set} and "
-                               f"acknowledged")
+            self._fail(
+                run_id, f"summary['last'] is {r.summary.get('last')!r}, but it was set to {last_set} and acknowledged"
+            )
         self.stats["records_checked"] += want + len(range(0, want, 5))
         self.stats["lost"] += len(lost) + len(lost_lines)
         self.stats["duplicated"] += dups + sum(seen[line] - 1 for line in dup_lines)
@@ -482,7 +523,6 @@ class Chaos:
 
     def _fail(self, run_id: str, message: str) -> None:
         self.failures.append(f"seed {self.seed}, run {run_id}: {message}")
-
 
 
 def _alive(pid: int) -> bool:

@@ -60,8 +60,16 @@ import sys
 import time
 import types
 
-ENV_KEYS = ("TRACKSIDE_DAEMON_DIR", "TRACKSIDE_DIR", "TRACKSIDE_RUN_ID", "TRACKSIDE_RUN_STARTED_BY", "TRACKSIDE_MODE", "RANK",
-            "LOCAL_RANK", "WORLD_SIZE")
+ENV_KEYS = (
+    "TRACKSIDE_DAEMON_DIR",
+    "TRACKSIDE_DIR",
+    "TRACKSIDE_RUN_ID",
+    "TRACKSIDE_RUN_STARTED_BY",
+    "TRACKSIDE_MODE",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+)
 
 
 def stop_daemon(folder, timeout: float = 20.0) -> None:
@@ -117,8 +125,9 @@ def ts(tmp_path, monkeypatch):
 
 def run_script(code: str, env: dict, *args, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process with ``env``."""
-    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"script failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -139,8 +148,10 @@ def postgres_server():
         return
     bin_dir = pg.find_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin); "
-                    f"install it (apt-get install postgresql) or set {pg.ENV_URL} to a server URL")
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin); "
+            f"install it (apt-get install postgresql) or set {pg.ENV_URL} to a server URL"
+        )
     cluster = pg.Cluster(bin_dir)
     try:
         yield cluster.start()
@@ -168,6 +179,7 @@ def daemon_pid(ts) -> int:
 
 # -- trackside server processes --------------------------------------------------------------------
 
+
 @pytest.fixture
 def servers(tmp_path):
     """Starts servers (``servers.start(root, *args, env=...)``); every one is stopped after
@@ -179,8 +191,18 @@ def servers(tmp_path):
         info_file = tmp_path / f"server{n}.json"
         log = open(tmp_path / f"server{n}.log", "w+")
         env = dict(os.environ if env is None else env)
-        cmd = [sys.executable, "-m", "trackside.server.team_server", "--root", str(root), "--port", "0",
-               "--info-file", str(info_file), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "trackside.server.team_server",
+            "--root",
+            str(root),
+            "--port",
+            "0",
+            "--info-file",
+            str(info_file),
+            *args,
+        ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         procs.append(proc)
         server = types.SimpleNamespace(proc=proc, root=str(root), log=log)

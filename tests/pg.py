@@ -30,7 +30,8 @@ def find_bin_dir() -> Optional[str]:
     if initdb and shutil.which("pg_ctl", path=os.path.dirname(initdb)):
         return os.path.dirname(initdb)
     found = [
-        d for d in glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/local/pgsql/bin")
+        d
+        for d in glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/local/pgsql/bin")
         if os.path.isfile(os.path.join(d, "initdb")) and os.path.isfile(os.path.join(d, "pg_ctl"))
     ]
 
@@ -90,15 +91,27 @@ class Cluster:
         if self._as:
             shutil.chown(self.folder, "postgres", "postgres")
         data = os.path.join(self.folder, "data")
-        self._run("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale",
-                  "--no-sync")
+        self._run("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
         for attempt in range(5):  # a free port can be taken between the probe and the start
             port = _free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {self.folder} -c fsync=off"
-                       f" -c synchronous_commit=off -c full_page_writes=off")
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {self.folder} -c fsync=off"
+                f" -c synchronous_commit=off -c full_page_writes=off"
+            )
             try:
-                self._run("pg_ctl", "-D", data, "-l", os.path.join(self.folder, "server.log"), "-w",
-                          "-t", "60", "-o", options, "start")
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    data,
+                    "-l",
+                    os.path.join(self.folder, "server.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    options,
+                    "start",
+                )
             except RuntimeError:
                 if attempt == 4:
                     raise
@@ -142,6 +155,8 @@ def drop_database(server_url: str, url: str) -> None:
 
     name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
-                      " AND pid <> pg_backend_pid()", (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

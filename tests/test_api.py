@@ -17,7 +17,6 @@ from trackside.store import DB_NAME, SCHEMA_VERSION, Store
 from conftest import T0, Row, rows
 
 
-
 @pytest.fixture
 def root(tmp_path):
     return tmp_path / "trackside"
@@ -86,8 +85,17 @@ def test_reads_after_writer_closed(store, root):
 
 
 def test_run_attributes(store, api, root):
-    store.upsert_run("abc123", project="p", name="n", group="g", job_type="train", tags=["x"],
-                     config={"lr": 0.1}, metadata={"host": "h"}, created_at=100.0)
+    store.upsert_run(
+        "abc123",
+        project="p",
+        name="n",
+        group="g",
+        job_type="train",
+        tags=["x"],
+        config={"lr": 0.1},
+        metadata={"host": "h"},
+        created_at=100.0,
+    )
     store.apply("abc123", summary={"loss": 0.5, "diverged": float("nan")})
     store.write_rows("abc123", rows(4))
     store.apply("abc123", final_state=("finished", 0))
@@ -167,8 +175,10 @@ def test_history_key_filter_omits_rows_without_keys(store, api):
     assert [(r["_step"], r["val"]) for r in run.history(keys=["val"])] == [(1, 1), (3, 3)]
     both = run.history(keys=["val", "loss"])
     assert [sorted(r) for r in both] == [
-        ["_step", "_timestamp", "loss"], ["_step", "_timestamp", "loss", "val"],
-        ["_step", "_timestamp", "loss"], ["_step", "_timestamp", "loss", "val"],
+        ["_step", "_timestamp", "loss"],
+        ["_step", "_timestamp", "loss", "val"],
+        ["_step", "_timestamp", "loss"],
+        ["_step", "_timestamp", "loss", "val"],
     ]
     assert run.history(keys="val") == run.history(keys=["_step", "val"])
     assert run.history(keys=["missing"]) == []
@@ -206,7 +216,9 @@ def test_payloads_only_when_present(store, api):
     assert "_payloads" not in hist[0]
     assert hist[1]["_payloads"] == [b"\x00img"]
     assert "_payloads" not in api.run("r1").history(keys=["a"])[1]
-    assert api.run("r1").history(keys=["_payloads"]) == [{"_step": 1, "_timestamp": T0 / 1e6, "_payloads": [b"\x00img"]}]
+    assert api.run("r1").history(keys=["_payloads"]) == [
+        {"_step": 1, "_timestamp": T0 / 1e6, "_payloads": [b"\x00img"]}
+    ]
 
 
 def test_pandas_missing_gives_install_hint(store, api, monkeypatch):
@@ -308,7 +320,11 @@ def test_console_text_and_lines(store, api):
     run = api.run("r1")
     assert run.console() == "epoch 1\nwarning: x\nepoch 2\n"
     lines = run.console_lines()
-    assert [(l.stream, l.text) for l in lines] == [("stdout", "epoch 1"), ("stderr", "warning: x"), ("stdout", "epoch 2")]
+    assert [(l.stream, l.text) for l in lines] == [
+        ("stdout", "epoch 1"),
+        ("stderr", "warning: x"),
+        ("stdout", "epoch 2"),
+    ]
     assert lines[1].time == T0 / 1e6 + 1
     assert [l.text for l in run.console_lines("stderr")] == ["warning: x"]
 

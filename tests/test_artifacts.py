@@ -58,7 +58,10 @@ def test_use_artifact_get_in_another_process(ts):
         " for r in t.data]}))\n"
     )
     out = json.loads(run_script(code, ts.env, ts.root).stdout)
-    assert out == {"columns": ["name", "vec", "ok"], "data": [["a", [0.0, 1.0, 2.0], True], ["b", [1.0, 1.0, 1.0], None]]}
+    assert out == {
+        "columns": ["name", "vec", "ok"],
+        "data": [["a", [0.0, 1.0, 2.0], True], ["b", [1.0, 1.0, 1.0], None]],
+    }
 
 
 def test_logged_table_is_reachable_as_run_artifact(ts):
@@ -71,7 +74,9 @@ def test_logged_table_is_reachable_as_run_artifact(ts):
         art = reader.use_artifact(f"run-{run.id}-table_key:v0")
         assert art.get("table_key") == my_table
         assert art.run_key == "table_key" and art.type == "run_table"
-    assert [a.qualified_name for a in wandb.Api(ts.root).run(run.id).logged_artifacts()] == [f"run-{run.id}-table_key:v0"]
+    assert [a.qualified_name for a in wandb.Api(ts.root).run(run.id).logged_artifacts()] == [
+        f"run-{run.id}-table_key:v0"
+    ]
 
 
 def test_each_log_to_the_same_key_is_a_new_version(ts):
@@ -111,8 +116,11 @@ def test_unknown_artifact_alias_or_name_is_a_clear_error(ts):
         art = wandb.Artifact("ds", "dataset")
         art.add(predictions_table(), "t")
         run.log_artifact(art, aliases=["prod"])
-        with pytest.raises(ArtifactNotFoundError, match=r"artifact 'ds' has no version 'v7': its versions are v0 to v0, "
-                                                        r"its aliases latest, prod"):
+        with pytest.raises(
+            ArtifactNotFoundError,
+            match=r"artifact 'ds' has no version 'v7': its versions are v0 to v0, "
+            r"its aliases latest, prod",
+        ):
             run.use_artifact("ds:v7")
         with pytest.raises(ArtifactNotFoundError, match="has no version 'staging'"):
             run.use_artifact("ds:staging")
@@ -277,7 +285,12 @@ def test_store_indexes_artifacts_once_per_log_call(tmp_path):
         assert [s.add_artifact("r1", {**inc, "uid": f"i{i}"}) for i in range(3)] == [("run-r1-k", i) for i in range(3)]
         increments = s._conn.execute("SELECT increment FROM artifacts WHERE name = 'run-r1-k' ORDER BY version")
         assert [i for (i,) in increments] == [0, 1, 2]
-    for bad, msg in [({**base, "name": "a:b"}, "no ':'"), ({**base, "uid": ""}, "uid"),
-                     ({**base, "manifest": []}, "manifest"), ({**base, "aliases": ["v1"]}, "aliases"), ([], "map")]:
+    for bad, msg in [
+        ({**base, "name": "a:b"}, "no ':'"),
+        ({**base, "uid": ""}, "uid"),
+        ({**base, "manifest": []}, "manifest"),
+        ({**base, "aliases": ["v1"]}, "aliases"),
+        ([], "map"),
+    ]:
         with pytest.raises((ValueError, TypeError), match=msg):
             check_artifact(bad)

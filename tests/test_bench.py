@@ -12,16 +12,19 @@ from trackside.cli import main
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "docs", "bench.schema.json")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--writers", "0"], "--writers must be at least 1"),
-    (["--keys", "0"], "--keys must be at least 1"),
-    (["--seconds", "0"], "--seconds must be positive"),
-    (["--records", "0"], "--records must be at least 1"),
-    (["--rate", "-1"], "--rate must be 0"),
-    (["--dest", "https://example.com"], "use store, none or a server URL"),
-    (["--dest", "elsewhere"], "use store, none or a server URL"),
-    (["--kinds", "float,audio"], "value kind 'audio' is not one of"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--writers", "0"], "--writers must be at least 1"),
+        (["--keys", "0"], "--keys must be at least 1"),
+        (["--seconds", "0"], "--seconds must be positive"),
+        (["--records", "0"], "--records must be at least 1"),
+        (["--rate", "-1"], "--rate must be 0"),
+        (["--dest", "https://example.com"], "use store, none or a server URL"),
+        (["--dest", "elsewhere"], "use store, none or a server URL"),
+        (["--kinds", "float,audio"], "value kind 'audio' is not one of"),
+    ],
+)
 def test_bench_rejects_bad_options(argv, message, capsys):
     assert main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
@@ -47,8 +50,14 @@ def test_bench_refuses_an_unknown_transport(capsys):
 
 def test_bench_over_grpc(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--records", "2000", "--json", "--transport",
-                        "grpc"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "bench", "--records", "2000", "--json", "--transport", "grpc"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["options"]["transport"] == "grpc" and res["rows_stored"] == res["rows_expected"] == 2000
@@ -58,8 +67,26 @@ def test_bench_short_run_json_validates(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
     png = tmp_path / "bench.png"
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--writers", "2", "--seconds", "2", "--json",
-                        "--plot", str(png)], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trackside.cli",
+            "bench",
+            "--writers",
+            "2",
+            "--seconds",
+            "2",
+            "--json",
+            "--plot",
+            str(png),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     with open(SCHEMA) as f:
@@ -76,12 +103,38 @@ def test_bench_short_run_json_validates(tmp_path):
 
 def test_bench_text_report_with_rich_kinds(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--records", "300", "--kinds",
-                        "histogram,table", "--keys", "3", "--durability", "none"],
-                       env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trackside.cli",
+            "bench",
+            "--records",
+            "300",
+            "--kinds",
+            "histogram,table",
+            "--keys",
+            "3",
+            "--durability",
+            "none",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
-    for figure in ("records/s", "values/s", "log() cost", "lag to durable", "lag to stored", "finish()",
-                   "daemon CPU / peak RSS", "300 / 300"):
+    for figure in (
+        "records/s",
+        "values/s",
+        "log() cost",
+        "lag to durable",
+        "lag to stored",
+        "finish()",
+        "daemon CPU / peak RSS",
+        "300 / 300",
+    ):
         assert figure in p.stdout, p.stdout
 
 
@@ -90,8 +143,14 @@ def test_bench_to_the_wal_only_and_to_a_server(dest, servers, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
     target = "none" if dest == "none" else servers.start(tmp_path / "server").url
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "bench", "--records", "2000", "--json", "--dest", target],
-                       env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "bench", "--records", "2000", "--json", "--dest", target],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     with open(SCHEMA) as f:

@@ -11,8 +11,9 @@ import trackside
 
 
 def cli(ts, *args):
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", *args], env=dict(os.environ), capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", *args], env=dict(os.environ), capture_output=True, text=True, timeout=60
+    )
     return p
 
 

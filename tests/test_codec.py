@@ -33,8 +33,11 @@ T0 = 1_764_215_400_000_000  # 2025-11-27 03:50 UTC in microseconds: the worked e
 PUBLIC = {"IMPLEMENTATION", "crc32", "frame", "encode_batch", "BatchEncoder", "decode_batch", "parse_record"}
 
 # a longer search: TRACKSIDE_HYPOTHESIS_EXAMPLES=5000 pytest tests/test_codec.py
-fast = settings(max_examples=int(os.environ.get("TRACKSIDE_HYPOTHESIS_EXAMPLES", "150")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+fast = settings(
+    max_examples=int(os.environ.get("TRACKSIDE_HYPOTHESIS_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -89,7 +92,9 @@ KEYS = ["train/loss", "train/accuracy", "train/lr", "val/loss", "épsilon", "日
 keys_st = st.one_of(st.sampled_from(KEYS), st.text(max_size=10))
 value_st = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan, struct.unpack("<d", b"\x01\x00\x00\x00\x00\x00\xf8\x7f")[0]]),
+    st.sampled_from(
+        [0.0, -0.0, math.inf, -math.inf, math.nan, struct.unpack("<d", b"\x01\x00\x00\x00\x00\x00\xf8\x7f")[0]]
+    ),
     st.integers(INT64_MIN, INT64_MAX),
     st.sampled_from([INT64_MIN, INT64_MAX, 0, -1, 1]),
     st.booleans(),
@@ -142,10 +147,14 @@ def test_package_picks_the_extension():
 
 
 def test_worked_example_of_format_md(codec):
-    record = codec.encode_batch(1, 7, [
-        (0, None, 1764215400000000, {"loss": 0.5, "epoch": 1}, None),
-        (1, None, 1764215400001000, {"loss": 0.25, "epoch": 1}, None),
-    ])
+    record = codec.encode_batch(
+        1,
+        7,
+        [
+            (0, None, 1764215400000000, {"loss": 0.5, "epoch": 1}, None),
+            (1, None, 1764215400001000, {"loss": 0.25, "epoch": 1}, None),
+        ],
+    )
     assert record.hex(" ") == (
         "d3 7e 5a a1 3c 6a a7 89 36 00 00 00 01 00 00 00 01 07 02 80 a8 cb 83 ed a2 a2 06 "
         "01 00 00 02 00 04 6c 6f 73 73 04 00 00 00 00 00 00 e0 3f 01 05 65 70 6f 63 68 03 02 "
@@ -157,8 +166,9 @@ def test_worked_example_of_format_md(codec):
 
 
 @pytest.mark.parametrize("value", [0, 1, 0xFFFFFFFF, -1, 2**40 + 5, True])
-@pytest.mark.parametrize("data", [b"", b"a", b"123456789", bytes(range(256)) * 3, bytearray(b"xyz"),
-                                  memoryview(b"hello world")[2:7]])
+@pytest.mark.parametrize(
+    "data", [b"", b"a", b"123456789", bytes(range(256)) * 3, bytearray(b"xyz"), memoryview(b"hello world")[2:7]]
+)
 def test_crc32_is_zlib_crc32(codec, data, value):
     assert codec.crc32(data, value) == zlib.crc32(data, value)
     assert codec.crc32(data, value=value) == zlib.crc32(data, value)
@@ -177,8 +187,11 @@ def test_crc32_of_a_large_buffer_in_threads(codec):
     assert got == [want] * 4
 
 
-@pytest.mark.parametrize("args", [("text",), (b"x", 1.5), (b"x", None), (memoryview(b"abcd")[::2],)],
-                         ids=["str", "float-value", "none-value", "non-contiguous"])
+@pytest.mark.parametrize(
+    "args",
+    [("text",), (b"x", 1.5), (b"x", None), (memoryview(b"abcd")[::2],)],
+    ids=["str", "float-value", "none-value", "non-contiguous"],
+)
 def test_crc32_bad_arguments_raise_as_zlib(codec, args):
     with pytest.raises(Exception) as want:
         zlib.crc32(*args)
@@ -204,12 +217,24 @@ def test_frame_of_a_large_body(codec):
     assert codec.parse_record(record) == (C.PARSE_OK, C.RECORD_EVENT, 16, 16 + len(data))
 
 
-@pytest.mark.parametrize("args", [
-    (0, b"x"), (3, b"x"), ("1", b"x"), ([1], b"x"),       # unknown or unhashable type
-    (1, "text"), (1, None), (1, memoryview(b"abcd")[::2]),  # not a contiguous bytes-like body
-    (1, b"x", 256), (1, b"x", -1), (1, b"x", 1.0), (1.0, b"x"),  # type/flags not a byte
-    (True, b"x"),
-], ids=lambda a: repr(a)[:30])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0, b"x"),
+        (3, b"x"),
+        ("1", b"x"),
+        ([1], b"x"),  # unknown or unhashable type
+        (1, "text"),
+        (1, None),
+        (1, memoryview(b"abcd")[::2]),  # not a contiguous bytes-like body
+        (1, b"x", 256),
+        (1, b"x", -1),
+        (1, b"x", 1.0),
+        (1.0, b"x"),  # type/flags not a byte
+        (True, b"x"),
+    ],
+    ids=lambda a: repr(a)[:30],
+)
 def test_frame_bad_arguments_raise_the_same_class(args):
     assert outcome(cy.frame, *args) == outcome(twin.frame, *args)
     assert outcome(cy.frame, *args)[0] == ("ok" if args[0] is True else "raise")
@@ -233,7 +258,7 @@ def damaged(record: bytes, offset: int, value: int) -> bytes:
 
 def recrc(record: bytes) -> bytes:
     """The record with its checksum recomputed (to reach the checks after the checksum)."""
-    crc = C.mask_crc(zlib.crc32(record[C.RECORD_CRC_START:]))
+    crc = C.mask_crc(zlib.crc32(record[C.RECORD_CRC_START :]))
     return record[:4] + struct.pack("<I", crc) + record[8:]
 
 
@@ -285,8 +310,11 @@ def test_parse_bad_length(codec):
     assert codec.parse_record(bytes(rec)) == (C.PARSE_BAD_LENGTH, 0, 0, 0)
 
 
-@pytest.mark.parametrize("offset,value", [(12, 0), (12, 3), (12, 255), (13, 1), (14, 1), (15, 0x80)],
-                         ids=["type0", "type3", "type255", "flags", "reserved-lo", "reserved-hi"])
+@pytest.mark.parametrize(
+    "offset,value",
+    [(12, 0), (12, 3), (12, 255), (13, 1), (14, 1), (15, 0x80)],
+    ids=["type0", "type3", "type255", "flags", "reserved-lo", "reserved-hi"],
+)
 def test_parse_bad_type_or_flags(codec, offset, value):
     rec = recrc(damaged(record_at(), offset, value))
     assert codec.parse_record(rec) == (C.PARSE_BAD_TYPE, 0, 0, 0)
@@ -336,10 +364,21 @@ def test_parse_record_agrees_on_damaged_records(data, offset, value):
 
 
 ALL_KINDS = {
-    "float": 0.5, "neg-zero": -0.0, "nan": math.nan, "inf": math.inf, "-inf": -math.inf,
-    "int": 7, "int-min": INT64_MIN, "int-max": INT64_MAX, "neg": -12345678901,
-    "true": True, "false": False, "none": None,
-    "str": "héllo wörld ✓", "empty-str": "", "emoji 🚀": "🚀" * 3,
+    "float": 0.5,
+    "neg-zero": -0.0,
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+    "int": 7,
+    "int-min": INT64_MIN,
+    "int-max": INT64_MAX,
+    "neg": -12345678901,
+    "true": True,
+    "false": False,
+    "none": None,
+    "str": "héllo wörld ✓",
+    "empty-str": "",
+    "emoji 🚀": "🚀" * 3,
 }
 
 
@@ -390,8 +429,11 @@ def test_entries_as_lists_generators_and_four_tuples(codec):
 
 
 def test_payload_types(codec):
-    entries = [entry(0, {}, payload=b"abc"), entry(1, {}, payload=bytearray(b"de")),
-               entry(2, {}, payload=memoryview(b"xfgx")[1:3])]
+    entries = [
+        entry(0, {}, payload=b"abc"),
+        entry(1, {}, payload=bytearray(b"de")),
+        entry(2, {}, payload=memoryview(b"xfgx")[1:3]),
+    ]
     record = codec.encode_batch(1, 1, entries)
     assert record == twin.encode_batch(1, 1, entries)
     assert [e[4] for e in codec.decode_batch(body(record))[2]] == [b"abc", b"de", b"fg"]
@@ -420,9 +462,14 @@ def entry_flags(record: bytes, entries) -> list[int]:
 
 
 def test_same_keys_flag_for_a_repeated_key_set(codec):
-    entries = [entry(0, {"a": 1, "b": 2.0}), entry(1, {"a": 3, "b": 4.0}),
-               entry(2, {"b": 5.0, "a": 6}),  # another order: keys written again
-               entry(3, {"b": 1.0, "a": 2}), entry(4, {"a": 1}), entry(5, {"a": 1, "c": 2})]
+    entries = [
+        entry(0, {"a": 1, "b": 2.0}),
+        entry(1, {"a": 3, "b": 4.0}),
+        entry(2, {"b": 5.0, "a": 6}),  # another order: keys written again
+        entry(3, {"b": 1.0, "a": 2}),
+        entry(4, {"a": 1}),
+        entry(5, {"a": 1, "c": 2}),
+    ]
     record = codec.encode_batch(1, 1, entries)
     assert record == twin.encode_batch(1, 1, entries)
     same = [bool(f & C.ENTRY_SAME_KEYS) for f in entry_flags(record, entries)]
@@ -478,12 +525,24 @@ class LoudStr(str):
 
 
 def test_subclasses_of_value_types(codec):
-    values = {"f": MyFloat(1.5), "i": MyInt(-3), "e": Color.RED, "s": MyStr("x"), "loud": LoudStr("q"),
-              "huge-sub": MyInt(5)}
+    values = {
+        "f": MyFloat(1.5),
+        "i": MyInt(-3),
+        "e": Color.RED,
+        "s": MyStr("x"),
+        "loud": LoudStr("q"),
+        "huge-sub": MyInt(5),
+    }
     record = codec.encode_batch(1, 1, [entry(0, values)])
     assert record == twin.encode_batch(1, 1, [entry(0, values)])
-    assert codec.decode_batch(body(record))[2][0][3] == {"f": 1.5, "i": -3, "e": 3, "s": "x", "loud": "LOUD",
-                                                         "huge-sub": 5}
+    assert codec.decode_batch(body(record))[2][0][3] == {
+        "f": 1.5,
+        "i": -3,
+        "e": 3,
+        "s": "x",
+        "loud": "LOUD",
+        "huge-sub": 5,
+    }
 
 
 def test_dict_subclasses_encode_in_their_own_order(codec):
@@ -582,11 +641,14 @@ def test_numpy_scalars_follow_the_twin(make):
     np = pytest.importorskip("numpy")
     entries = make(np)
     assert outcome(cy.encode_batch, np.uint64(3), np.int64(2), entries) == outcome(
-        twin.encode_batch, np.uint64(3), np.int64(2), entries)
+        twin.encode_batch, np.uint64(3), np.int64(2), entries
+    )
 
 
-@pytest.mark.parametrize("writer,seq", [(-1, 0), (0, -1), (2**64, 0), (0, 2**64), (1.0, 0), (0, 2.5),
-                                        ("1", 0), (None, 0), (0, math.inf), (1e30, 0)])
+@pytest.mark.parametrize(
+    "writer,seq",
+    [(-1, 0), (0, -1), (2**64, 0), (0, 2**64), (1.0, 0), (0, 2.5), ("1", 0), (None, 0), (0, math.inf), (1e30, 0)],
+)
 def test_bad_writer_or_seq_raise_the_same_class(writer, seq):
     want = outcome(twin.encode_batch, writer, seq, [entry(0, {"a": 1})])
     assert want[0] == "raise"
@@ -641,8 +703,8 @@ def test_batch_encoder_failed_add_leaves_the_batch_as_it_was(codec):
     size = enc.nbytes
     bad = [
         entry(1, {"a": 1.0, "new-key": 2, "b": [1]}),  # a key defined, then a bad value
-        entry(1, {"a": 1.0, "b": 2**64}),                # SAME_KEYS, then a value overflows
-        entry(1, {"zz": 1, 7: 1}),                       # a new key, then a non-str key
+        entry(1, {"a": 1.0, "b": 2**64}),  # SAME_KEYS, then a value overflows
+        entry(1, {"zz": 1, 7: 1}),  # a new key, then a non-str key
         entry(1, {"a": 1.0}, payload="x"),
         (1.5, None, T0, {"a": 1.0}, None),
     ]

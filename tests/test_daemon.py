@@ -52,8 +52,16 @@ def wait_for(predicate, timeout=20.0, interval=0.02):
 
 def writers(ts, run, n, steps, mode):
     env = dict(os.environ, TRACKSIDE_RUN_ID=run.id)
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(r), str(steps), mode], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(1, n + 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(r), str(steps), mode],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(1, n + 1)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -100,8 +108,9 @@ for step in range(3000):
 run.finish()
 print("done", flush=True)
 """
-    p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     run_id = p.stdout.readline().strip()
     for kill_at in (500, 1500):
         while True:
@@ -173,12 +182,15 @@ def hello(s, run_id, root, writer=7):
     return read_msg(s)
 
 
-@pytest.mark.parametrize("garbage,reason", [
-    (struct.pack("<I", 1 << 30), "exceeds the limit"),
-    (struct.pack("<I", 5) + b"\xc1\xc1\xc1\xc1\xc1", "malformed frame"),
-    (pack(Batch(1, b"not a record at all")), "no record marker"),
-    (struct.pack("<I", 100) + b"short", "closed inside a frame"),  # truncated, then the client goes away
-])
+@pytest.mark.parametrize(
+    "garbage,reason",
+    [
+        (struct.pack("<I", 1 << 30), "exceeds the limit"),
+        (struct.pack("<I", 5) + b"\xc1\xc1\xc1\xc1\xc1", "malformed frame"),
+        (pack(Batch(1, b"not a record at all")), "no record marker"),
+        (struct.pack("<I", 100) + b"short", "closed inside a frame"),  # truncated, then the client goes away
+    ],
+)
 def test_bad_frame_closes_only_that_connection(ts, garbage, reason):
     run = start_run()
     run.log({"a": 1})
@@ -217,8 +229,9 @@ def test_batch_whose_record_claims_another_writer_is_refused(ts):
 
 def test_second_daemon_refuses_to_start(ts):
     start_run().finish()
-    p = subprocess.run([sys.executable, "-m", "trackside.daemon", "--dir", ts.daemon_dir], capture_output=True,
-                       text=True, timeout=30)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.daemon", "--dir", ts.daemon_dir], capture_output=True, text=True, timeout=30
+    )
     assert p.returncode == 2
     assert "already running" in p.stderr
 
@@ -249,9 +262,15 @@ def test_grpc_ingest_and_health(ts):
         info = msgspec.msgpack.encode({"root": ts.root, "project": "grpc"})
         welcome = stub.Open(pb.Hello(protocol=PROTOCOL_VERSION, run_id="viagrpc", writer=5, pid=1, run_info=info))
         assert welcome.acked_seq == 0
-        batches = [pb.Batch(run_id="viagrpc", writer=5, seq=i,
-                            record=codec.encode_batch(5, i, [(i - 1, True, 1_000_000 * i, {"g": i}, None)]))
-                   for i in range(1, 4)]
+        batches = [
+            pb.Batch(
+                run_id="viagrpc",
+                writer=5,
+                seq=i,
+                record=codec.encode_batch(5, i, [(i - 1, True, 1_000_000 * i, {"g": i}, None)]),
+            )
+            for i in range(1, 4)
+        ]
         acks = [a.seq for a in stub.Send(iter(batches))]
         assert acks and acks[-1] == 3
     run = trackside.Api(ts.root).run("viagrpc")
@@ -362,8 +381,9 @@ assert run._client.flush()
 print("ready", flush=True)
 time.sleep(30)
 """
-    p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, TRACKSIDE_RUN_ID=run.id),
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ, TRACKSIDE_RUN_ID=run.id), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline().strip() == "ready"
         for step in range(5):
@@ -422,7 +442,9 @@ def open_stream(root, run_id="r1", **settings):
     handle = StoreHandle(str(root))
     pool = concurrent.futures.ThreadPoolExecutor(2)
     info = {"settings": {"durability": "flush", **settings}}
-    stream = RunStream(run_id, str(root), os.path.join(str(root), "runs", run_id), info, handle.store, handle.call, pool)
+    stream = RunStream(
+        run_id, str(root), os.path.join(str(root), "runs", run_id), info, handle.store, handle.call, pool
+    )
 
     async def close():
         await stream.close()

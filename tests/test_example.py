@@ -14,8 +14,13 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "train.py")
 
 def test_main_job_logs_three_ranks_into_one_run(ts, tmp_path):
     pytest.importorskip("numpy")
-    p = subprocess.run([sys.executable, EXAMPLE, "--steps", "40", "--dir", str(tmp_path)], env=ts.env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, EXAMPLE, "--steps", "40", "--dir", str(tmp_path)],
+        env=ts.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert "state finished, 40 rows" in p.stdout
     api = trackside.Api(str(tmp_path / "trackside"))

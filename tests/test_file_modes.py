@@ -43,8 +43,9 @@ def modes(*tops):
 
 def wrong(found):
     """The paths whose mode is not 0700 (folders) or 0600 (anything else)."""
-    return {p: oct(m) for p, m in found.items()
-            if m != (0o700 if os.path.isdir(p) and not os.path.islink(p) else 0o600)}
+    return {
+        p: oct(m) for p, m in found.items() if m != (0o700 if os.path.isdir(p) and not os.path.islink(p) else 0o600)
+    }
 
 
 @pytest.fixture
@@ -59,8 +60,14 @@ def loose_umask():
 def _run_and_check(ts, env, tmp_path, names):
     data = tmp_path / "labels.csv"
     data.write_text("a,b\n")
-    p = subprocess.Popen([sys.executable, "-c", TRAIN, str(data)], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", TRAIN, str(data)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "ROWS", p.stderr.read()
         live = modes(ts.root, ts.daemon_dir)
@@ -79,22 +86,48 @@ def _run_and_check(ts, env, tmp_path, names):
 
 
 def test_a_local_run_leaves_only_private_files(ts, tmp_path, loose_umask):
-    _run_and_check(ts, ts.env, tmp_path, ["trackside.db", "trackside.db-wal", "trackside.db-shm", "run.json",
-                                          "daemon.log", "media", "artifacts", "wal", "runs"])
+    _run_and_check(
+        ts,
+        ts.env,
+        tmp_path,
+        [
+            "trackside.db",
+            "trackside.db-wal",
+            "trackside.db-shm",
+            "run.json",
+            "daemon.log",
+            "media",
+            "artifacts",
+            "wal",
+            "runs",
+        ],
+    )
     assert wrong(modes(ts.root, ts.daemon_dir)) == {}
 
 
 def test_an_uploaded_run_and_the_servers_store_are_private(ts, servers, tmp_path, loose_umask):
     server = servers.start(tmp_path / "server")
-    run_id = _run_and_check(ts, dict(ts.env, TRACKSIDE_SERVER=server.url), tmp_path,
-                            ["run.json", "upload.json", "daemon.log", "media", "wal"])
+    run_id = _run_and_check(
+        ts,
+        dict(ts.env, TRACKSIDE_SERVER=server.url),
+        tmp_path,
+        ["run.json", "upload.json", "daemon.log", "media", "wal"],
+    )
     api = trackside.Api(server.url)
     wait_until(lambda: api.run(run_id).state == "finished" and api.run(run_id).history_rows == 21, 30)
     assert len(api.run(run_id).media("img")) == 20
     api.close()
     on_server = modes(server.root)
     found = {os.path.basename(p) for p in on_server}
-    assert {"trackside.db", "trackside.db-wal", "trackside.db-shm", "run.json", "sink.lock", "media",
-            "artifacts", "wal"} <= found
+    assert {
+        "trackside.db",
+        "trackside.db-wal",
+        "trackside.db-shm",
+        "run.json",
+        "sink.lock",
+        "media",
+        "artifacts",
+        "wal",
+    } <= found
     assert wrong(on_server) == {}
     assert wrong(modes(ts.root, ts.daemon_dir)) == {}

@@ -44,8 +44,9 @@ for step in range(3000):
 run.finish()
 print("done", flush=True)
 """
-    p = subprocess.Popen([sys.executable, "-c", code], env=ts.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], env=ts.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     run_id = p.stdout.readline().strip()
     for line in p.stdout:
         if line.strip().isdigit() and int(line) >= 1000:
@@ -88,8 +89,13 @@ def test_an_unknown_transport_is_refused():
 def test_a_writer_that_cannot_see_the_daemons_folder_finds_it_by_address(ts, tmp_path):
     """TRACKSIDE_DAEMON_GRPC names the daemon's gRPC address: the writer needs nothing else (a
     container sharing the host's network, say), and starts no daemon of its own."""
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "start"],
+        env=ts.env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     from trackside.contracts import discovery
 
     address = discovery.read_info(ts.daemon_dir)["grpc"]

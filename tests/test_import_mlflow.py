@@ -14,7 +14,7 @@ pytest.importorskip("mlflow")
 import trackside
 from trackside.cli import main as cli
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import mlflow
 
@@ -38,7 +38,7 @@ with mlflow.start_run(run_name="broken") as run:
 mlflow.end_run()
 mlflow.MlflowClient(uri).set_terminated(second, status="FAILED")
 json.dump({"first": first, "second": second}, open(out, "w"))
-'''
+"""
 
 
 @pytest.fixture
@@ -46,8 +46,15 @@ def mlflow_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "ids.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKSIDE_RUN_ID"))}
-    p = subprocess.run([sys.executable, "-c", SCRIPT, uri, str(out)], check=False, env=env, capture_output=True, text=True,
-                       timeout=180, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, uri, str(out)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     return uri, json.loads(out.read_text())
 
@@ -64,7 +71,10 @@ def test_mlflow_runs_import_equal(ts, mlflow_store, capsys):
     assert r.tags == ["team=vision"]
     rows = r.history()
     assert [(row["_step"], row["_timestamp"], row["loss"]) for row in rows] == [
-        (0, 1700000000.0, 0.5), (1, 1700000001.5, 0.25), (2, 1700000004.0, 0.125)]
+        (0, 1700000000.0, 0.5),
+        (1, 1700000001.5, 0.25),
+        (2, 1700000004.0, 0.125),
+    ]
     assert rows[2]["acc"] == 0.75
     meta = r.metadata["imported"]
     assert meta["tags"]["mlflow.runName"] == "first" and meta["status"] == "FINISHED"
@@ -82,8 +92,10 @@ def test_mlflow_runs_import_equal(ts, mlflow_store, capsys):
 def test_an_unknown_experiment_lists_the_known_ones(ts, mlflow_store, capsys):
     uri, _ = mlflow_store
     assert cli(["import", "mlflow", "--tracking-uri", uri, "--experiment", "nope", "--root", ts.root]) == 1
-    assert ("trackside import mlflow: no MLflow experiment named 'nope' in this tracking store; "
-            "it has: 'Default', 'exp1', 'exp2'") in capsys.readouterr().err
+    assert (
+        "trackside import mlflow: no MLflow experiment named 'nope' in this tracking store; "
+        "it has: 'Default', 'exp1', 'exp2'"
+    ) in capsys.readouterr().err
 
 
 def read(path):

@@ -16,7 +16,7 @@ import trackside
 from trackside.cli import main as cli
 from trackside.integration.wandb import WandbFormatError, records
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import numpy as np
 import wandb
@@ -39,20 +39,34 @@ art.add_file(out + ".txt", name="f.txt")
 run.log_artifact(art)
 json.dump({"id": run.id, "dir": run.dir}, open(out, "w"))
 run.finish()
-'''
+"""
 
 
 @pytest.fixture
 def wandb_run(tmp_path):
     """One offline W&B run written by the wandb package, in tmp_path only."""
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path),
-               **{k: str(tmp_path / "wandb-home" / k.lower()) for k in
-                  ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")})
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        WANDB_DIR=str(tmp_path),
+        **{
+            k: str(tmp_path / "wandb-home" / k.lower())
+            for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")
+        },
+    )
     for k in ("TRACKSIDE_RUN_ID", "WANDB_RUN_ID", "WANDB_PROJECT"):
         env.pop(k, None)
     out = tmp_path / "wandb-run.json"
-    p = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], check=False, env=env, capture_output=True, text=True,
-                       timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(out)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     info = json.loads(out.read_text())
     info["folder"] = os.path.dirname(info["dir"])
@@ -69,11 +83,19 @@ def test_offline_run_imports_equal(ts, tmp_path, wandb_run, capsys):
     assert r.config == {"lr": 0.1, "layers": [1, 2], "opt": {"name": "sgd"}}
     rows = r.history(objects=True)
     assert [row["_step"] for row in rows] == [0, 1, 2, 5]
-    assert [(row["loss"], row["acc"], row["sub/x"]) for row in rows[:3]] == [(1.0, 0.0, 0), (0.5, 0.25, 1),
-                                                                           (1 / 3, 0.5, 2)]
+    assert [(row["loss"], row["acc"], row["sub/x"]) for row in rows[:3]] == [
+        (1.0, 0.0, 0),
+        (0.5, 0.25, 1),
+        (1 / 3, 0.5, 2),
+    ]
     # W&B's own record of the rows, times included
-    wb_rows = [json.loads(i.value_json) for rec in records(_wandb_file(wandb_run)) if rec.HasField("history")
-               for i in rec.history.item if i.key == "_timestamp" or list(i.nested_key) == ["_timestamp"]]
+    wb_rows = [
+        json.loads(i.value_json)
+        for rec in records(_wandb_file(wandb_run))
+        if rec.HasField("history")
+        for i in rec.history.item
+        if i.key == "_timestamp" or list(i.nested_key) == ["_timestamp"]
+    ]
     assert [row["_timestamp"] for row in rows] == pytest.approx(wb_rows, abs=1e-6)
 
     counts, edges = np.histogram(np.arange(10.0), bins=5)

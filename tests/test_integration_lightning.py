@@ -13,7 +13,7 @@ pytest.importorskip("lightning")
 
 import trackside
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, sys
 import torch
 import lightning as L
@@ -62,16 +62,22 @@ trainer = L.Trainer(max_epochs=2, logger=logger, accelerator="cpu", devices=devi
 trainer.fit(Tiny(), loader(), loader())
 with open(f"{out}.{_rank()}", "w") as f:
     json.dump({"id": logger.version, "received": received, "finished": logger._run is None or logger._run.finished}, f)
-'''
+"""
 
 
 def fit(ts, strategy="auto", devices=1, log_model="no", all_ranks=False):
     script = ts.tmp / "fit.py"
     script.write_text(SCRIPT)
     out = ts.tmp / "received.json"
-    p = subprocess.run([sys.executable, str(script), str(out), strategy, str(devices), log_model,
-                        "yes" if all_ranks else "no"], check=False, env=ts.env,
-                       capture_output=True, text=True, timeout=240, cwd=ts.tmp)
+    p = subprocess.run(
+        [sys.executable, str(script), str(out), strategy, str(devices), log_model, "yes" if all_ranks else "no"],
+        check=False,
+        env=ts.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ts.tmp,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     return [json.loads((ts.tmp / f"received.json.{rank}").read_text()) for rank in range(devices)]
 

@@ -37,16 +37,33 @@ class Data(torch.utils.data.Dataset):
 
 def test_trainer_logs_one_run_equal_to_what_on_log_received(ts, tmp_path):
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     model = transformers.BertForSequenceClassification(config)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=4, logging_steps=1,
-        eval_strategy="epoch", save_strategy="epoch", report_to="none", use_cpu=True, disable_tqdm=True,
-        learning_rate=1e-3, run_name="tiny-bert")
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+        run_name="tiny-bert",
+    )
     callback = Recording(project="hf", log_checkpoints="end")
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(16), eval_dataset=Data(8),
-                                   callbacks=[callback])
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Data(16), eval_dataset=Data(8), callbacks=[callback]
+    )
     trainer.train()
     assert callback.run.finished
 
@@ -65,6 +82,10 @@ def test_trainer_logs_one_run_equal_to_what_on_log_received(ts, tmp_path):
 
 def test_rewrite_names_and_bad_arguments():
     assert rewrite({"loss": 1.0, "eval_loss": 2.0, "test_acc": 0.5, "epoch": 1, "note": "x"}) == {
-        "train/loss": 1.0, "eval/loss": 2.0, "test/acc": 0.5, "train/epoch": 1}
+        "train/loss": 1.0,
+        "eval/loss": 2.0,
+        "test/acc": 0.5,
+        "train/epoch": 1,
+    }
     with pytest.raises(trackside.UsageError, match="log_checkpoints='best'"):
         TracksideCallback(log_checkpoints="best")

@@ -121,30 +121,42 @@ def test_image_with_masks_and_boxes_reads_back_equal(ts):
     mask_data[2:5, 3:7] = 2
     mask_data[0, :] = 3
     class_labels = {1: "tree", 2: "car", 3: "road"}
-    mask_img = wandb.Image(image, masks={
-        "predictions": {"mask_data": mask_data, "class_labels": class_labels},
-        "groud_truth": {"mask_data": np.zeros((8, 10), int), "class_labels": class_labels},
-    })
-    class_id_to_label = {1: "car", 2: "road", 3: "building"}
-    img = wandb.Image(image, boxes={
-        "predictions": {
-            "box_data": [{
-                "position": {"minX": 0.1, "maxX": 0.2, "minY": 0.3, "maxY": 0.4},
-                "class_id": 2,
-                "box_caption": "minMax(pixel)",
-                "scores": {"acc": 0.1, "loss": 1.2},
-            }, {
-                "position": {"middle": [5, 4], "width": 4, "height": 2},
-                "domain": "pixel",
-                "class_id": 3,
-                "box_caption": "a building",
-                "scores": {"acc": 0.5, "loss": 0.7},
-            }],
-            "class_labels": class_id_to_label,
+    mask_img = wandb.Image(
+        image,
+        masks={
+            "predictions": {"mask_data": mask_data, "class_labels": class_labels},
+            "groud_truth": {"mask_data": np.zeros((8, 10), int), "class_labels": class_labels},
         },
-        "ground_truth": {"box_data": [{"position": {"minX": 1, "maxX": 3, "minY": 2, "maxY": 6},
-                                       "domain": "pixel", "class_id": 1}]},
-    })
+    )
+    class_id_to_label = {1: "car", 2: "road", 3: "building"}
+    img = wandb.Image(
+        image,
+        boxes={
+            "predictions": {
+                "box_data": [
+                    {
+                        "position": {"minX": 0.1, "maxX": 0.2, "minY": 0.3, "maxY": 0.4},
+                        "class_id": 2,
+                        "box_caption": "minMax(pixel)",
+                        "scores": {"acc": 0.1, "loss": 1.2},
+                    },
+                    {
+                        "position": {"middle": [5, 4], "width": 4, "height": 2},
+                        "domain": "pixel",
+                        "class_id": 3,
+                        "box_caption": "a building",
+                        "scores": {"acc": 0.5, "loss": 0.7},
+                    },
+                ],
+                "class_labels": class_id_to_label,
+            },
+            "ground_truth": {
+                "box_data": [
+                    {"position": {"minX": 1, "maxX": 3, "minY": 2, "maxY": 6}, "domain": "pixel", "class_id": 1}
+                ]
+            },
+        },
+    )
     assert img.boxes["ground_truth"]["class_labels"] == {1: "class_1"}  # the seeds' default names
 
     view = logged(lambda run: wandb.log({"segmentation": mask_img, "driving_scene": img}))
@@ -152,8 +164,11 @@ def test_image_with_masks_and_boxes_reads_back_equal(ts):
     assert back_mask == mask_img and back_boxes == img
     assert (back_mask.masks["predictions"].mask_data == mask_data).all()
     assert back_mask.masks["predictions"].class_labels == class_labels
-    assert back_boxes.boxes["predictions"]["box_data"][1]["position"] == {"middle": [5.0, 4.0], "width": 4.0,
-                                                                          "height": 2.0}
+    assert back_boxes.boxes["predictions"]["box_data"][1]["position"] == {
+        "middle": [5.0, 4.0],
+        "width": 4.0,
+        "height": 2.0,
+    }
     types = {(f["key"], f["type"]) for f in view.media_files()}
     assert types == {("segmentation", "image-file"), ("segmentation", "mask"), ("driving_scene", "image-file")}
 
@@ -165,8 +180,9 @@ def test_image_with_classes_mask_paths_and_an_image_from_another(ts, tmp_path):
     PIL.fromarray(pixels).save(tmp_path / "img.png")
     PIL.fromarray(np.eye(4, 6, dtype=np.uint8)).save(tmp_path / "gt.png")
     PIL.fromarray(np.ones((4, 6), dtype=np.uint8)).save(tmp_path / "pred.png")
-    example = wandb.Image(str(tmp_path / "img.png"), classes=class_set,
-                          masks={"ground_truth": {"path": str(tmp_path / "gt.png")}})
+    example = wandb.Image(
+        str(tmp_path / "img.png"), classes=class_set, masks={"ground_truth": {"path": str(tmp_path / "gt.png")}}
+    )
     predicted = wandb.Image(example, classes=class_set, masks={"predictions": {"path": tmp_path / "pred.png"}})
     assert predicted.content == example.content and set(predicted.masks) == {"ground_truth", "predictions"}
 
@@ -288,17 +304,45 @@ def test_object3d_point_clouds_lidar_scene_and_model_files(ts, tmp_path):
         "nx4": wandb.Object3D(np.hstack([xyz, rng.integers(1, 15, (20, 1))])),
         "nx6": wandb.Object3D(np.hstack([xyz, rng.integers(0, 256, (20, 3))])),
     }
-    scene = wandb.Object3D({
-        "type": "lidar/beta",
-        "points": np.array([[0.4, 1, 1.3], [1, 1, 1], [1.2, 1, 1.2]]),
-        "boxes": np.array([
-            {"corners": [[0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]],
-             "label": "Box", "color": [123, 321, 111]},
-            {"corners": [[0, 0, 0], [0, 2, 0], [0, 0, 2], [2, 0, 0], [2, 2, 0], [0, 2, 2], [2, 0, 2], [2, 2, 2]],
-             "label": "Box-2", "color": [111, 321, 0]},
-        ]),
-        "vectors": [{"start": [0, 0, 0], "end": [0.1, 0.2, 0.5]}],
-    })
+    scene = wandb.Object3D(
+        {
+            "type": "lidar/beta",
+            "points": np.array([[0.4, 1, 1.3], [1, 1, 1], [1.2, 1, 1.2]]),
+            "boxes": np.array(
+                [
+                    {
+                        "corners": [
+                            [0, 0, 0],
+                            [0, 1, 0],
+                            [0, 0, 1],
+                            [1, 0, 0],
+                            [1, 1, 0],
+                            [0, 1, 1],
+                            [1, 0, 1],
+                            [1, 1, 1],
+                        ],
+                        "label": "Box",
+                        "color": [123, 321, 111],
+                    },
+                    {
+                        "corners": [
+                            [0, 0, 0],
+                            [0, 2, 0],
+                            [0, 0, 2],
+                            [2, 0, 0],
+                            [2, 2, 0],
+                            [0, 2, 2],
+                            [2, 0, 2],
+                            [2, 2, 2],
+                        ],
+                        "label": "Box-2",
+                        "color": [111, 321, 0],
+                    },
+                ]
+            ),
+            "vectors": [{"start": [0, 0, 0], "end": [0.1, 0.2, 0.5]}],
+        }
+    )
     (tmp_path / "cube.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
     (tmp_path / "cube.gltf").write_text(json.dumps({"asset": {"version": "2.0"}}))
     (tmp_path / "cube.glb").write_bytes(b"glTF\x02\x00\x00\x00\x0c\x00\x00\x00")
@@ -374,8 +418,9 @@ def test_plots_roc_precision_recall_confusion_matrix_and_heatmap(ts):
     def body(run):
         wandb.log({"roc": wandb.plots.ROC(y_test, y_probas, labels)}, commit=False)
         wandb.log({"pr": wandb.plots.precision_recall(y_test, y_probas, labels)}, commit=False)
-        wandb.log({"heatmap_with_text": wandb.plots.HeatMap(x_labels, y_labels, matrix_values, show_text=False)},
-                  commit=False)
+        wandb.log(
+            {"heatmap_with_text": wandb.plots.HeatMap(x_labels, y_labels, matrix_values, show_text=False)}, commit=False
+        )
         wandb.log({"roc_new": wandb.plot.roc_curve(y_test, y_probas, labels)}, commit=False)
         cm = wandb.sklearn.plot_confusion_matrix(y_test, y_pred, labels)  # logs "confusion_matrix"
         body.cm = cm
@@ -421,8 +466,14 @@ def test_image_array_of_an_impossible_shape_is_a_clear_error(shape):
 
 def test_missing_media_file_paths_are_clear_errors(tmp_path):
     missing = str(tmp_path / "nope")
-    for make, name in [(wandb.Image, "a.png"), (wandb.Audio, "a.wav"), (wandb.Video, "a.mp4"),
-                       (wandb.Molecule, "a.pdb"), (wandb.Object3D, "a.obj"), (wandb.Html, "a.html")]:
+    for make, name in [
+        (wandb.Image, "a.png"),
+        (wandb.Audio, "a.wav"),
+        (wandb.Video, "a.mp4"),
+        (wandb.Molecule, "a.pdb"),
+        (wandb.Object3D, "a.obj"),
+        (wandb.Html, "a.html"),
+    ]:
         with pytest.raises(FileNotFoundError, match=f"no such file: {missing}/{name}"):
             make(f"{missing}/{name}")
     with pytest.raises(FileNotFoundError, match="no such file"):
@@ -456,8 +507,9 @@ def test_unknown_box_domain_and_bad_boxes_are_clear_errors():
     with pytest.raises(ValueError, match="position must have minX"):
         wandb.Image(img, boxes={"p": {"box_data": [{"position": {"minX": 0, "width": 1}, "class_id": 1}]}})
     with pytest.raises(ValueError, match="must not exceed"):
-        wandb.Image(img, boxes={"p": {"box_data": [{"position": {"minX": 2, "maxX": 1, "minY": 0, "maxY": 1},
-                                                    "class_id": 1}]}})
+        wandb.Image(
+            img, boxes={"p": {"box_data": [{"position": {"minX": 2, "maxX": 1, "minY": 0, "maxY": 1}, "class_id": 1}]}}
+        )
 
 
 def test_other_bad_media_input_is_a_clear_error():
@@ -522,16 +574,27 @@ def test_media_index_is_filled_by_the_store_and_by_migrating_an_old_store(tmp_pa
         payloads: list = []
         amend: bool = False
 
-    img = {"_type": "image-file", "path": "media/ab/ab.png", "sha256": "ab", "size": 1,
-           "masks": {"gt": {"_type": "mask", "path": "media/cd/cd.png", "sha256": "cd"}}}
-    rows = [Row(0, 1, {"loss": 1.0}), Row(1, 2, {"img": img, "h": {"_type": "histogram", "values": [1], "bins": [0, 1]}})]
+    img = {
+        "_type": "image-file",
+        "path": "media/ab/ab.png",
+        "sha256": "ab",
+        "size": 1,
+        "masks": {"gt": {"_type": "mask", "path": "media/cd/cd.png", "sha256": "cd"}},
+    }
+    rows = [
+        Row(0, 1, {"loss": 1.0}),
+        Row(1, 2, {"img": img, "h": {"_type": "histogram", "values": [1], "bins": [0, 1]}}),
+    ]
     root = tmp_path / "trackside"
     with Store(root) as store:
         store.write_rows("r1", rows)
         store.write_rows("r1", rows[1:])  # a replay indexes nothing twice
     con = sqlite3.connect(root / "trackside.db")
-    want = [("h", 1, "", None, "histogram"), ("img", 1, "media/ab/ab.png", "ab", "image-file"),
-            ("img", 1, "media/cd/cd.png", "cd", "mask")]
+    want = [
+        ("h", 1, "", None, "histogram"),
+        ("img", 1, "media/ab/ab.png", "ab", "image-file"),
+        ("img", 1, "media/cd/cd.png", "cd", "mask"),
+    ]
     assert con.execute("SELECT key, step, path, sha256, type FROM media ORDER BY key, path").fetchall() == want
     # the same store as trackside wrote it before the index existed
     con.execute("DROP TABLE media")
@@ -569,9 +632,11 @@ def test_media_reads_back_from_a_store_without_the_index(ts):
 
 
 def test_media_types_do_not_load_heavy_modules_until_used():
-    code = ("import sys, trackside; trackside.Image; trackside.Histogram; trackside.Audio; trackside.Video; "
-            "trackside.plot; print(sorted(m for m in ('numpy', 'PIL', 'matplotlib', 'plotly', 'imageio') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, trackside; trackside.Image; trackside.Histogram; trackside.Audio; trackside.Video; "
+        "trackside.plot; print(sorted(m for m in ('numpy', 'PIL', 'matplotlib', 'plotly', 'imageio') "
+        "if m in sys.modules))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"

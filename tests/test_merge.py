@@ -461,7 +461,8 @@ def test_a_lone_writers_rows_are_reduced_with_a_late_second_writer():
     assert steps(m.finalize()) == [0, 1, 2]
     m.add(2, [e(s, {"t": 1.0}) for s in range(3)])
     assert [(r.step, r.amend, r.values) for r in m.finalize(everything=True)] == [
-        (s, True, {"t": 2.0}) for s in range(3)]
+        (s, True, {"t": 2.0}) for s in range(3)
+    ]
 
 
 def test_a_writers_late_value_replaces_its_own_kept_one():
@@ -549,4 +550,7 @@ def test_recalled_entries_count_as_emitted_and_reduce_late_ones():
     assert m.finalize(everything=True) == [] and m.pending() == 0
     m.add(3, [e(0, {"t": 1.0}), e(1, {"t": 1.0}), e(2, {"t": 1.0})])
     assert [(r.step, r.amend, r.values) for r in m.finalize(everything=True)] == [
-        (0, True, {"t": 3.0}), (1, True, {"t": 3.0}), (2, False, {"t": 1.0})]
+        (0, True, {"t": 3.0}),
+        (1, True, {"t": 3.0}),
+        (2, False, {"t": 1.0}),
+    ]

@@ -62,12 +62,16 @@ def _netns_up(name: str, idx: int) -> tuple[list, str, str]:
     ns, veth, peer = f"tsmh{tag}", f"tv{tag}", f"tv{tag}p"
     subnet = f"10.{240 + idx}.{os.getpid() % 250}"
     undo = [["ip", "link", "del", veth], ["ip", "netns", "del", ns]]
-    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", veth, "type", "veth", "peer", "name", peer],
-             ["ip", "link", "set", peer, "netns", ns], ["ip", "addr", "add", f"{subnet}.1/24", "dev", veth],
-             ["ip", "link", "set", veth, "up"],
-             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{subnet}.2/24", "dev", peer],
-             ["ip", "netns", "exec", ns, "ip", "link", "set", peer, "up"],
-             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", veth, "type", "veth", "peer", "name", peer],
+        ["ip", "link", "set", peer, "netns", ns],
+        ["ip", "addr", "add", f"{subnet}.1/24", "dev", veth],
+        ["ip", "link", "set", veth, "up"],
+        ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{subnet}.2/24", "dev", peer],
+        ["ip", "netns", "exec", ns, "ip", "link", "set", peer, "up"],
+        ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"],
+    ]
     for i, cmd in enumerate(steps):
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
         if p.returncode:
@@ -92,8 +96,15 @@ def hosts(tmp_path, monkeypatch, servers):
     def server(*args):
         if NETNS:
             monkeypatch.setenv("TRACKSIDE_TOKEN", TOKEN)  # for reading back
-            state.server = servers.start(tmp_path / "server", "--host", "0.0.0.0", "--token", TOKEN, *args,
-                                         env=dict(os.environ, TRACKSIDE_TOKEN=TOKEN))
+            state.server = servers.start(
+                tmp_path / "server",
+                "--host",
+                "0.0.0.0",
+                "--token",
+                TOKEN,
+                *args,
+                env=dict(os.environ, TRACKSIDE_TOKEN=TOKEN),
+            )
         else:
             state.server = servers.start(tmp_path / "server", *args)
         return state.server
@@ -119,13 +130,19 @@ def hosts(tmp_path, monkeypatch, servers):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSIDE_")}
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         started.append(proc)
-        wait_until(lambda: (discovery.read_info(str(daemon_dir)) or {}).get("pid") == proc.pid
-                   or proc.poll() is not None, 20)
+        wait_until(
+            lambda: (discovery.read_info(str(daemon_dir)) or {}).get("pid") == proc.pid or proc.poll() is not None, 20
+        )
         assert proc.poll() is None, (base / "daemon.out").read_text()
-        env = dict(os.environ, TRACKSIDE_DAEMON_DIR=str(daemon_dir), TRACKSIDE_DIR=str(root),
-                   TRACKSIDE_SERVER=f"grpc://{address}:{state.server.port}")
-        return types.SimpleNamespace(name=name, hostname=hostname, proc=proc, daemon_dir=str(daemon_dir),
-                                     root=str(root), env=env)
+        env = dict(
+            os.environ,
+            TRACKSIDE_DAEMON_DIR=str(daemon_dir),
+            TRACKSIDE_DIR=str(root),
+            TRACKSIDE_SERVER=f"grpc://{address}:{state.server.port}",
+        )
+        return types.SimpleNamespace(
+            name=name, hostname=hostname, proc=proc, daemon_dir=str(daemon_dir), root=str(root), env=env
+        )
 
     try:
         yield types.SimpleNamespace(start=start, server=server, restart_server=restart_server)
@@ -141,13 +158,18 @@ def start_ranks(host, run_id, ranks, world_size, steps, pause, by_env=False):
     before the launcher started them."""
     procs = []
     for rank in ranks:
-        env = dict(host.env, RANK=str(rank), LOCAL_RANK=str(rank % 2),
-                   WORLD_SIZE=str(world_size))
+        env = dict(host.env, RANK=str(rank), LOCAL_RANK=str(rank % 2), WORLD_SIZE=str(world_size))
         if by_env:
             env["TRACKSIDE_RUN_ID"] = run_id
-        procs.append(subprocess.Popen([sys.executable, "-c", TRAIN, "-" if by_env else run_id, str(steps), str(pause)],
-                                      env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", TRAIN, "-" if by_env else run_id, str(steps), str(pause)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -170,8 +192,9 @@ def run_closed(url, run_id, hosts) -> bool:
             return False
     finally:
         client.close()
-    return not any(r["run_id"] == run_id for h in hosts
-                   for r in daemon_status(discovery.read_info(h.daemon_dir)).get("runs", []))
+    return not any(
+        r["run_id"] == run_id for h in hosts for r in daemon_status(discovery.read_info(h.daemon_dir)).get("runs", [])
+    )
 
 
 def two_hosts(hosts, steps=200, pause=0.01, own_hostnames=True, first=(0, 1), by_env=False):
@@ -190,8 +213,15 @@ def two_hosts(hosts, steps=200, pause=0.01, own_hostnames=True, first=(0, 1), by
     ranks = finish_ranks(procs)
     wait_until(lambda: run_closed(server.url, run_id, [a, b]), timeout=20)
     closed_at = time.time()
-    return types.SimpleNamespace(server=server, a=a, b=b, run_id=run_id, ranks=ranks, closed_at=closed_at,
-                                 run=trackside.Api(server.url).run(run_id))
+    return types.SimpleNamespace(
+        server=server,
+        a=a,
+        b=b,
+        run_id=run_id,
+        ranks=ranks,
+        closed_at=closed_at,
+        run=trackside.Api(server.url).run(run_id),
+    )
 
 
 def test_ranks_on_two_hosts_are_reduced_across_hosts(hosts):
@@ -282,14 +312,18 @@ def test_a_host_that_starts_after_the_other_finished_is_still_reduced(hosts):
     a, b = hosts.start("a"), hosts.start("b")
     finish_ranks(start_ranks(a, "late-host", [0, 1], 4, 30, 0.0))
     api = trackside.Api(server.url)
-    wait_until(lambda: not any(x["run_id"] == "late-host" for x in
-                               daemon_status(discovery.read_info(a.daemon_dir)).get("runs", []))
-               and api.run("late-host").history_rows == 30)
+    wait_until(
+        lambda: (
+            not any(
+                x["run_id"] == "late-host" for x in daemon_status(discovery.read_info(a.daemon_dir)).get("runs", [])
+            )
+            and api.run("late-host").history_rows == 30
+        )
+    )
     assert api.run("late-host").state == "running"
     finish_ranks(start_ranks(b, "late-host", [2, 3], 4, 30, 0.0))
     wait_until(lambda: run_closed(server.url, "late-host", [a, b]))
     assert [row["t"] for row in api.run("late-host").history()] == [4.0] * 30
-
 
 
 def test_a_server_restarted_between_the_hosts_still_ends_and_reduces_the_run(hosts):
@@ -300,16 +334,20 @@ def test_a_server_restarted_between_the_hosts_still_ends_and_reduces_the_run(hos
     a, b = hosts.start("a"), hosts.start("b")
     finish_ranks(start_ranks(a, "restart", [0, 1], 4, 30, 0.0))
     api = trackside.Api(server.url)
-    wait_until(lambda: not any(x["run_id"] == "restart" for x in
-                               daemon_status(discovery.read_info(a.daemon_dir)).get("runs", []))
-               and api.run("restart").history_rows == 30)
+    wait_until(
+        lambda: (
+            not any(x["run_id"] == "restart" for x in daemon_status(discovery.read_info(a.daemon_dir)).get("runs", []))
+            and api.run("restart").history_rows == 30
+        )
+    )
     server = hosts.restart_server()
     finish_ranks(start_ranks(b, "restart", [2, 3], 4, 30, 0.0))
     wait_until(lambda: run_closed(server.url, "restart", [a, b]))
     rows = trackside.Api(server.url).run("restart").history()
     assert [row["t"] for row in rows] == [4.0] * 30
-    assert [row["loss"] for row in rows] == pytest.approx([sum((k + 1) * 0.25 + i for k in range(4)) / 4
-                                                           for i in range(30)])
+    assert [row["loss"] for row in rows] == pytest.approx(
+        [sum((k + 1) * 0.25 + i for k in range(4)) / 4 for i in range(30)]
+    )
 
 
 DDP_TRAIN = """
@@ -356,9 +394,25 @@ def test_a_torchrun_ddp_job_on_two_nodes_is_one_run(hosts, tmp_path):
     steps, procs = 40, []
     for node_rank, node in enumerate(nodes):
         env = dict(node.env, OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
-               "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
-               str(script), str(tmp_path), "ddp-run", str(steps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "2",
+            "--node-rank",
+            str(node_rank),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            str(script),
+            str(tmp_path),
+            "ddp-run",
+            str(steps),
+        ]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for p in procs:
         out, _ = p.communicate(timeout=300)

@@ -63,8 +63,9 @@ class Attacker:
         self.seq = 0
 
     def put(self, path, data):
-        return self.stub.PutFile(iter([pb.FileChunk(path=path, data=data)]), timeout=20,
-                                 metadata=(("trackside-file-size", str(len(data))),))
+        return self.stub.PutFile(
+            iter([pb.FileChunk(path=path, data=data)]), timeout=20, metadata=(("trackside-file-size", str(len(data))),)
+        )
 
     def put_content(self, data, ext="txt"):
         """Upload ``data`` where an honest client keeps an artifact file; returns its path."""
@@ -83,16 +84,22 @@ class Attacker:
         return codec.frame(RECORD_EVENT, encode_event(Event(1, self.seq, kind, data)))
 
     def append(self, run_id, records, info=None):
-        return self.stub.Append(pb.UploadRequest(run_id=run_id, run_info=msgspec.msgpack.encode(info or {}),
-                                                 records=records), timeout=20)
+        return self.stub.Append(
+            pb.UploadRequest(run_id=run_id, run_info=msgspec.msgpack.encode(info or {}), records=records), timeout=20
+        )
 
     def close(self):
         self.channel.close()
 
 
 def artifact_event(manifest, name="x"):
-    return {"uid": hashlib.sha256(repr(manifest).encode()).hexdigest(), "name": name, "type": "data",
-            "digest": hashlib.sha256(repr(manifest).encode()).hexdigest(), "manifest": manifest}
+    return {
+        "uid": hashlib.sha256(repr(manifest).encode()).hexdigest(),
+        "name": name,
+        "type": "data",
+        "digest": hashlib.sha256(repr(manifest).encode()).hexdigest(),
+        "manifest": manifest,
+    }
 
 
 def files_outside(top, inside):
@@ -126,8 +133,9 @@ def test_an_artifact_entry_that_climbs_out_is_refused_by_the_server_and_never_do
     path, digest = attacker.put_content(b"planted by the attacker\n")
     manifest = {name: {"kind": "file", "path": path, "sha256": digest, "size": 24}}
     with pytest.raises(grpc.RpcError) as e:
-        attacker.append("attacker1", [attacker.row(0, {"loss": 1.0}),
-                                      attacker.event("artifact", artifact_event(manifest))])
+        attacker.append(
+            "attacker1", [attacker.row(0, {"loss": 1.0}), attacker.event("artifact", artifact_event(manifest))]
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert repr(name) in e.value.details() and "artifact entry name" in e.value.details()
     api = trackside.Api(server.url)
@@ -164,8 +172,9 @@ def _doctored_store(root, manifest_of):
 
 
 @pytest.mark.parametrize("where", ["local", "server"])
-@pytest.mark.parametrize("bad", ["../../../ESCAPED.txt", "a/../../../../ESCAPED.txt", "..\\..\\ESCAPED.txt",
-                                 "ESCAPED.txt\x00"])
+@pytest.mark.parametrize(
+    "bad", ["../../../ESCAPED.txt", "a/../../../../ESCAPED.txt", "..\\..\\ESCAPED.txt", "ESCAPED.txt\x00"]
+)
 def test_download_refuses_an_entry_that_climbs_out_of_a_store_that_holds_one(servers, tmp_path, where, bad):
     root = tmp_path / "store"
     _doctored_store(str(root), lambda good: {**good, bad: good["ok.txt"]})
@@ -185,8 +194,9 @@ def test_download_refuses_an_entry_that_climbs_out_of_a_store_that_holds_one(ser
     assert os.listdir(dl) == []  # checked before anything is written
 
 
-@pytest.mark.parametrize("bad", ["ABSOLUTE", "artifacts/../../secret.txt", "runs/../../secret.txt",
-                                 "runs/r1/../../../secret.txt"])
+@pytest.mark.parametrize(
+    "bad", ["ABSOLUTE", "artifacts/../../secret.txt", "runs/../../secret.txt", "runs/r1/../../../secret.txt"]
+)
 def test_a_file_entry_path_outside_the_root_is_refused_and_never_read(attack, tmp_path, bad):
     server, attacker = attack
     secret = tmp_path / "secret.txt"
@@ -209,8 +219,10 @@ def test_a_file_entry_path_outside_the_root_is_refused_and_never_read(attack, tm
     assert not dl.exists()  # nothing written
 
 
-@pytest.mark.parametrize("source,obj_path", [("..", "secret.txt"), ("artifacts", "../secret.txt"),
-                                             ("ABSOLUTE", "secret.txt"), ("artifacts", "ABSOLUTE")])
+@pytest.mark.parametrize(
+    "source,obj_path",
+    [("..", "secret.txt"), ("artifacts", "../secret.txt"), ("ABSOLUTE", "secret.txt"), ("artifacts", "ABSOLUTE")],
+)
 def test_an_object_entry_whose_files_lead_out_is_refused_and_never_read(attack, tmp_path, source, obj_path):
     server, attacker = attack
     secret = tmp_path / "secret.txt"
@@ -230,14 +242,28 @@ def test_an_object_entry_whose_files_lead_out_is_refused_and_never_read(attack, 
 # -- logged media paths ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["../../../secret.txt", "ABSOLUTE", "media/../../../../secret.txt", "media\\x",
-                                 "wal/00000000000000000000.wal", "run.json"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../../../secret.txt",
+        "ABSOLUTE",
+        "media/../../../../secret.txt",
+        "media\\x",
+        "wal/00000000000000000000.wal",
+        "run.json",
+    ],
+)
 def test_a_logged_media_path_that_leads_out_is_refused_by_the_server(attack, tmp_path, bad):
     server, attacker = attack
     path = str(tmp_path / "secret.txt") if bad == "ABSOLUTE" else bad
     with pytest.raises(grpc.RpcError) as e:
-        attacker.append("attacker4", [attacker.row(0, {"loss": 1.0}),
-                                      attacker.row(1, {"loss": 0.5}, rich={"page": {"_type": "html-file", "path": path}})])
+        attacker.append(
+            "attacker4",
+            [
+                attacker.row(0, {"loss": 1.0}),
+                attacker.row(1, {"loss": 0.5}, rich={"page": {"_type": "html-file", "path": path}}),
+            ],
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert repr(path) in e.value.details() and "'page'" in e.value.details()
     api = trackside.Api(server.url)
@@ -338,10 +364,21 @@ def test_a_project_name_is_checked_where_it_enters(ts, attack, monkeypatch, bad)
 
 # -- uploaded file paths ---------------------------------------------------------------------------
 
-BAD_FILE_PATHS = ["../ESCAPED.txt", "runs/../../ESCAPED.txt", "runs/r1/../../../ESCAPED.txt", "ABSOLUTE",
-                  "runs/r1/..\\..\\..\\ESCAPED.txt", "C:\\ESCAPED.txt", "runs/r1/ESCAPED\x00.txt",
-                  "runs/../ESCAPED.txt", "runs/r1/wal/00000000000000000000.wal", "runs/r1/run.json", "ESCAPED.txt",
-                  "artifacts", "runs/r1/./x"]
+BAD_FILE_PATHS = [
+    "../ESCAPED.txt",
+    "runs/../../ESCAPED.txt",
+    "runs/r1/../../../ESCAPED.txt",
+    "ABSOLUTE",
+    "runs/r1/..\\..\\..\\ESCAPED.txt",
+    "C:\\ESCAPED.txt",
+    "runs/r1/ESCAPED\x00.txt",
+    "runs/../ESCAPED.txt",
+    "runs/r1/wal/00000000000000000000.wal",
+    "runs/r1/run.json",
+    "ESCAPED.txt",
+    "artifacts",
+    "runs/r1/./x",
+]
 
 
 @pytest.mark.parametrize("bad", BAD_FILE_PATHS)
@@ -441,7 +478,12 @@ def test_sync_takes_only_run_folders_named_by_a_valid_run_id(ts, tmp_path):
 
     bad = tmp_path / "trackside" / "runs" / "-x"
     (bad / "wal").mkdir(parents=True)
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", str(bad), "--to", str(tmp_path / "other")],
-                       env=ts.env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "sync", str(bad), "--to", str(tmp_path / "other")],
+        env=ts.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode != 0 and "invalid run id '-x'" in p.stderr
     assert not (tmp_path / "other" / "runs" / "-x").exists()

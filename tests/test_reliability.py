@@ -3,7 +3,6 @@ costs one error and never the run. Real daemons and trainers, killed with SIGKIL
 moments that once broke these promises; each test is named after the failure it guards."""
 
 import glob
-import json
 import os
 import signal
 import socket
@@ -216,8 +215,9 @@ def test_a_run_with_a_damaged_wal_resumes_and_reports_the_damage(ts):
     assert len(r.history(keys=["x"])) == 2000  # stored before the damage happened
     damage = r.metadata.get("wal_damage")
     assert damage and damage[0]["bytes"] > 0 and damage[0]["reason"], r.metadata
-    out = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -275,8 +275,7 @@ def test_finish_waits_for_rows_when_another_writer_was_killed(ts):
     run.log({"x": 0.0}, step=0)
     run.flush()
     env = dict(ts.env, TRACKSIDE_RUN_ID=run.id)
-    rank = subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, run.id], env=env, stdout=subprocess.PIPE,
-                            text=True)
+    rank = subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, run.id], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert rank.stdout.readline().strip() == "LOGGED"
         rank.kill()
@@ -317,13 +316,16 @@ def test_an_undecodable_batch_never_holds_back_other_writers(ts):
 # -- malformed hellos ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run_info", [
-    {"settings": 5},
-    {"settings": {"merge_window": "soon"}},
-    {"settings": {"durability": "always"}},
-    {"dest": 7},
-    {"project": ["a"]},
-])
+@pytest.mark.parametrize(
+    "run_info",
+    [
+        {"settings": 5},
+        {"settings": {"merge_window": "soon"}},
+        {"settings": {"durability": "always"}},
+        {"dest": 7},
+        {"project": ["a"]},
+    ],
+)
 def test_a_malformed_hello_gets_a_reason(ts, run_info):
     run = trackside.init(project="p")  # a daemon that runs
     sock, answer = _raw_writer(ts, "rogue-run", writer=99, run_info=run_info)

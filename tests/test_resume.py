@@ -47,7 +47,7 @@ def test_a_run_whose_daemon_and_writer_died_is_stored_by_the_next_daemon(ts):
             if int(line) >= 20000:
                 break
         os.kill(daemon_pid(ts), signal.SIGKILL)  # the daemon dies mid-run ...
-        p.kill()                                 # ... and so does the writer: nobody reconnects
+        p.kill()  # ... and so does the writer: nobody reconnects
         p.wait()
     finally:
         p.kill()
@@ -55,8 +55,13 @@ def test_a_run_whose_daemon_and_writer_died_is_stored_by_the_next_daemon(ts):
     logged = wal_steps(ts.root, run_id)  # what was durable when the daemon died
     assert len(logged) >= 20000
     # a short idle timeout: the resumed stream (no writer will come) closes soon after it is stored
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"],
-                   env=dict(ts.env, TRACKSIDE_IDLE_TIMEOUT="3"), check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "start"],
+        env=dict(ts.env, TRACKSIDE_IDLE_TIMEOUT="3"),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -79,6 +84,11 @@ def test_a_run_that_finished_cleanly_leaves_no_entry(ts):
     run = trackside.init(project="p")
     run.log({"a": 1})
     run.finish()
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "stop"], env=ts.env, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "stop"],
+        env=ts.env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert registry.entries(ts.daemon_dir) == []

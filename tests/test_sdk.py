@@ -200,8 +200,9 @@ def test_console_output_and_metadata_are_recorded(ts, tmp_path):
     subprocess.run(git + ["add", "train.py"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-qm", "x"], cwd=repo, check=True)
     (repo / "train.py").write_text(code + "# changed\n")
-    p = subprocess.run([sys.executable, "train.py", "--lr", "3"], cwd=repo, env=ts.env, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "train.py", "--lr", "3"], cwd=repo, env=ts.env, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     run_id = p.stdout.strip().splitlines()[-1]
     r = trackside.Api(ts.root).run(run_id)

@@ -44,14 +44,18 @@ def log_a_run_with_media(ts):
 def upload_run(client, root, run_id, batch=16):
     """What a daemon's uploader does: the run's files the server lacks, then its WAL records."""
     run_dir = os.path.join(root, "runs", run_id)
-    files = [os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
-             for d, _, names in os.walk(os.path.join(run_dir, "media")) for f in names]
+    files = [
+        os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+        for d, _, names in os.walk(os.path.join(run_dir, "media"))
+        for f in names
+    ]
     for path in client.missing_files(files):
         client.put_file(path, os.path.join(root, path))
     records = wal_records(root, run_id)
     for i in range(0, len(records), batch):
-        assert client.append(run_id, {"project": "team", "settings": {"durability": "flush"}},
-                             records[i:i + batch]) == (len(records[i:i + batch]), 0)
+        assert client.append(
+            run_id, {"project": "team", "settings": {"durability": "flush"}}, records[i : i + batch]
+        ) == (len(records[i : i + batch]), 0)
     return records
 
 
@@ -69,8 +73,9 @@ def test_an_uploaded_run_reads_back_through_api_url_as_stored_locally(ts, server
     assert remote.config == {"lr": 0.1}
     assert remote.summary == original.summary and remote.summary["best"] == 7
     assert remote.keys() == original.keys()
-    assert remote.history(keys=["loss"], min_step=10, max_step=20) == original.history(keys=["loss"], min_step=10,
-                                                                                     max_step=20)
+    assert remote.history(keys=["loss"], min_step=10, max_step=20) == original.history(
+        keys=["loss"], min_step=10, max_step=20
+    )
     assert list(remote.scan_history(page_size=7)) == original.history()
     assert remote.history(samples=5) == original.history(samples=5)
     assert remote.history(pandas=True).equals(original.history(pandas=True))
@@ -78,12 +83,22 @@ def test_an_uploaded_run_reads_back_through_api_url_as_stored_locally(ts, server
     assert remote.console() == original.console()
     # the remote view mirrors the server's own store, field by field
     local = trackside.Api(server.root).run(run_id)
-    for field in ("state", "exit_code", "created_at", "updated_at", "finished_at", "history_rows", "last_step",
-                  "metadata", "runtime"):
+    for field in (
+        "state",
+        "exit_code",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "history_rows",
+        "last_step",
+        "metadata",
+        "runtime",
+    ):
         assert getattr(remote, field) == getattr(local, field), field
     assert remote.system_metrics() == local.system_metrics()
     assert [f["path"] for f in remote.media_files("img")] == [
-        os.path.relpath(f["path"], server.root) for f in local.media_files("img")]
+        os.path.relpath(f["path"], server.root) for f in local.media_files("img")
+    ]
     assert len(remote.media_files("img")) == 3
     assert remote.media("img") == original.media("img")
     assert remote.media("img", step=20) == original.media("img", step=20)
@@ -120,7 +135,7 @@ def test_sigterm_stores_everything_acknowledged_before_exiting(servers, tmp_path
     client = UploadClient(server.url)
     records = synthetic_records(300)
     for i in range(0, len(records), 100):
-        client.append("r1", INFO, records[i:i + 100])
+        client.append("r1", INFO, records[i : i + 100])
     assert stop(server.proc) == 0  # at once, while the rows may still be on their way to the store
     run = trackside.Api(server.root).run("r1")
     assert run.history_rows == 300 and [r["_step"] for r in run.history()] == list(range(300))
@@ -129,7 +144,7 @@ def test_sigterm_stores_everything_acknowledged_before_exiting(servers, tmp_path
 def test_a_server_killed_mid_run_stores_resent_batches_exactly_once(servers, tmp_path):
     root = tmp_path / "server"
     records = synthetic_records(200)
-    batches = [records[i:i + 25] for i in range(0, len(records), 25)]
+    batches = [records[i : i + 25] for i in range(0, len(records), 25)]
     server = servers.start(root)
     client = UploadClient(server.url)
     for batch in batches[:8]:
@@ -194,9 +209,28 @@ def test_tls_with_a_self_signed_certificate(servers, tmp_path, monkeypatch):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = servers.start(tmp_path / "server", "--tls-cert", str(cert), "--tls-key", str(key))
     url = f"grpcs://127.0.0.1:{server.port}"
     records = synthetic_records(5)
@@ -242,7 +276,10 @@ def test_files_round_trip_and_paths_are_checked(servers, tmp_path):
                 api.download(bad, tmp_path / "down")
     # one PutFile stream carries one file
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        chunks = [pb.FileChunk(path="runs/r1/media/x.bin", data=b"1"), pb.FileChunk(path="runs/r2/media/y.bin", data=b"2")]
+        chunks = [
+            pb.FileChunk(path="runs/r1/media/x.bin", data=b"1"),
+            pb.FileChunk(path="runs/r2/media/y.bin", data=b"2"),
+        ]
         put = pb_grpc.UploadStub(channel).PutFile
         with pytest.raises(grpc.RpcError) as e:
             put(iter(chunks), timeout=10, metadata=[("trackside-file-size", "2")])
@@ -250,8 +287,10 @@ def test_files_round_trip_and_paths_are_checked(servers, tmp_path):
         with pytest.raises(grpc.RpcError) as e:  # a size to check the file against is required
             put(iter(chunks[:1]), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trackside-file-size" in e.value.details()
-    assert client.missing_files(["runs/r1/media/x.bin", "runs/r2/media/y.bin"]) == ["runs/r1/media/x.bin",
-                                                                                     "runs/r2/media/y.bin"]
+    assert client.missing_files(["runs/r1/media/x.bin", "runs/r2/media/y.bin"]) == [
+        "runs/r1/media/x.bin",
+        "runs/r2/media/y.bin",
+    ]
 
 
 def test_a_file_cut_off_or_unlike_its_name_is_not_kept(servers, tmp_path):
@@ -267,8 +306,11 @@ def test_a_file_cut_off_or_unlike_its_name_is_not_kept(servers, tmp_path):
         put = pb_grpc.UploadStub(channel).PutFile
         # fewer bytes than announced: a stream cut short
         with pytest.raises(grpc.RpcError) as e:
-            put(iter([pb.FileChunk(path="runs/r1/media/a.bin", data=b"12")]), timeout=10,
-                metadata=[("trackside-file-size", "3")])
+            put(
+                iter([pb.FileChunk(path="runs/r1/media/a.bin", data=b"12")]),
+                timeout=10,
+                metadata=[("trackside-file-size", "3")],
+            )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 of 3 bytes" in e.value.details()
 
         # a client that gives up mid-file: its half is not kept under the file's name
@@ -301,8 +343,10 @@ def test_a_bad_record_is_refused_and_the_server_serves_on(servers, tmp_path):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         for service in ("", "trackside.v1.Upload", "trackside.v1.Read"):
-            assert check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
 
 
 def test_only_the_read_calls_of_the_api_are_served(servers, tmp_path):
@@ -374,7 +418,10 @@ def test_tables_and_artifacts_read_back_through_api_url_as_stored_locally(ts, se
     assert remote.table("stream", version=1) == local.table("stream", version=1)
     assert remote.table_increments("stream") == local.table_increments("stream")
     assert [(i.increment, i.step, len(i.table.data)) for i in remote.table_increments("stream")] == [
-        (0, 1, 2), (1, 2, 2), (2, 3, 2)]
+        (0, 1, 2),
+        (1, 2, 2),
+        (2, 3, 2),
+    ]
     # rich values rebuilt as the objects logged, their files fetched from the server
     assert remote.history(objects=True) == local.history(objects=True)
     assert list(remote.scan_history(keys=["img"], objects=True)) == list(local.scan_history(keys=["img"], objects=True))
@@ -382,8 +429,19 @@ def test_tables_and_artifacts_read_back_through_api_url_as_stored_locally(ts, se
     assert remote.rebuild(3) == 3
 
     def described(a):
-        return (a.name, a.version, a.type, a.description, a.metadata, a.aliases, a.digest, a.run_key, a.step,
-                a.increment, a.entries)
+        return (
+            a.name,
+            a.version,
+            a.type,
+            a.description,
+            a.metadata,
+            a.aliases,
+            a.digest,
+            a.run_key,
+            a.step,
+            a.increment,
+            a.entries,
+        )
 
     assert [described(a) for a in remote.logged_artifacts()] == [described(a) for a in local.logged_artifacts()]
     local_api = trackside.Api(tmp_path / "copy")
@@ -413,8 +471,9 @@ def test_tables_and_artifacts_read_back_through_api_url_as_stored_locally(ts, se
     assert json.loads(capsys.readouterr().out) == [{"epoch": e, "acc": e / 10} for e in range(3)]
 
     # each file is fetched once: with the server gone, what was read reads again from the cache
-    fetched = sorted(os.path.relpath(os.path.join(d, f), api.cache_dir)
-                     for d, _, names in os.walk(api.cache_dir) for f in names)
+    fetched = sorted(
+        os.path.relpath(os.path.join(d, f), api.cache_dir) for d, _, names in os.walk(api.cache_dir) for f in names
+    )
     assert len(fetched) == len(set(fetched)) and any(p.startswith("artifacts") for p in fetched)
     stop(server.proc)
     assert dataset.get("split") == local_api.artifact("dataset:best").get("split")
@@ -442,8 +501,11 @@ def test_a_run_not_found_names_the_run_and_the_server_never_its_path(servers, tm
     UploadClient(server.url).append("r1", INFO, synthetic_records(3))
     api = RemoteApi(server.url)
     wait_until(lambda: api.run("r1").history_rows == 3)
-    for call in (lambda: api.run("nosuchrun"), lambda: api.query("keys", run_id="nosuchrun"),
-                 lambda: list(api.scan("history", run_id="nosuchrun"))):
+    for call in (
+        lambda: api.run("nosuchrun"),
+        lambda: api.query("keys", run_id="nosuchrun"),
+        lambda: list(api.scan("history", run_id="nosuchrun")),
+    ):
         with pytest.raises(trackside.api.RunNotFoundError) as e:
             call()
         message = str(e.value)

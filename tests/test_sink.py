@@ -56,8 +56,9 @@ def test_replayed_run_matches_the_daemons(ts, tmp_path):
     run_id = log_a_run(ts)
     records = wal_records(ts.root, run_id)
     target = str(tmp_path / "copy")
-    stored, dup = asyncio.run(replay(target, run_id, [records[i:i + 7] for i in range(0, len(records), 7)],
-                                     run_info(ts.root, run_id)))
+    stored, dup = asyncio.run(
+        replay(target, run_id, [records[i : i + 7] for i in range(0, len(records), 7)], run_info(ts.root, run_id))
+    )
     assert (stored, dup) == (len(records), 0)
     original, copy = trackside.Api(ts.root).run(run_id), trackside.Api(target).run(run_id)
     assert copy.history() == original.history()
@@ -128,10 +129,21 @@ def test_a_sink_restarted_before_storing_materializes_at_start(ts, tmp_path):
     assert history(target, run_id) == history(ts.root, run_id)
 
 
-@pytest.mark.parametrize("path", [
-    "/etc/passwd", "runs/../x", "runs/r1/wal/000.wal", "runs/r1/run.json", "other/x", "runs/r1", "a\\b", "",
-    "runs/bad id/x", "artifacts",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/passwd",
+        "runs/../x",
+        "runs/r1/wal/000.wal",
+        "runs/r1/run.json",
+        "other/x",
+        "runs/r1",
+        "a\\b",
+        "",
+        "runs/bad id/x",
+        "artifacts",
+    ],
+)
 def test_file_paths_outside_the_run_folders_are_refused(path):
     with pytest.raises(BadRecord):
         check_file_path(path)

@@ -32,7 +32,9 @@ def history(store, run_id):
     try:
         return {
             step: (t, msgspec.msgpack.decode(data))
-            for step, t, data in con.execute("SELECT step, time_us, data FROM history WHERE rid = ? ORDER BY step", (rid,))
+            for step, t, data in con.execute(
+                "SELECT step, time_us, data FROM history WHERE rid = ? ORDER BY step", (rid,)
+            )
         }
     finally:
         con.close()
@@ -108,10 +110,31 @@ def test_closed_store_raises_and_close_is_idempotent(tmp_path):
 
 
 def test_upsert_run_creates_run(store):
-    store.upsert_run("r1", project="p", name="n", group="g", job_type="train", tags=["a", "b"],
-                     config={"lr": 0.1}, metadata={"host": "h"}, created_at=123.0)
-    got = run_row(store, "r1", "project", "name", "group_name", "job_type", "tags", "config", "metadata",
-                  "state", "created_at", "root_dir")
+    store.upsert_run(
+        "r1",
+        project="p",
+        name="n",
+        group="g",
+        job_type="train",
+        tags=["a", "b"],
+        config={"lr": 0.1},
+        metadata={"host": "h"},
+        created_at=123.0,
+    )
+    got = run_row(
+        store,
+        "r1",
+        "project",
+        "name",
+        "group_name",
+        "job_type",
+        "tags",
+        "config",
+        "metadata",
+        "state",
+        "created_at",
+        "root_dir",
+    )
     assert got == ("p", "n", "g", "train", '["a","b"]', '{"lr":0.1}', '{"host":"h"}', "running", 123.0, store.root)
 
 
@@ -120,7 +143,8 @@ def test_upsert_existing_run_resumes_and_merges(store):
     store.apply("r1", final_state=("crashed", 1))
     store.upsert_run("r1", project="p2", config={"lr": 0.2}, metadata={"y": 2})
     name, tags, config, metadata, state, exit_code, finished = run_row(
-        store, "r1", "name", "tags", "config", "metadata", "state", "exit_code", "finished_at")
+        store, "r1", "name", "tags", "config", "metadata", "state", "exit_code", "finished_at"
+    )
     assert (name, tags) == ("n", '["a"]')  # None and empty tags keep the old values
     assert config == '{"lr":0.2,"bs":8}'
     assert metadata == '{"x":1,"y":2}'
@@ -233,7 +257,9 @@ def test_payloads_are_kept_once_each(store):
     store.write_rows("r1", [Row(0, T0, {}, [b"p3"], amend=True)])
     con = sqlite3.connect(store.path)
     assert con.execute("SELECT idx, data FROM history_payloads ORDER BY idx").fetchall() == [
-        (0, b"p1"), (1, b"p2"), (2, b"p3")
+        (0, b"p1"),
+        (1, b"p2"),
+        (2, b"p3"),
     ]
     con.close()
 
@@ -261,7 +287,9 @@ def test_console_lines_append_in_order(store):
     store.append_console("r1", [(T0 + 2, "stdout", "three")])
     con = sqlite3.connect(store.path)
     assert con.execute("SELECT seq, time_us, stream, text FROM console ORDER BY seq").fetchall() == [
-        (0, T0, "stdout", "one"), (1, T0 + 1, "stderr", "two"), (2, T0 + 2, "stdout", "three")
+        (0, T0, "stdout", "one"),
+        (1, T0 + 1, "stderr", "two"),
+        (2, T0 + 2, "stdout", "three"),
     ]
     con.close()
 
@@ -272,8 +300,13 @@ def test_console_lines_append_in_order(store):
 def test_apply_stores_everything_with_the_cursor(store):
     store.upsert_run("r1", project="p")
     merged = store.apply(
-        "r1", rows=rows(10), config={"lr": 1}, metadata={"m": 1}, console=[(T0, "stdout", "hi")],
-        summary={"loss": 9.0}, cursor=4096,
+        "r1",
+        rows=rows(10),
+        config={"lr": 1},
+        metadata={"m": 1},
+        console=[(T0, "stdout", "hi")],
+        summary={"loss": 9.0},
+        cursor=4096,
     )
     assert merged == 0
     assert store.run_cursor("r1") == (4096, 10)
@@ -287,8 +320,9 @@ def test_apply_is_one_transaction(store):
     store.upsert_run("r1", project="p", config={"a": 1})
     store.apply("r1", rows=rows(2), cursor=10)
     with pytest.raises(TypeError):
-        store.apply("r1", rows=[Row(5, T0, {"bad": object()})], config={"a": 2},
-                    console=[(T0, "stdout", "x")], cursor=20)
+        store.apply(
+            "r1", rows=[Row(5, T0, {"bad": object()})], config={"a": 2}, console=[(T0, "stdout", "x")], cursor=20
+        )
     assert store.run_cursor("r1") == (10, 2)
     assert run_row(store, "r1", "config") == ('{"a":1}',)
     con = sqlite3.connect(store.path)

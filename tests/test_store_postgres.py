@@ -19,7 +19,6 @@ from trackside.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, 
 from conftest import T0, Row, rows, stored_run_ids
 
 
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request):
     """None (the SQLite file) or the URL of an empty PostgreSQL database."""
@@ -61,8 +60,18 @@ def test_new_store_has_every_table_and_the_schema_version(store):
     reader = open_reader(store.path, db=store.db)
     try:
         assert reader.schema_version() == SCHEMA_VERSION
-        for table in ("runs", "history", "history_payloads", "history_keys", "console", "media",
-                      "system_metrics", "artifacts", "artifact_aliases", "artifact_logs"):
+        for table in (
+            "runs",
+            "history",
+            "history_payloads",
+            "history_keys",
+            "console",
+            "media",
+            "system_metrics",
+            "artifacts",
+            "artifact_aliases",
+            "artifact_logs",
+        ):
             assert reader.has_table(table), table
     finally:
         reader.close()
@@ -79,11 +88,15 @@ def test_postgres_columns_hold_64_bit_integers_doubles_and_bytes(root, postgres_
 
     Store(root, db=postgres_url).close()
     with psycopg.connect(postgres_url) as conn:
-        types = dict(conn.execute(
-            "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns"
-            " WHERE table_schema = current_schema()").fetchall())
-        identity = conn.execute("SELECT is_identity FROM information_schema.columns"
-                                " WHERE table_name = 'runs' AND column_name = 'rid'").fetchone()[0]
+        types = dict(
+            conn.execute(
+                "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = current_schema()"
+            ).fetchall()
+        )
+        identity = conn.execute(
+            "SELECT is_identity FROM information_schema.columns WHERE table_name = 'runs' AND column_name = 'rid'"
+        ).fetchone()[0]
     assert types["history.step"] == types["history.time_us"] == types["runs.wal_cursor"] == "bigint"
     assert types["history.data"] == types["system_metrics.data"] == "bytea"
     assert types["runs.created_at"] == "double precision"
@@ -178,11 +191,17 @@ def test_unreachable_postgres_is_a_clear_error_that_hides_the_password(root):
         assert "s3cret" not in str(e.value)
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("postgresql://me:s3cret@db.lan:5432/runs", "postgresql://me:***@db.lan:5432/runs"),
-    ("postgresql://db.lan/runs?sslmode=require&password=s3cret", "postgresql://db.lan/runs?sslmode=require&password=***"),
-    ("postgresql:///runs?host=/run/pg", "postgresql:///runs?host=/run/pg"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://me:s3cret@db.lan:5432/runs", "postgresql://me:***@db.lan:5432/runs"),
+        (
+            "postgresql://db.lan/runs?sslmode=require&password=s3cret",
+            "postgresql://db.lan/runs?sslmode=require&password=***",
+        ),
+        ("postgresql:///runs?host=/run/pg", "postgresql:///runs?host=/run/pg"),
+    ],
+)
 def test_messages_show_the_database_url_without_its_password(url, shown):
     from trackside.store.dialect import describe
 
@@ -283,8 +302,17 @@ def test_unencodable_value_is_refused_and_nothing_is_stored(store, api):
 
 
 def test_run_attributes_summary_config_and_metadata(store, api, root):
-    store.upsert_run("abc123", project="p", name="n", group="g", job_type="train", tags=["x", "y"],
-                     config={"lr": 0.1, "bs": 8}, metadata={"host": "h"}, created_at=100.5)
+    store.upsert_run(
+        "abc123",
+        project="p",
+        name="n",
+        group="g",
+        job_type="train",
+        tags=["x", "y"],
+        config={"lr": 0.1, "bs": 8},
+        metadata={"host": "h"},
+        created_at=100.5,
+    )
     store.apply("abc123", config={"lr": 0.2})
     store.apply("abc123", metadata={"git": "abc"})
     store.apply("abc123", summary={"loss": 0.5, "diverged": float("nan")})
@@ -333,8 +361,15 @@ def test_console_lines_in_order(store, api):
 def test_apply_stores_everything_with_the_cursor(store, api):
     store.upsert_run("r1", project="p")
     assert store.run_cursor("r1") == (0, 0)
-    store.apply("r1", rows=rows(10), config={"lr": 1}, console=[(T0, "stdout", "hi")], summary={"loss": 9.0},
-                cursor=4096, system=[(T0, "h", {"system/cpu": 1.0})])
+    store.apply(
+        "r1",
+        rows=rows(10),
+        config={"lr": 1},
+        console=[(T0, "stdout", "hi")],
+        summary={"loss": 9.0},
+        cursor=4096,
+        system=[(T0, "h", {"system/cpu": 1.0})],
+    )
     assert store.run_cursor("r1") == (4096, 10)
     store.apply("r1", final_state=("finished", 0))
     assert store.run_cursor("r1") == (4096, 10)  # None keeps the cursor
@@ -347,8 +382,9 @@ def test_apply_is_one_transaction(store, api):
     store.upsert_run("r1", project="p", config={"a": 1})
     store.apply("r1", rows=rows(2), cursor=10)
     with pytest.raises(TypeError):
-        store.apply("r1", rows=[Row(5, T0, {"bad": object()})], config={"a": 2},
-                    console=[(T0, "stdout", "x")], cursor=20)
+        store.apply(
+            "r1", rows=[Row(5, T0, {"bad": object()})], config={"a": 2}, console=[(T0, "stdout", "x")], cursor=20
+        )
     assert store.run_cursor("r1") == (10, 2)
     r = api.run("r1")
     assert (r.config, r.console(), len(r.history())) == ({"a": 1}, "", 2)
@@ -413,10 +449,16 @@ def test_media_index_and_media_read_back(store, api, root):
 
 
 def test_system_metrics_replace_and_filter(store, api):
-    store.write_system_metrics("r1", [(T0, "a", {"system/cpu": 10.0, "system/mem": 1}),
-                                      (T0, "b", {"system/cpu": 20.0})])
-    store.write_system_metrics("r1", [(T0, "a", {"system/cpu": 11.0, "system/mem": 2}),  # the same window again
-                                      (T0 + 1_000_000, "a", {"system/cpu": 12.0})])
+    store.write_system_metrics(
+        "r1", [(T0, "a", {"system/cpu": 10.0, "system/mem": 1}), (T0, "b", {"system/cpu": 20.0})]
+    )
+    store.write_system_metrics(
+        "r1",
+        [
+            (T0, "a", {"system/cpu": 11.0, "system/mem": 2}),  # the same window again
+            (T0 + 1_000_000, "a", {"system/cpu": 12.0}),
+        ],
+    )
     run = api.run("r1")
     assert run.system_metrics() == [
         {"_timestamp": T0 / 1e6, "host": "a", "system/cpu": 11.0, "system/mem": 2},
@@ -428,7 +470,13 @@ def test_system_metrics_replace_and_filter(store, api):
 
 
 def test_artifacts_versions_aliases_and_replays(store, api):
-    base = {"uid": "u1", "name": "n", "type": "dataset", "digest": "d1", "manifest": {"e": {"kind": "object", "obj": 1}}}
+    base = {
+        "uid": "u1",
+        "name": "n",
+        "type": "dataset",
+        "digest": "d1",
+        "manifest": {"e": {"kind": "object", "obj": 1}},
+    }
     assert store.add_artifact("r1", base) == ("n", 0)
     assert store.add_artifact("r1", base) == ("n", 0)  # a replayed event
     assert store.add_artifact("r1", {**base, "uid": "u2"}) == ("n", 0)  # same digest: the same version
@@ -455,15 +503,27 @@ def test_incremental_table_logged_by_a_run_reads_back(store, api, root):
         table.add_data(i, f"x{i}")
         form = table._write(run_dir, table.data[i:], "incremental-table")  # what run.log stores: the new rows
         manifest = {"k": {"kind": "object", "obj": form, "source": "runs/r1"}}
-        store.add_artifact("r1", {"uid": f"t{i}", "name": table_artifact_name("r1", "k"), "type": "run_table",
-                                  "digest": f"d{i}", "manifest": manifest, "run_key": "k", "step": i,
-                                  "incremental": True})
+        store.add_artifact(
+            "r1",
+            {
+                "uid": f"t{i}",
+                "name": table_artifact_name("r1", "k"),
+                "type": "run_table",
+                "digest": f"d{i}",
+                "manifest": manifest,
+                "run_key": "k",
+                "step": i,
+                "incremental": True,
+            },
+        )
     run = api.run("r1")
     assert run.table_keys() == ["k"]
     assert run.table("k").data == [[0, "x0"], [1, "x1"], [2, "x2"]]
     assert run.table("k", 1).data == [[0, "x0"], [1, "x1"]]
     assert [(i.increment, i.step, i.table.data) for i in run.table_increments("k")] == [
-        (0, 0, [[0, "x0"]]), (1, 1, [[1, "x1"]]), (2, 2, [[2, "x2"]])
+        (0, 0, [[0, "x0"]]),
+        (1, 1, [[1, "x1"]]),
+        (2, 2, [[2, "x2"]]),
     ]
 
 

@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 import trackside
-from trackside.daemon.sync import SyncError, find_runs
+from trackside.daemon.sync import find_runs
 
 from conftest import run_script, stop_daemon
 
@@ -30,8 +29,9 @@ print(run.id)
 
 
 def cli(*args, env, timeout=60, check=True):
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", *args], env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"trackside {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -112,8 +112,9 @@ print(run.id)
 
 def test_sync_follows_a_run_while_it_is_written(ts, tmp_path):
     target = str(tmp_path / "archive")
-    writer = subprocess.Popen([sys.executable, "-c", OFFLINE, "60", "0.05"], env=ts.env, stdout=subprocess.PIPE,
-                              text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", OFFLINE, "60", "0.05"], env=ts.env, stdout=subprocess.PIPE, text=True
+    )
     try:
         runs = os.path.join(ts.root, "runs")
         deadline = time.monotonic() + 30
@@ -122,9 +123,13 @@ def test_sync_follows_a_run_while_it_is_written(ts, tmp_path):
         run_dir = os.path.join(runs, os.listdir(runs)[0])
         while not os.path.exists(os.path.join(run_dir, "wal")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        follower = subprocess.Popen([sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", target,
-                                     "--follow"], env=ts.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", target, "--follow"],
+            env=ts.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             out, err = follower.communicate(timeout=60)  # ends by itself once the run has finished
         finally:

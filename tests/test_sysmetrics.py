@@ -4,7 +4,6 @@ has no GPU; the fake is the only stand-in in these tests)."""
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -85,8 +84,9 @@ run.finish()
 
 def test_process_burning_cpu_and_memory_shows_it_within_two_log_intervals(ts):
     stop = ts.tmp / "stop"
-    p = subprocess.Popen([sys.executable, "-c", BURN, str(stop)], env=ts.env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", BURN, str(stop)], env=ts.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         run_id, pid, started = p.stdout.readline().split()
         cpu, rss = f"system/proc/{pid}/cpu_percent", f"system/proc/{pid}/rss_bytes"
@@ -103,10 +103,20 @@ def test_process_burning_cpu_and_memory_shows_it_within_two_log_intervals(ts):
     assert row["host"] == os.uname().nodename
     # the host: CPU total and per core, load, memory and swap, disk I/O and the run root's usage, network
     cores = os.cpu_count()
-    for key in ["system/cpu_percent", "system/cpu_percent_max", *(f"system/cpu/{i}/percent" for i in range(cores)),
-                "system/load1", "system/memory/used_percent", "system/memory/used_bytes", "system/memory/total_bytes",
-                "system/swap/used_bytes", "system/disk/used_percent", "system/disk/free_bytes",
-                "system/network/sent_bytes_per_s", "system/network/recv_bytes"]:
+    for key in [
+        "system/cpu_percent",
+        "system/cpu_percent_max",
+        *(f"system/cpu/{i}/percent" for i in range(cores)),
+        "system/load1",
+        "system/memory/used_percent",
+        "system/memory/used_bytes",
+        "system/memory/total_bytes",
+        "system/swap/used_bytes",
+        "system/disk/used_percent",
+        "system/disk/free_bytes",
+        "system/network/sent_bytes_per_s",
+        "system/network/recv_bytes",
+    ]:
         assert key in row, key
     st = os.statvfs(ts.root)
     assert abs(row["system/disk/free_bytes"] - st.f_bavail * st.f_frsize) < 1 << 30
@@ -124,8 +134,14 @@ run.finish()
 
 def start_child(ts):
     env = dict(os.environ, RANK="1")  # init exported the run id to the environment
-    child = subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return child, int(child.stdout.readline())
 
 
@@ -134,8 +150,9 @@ def test_run_of_two_processes_shows_both(ts):
     child, child_pid = start_child(ts)
     try:
         me = os.getpid()
-        row = wait_for_row(ts, run.id, lambda r: f"system/proc/{me}/rss_bytes" in r
-                           and f"system/proc/{child_pid}/rss_bytes" in r)
+        row = wait_for_row(
+            ts, run.id, lambda r: f"system/proc/{me}/rss_bytes" in r and f"system/proc/{child_pid}/rss_bytes" in r
+        )
     finally:
         child.communicate(input="\n", timeout=30)
     assert row[f"system/proc/{me}/rank"] == 0 and row[f"system/proc/{child_pid}/rank"] == 1
@@ -193,8 +210,14 @@ def test_run_setting_turns_system_metrics_off(ts):
 
 def start_daemon(ts, *flags):
     os.makedirs(ts.daemon_dir, mode=0o700, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "trackside.daemon", "--dir", ts.daemon_dir, "--detach", *flags],
-                   env=ts.env, check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.daemon", "--dir", ts.daemon_dir, "--detach", *flags],
+        env=ts.env,
+        check=True,
+        timeout=30,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 15
     while discovery.read_info(ts.daemon_dir) is None:
         assert time.monotonic() < deadline, "the daemon did not start"
@@ -308,18 +331,30 @@ def test_window_keeps_mean_max_last_and_growth_since_the_run_began():
 # what pynvml returned on a two-GPU host: an H100 with everything, and a consumer card without
 # power readings or ECC (NVML_ERROR_NOT_SUPPORTED)
 H100 = {
-    "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-6f4c1f2e-5f1b-7b0e-2a9c-1d2e3f4a5b6c",
+    "name": "NVIDIA H100 80GB HBM3",
+    "uuid": "GPU-6f4c1f2e-5f1b-7b0e-2a9c-1d2e3f4a5b6c",
     "utilization": types.SimpleNamespace(gpu=87, memory=41),
     "memory": types.SimpleNamespace(total=85520809984, free=20480000000, used=65040809984),
-    "temperature": 61, "power": 512345, "power_limit": 700000, "sm_clock": 1980, "memory_clock": 2619,
-    "ecc_corrected": 0, "ecc_uncorrected": 0,
+    "temperature": 61,
+    "power": 512345,
+    "power_limit": 700000,
+    "sm_clock": 1980,
+    "memory_clock": 2619,
+    "ecc_corrected": 0,
+    "ecc_uncorrected": 0,
 }
 CONSUMER = {
-    "name": b"NVIDIA GeForce RTX 3060", "uuid": b"GPU-0a1b2c3d-0000-1111-2222-333344445555",
+    "name": b"NVIDIA GeForce RTX 3060",
+    "uuid": b"GPU-0a1b2c3d-0000-1111-2222-333344445555",
     "utilization": types.SimpleNamespace(gpu=3, memory=1),
     "memory": types.SimpleNamespace(total=12884901888, free=12000000000, used=884901888),
-    "temperature": 44, "power": "not supported", "power_limit": "not supported", "sm_clock": 210, "memory_clock": 405,
-    "ecc_corrected": "not supported", "ecc_uncorrected": "not supported",
+    "temperature": 44,
+    "power": "not supported",
+    "power_limit": "not supported",
+    "sm_clock": 210,
+    "memory_clock": 405,
+    "ecc_corrected": "not supported",
+    "ecc_uncorrected": "not supported",
 }
 
 
@@ -390,8 +425,10 @@ class FakeNVML:
     def nvmlDeviceGetTotalEccErrors(self, h, error_type, counter):
         p = self._pynvml
         assert counter == p.NVML_VOLATILE_ECC
-        kind = {p.NVML_MEMORY_ERROR_TYPE_CORRECTED: "ecc_corrected",
-                p.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "ecc_uncorrected"}[error_type]
+        kind = {
+            p.NVML_MEMORY_ERROR_TYPE_CORRECTED: "ecc_corrected",
+            p.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "ecc_uncorrected",
+        }[error_type]
         return self._get(h, kind)
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
@@ -466,10 +503,13 @@ def test_reader_matches_gpu_processes_to_real_training_processes_and_their_child
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         worker = int(trainer.stdout.readline())  # e.g. a data-loader worker using the GPU
-        nvml = FakeNVML([H100, H100], processes={
-            0: [(trainer.pid, 4 << 30), (worker, 1 << 30), (os.getpid(), 1 << 20)],
-            1: [(other.pid, 2 << 30), (12345678, 9 << 30)],
-        })
+        nvml = FakeNVML(
+            [H100, H100],
+            processes={
+                0: [(trainer.pid, 4 << 30), (worker, 1 << 30), (os.getpid(), 1 << 20)],
+                1: [(other.pid, 2 << 30), (12345678, 9 << 30)],
+            },
+        )
         reader = Reader(lambda: nvml)
         sample = reader.read({trainer.pid, other.pid}, {str(tmp_path)})
         assert reader.gpu_status == "2 GPUs: NVIDIA H100 80GB HBM3, NVIDIA H100 80GB HBM3"

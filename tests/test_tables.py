@@ -4,7 +4,6 @@ incremental tables, adding data, retrieving data, the row limit, and filter/grou
 command line. The seeds' placeholder functions get small stand-ins; everything is logged
 through ``import trackside as wandb`` against a real daemon and read back equal."""
 
-import io
 import json
 import math
 import os
@@ -47,6 +46,7 @@ class Point(DataType):
 
 
 # -- stand-ins for the seeds' placeholders ---------------------------------------------------------
+
 
 class Model:
     def predict(self, inputs):
@@ -313,8 +313,11 @@ def test_wrong_row_length_is_an_error():
 
 def test_wrong_cell_type_names_row_and_column():
     t = wandb.Table(columns=["id", "label"], data=[[1, "cat"], [2, "dog"]])
-    with pytest.raises(TypeError, match=r"row 2, column 'id': 'three' is a string value, but the column holds "
-                                        r"number values \(set by row 0\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"row 2, column 'id': 'three' is a string value, but the column holds "
+        r"number values \(set by row 0\)",
+    ):
         t.add_data("three", "bird")
     with pytest.raises(TypeError, match=r"row 1, column 'x'.*bool"):
         wandb.Table(columns=["x"], data=[[1.5], [True]])
@@ -376,11 +379,16 @@ def test_where_expressions():
     assert where("n > 1 and n < 5") == [ROWS[1], ROWS[3]]  # None has no order: false
     assert where("n == null") == [ROWS[2]]
     assert where("label contains ir") == [ROWS[3]]
-    assert where("`label` startswith \"d\"") == [ROWS[1], ROWS[4]]
+    assert where('`label` startswith "d"') == [ROWS[1], ROWS[4]]
     assert where("label > 1") == []  # a string and a number: no order, false
-    for bad, msg in [("nope == 1", "no column 'nope'"), ("label ==", "ends too early"),
-                     ("label cat", "expected an operator"), ("label == cat dog", "unexpected 'dog'"),
-                     ("__import__('os') == 1", "no column"), ("", "empty")]:
+    for bad, msg in [
+        ("nope == 1", "no column 'nope'"),
+        ("label ==", "ends too early"),
+        ("label cat", "expected an operator"),
+        ("label == cat dog", "unexpected 'dog'"),
+        ("__import__('os') == 1", "no column"),
+        ("", "empty"),
+    ]:
         with pytest.raises(QueryError, match=msg):
             compile_where(bad, COLS)
 
@@ -401,8 +409,10 @@ def test_cli_table_filters_groups_and_sorts(ts, capsys):
     with wandb.init(project="p") as run:
         run.log({"preds": t})
     assert main(["table", run.id, "preds", "--where", "label == dog", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"label": "dog", "score": 0.4, "n": 2},
-                                                   {"label": "dog", "score": 0.8, "n": 5}]
+    assert json.loads(capsys.readouterr().out) == [
+        {"label": "dog", "score": 0.4, "n": 2},
+        {"label": "dog", "score": 0.8, "n": 5},
+    ]
     assert main(["table", run.id, "preds", "--group-by", "label", "--sort", "label", "--format", "csv"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "label,count,mean(score),mean(n)" and out[1].startswith("bird,1,0.7")
@@ -421,7 +431,6 @@ def test_damaged_rows_file_is_a_clear_error(tmp_path):
     from trackside.data_types.table import read_columns
 
     (tmp_path / "rows.msgpack").write_bytes(b"\xc1 not msgpack")
-    obj = {"_type": "table-file", "path": "rows.msgpack",
-           "sha256": hashlib.sha256(b"\xc1 not msgpack").hexdigest()}
+    obj = {"_type": "table-file", "path": "rows.msgpack", "sha256": hashlib.sha256(b"\xc1 not msgpack").hexdigest()}
     with pytest.raises(ValueError, match="rows.msgpack cannot be read"):
         read_columns(obj, str(tmp_path))

@@ -140,9 +140,15 @@ def test_reader_counts_what_it_cannot_import():
     from tensorboard.compat.proto import event_pb2, summary_pb2
 
     reader = Reader()
-    event = event_pb2.Event(step=1, summary=summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag="x", simple_value=2.0),
-        summary_pb2.Summary.Value(tag="clip", audio=summary_pb2.Summary.Audio(sample_rate=8000))]))
+    event = event_pb2.Event(
+        step=1,
+        summary=summary_pb2.Summary(
+            value=[
+                summary_pb2.Summary.Value(tag="x", simple_value=2.0),
+                summary_pb2.Summary.Value(tag="clip", audio=summary_pb2.Summary.Audio(sample_rate=8000)),
+            ]
+        ),
+    )
     assert reader.values(event) == {"x": 2.0}
     assert dict(reader.skipped) == {"audio": 1}
 

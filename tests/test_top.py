@@ -25,12 +25,22 @@ run.finish()
 @pytest.fixture
 def busy_daemon(ts):
     pytest.importorskip("prometheus_client")
-    start = subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start", "--metrics-port", "0"],
-                           env=ts.env, capture_output=True, text=True, timeout=60)
+    start = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "start", "--metrics-port", "0"],
+        env=ts.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert start.returncode == 0, start.stderr
     stop_file = ts.tmp / "stop"
-    p = subprocess.Popen([sys.executable, "-c", WRITER, "toprun", str(stop_file)], env=ts.env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, "toprun", str(stop_file)],
+        env=ts.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     from trackside.transport import daemon_status
 
@@ -48,8 +58,9 @@ def busy_daemon(ts):
 
 
 def test_top_once_shows_run_and_writer_rates(busy_daemon, ts):
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "top", "--once"], env=ts.env, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "top", "--once"], env=ts.env, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "toprun" in out and "rank 0 pid" in out
@@ -60,8 +71,9 @@ def test_top_once_shows_run_and_writer_rates(busy_daemon, ts):
 
 
 def test_top_without_daemon_says_so(ts):
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "top", "--once"], env=ts.env, capture_output=True,
-                       text=True, timeout=30)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "top", "--once"], env=ts.env, capture_output=True, text=True, timeout=30
+    )
     assert p.returncode == 1 and "no trackside daemon is running" in p.stderr
 
 
@@ -69,8 +81,11 @@ def test_metrics_endpoint_scrape(busy_daemon):
     host_port = busy_daemon["metrics"]
     assert host_port.startswith("127.0.0.1:")  # loopback by default
     body = urllib.request.urlopen(f"http://{host_port}/metrics", timeout=10).read().decode()
-    lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()
-             if line.startswith("trackside_") and " " in line}
+    lines = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in body.splitlines()
+        if line.startswith("trackside_") and " " in line
+    }
     assert lines['trackside_run_entries_total{run="toprun"}'] > 0
     assert 'trackside_run_wal_bytes{run="toprun"}' in lines
     assert 'trackside_run_merge_backlog{run="toprun"}' in lines
@@ -82,9 +97,17 @@ def test_metrics_endpoint_scrape(busy_daemon):
 def test_top_shows_a_runs_upload_lag_and_why_it_stopped():
     from trackside.cli.top import snapshot_rows
 
-    run = {"run_id": "r1", "entries": 10, "bytes": 100, "records": 2, "wal_bytes": 500, "merge_backlog": 0,
-           "pending_rows": 0, "writer_stats": [],
-           "upload": {"lag_records": 1200, "lag_seconds": 3.5, "error": None, "retrying": "server away"}}
+    run = {
+        "run_id": "r1",
+        "entries": 10,
+        "bytes": 100,
+        "records": 2,
+        "wal_bytes": 500,
+        "merge_backlog": 0,
+        "pending_rows": 0,
+        "writer_stats": [],
+        "upload": {"lag_records": 1200, "lag_seconds": 3.5, "error": None, "retrying": "server away"},
+    }
     (row,) = snapshot_rows({"runs": [run]}, None, 0)
     assert row[-1] == "1,200 rec / 3.5 s retrying"
     run["upload"] = dict(run["upload"], error="token refused", retrying=None)

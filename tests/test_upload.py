@@ -48,8 +48,13 @@ def train(ts, url, steps=300, pause=0.0, **extra):
 def start_training(ts, url, steps, pause, until_step=None):
     """A training process logging to ``url``; returns it and its run id once it logged past
     ``until_step`` (at once when None). ``finish_training`` waits for its clean end."""
-    p = subprocess.Popen([sys.executable, "-c", TRAIN, str(steps), str(pause)], env=env_for(ts, url),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", TRAIN, str(steps), str(pause)],
+        env=env_for(ts, url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_id = p.stdout.readline().strip()
     if until_step is not None:
         for line in p.stdout:
@@ -114,8 +119,9 @@ def test_the_server_stopped_during_a_run_and_started_later_gets_everything(ts, s
     time.sleep(0.5)
     stop(server.proc)  # a clean stop mid-run: the uploader retries with backoff
     finish_training(p)
-    status = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
-                            text=True).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True, text=True
+    ).stdout
     assert f"run {run_id}" in status and "upload lag" in status
     server = servers.start(root, "--port", str(port))
     assert_complete(server.url, run_id, 400, timeout=60)
@@ -148,8 +154,7 @@ def test_the_daemon_killed_mid_upload_resumes_from_its_cursor(ts, servers, tmp_p
     time.sleep(0.2)
     server = servers.start(root, "--port", str(port))
     env = env_for(ts, url)
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True, capture_output=True)
     assert_complete(url, run_id, 2000, timeout=60)
 
 
@@ -159,16 +164,22 @@ def test_a_refused_token_stops_uploads_and_sync_sends_them_later(ts, servers, tm
     run_dir = os.path.join(ts.root, "runs", run_id)
 
     def refused():
-        out = subprocess.run([sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True, text=True
+        ).stdout
         return "stopped:" in out and "token" in out.lower()
 
     wait_until(refused)
     stop_daemon(ts.daemon_dir)
     env = dict(ts.env)
     env.pop("TRACKSIDE_TOKEN", None)
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", server.url, "--token", "right"],
-                       env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", server.url, "--token", "right"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     monkeypatch.setenv("TRACKSIDE_TOKEN", "right")  # for reading back
     assert_complete(server.url, run_id, 200)
@@ -212,8 +223,7 @@ print(run.id)
     assert status["records"] > partial
 
 
-def test_a_server_on_postgresql_stores_an_uploaded_run_and_a_restart_adds_nothing(ts, servers, tmp_path,
-                                                                                   postgres_url):
+def test_a_server_on_postgresql_stores_an_uploaded_run_and_a_restart_adds_nothing(ts, servers, tmp_path, postgres_url):
     root = tmp_path / "server"
     server = servers.start(root, "--db", postgres_url)
     port = server.port
@@ -223,8 +233,13 @@ def test_a_server_on_postgresql_stores_an_uploaded_run_and_a_restart_adds_nothin
     # the same WAL synced again into the restarted server: every record is a duplicate
     server = servers.start(root, "--db", postgres_url, "--port", str(port))
     stop_daemon(ts.daemon_dir)
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", os.path.join(ts.root, "runs", run_id),
-                        "--to", server.url], env=ts.env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "sync", os.path.join(ts.root, "runs", run_id), "--to", server.url],
+        env=ts.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "0 new records" in p.stdout
     assert_complete(server.url, run_id, 1000)
@@ -237,19 +252,28 @@ def test_top_and_metrics_show_the_upload_lag_while_the_server_is_away(ts, server
     url = server.url
     stop(server.proc)  # the server is away from the start: everything waits in the WAL
     env = env_for(ts, url)
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start", "--metrics-port", "0"], env=env,
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "start", "--metrics-port", "0"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     run_id = train(ts, url, steps=300)
-    out = subprocess.run([sys.executable, "-m", "trackside.cli", "top", "--once"], env=env, capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "top", "--once"], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
     row = next(line for line in out.splitlines() if run_id in line)
     assert "rec /" in row and "retrying" in row, out
     import urllib.request
 
     metrics = json.load(open(os.path.join(ts.daemon_dir, "daemon.json")))["metrics"]
     body = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
-    lag = next(float(line.split()[-1]) for line in body.splitlines()
-               if line.startswith(f'trackside_run_upload_lag_records{{run="{run_id}"}}'))
+    lag = next(
+        float(line.split()[-1])
+        for line in body.splitlines()
+        if line.startswith(f'trackside_run_upload_lag_records{{run="{run_id}"}}')
+    )
     assert lag > 0
 
 
@@ -257,8 +281,9 @@ def test_the_training_processs_token_reaches_a_daemon_started_without_one(ts, se
     token = "tok-" + os.urandom(8).hex()  # made here: never in a file (a git diff the run records, say)
     server = servers.start(tmp_path / "server", "--token", token)
     env = env_for(ts, server.url)
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
-                   capture_output=True, timeout=60)  # no token in the daemon's environment
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True, capture_output=True, timeout=60
+    )  # no token in the daemon's environment
     run_id = train(ts, server.url, steps=100, TRACKSIDE_TOKEN=token)
     monkeypatch.setenv("TRACKSIDE_TOKEN", token)
     assert_complete(server.url, run_id, 100)
@@ -314,8 +339,13 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
     url = f"grpc://127.0.0.1:{port}"
     try:
         env = env_for(ts, url)
-        subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "trackside.cli", "daemon", "start"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         run_id = train(ts, url, steps=100)
         time.sleep(1.5)  # the first upload is under way, waiting for an answer
         pid = daemon_pid(ts)
@@ -331,8 +361,9 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
         silent.close()
     # nothing acknowledged is lost: the next daemon resumes the upload to a real server there
     server = servers.start(tmp_path / "server", "--port", str(port))
-    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True, capture_output=True, timeout=60
+    )
     assert_complete(server.url, run_id, 100, timeout=60)
 
 
@@ -345,8 +376,13 @@ def test_one_root_takes_one_server_and_no_sync_beside_it(ts, servers, tmp_path):
     run = trackside.init(project="p")
     run.log({"a": 1})
     run.finish()
-    p = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", os.path.join(ts.root, "runs", run.id),
-                        "--to", str(root)], env=ts.env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "sync", os.path.join(ts.root, "runs", run.id), "--to", str(root)],
+        env=ts.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1 and "in use by another trackside server or sync" in p.stderr
     # the first server is unharmed
     assert trackside.Api(server.url).runs() == []

@@ -14,8 +14,7 @@ T0 = 1_764_215_400_000_000
 
 
 def batch(codec, seq, n=3, writer=1):
-    entries = [(seq * 10 + i, None, T0 + seq * 1000 + i, {"loss": seq + i / 10, "epoch": seq}, None)
-               for i in range(n)]
+    entries = [(seq * 10 + i, None, T0 + seq * 1000 + i, {"loss": seq + i / 10, "epoch": seq}, None) for i in range(n)]
     return entries, codec.encode_batch(writer, seq, entries)
 
 

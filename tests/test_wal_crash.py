@@ -34,7 +34,9 @@ def entries(seq):
     ]
 
 
-CHILD = inspect.getsource(entries) + r"""
+CHILD = (
+    inspect.getsource(entries)
+    + r"""
 import sys
 import trackside._native as codec
 from trackside.daemon.wal import WAL
@@ -60,6 +62,7 @@ while True:
     out.write("".join("%d\n" % s for s in range(first, seq + 1)))
     out.flush()
 """
+)
 
 
 @pytest.mark.timeout(180)
@@ -118,12 +121,10 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
         assert all(a < b for a, b in zip(acknowledged, acknowledged[1:])), f"round {round_}: seq reused {where}"
         if acknowledged:
             assert acknowledged[-1] <= len(found), (
-                f"round {round_}: seq {acknowledged[-1]} was acknowledged but the WAL ends at "
-                f"{len(found)} {where}"
+                f"round {round_}: seq {acknowledged[-1]} was acknowledged but the WAL ends at {len(found)} {where}"
             )
     if os.environ.get("WAL_CRASH_VERBOSE"):
         print(f"{where}: {len(acknowledged)} acknowledged, {len(found)} in the WAL, {truncated} bytes of torn tails")
     assert len(acknowledged) > ROUNDS, f"the children acknowledged too little to test {where}"
     result = verify(directory)
     assert result.damaged_bytes == 0 and result.segments > 1
-

@@ -227,7 +227,7 @@ def test_cut_record_in_an_earlier_segment_is_damage(codec, tmp_path):
     reports = []
     bodies = [r.body for r in read_records(tmp_path, reporter=lambda *a: reports.append(a), codec=codec)]
     assert len(bodies) == 5 and b"1" * 60 not in bodies
-    (path, offset, nbytes, reason), = reports
+    ((path, offset, nbytes, reason),) = reports
     assert (path, nbytes, reason) == (first, 60 + 16 - 10, walmod._CUT_OFF)
 
 
@@ -270,7 +270,9 @@ def test_bad_segment_header_checksum_names_file(damage):
 
 def test_segment_base_offset_disagrees_with_file_name(damage):
     rewrite_header(damage.path, base=4096)
-    with pytest.raises(WALFormatError, match=re.escape(f"{damage.path}: the header says base offset 4096 but the file name says 0")):
+    with pytest.raises(
+        WALFormatError, match=re.escape(f"{damage.path}: the header says base offset 4096 but the file name says 0")
+    ):
         damage.open()
 
 
@@ -283,7 +285,9 @@ def test_segment_from_another_wal(codec, tmp_path):
         b.append_event(b"b" * 50)
     second = sorted(os.listdir(tmp_path / "a"))[1]
     os.replace(tmp_path / "b" / second, tmp_path / "a" / second)
-    with pytest.raises(WALFormatError, match=re.escape(f"{tmp_path / 'a' / second}: the segment belongs to another WAL")):
+    with pytest.raises(
+        WALFormatError, match=re.escape(f"{tmp_path / 'a' / second}: the segment belongs to another WAL")
+    ):
         WAL(tmp_path / "a", codec=codec)
     with pytest.raises(WALFormatError, match="another WAL"):
         list(read_records(tmp_path / "a", codec=codec))

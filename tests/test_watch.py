@@ -73,9 +73,13 @@ def test_unwatch_stops_logging_and_gradients_only_is_the_default(ts):
 
 
 def test_histogram_of_special_tensors_matches_numpy():
-    for t in (torch.full((10,), 3.0), torch.arange(100, dtype=torch.float16), torch.tensor([1.0, float("nan"), 2.0]),
-              torch.tensor([float("-inf"), 0.5, float("inf"), -3.0, 7.25]),
-              torch.randint(0, 5, (50,))):
+    for t in (
+        torch.full((10,), 3.0),
+        torch.arange(100, dtype=torch.float16),
+        torch.tensor([1.0, float("nan"), 2.0]),
+        torch.tensor([float("-inf"), 0.5, float("inf"), -3.0, 7.25]),
+        torch.randint(0, 5, (50,)),
+    ):
         finite = t.float().numpy()
         finite = finite[np.isfinite(finite)]
         counts, edges = histogram(t)

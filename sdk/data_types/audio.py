@@ -82,7 +82,11 @@ class Audio(Media):
     @classmethod
     def from_json(cls, obj: dict, source: str) -> "Audio":
         self = cls._blank(obj, source)
-        self.sample_rate, self.channels, self.duration = obj.get("sample_rate"), obj.get("channels"), obj.get("duration")
+        self.sample_rate, self.channels, self.duration = (
+            obj.get("sample_rate"),
+            obj.get("channels"),
+            obj.get("duration"),
+        )
         return self
 
     def to_numpy(self):

@@ -33,8 +33,10 @@ class Histogram(DataType):
                 raise ValueError("np_histogram must be a pair (counts, bin_edges), as np.histogram returns") from None
             counts, edges = _as_list(counts), _as_list(edges)
             if len(edges) != len(counts) + 1:
-                raise ValueError(f"np_histogram has {len(counts)} counts but {len(edges)} bin edges; "
-                                 f"a histogram needs one edge more than counts")
+                raise ValueError(
+                    f"np_histogram has {len(counts)} counts but {len(edges)} bin edges; "
+                    f"a histogram needs one edge more than counts"
+                )
             _check_bins(len(counts))
         elif sequence is not None:
             if isinstance(num_bins, bool) or not isinstance(num_bins, int):
@@ -69,8 +71,10 @@ def _check_bins(n: int) -> None:
     if n < 1:
         raise ValueError(f"a histogram needs at least 1 bin, not {n}")
     if n > MAX_BINS:
-        raise ValueError(f"a histogram has at most {MAX_BINS} bins, not {n}: pass num_bins <= {MAX_BINS} "
-                         f"(or bin the data yourself with fewer bins)")
+        raise ValueError(
+            f"a histogram has at most {MAX_BINS} bins, not {n}: pass num_bins <= {MAX_BINS} "
+            f"(or bin the data yourself with fewer bins)"
+        )
 
 
 def _as_list(values) -> list:

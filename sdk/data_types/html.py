@@ -30,8 +30,9 @@ class Html(Media):
     def __init__(self, data, inject: bool = True, data_is_not_path: bool = False):
         if isinstance(data, Html):
             text = data.html
-        elif isinstance(data, str) and (data_is_not_path or "<" in data
-                                        or not data.lower().rstrip().endswith((".html", ".htm"))):
+        elif isinstance(data, str) and (
+            data_is_not_path or "<" in data or not data.lower().rstrip().endswith((".html", ".htm"))
+        ):
             text = data
         elif isinstance(data, (str, os.PathLike)) or hasattr(data, "read"):
             raw, _ = read_input(data, "Html")
@@ -61,5 +62,5 @@ def _inject(text: str) -> str:
     if head >= 0:
         end = low.find(">", head)
         if end >= 0:
-            return text[: end + 1] + DEFAULT_STYLE + text[end + 1:]
+            return text[: end + 1] + DEFAULT_STYLE + text[end + 1 :]
     return DEFAULT_STYLE + text

@@ -129,8 +129,9 @@ class ImageMask(Media):
     def __init__(self, spec: dict, name: str, size: tuple[int, int] | None):
         what = f"mask {name!r}"
         if not isinstance(spec, dict):
-            raise TypeError(f"{what} must be a dict with 'mask_data' or 'path' (and 'class_labels'), "
-                            f"not {type(spec).__name__}")
+            raise TypeError(
+                f"{what} must be a dict with 'mask_data' or 'path' (and 'class_labels'), not {type(spec).__name__}"
+            )
         unknown = set(spec) - {"mask_data", "path", "class_labels"}
         if unknown:
             raise ValueError(f"{what}: unknown field(s) {sorted(unknown)}; use mask_data or path, and class_labels")
@@ -144,8 +145,10 @@ class ImageMask(Media):
             if arr.ndim != 2:
                 raise ValueError(f"{what}: mask_data must be 2-D (height x width), not of shape {arr.shape}")
             if size is not None and arr.shape != (size[1], size[0]):
-                raise ValueError(f"{what}: mask_data has shape {arr.shape} but the image is "
-                                 f"{size[1]}x{size[0]} (height x width); they must match")
+                raise ValueError(
+                    f"{what}: mask_data has shape {arr.shape} but the image is "
+                    f"{size[1]}x{size[0]} (height x width); they must match"
+                )
             if arr.dtype == bool:
                 arr = arr.astype(np.uint8)
             if not np.issubdtype(arr.dtype, np.number):
@@ -162,8 +165,10 @@ class ImageMask(Media):
             info = image_info(self._data)
             got = info[:2] if info is not None else None
             if size is not None and got is not None and got != size:
-                raise ValueError(f"{what}: the mask file is {got[1]}x{got[0]} but the image is "
-                                 f"{size[1]}x{size[0]} (height x width); they must match")
+                raise ValueError(
+                    f"{what}: the mask file is {got[1]}x{got[0]} but the image is "
+                    f"{size[1]}x{size[0]} (height x width); they must match"
+                )
 
     def _fields(self) -> dict:
         return {"class_labels": _labels_json(self.class_labels)} if self.class_labels is not None else {}
@@ -221,13 +226,17 @@ def _box(b, what: str) -> dict:
         mid = pos["middle"]
         if not hasattr(mid, "__len__") or len(mid) != 2:
             raise ValueError(f"{what}: middle must be [x, y], not {mid!r}")
-        p = {"middle": [_number(mid[0], f"{what} middle x"), _number(mid[1], f"{what} middle y")],
-             "width": _number(pos["width"], f"{what} width"), "height": _number(pos["height"], f"{what} height")}
+        p = {
+            "middle": [_number(mid[0], f"{what} middle x"), _number(mid[1], f"{what} middle y")],
+            "width": _number(pos["width"], f"{what} width"),
+            "height": _number(pos["height"], f"{what} height"),
+        }
         if p["width"] < 0 or p["height"] < 0:
             raise ValueError(f"{what}: width and height must not be negative, got {p['width']}, {p['height']}")
     else:
-        raise ValueError(f"{what}: position must have minX, maxX, minY, maxY, or middle, width, height; "
-                         f"got {sorted(keys)}")
+        raise ValueError(
+            f"{what}: position must have minX, maxX, minY, maxY, or middle, width, height; got {sorted(keys)}"
+        )
     cid = b.get("class_id")
     if isinstance(cid, bool) or not isinstance(cid, numbers.Integral):
         raise TypeError(f"{what}: class_id must be an int, not {cid!r}")
@@ -266,8 +275,10 @@ def _box_group(name: str, group, has_classes: bool) -> dict:
 
 
 def _boxes_json(boxes: dict) -> dict:
-    return {name: {**g, "class_labels": _labels_json(g["class_labels"])} if "class_labels" in g else dict(g)
-            for name, g in boxes.items()}
+    return {
+        name: {**g, "class_labels": _labels_json(g["class_labels"])} if "class_labels" in g else dict(g)
+        for name, g in boxes.items()
+    }
 
 
 # -- the image -------------------------------------------------------------------------------------
@@ -293,8 +304,17 @@ class Image(Media):
 
     _type = "image-file"
 
-    def __init__(self, data_or_path, mode: str | None = None, caption: str | None = None, grouping=None,
-                 classes=None, boxes: dict | None = None, masks: dict | None = None, file_type: str | None = None):
+    def __init__(
+        self,
+        data_or_path,
+        mode: str | None = None,
+        caption: str | None = None,
+        grouping=None,
+        classes=None,
+        boxes: dict | None = None,
+        masks: dict | None = None,
+        file_type: str | None = None,
+    ):
         if caption is not None and not isinstance(caption, str):
             raise TypeError(f"caption must be a str, not {type(caption).__name__}")
         self.caption = caption
@@ -354,19 +374,24 @@ class Image(Media):
         try:
             arr = np.asarray(data)
         except Exception as e:
-            raise TypeError(f"Image takes an array, a pillow image, a figure or a file path, not "
-                            f"{type(data).__name__} ({e})") from None
+            raise TypeError(
+                f"Image takes an array, a pillow image, a figure or a file path, not {type(data).__name__} ({e})"
+            ) from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"Image takes an array of numbers, a pillow image, a figure or a file path, "
-                            f"not {type(data).__name__} of {arr.dtype}")
+            raise TypeError(
+                f"Image takes an array of numbers, a pillow image, a figure or a file path, "
+                f"not {type(data).__name__} of {arr.dtype}"
+            )
         shape = arr.shape
         if arr.ndim == 3 and shape[-1] not in (1, 3, 4) and shape[0] in (1, 3, 4):
             arr = arr.transpose(1, 2, 0)  # channels first (a torch image): move them last
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[:, :, 0]
         if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))) or 0 in arr.shape:
-            raise ValueError(f"Image array of shape {shape} is not an image: use height x width (grayscale) or "
-                             f"height x width x 1, 3 or 4 (grayscale, RGB, RGBA)")
+            raise ValueError(
+                f"Image array of shape {shape} is not an image: use height x width (grayscale) or "
+                f"height x width x 1, 3 or 4 (grayscale, RGB, RGBA)"
+            )
         self._from_pil(_pil().fromarray(to_uint8(arr)), mode, file_type)
 
     def _from_pil(self, im, mode, file_type) -> None:

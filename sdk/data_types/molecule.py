@@ -28,8 +28,10 @@ class Molecule(Media):
         ext = (file_type or extension(fname)).lower().lstrip(".")
         if ext not in MOLECULE_FORMATS:
             what = f"{fname!r}" if fname else "the file"
-            raise ValueError(f"Molecule: {what} has type {ext or '(none)'!r}; supported types are "
-                             f"{', '.join(MOLECULE_FORMATS)} (pass file_type= for a file object without a name)")
+            raise ValueError(
+                f"Molecule: {what} has type {ext or '(none)'!r}; supported types are "
+                f"{', '.join(MOLECULE_FORMATS)} (pass file_type= for a file object without a name)"
+            )
         self._ext = ext
 
     @classmethod

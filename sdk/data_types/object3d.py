@@ -43,8 +43,10 @@ class Object3D(Media):
             self._data, fname = read_input(data, "Object3D")
             ext = (file_type or extension(fname)).lower().lstrip(".")
             if ext not in MODEL_FORMATS:
-                raise ValueError(f"Object3D: {fname or 'the file'} has type {ext or '(none)'!r}; supported files "
-                                 f"are {', '.join(MODEL_FORMATS)} (pass file_type= for a file object without a name)")
+                raise ValueError(
+                    f"Object3D: {fname or 'the file'} has type {ext or '(none)'!r}; supported files "
+                    f"are {', '.join(MODEL_FORMATS)} (pass file_type= for a file object without a name)"
+                )
             self.kind = self._ext = ext
         else:
             self.kind = "points"
@@ -88,8 +90,9 @@ def _points(data, what: str) -> list:
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what}: points must be numbers ({e})") from None
     if arr.ndim != 2 or arr.shape[1] not in (3, 4, 6):
-        raise ValueError(f"{what}: a point cloud has shape n x 3 (xyz), n x 4 (xyz, category) or n x 6 "
-                         f"(xyz, rgb), not {arr.shape}")
+        raise ValueError(
+            f"{what}: a point cloud has shape n x 3 (xyz), n x 4 (xyz, category) or n x 6 (xyz, rgb), not {arr.shape}"
+        )
     if not np.isfinite(arr).all():
         raise ValueError(f"{what}: points must be finite (NaN or infinity found)")
     return arr.tolist()

@@ -90,8 +90,9 @@ class Chart(Media):
                 raise ValueError(f"chart row {i} has {len(row)} values for {len(self.columns)} columns")
         self.fields = dict(fields or {})
         self.caption = None
-        self._data = json.dumps({"columns": self.columns, "data": self.data}, separators=(",", ":"),
-                                allow_nan=True).encode()
+        self._data = json.dumps(
+            {"columns": self.columns, "data": self.data}, separators=(",", ":"), allow_nan=True
+        ).encode()
         self._ext = "json"
 
     def _fields(self) -> dict:
@@ -137,8 +138,9 @@ def _labels_for(y_true, n_classes: int, labels):
     else:
         y = y.ravel().astype(int)
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"y_true holds class {int(y.max()) if y.max() >= n_classes else int(y.min())}, "
-                         f"outside 0..{n_classes - 1}")
+        raise ValueError(
+            f"y_true holds class {int(y.max()) if y.max() >= n_classes else int(y.min())}, outside 0..{n_classes - 1}"
+        )
     return y, labels
 
 
@@ -198,8 +200,9 @@ def pr_curve(y_true, y_probas, labels=None, classes_to_plot=None, title: str = "
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.where(tps + fps > 0, tps / np.maximum(tps + fps, 1), 1.0)
         rows += [[labels[i], float(recall[j]), float(precision[j])] for j in _thin(tps.size)]
-    return Chart("pr", ["class", "recall", "precision"], rows, title,
-                 {"x": "recall", "y": "precision", "stroke": "class"})
+    return Chart(
+        "pr", ["class", "recall", "precision"], rows, title, {"x": "recall", "y": "precision", "stroke": "class"}
+    )
 
 
 def _which(classes_to_plot, labels) -> list:
@@ -216,8 +219,7 @@ def _which(classes_to_plot, labels) -> list:
     return out
 
 
-def confusion_matrix(probs=None, y_true=None, preds=None, class_names=None,
-                     title: str = "Confusion Matrix") -> Chart:
+def confusion_matrix(probs=None, y_true=None, preds=None, class_names=None, title: str = "Confusion Matrix") -> Chart:
     """Counts of (actual, predicted) pairs, one row per pair of classes. ``preds`` are class
     indices (or names); ``probs`` (n x classes) are turned into predictions by argmax."""
     np = numpy()
@@ -247,8 +249,13 @@ def confusion_matrix(probs=None, y_true=None, preds=None, class_names=None,
     counts = np.zeros((n_classes, n_classes), dtype=int)
     np.add.at(counts, (y, pred), 1)
     rows = [[names[a], names[b], int(counts[a, b])] for a in range(n_classes) for b in range(n_classes)]
-    return Chart("confusion_matrix", ["Actual", "Predicted", "nPredictions"], rows, title,
-                 {"x": "Predicted", "y": "Actual", "value": "nPredictions"})
+    return Chart(
+        "confusion_matrix",
+        ["Actual", "Predicted", "nPredictions"],
+        rows,
+        title,
+        {"x": "Predicted", "y": "Actual", "value": "nPredictions"},
+    )
 
 
 def heatmap(x_labels, y_labels, matrix_values, show_text: bool = False, title: str | None = None) -> Chart:
@@ -258,11 +265,17 @@ def heatmap(x_labels, y_labels, matrix_values, show_text: bool = False, title: s
     m = np.asarray(matrix_values, dtype=float)
     x_labels, y_labels = [str(x) for x in x_labels], [str(y) for y in y_labels]
     if m.shape != (len(x_labels), len(y_labels)):
-        raise ValueError(f"matrix_values has shape {m.shape}, not len(x_labels) x len(y_labels) = "
-                         f"{(len(x_labels), len(y_labels))}")
+        raise ValueError(
+            f"matrix_values has shape {m.shape}, not len(x_labels) x len(y_labels) = {(len(x_labels), len(y_labels))}"
+        )
     rows = [[x, y, float(m[i, j])] for i, x in enumerate(x_labels) for j, y in enumerate(y_labels)]
-    return Chart("heatmap", ["x", "y", "value"], rows, title,
-                 {"x": "x", "y": "y", "value": "value", "show_text": bool(show_text)})
+    return Chart(
+        "heatmap",
+        ["x", "y", "value"],
+        rows,
+        title,
+        {"x": "x", "y": "y", "value": "value", "show_text": bool(show_text)},
+    )
 
 
 def _table_columns(table, names, kind: str):
@@ -288,8 +301,9 @@ def scatter(table, x: str, y: str, title: str | None = None) -> Chart:
 
 
 def bar(table, label: str, value: str, title: str | None = None) -> Chart:
-    return Chart("bar", [label, value], _table_columns(table, [label, value], "bar"), title,
-                 {"label": label, "value": value})
+    return Chart(
+        "bar", [label, value], _table_columns(table, [label, value], "bar"), title, {"label": label, "value": value}
+    )
 
 
 def histogram(table, value: str, title: str | None = None) -> Chart:
@@ -312,8 +326,9 @@ def line_series(xs, ys, keys=None, title: str | None = None, xname: str = "x") -
         if len(x) != len(y):
             raise ValueError(f"line_series: line {key!r} has {len(x)} x values and {len(y)} y values")
         rows += [[str(key), a, b] for a, b in zip(x, y)]
-    return Chart("line_series", ["lineKey", xname, "lineVal"], rows, title,
-                 {"x": xname, "y": "lineVal", "stroke": "lineKey"})
+    return Chart(
+        "line_series", ["lineKey", xname, "lineVal"], rows, title, {"x": xname, "y": "lineVal", "stroke": "lineKey"}
+    )
 
 
 class _Namespace:
@@ -352,15 +367,32 @@ def plot_confusion_matrix(y_true, y_pred, labels=None, normalize: bool = False) 
         totals: dict = {}
         for actual, _, n in chart.data:
             totals[actual] = totals.get(actual, 0) + n
-        chart = Chart(chart.kind, chart.columns, [[a, p, n / totals[a] if totals[a] else 0.0] for a, p, n in chart.data],
-                      chart.title, chart.fields)
+        chart = Chart(
+            chart.kind,
+            chart.columns,
+            [[a, p, n / totals[a] if totals[a] else 0.0] for a, p, n in chart.data],
+            chart.title,
+            chart.fields,
+        )
     trackside.log({"confusion_matrix": chart})
     return chart
 
 
-plot = _Namespace("plot", roc_curve=roc_curve, pr_curve=pr_curve, confusion_matrix=confusion_matrix,
-                  heatmap=heatmap, line=line, scatter=scatter, bar=bar, histogram=histogram,
-                  line_series=line_series, Chart=Chart, Plotly=Plotly)
-plots = _Namespace("plots", ROC=_roc_legacy, precision_recall=_pr_legacy, HeatMap=_heatmap_legacy,
-                   confusion_matrix=_cm_legacy)
+plot = _Namespace(
+    "plot",
+    roc_curve=roc_curve,
+    pr_curve=pr_curve,
+    confusion_matrix=confusion_matrix,
+    heatmap=heatmap,
+    line=line,
+    scatter=scatter,
+    bar=bar,
+    histogram=histogram,
+    line_series=line_series,
+    Chart=Chart,
+    Plotly=Plotly,
+)
+plots = _Namespace(
+    "plots", ROC=_roc_legacy, precision_recall=_pr_legacy, HeatMap=_heatmap_legacy, confusion_matrix=_cm_legacy
+)
 sklearn = _Namespace("sklearn", plot_confusion_matrix=plot_confusion_matrix)

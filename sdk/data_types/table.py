@@ -86,8 +86,10 @@ def _kind(v):
         return "list", list(v)
     if isinstance(v, (bytearray, memoryview)):
         return "bytes", bytes(v)
-    raise TypeError(f"a {type(v).__name__} cannot go in a table: use numbers, strings, bools, lists, dicts, "
-                    f"bytes, numpy arrays or trackside data types (Image, Histogram ...)")
+    raise TypeError(
+        f"a {type(v).__name__} cannot go in a table: use numbers, strings, bools, lists, dicts, "
+        f"bytes, numpy arrays or trackside data types (Image, Histogram ...)"
+    )
 
 
 def _series_values(series) -> list:
@@ -115,7 +117,12 @@ def _pack_ndarray(a) -> dict:
     if a.dtype.kind in "biufc" and not a.dtype.hasobject:
         import numpy as np
 
-        return {"_type": "ndarray", "dtype": a.dtype.str, "shape": list(a.shape), "data": np.ascontiguousarray(a).tobytes()}
+        return {
+            "_type": "ndarray",
+            "dtype": a.dtype.str,
+            "shape": list(a.shape),
+            "data": np.ascontiguousarray(a).tobytes(),
+        }
     return {"_type": "ndarray", "dtype": None, "shape": list(a.shape), "list": a.tolist()}
 
 
@@ -177,8 +184,17 @@ class Table(DataType):
     _type = "table"
     MAX_ARTIFACT_ROWS = 200_000
 
-    def __init__(self, columns=None, data=None, rows=None, dataframe=None, *, log_mode: str = IMMUTABLE,
-                 allow_mixed_types: bool = False, dtype=None):
+    def __init__(
+        self,
+        columns=None,
+        data=None,
+        rows=None,
+        dataframe=None,
+        *,
+        log_mode: str = IMMUTABLE,
+        allow_mixed_types: bool = False,
+        dtype=None,
+    ):
         if log_mode not in LOG_MODES:
             raise ValueError(f"log_mode={log_mode!r} is not one of {', '.join(LOG_MODES)}")
         if data is not None and rows is not None:
@@ -198,8 +214,12 @@ class Table(DataType):
                 columns = [str(c) for c in dataframe.columns]
             values = [_series_values(dataframe[c]) for c in dataframe.columns]
             data = [list(r) for r in zip(*values)] if values else []
-        elif data is not None and hasattr(data, "tolist") and getattr(data, "ndim", 2) == 2 and \
-                type(data).__module__ == "numpy":
+        elif (
+            data is not None
+            and hasattr(data, "tolist")
+            and getattr(data, "ndim", 2) == 2
+            and type(data).__module__ == "numpy"
+        ):
             data = data.tolist()
         if columns is None:
             width = len(data[0]) if data else 0
@@ -231,8 +251,15 @@ class Table(DataType):
         dtypes = list(dtype) if isinstance(dtype, (list, tuple)) else [dtype] * len(self.columns)
         if len(dtypes) != len(self.columns):
             raise ValueError(f"dtype has {len(dtypes)} entries for {len(self.columns)} columns")
-        names = {int: "number", float: "number", str: "string", bool: "bool", list: "list", dict: "dict",
-                 bytes: "bytes"}
+        names = {
+            int: "number",
+            float: "number",
+            str: "string",
+            bool: "bool",
+            list: "list",
+            dict: "dict",
+            bytes: "bytes",
+        }
         for j, t in enumerate(dtypes):
             if t is None:
                 continue
@@ -255,7 +282,8 @@ class Table(DataType):
             shown = shown[:57] + "..."
         return TypeError(
             f"row {i}, column {self.columns[j]!r}: {shown} is a {kind} value, but the column holds {want} "
-            f"values (set {origin}); put {want} values (or None) in it, or pass allow_mixed_types=True")
+            f"values (set {origin}); put {want} values (or None) in it, or pass allow_mixed_types=True"
+        )
 
     def _check_rows(self, rows, start: int) -> list:
         """The rows as new lists with normalized cells, after checking their length and kinds.
@@ -276,8 +304,10 @@ class Table(DataType):
                     raise TypeError(f"row {i} must be a list of {n} values, not {type(row).__name__}")
                 row = list(row)  # the table's own copy: later changes to the caller's list do not leak in
                 if len(row) != n:
-                    raise ValueError(f"row {i} has {len(row)} value{'s' if len(row) != 1 else ''}, but the table has "
-                                     f"{n} column{'s' if n != 1 else ''} ({', '.join(self.columns)})")
+                    raise ValueError(
+                        f"row {i} has {len(row)} value{'s' if len(row) != 1 else ''}, but the table has "
+                        f"{n} column{'s' if n != 1 else ''} ({', '.join(self.columns)})"
+                    )
                 for j in range(n):
                     v = row[j]
                     if v is None:
@@ -332,8 +362,10 @@ class Table(DataType):
             raise TypeError(f"column {name!r}: data must be a list or a numpy array, not {type(data).__name__}")
         nrows = len(self.data)
         if self.columns and len(values) != nrows:
-            raise ValueError(f"column {name!r} has {len(values)} value{'s' if len(values) != 1 else ''}, but the "
-                             f"table has {nrows} row{'s' if nrows != 1 else ''}; give one value per row")
+            raise ValueError(
+                f"column {name!r} has {len(values)} value{'s' if len(values) != 1 else ''}, but the "
+                f"table has {nrows} row{'s' if nrows != 1 else ''}; give one value per row"
+            )
         probe = Table.__new__(Table)
         probe.columns, probe.allow_mixed_types = [name], self.allow_mixed_types
         probe._types, probe._type_rows = [None], [None]
@@ -409,8 +441,10 @@ class Table(DataType):
     def _check_size(self, nrows: int) -> None:
         limit = type(self).MAX_ARTIFACT_ROWS
         if nrows > limit:
-            raise ValueError(f"the table has {nrows:,} rows, more than Table.MAX_ARTIFACT_ROWS ({limit:,}); "
-                             f"log fewer rows, or raise the limit: trackside.Table.MAX_ARTIFACT_ROWS = {nrows}")
+            raise ValueError(
+                f"the table has {nrows:,} rows, more than Table.MAX_ARTIFACT_ROWS ({limit:,}); "
+                f"log fewer rows, or raise the limit: trackside.Table.MAX_ARTIFACT_ROWS = {nrows}"
+            )
 
     def _verify(self) -> None:
         """Rows changed through ``.data`` directly: check their length (kinds were checked on
@@ -418,8 +452,10 @@ class Table(DataType):
         n = len(self.columns)
         for i, row in enumerate(self.data):
             if len(row) != n:
-                raise ValueError(f"row {i} has {len(row)} values, but the table has {n} columns "
-                                 f"({', '.join(self.columns)}); was table.data changed directly?")
+                raise ValueError(
+                    f"row {i} has {len(row)} values, but the table has {n} columns "
+                    f"({', '.join(self.columns)}); was table.data changed directly?"
+                )
 
     def to_json(self, run) -> dict:
         """Write the rows file under ``run.dir`` (or a folder) and return the logged form."""
@@ -435,15 +471,28 @@ class Table(DataType):
             if kind in _BUILTIN_KINDS and kind != "mixed" or kind is None:
                 continue
             cols[j] = [_cell_form(v, run) for v in cols[j]]
-        doc = {"format": FORMAT, "version": FORMAT_VERSION, "columns": self.columns, "types": types,
-               "nrows": len(rows), "data": cols}
+        doc = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "columns": self.columns,
+            "types": types,
+            "nrows": len(rows),
+            "data": cols,
+        }
         try:
             blob = _encode(doc)
         except (TypeError, OverflowError, msgspec.EncodeError) as e:
             raise TypeError(f"the table cannot be stored: {e}") from None
         ref = store_bytes(target, blob, "msgpack")
-        return {"_type": form_type, **ref, "nrows": len(rows), "ncols": len(self.columns),
-                "columns": list(self.columns), "column_types": types, "log_mode": self.log_mode}
+        return {
+            "_type": form_type,
+            **ref,
+            "nrows": len(rows),
+            "ncols": len(self.columns),
+            "columns": list(self.columns),
+            "column_types": types,
+            "log_mode": self.log_mode,
+        }
 
     @classmethod
     def from_json(cls, obj: dict, source: str) -> "Table":
@@ -469,13 +518,14 @@ class Table(DataType):
         INCREMENTAL table) and index them as the next version of ``run-<run id>-<key>``."""
         if self.log_mode == IMMUTABLE and self._logged:
             raise UsageError(
-                f"this IMMUTABLE table was already logged; to log it again, create it with "
-                f"log_mode='MUTABLE' (each log stores a new version) or 'INCREMENTAL' (each log stores "
-                f"the new rows), or log a new Table")
+                "this IMMUTABLE table was already logged; to log it again, create it with "
+                "log_mode='MUTABLE' (each log stores a new version) or 'INCREMENTAL' (each log stores "
+                "the new rows), or log a new Table"
+            )
         if getattr(run, "mode", None) == "disabled":
             return {"_type": self._type, "nrows": len(self.data), "columns": list(self.columns)}
         if self.log_mode == INCREMENTAL:
-            rows = self.data[self._logged_rows:]
+            rows = self.data[self._logged_rows :]
             form = self._write(run, rows, "incremental-table")
         else:
             form = self._write(run, self.data, self._type)
@@ -552,10 +602,19 @@ def record_table(run, key: str, step, form: dict, *, incremental: bool = False) 
     event = getattr(run, "_event", None)
     if event is not None:
         uid = uuid.uuid4().hex
-        event("artifact", {
-            "uid": uid, "name": name, "type": "run_table", "digest": digest, "manifest": manifest,
-            "run_key": key, "step": step, "incremental": incremental,
-        })
+        event(
+            "artifact",
+            {
+                "uid": uid,
+                "name": name,
+                "type": "run_table",
+                "digest": digest,
+                "manifest": manifest,
+                "run_key": key,
+                "step": step,
+                "incremental": incremental,
+            },
+        )
         run._last_artifact_uid = uid  # use_artifact waits for it: a run reads its own tables back
     return name
 
@@ -575,8 +634,10 @@ class JoinedTable(DataType):
     def __init__(self, table1, table2, join_key):
         for i, t in enumerate((table1, table2), 1):
             if not isinstance(t, Table):
-                raise TypeError(f"table{i} must be a Table (fetch one from an artifact with "
-                                f"run.use_artifact(...).get(name)), not {type(t).__name__}")
+                raise TypeError(
+                    f"table{i} must be a Table (fetch one from an artifact with "
+                    f"run.use_artifact(...).get(name)), not {type(t).__name__}"
+                )
         if isinstance(join_key, str):
             keys = [join_key, join_key]
         elif isinstance(join_key, (list, tuple)) and len(join_key) == 2 and all(isinstance(k, str) for k in join_key):
@@ -612,8 +673,11 @@ class JoinedTable(DataType):
         names1 = [t1.columns[i] for i in other1]
         names2 = [t2.columns[i] for i in other2]
         clash = (set(names1) & set(names2)) | ({self._keys[0]} & set(names2))
-        columns = ([self._keys[0]] + [f"{n}_1" if n in clash else n for n in names1]
-                   + [f"{n}_2" if n in clash else n for n in names2])
+        columns = (
+            [self._keys[0]]
+            + [f"{n}_1" if n in clash else n for n in names1]
+            + [f"{n}_2" if n in clash else n for n in names2]
+        )
         types = [t1._types[k1]] + [t1._types[i] for i in other1] + [t2._types[i] for i in other2]
         index: dict = {}
         for row in t2.data:
@@ -638,8 +702,12 @@ class JoinedTable(DataType):
         return enumerate(self.joined().data)
 
     def to_json(self, run) -> dict:
-        return {"_type": self._type, "join_key": self._join_key, "table1": self._table1.to_json(run),
-                "table2": self._table2.to_json(run)}
+        return {
+            "_type": self._type,
+            "join_key": self._join_key,
+            "table1": self._table1.to_json(run),
+            "table2": self._table2.to_json(run),
+        }
 
     @classmethod
     def from_json(cls, obj: dict, source: str) -> "JoinedTable":

@@ -44,8 +44,10 @@ class Video(Media):
             self._data, fname = read_input(data_or_path, "Video")
             ext = extension(fname) or fmt
             if ext not in VIDEO_FORMATS:
-                raise ValueError(f"Video: {fname or 'the file'} is not a {', '.join(VIDEO_FORMATS)} video"
-                                 + ("" if fname else " (pass format= for a file object without a name)"))
+                raise ValueError(
+                    f"Video: {fname or 'the file'} is not a {', '.join(VIDEO_FORMATS)} video"
+                    + ("" if fname else " (pass format= for a file object without a name)")
+                )
             self._ext = ext
             return
         self.fps = 4 if fps is None else fps
@@ -86,8 +88,10 @@ def _frames(data):
         grid[:b] = arr
         arr = grid.reshape(rows, cols, t, c, h, w).transpose(2, 3, 0, 4, 1, 5).reshape(t, c, rows * h, cols * w)
     if arr.ndim != 4 or arr.shape[1] not in (1, 3, 4) or 0 in arr.shape:
-        raise ValueError(f"Video array of shape {shape} is not a video: use time x channels x height x width "
-                         f"(channels 1, 3 or 4), or batch x time x channels x height x width")
+        raise ValueError(
+            f"Video array of shape {shape} is not a video: use time x channels x height x width "
+            f"(channels 1, 3 or 4), or batch x time x channels x height x width"
+        )
     frames = to_uint8(arr).transpose(0, 2, 3, 1)
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
@@ -108,8 +112,16 @@ def _encode(frames, fmt: str, fps) -> bytes:
     fd, path = tempfile.mkstemp(suffix="." + fmt)
     os.close(fd)
     try:
-        iio.imwrite(path, frames, extension="." + fmt, fps=fps, codec=codec, macro_block_size=1,
-                    pixelformat="yuv420p", plugin="FFMPEG")
+        iio.imwrite(
+            path,
+            frames,
+            extension="." + fmt,
+            fps=fps,
+            codec=codec,
+            macro_block_size=1,
+            pixelformat="yuv420p",
+            plugin="FFMPEG",
+        )
         with open(path, "rb") as f:
             return f.read()
     except Exception as e:

@@ -47,8 +47,9 @@ class Reader:
         if kind == "histo":
             h = v.histo
             # bucket i holds the values in (limit[i-1], limit[i]]; the first one starts at min
-            return to_histogram([min(h.min, h.bucket_limit[0]) if h.bucket_limit else h.min, *h.bucket_limit],
-                              list(h.bucket), h.max)
+            return to_histogram(
+                [min(h.min, h.bucket_limit[0]) if h.bucket_limit else h.min, *h.bucket_limit], list(h.bucket), h.max
+            )
         if kind == "image":
             return to_image(v.image.encoded_image_string)
         if kind == "tensor":
@@ -73,11 +74,11 @@ def to_histogram(edges: list, counts: list, hi):
     if not nz:
         return None
     first, last = nz[0], nz[-1]
-    counts, edges = counts[first:last + 1], [float(e) for e in edges[first:last + 2]]
+    counts, edges = counts[first : last + 1], [float(e) for e in edges[first : last + 2]]
     if hi is not None and edges[-1] > hi >= edges[-2]:
         edges[-1] = float(hi)
     while len(counts) > MAX_BINS:  # trackside keeps at most 512 bins: merge neighbours
-        counts = [sum(counts[i:i + 2]) for i in range(0, len(counts), 2)]
+        counts = [sum(counts[i : i + 2]) for i in range(0, len(counts), 2)]
         edges = edges[::2] if len(edges) % 2 else [*edges[:-1:2], edges[-1]]
     return Histogram(np_histogram=(counts, edges))
 
@@ -93,8 +94,10 @@ def to_image(data: bytes):
 
 # -- init(sync_tensorboard=True) -----------------------------------------------------------------
 
-_WRITERS = (("tensorboard.summary.writer.event_file_writer", "EventFileWriter"),  # torch.utils.tensorboard
-            ("tensorboardX.event_file_writer", "EventFileWriter"))
+_WRITERS = (
+    ("tensorboard.summary.writer.event_file_writer", "EventFileWriter"),  # torch.utils.tensorboard
+    ("tensorboardX.event_file_writer", "EventFileWriter"),
+)
 _originals: dict = {}  # patched class -> its own add_event
 _syncing: list = []  # runs receiving what SummaryWriters write
 

@@ -112,8 +112,15 @@ class _Watch:
         self._disarm()
 
 
-def watch(run, models, criterion=None, log: str | None = "gradients", log_freq: int = 1000, idx: int | None = None,
-          log_graph: bool = False) -> list:
+def watch(
+    run,
+    models,
+    criterion=None,
+    log: str | None = "gradients",
+    log_freq: int = 1000,
+    idx: int | None = None,
+    log_graph: bool = False,
+) -> list:
     """Hook ``models`` (a ``torch.nn.Module`` or a list of them) into ``run``; see the module's
     docstring. Raises UsageError for an unknown ``log``, a ``log_freq`` below 1, a model that is
     not a Module or one watched already."""
@@ -122,8 +129,9 @@ def watch(run, models, criterion=None, log: str | None = "gradients", log_freq: 
     if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
         raise UsageError(f"watch(log_freq={log_freq!r}): log every N calls of the model, N an int >= 1")
     if log_graph:
-        raise UsageError("watch(log_graph=True) is not supported: trackside records histograms only; "
-                         "pass log_graph=False")
+        raise UsageError(
+            "watch(log_graph=True) is not supported: trackside records histograms only; pass log_graph=False"
+        )
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     watches = run.__dict__.setdefault("_watches", [])
     for i, model in enumerate(models):

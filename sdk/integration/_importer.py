@@ -39,8 +39,19 @@ class ImportedRun:
     go down); ``config``, ``summary`` and ``console(lines)`` as for a live run. On a clean exit
     the run is finished and stored (by ``trackside sync``); raises UsageError when ``run_id`` exists in ``root``."""
 
-    def __init__(self, root: str, *, run_id: str, project: str, name: str | None = None, config=None,
-                 tags=(), group=None, job_type=None, source: dict | None = None):
+    def __init__(
+        self,
+        root: str,
+        *,
+        run_id: str,
+        project: str,
+        name: str | None = None,
+        config=None,
+        tags=(),
+        group=None,
+        job_type=None,
+        source: dict | None = None,
+    ):
         if check_run_id(run_id) is None:
             raise UsageError(f"run id {run_id!r} is not a valid trackside run id")
         if imported(root, run_id):
@@ -50,9 +61,17 @@ class ImportedRun:
         self._saved = (saved_env, _current.get("run"))
         os.environ[discovery.ENV_ROOT] = self.root
         try:
-            self.run = init(project=project, name=name, id=run_id, config=config or {}, tags=list(tags or ()),
-                            group=group, job_type=job_type, mode="offline",
-                            settings={"console": False, "system_metrics": False, "durability": "flush"})
+            self.run = init(
+                project=project,
+                name=name,
+                id=run_id,
+                config=config or {},
+                tags=list(tags or ()),
+                group=group,
+                job_type=job_type,
+                mode="offline",
+                settings={"console": False, "system_metrics": False, "durability": "flush"},
+            )
         except BaseException:
             self._restore()
             raise
@@ -97,11 +116,17 @@ class ImportedRun:
         self._restore()
         # stored from its WAL by `trackside sync` (a process, as the daemon is one: the SDK
         # never imports them), which keeps the rows' own times and ends the run at its last row
-        done = subprocess.run([sys.executable, "-m", "trackside.cli", "sync", run.dir], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [sys.executable, "-m", "trackside.cli", "sync", run.dir],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if done.returncode != 0:
-            raise Error(f"run {run.id} was written to {run.dir} but could not be stored "
-                        f"(`trackside sync {run.dir}` failed: {done.stderr.strip()[-2000:]})")
+            raise Error(
+                f"run {run.id} was written to {run.dir} but could not be stored "
+                f"(`trackside sync {run.dir}` failed: {done.stderr.strip()[-2000:]})"
+            )
 
     def _restore(self) -> None:
         """The process's run root, run id and active run as they were before the import."""

@@ -34,8 +34,17 @@ class TracksideLogger(Logger):
     version aliased ``best``. ``prefix`` is put before every metric name (``prefix/loss``).
     """
 
-    def __init__(self, project: str | None = None, name: str | None = None, id: str | None = None, *,
-                 log_model: bool | str = False, prefix: str = "", rank_zero_only: bool = True, **init_kwargs):
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        id: str | None = None,
+        *,
+        log_model: bool | str = False,
+        prefix: str = "",
+        rank_zero_only: bool = True,
+        **init_kwargs,
+    ):
         super().__init__()
         if log_model not in (False, True, "all"):
             raise UsageError(f"log_model={log_model!r}: use False, True or 'all'")
@@ -86,13 +95,19 @@ class TracksideLogger(Logger):
         if self._run is None or self._run.finished:
             if _rank() != 0 and self._all_ranks:
                 if os.environ.get(discovery.ENV_RUN_ID) != self._id:
-                    raise UsageError("TracksideLogger(rank_zero_only=False): this rank cannot find the run of rank "
-                                     "zero; pass the same id= on every rank")
+                    raise UsageError(
+                        "TracksideLogger(rank_zero_only=False): this rank cannot find the run of rank "
+                        "zero; pass the same id= on every rank"
+                    )
                 self._run = init(**self._init_kwargs)  # joins the run as another writer
             else:
-                self._run = init(project=self._project, name=self._name, id=self._id,
-                                 resume="allow" if self._started else self._init_kwargs.pop("resume", None),
-                                 **self._init_kwargs)
+                self._run = init(
+                    project=self._project,
+                    name=self._name,
+                    id=self._id,
+                    resume="allow" if self._started else self._init_kwargs.pop("resume", None),
+                    **self._init_kwargs,
+                )
             self._started = True
         return self._run
 
@@ -141,9 +156,15 @@ class TracksideLogger(Logger):
             if self._checkpoints.get(path) == stamp:
                 continue
             self._checkpoints[path] = stamp
-            art = Artifact(f"model-{self._id}", type="model",
-                           metadata={"path": path, "score": _plain(_score(callback, path)),
-                                     "monitor": getattr(callback, "monitor", None)})
+            art = Artifact(
+                f"model-{self._id}",
+                type="model",
+                metadata={
+                    "path": path,
+                    "score": _plain(_score(callback, path)),
+                    "monitor": getattr(callback, "monitor", None),
+                },
+            )
             art.add_file(path, name=os.path.basename(path))
             self._run.log_artifact(art, aliases=["latest", "best"] if path == best else ["latest"])
 

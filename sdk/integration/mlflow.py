@@ -31,8 +31,10 @@ def _experiments(client, name: str | None) -> list:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
-        raise UsageError(f"no MLflow experiment named {name!r} in this tracking store; it has: "
-                         f"{', '.join(map(repr, names)) or 'none'}")
+        raise UsageError(
+            f"no MLflow experiment named {name!r} in this tracking store; it has: "
+            f"{', '.join(map(repr, names)) or 'none'}"
+        )
     return [exp]
 
 
@@ -46,8 +48,9 @@ def _runs(client, experiment_id: str):
             return
 
 
-def import_runs(tracking_uri: str, root: str, experiment: str | None = None, project: str | None = None,
-                on_run=None) -> list[dict]:
+def import_runs(
+    tracking_uri: str, root: str, experiment: str | None = None, project: str | None = None, on_run=None
+) -> list[dict]:
     """Import the runs of ``experiment`` (every experiment when None) from ``tracking_uri`` into
     ``root``. Returns one dict per run: ``id``, ``name``, ``source``, ``rows``, ``skipped`` and
     ``status`` ("imported" or "exists"). Raises UsageError for an unknown experiment."""
@@ -67,8 +70,13 @@ def _import_run(client, tracking_uri, exp, run, root, project) -> dict:
     run_id = check_run_id(info.run_id)
     if run_id is None:
         raise UsageError(f"MLflow run id {info.run_id!r} is not a valid trackside run id")
-    result = {"id": run_id, "name": info.run_name or run_id, "source": f"{tracking_uri} {exp.name}/{info.run_id}",
-              "rows": 0, "skipped": {}}
+    result = {
+        "id": run_id,
+        "name": info.run_name or run_id,
+        "source": f"{tracking_uri} {exp.name}/{info.run_id}",
+        "rows": 0,
+        "skipped": {},
+    }
     if imported(root, run_id):
         result["status"] = "exists"
         return result
@@ -79,13 +87,25 @@ def _import_run(client, tracking_uri, exp, run, root, project) -> dict:
             row[0] = max(row[0], m.timestamp)
             row[1][key] = m.value
     user_tags = {k: v for k, v in data.tags.items() if not k.startswith("mlflow.")}
-    source = {"from": "mlflow", "tracking_uri": tracking_uri, "experiment": exp.name, "run_id": info.run_id,
-              "status": info.status, "tags": dict(data.tags),
-              "started_at": info.start_time / 1000 if info.start_time else None,
-              "ended_at": info.end_time / 1000 if info.end_time else None}
-    with ImportedRun(root, run_id=run_id, project=project or exp.name, name=info.run_name or None,
-                     config=dict(data.params), tags=[f"{k}={v}" for k, v in sorted(user_tags.items())],
-                     source=source) as out:
+    source = {
+        "from": "mlflow",
+        "tracking_uri": tracking_uri,
+        "experiment": exp.name,
+        "run_id": info.run_id,
+        "status": info.status,
+        "tags": dict(data.tags),
+        "started_at": info.start_time / 1000 if info.start_time else None,
+        "ended_at": info.end_time / 1000 if info.end_time else None,
+    }
+    with ImportedRun(
+        root,
+        run_id=run_id,
+        project=project or exp.name,
+        name=info.run_name or None,
+        config=dict(data.params),
+        tags=[f"{k}={v}" for k, v in sorted(user_tags.items())],
+        source=source,
+    ) as out:
         for step in sorted(rows):
             t, values = rows[step]
             out.log(values, step, t / 1000)

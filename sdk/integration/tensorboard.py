@@ -104,8 +104,11 @@ def export_run(run, out: str) -> dict:
                 if not key.startswith("_"):
                     values.extend(_summary_values(run.dir, key, value, counts))
             if values:
-                writer.add_event(event_pb2.Event(wall_time=row["_timestamp"], step=row["_step"],
-                                                 summary=summary_pb2.Summary(value=values)))
+                writer.add_event(
+                    event_pb2.Event(
+                        wall_time=row["_timestamp"], step=row["_step"], summary=summary_pb2.Summary(value=values)
+                    )
+                )
     finally:
         writer.close()
     return dict(counts)
@@ -122,15 +125,34 @@ def _summary_values(run_dir: str, key: str, value, counts) -> list:
         counts["histograms"] += 1
         # min and max are the outer edges; sum and sum of squares from the bins' midpoints
         mids = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
-        return [Value(tag=key, histo=summary_pb2.HistogramProto(
-            min=edges[0], max=edges[-1], num=sum(hist), sum=sum(c * m for c, m in zip(hist, mids)),
-            sum_squares=sum(c * m * m for c, m in zip(hist, mids)), bucket_limit=edges[1:], bucket=hist))]
+        return [
+            Value(
+                tag=key,
+                histo=summary_pb2.HistogramProto(
+                    min=edges[0],
+                    max=edges[-1],
+                    num=sum(hist),
+                    sum=sum(c * m for c, m in zip(hist, mids)),
+                    sum_squares=sum(c * m * m for c, m in zip(hist, mids)),
+                    bucket_limit=edges[1:],
+                    bucket=hist,
+                ),
+            )
+        ]
     if kind == "image-file" and value.get("format") in ("png", "jpg"):
         data = _media_bytes(run_dir, value["path"])
         counts["images"] += 1
-        return [Value(tag=key, image=summary_pb2.Summary.Image(
-            height=value.get("height") or 0, width=value.get("width") or 0,
-            colorspace={"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(value.get("mode"), 0), encoded_image_string=data))]
+        return [
+            Value(
+                tag=key,
+                image=summary_pb2.Summary.Image(
+                    height=value.get("height") or 0,
+                    width=value.get("width") or 0,
+                    colorspace={"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(value.get("mode"), 0),
+                    encoded_image_string=data,
+                ),
+            )
+        ]
     if kind == "list":
         out = []
         for i, item in enumerate(value["items"]):

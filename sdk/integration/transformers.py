@@ -31,7 +31,7 @@ def rewrite(logs: dict) -> dict:
             continue
         for prefix, group in _PREFIXES:
             if k.startswith(prefix):
-                out[group + k[len(prefix):]] = v
+                out[group + k[len(prefix) :]] = v
                 break
         else:
             out["train/" + k] = v
@@ -65,9 +65,13 @@ class TracksideCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         if self.run is None or self.run.finished:
-            self.run = init(**{"project": os.environ.get("TRACKSIDE_PROJECT") or "huggingface",
-                               "name": args.run_name if args.run_name != args.output_dir else None,
-                               **self._init_kwargs})
+            self.run = init(
+                **{
+                    "project": os.environ.get("TRACKSIDE_PROJECT") or "huggingface",
+                    "name": args.run_name if args.run_name != args.output_dir else None,
+                    **self._init_kwargs,
+                }
+            )
             self._own = True
         self.run.config.update(self._config(args, model))
 

@@ -57,7 +57,7 @@ def records(path: str):
             pos += left
             continue
         crc, length, kind = struct.unpack_from("<IHB", data, pos)
-        chunk = data[pos + RECORD_HEADER:pos + RECORD_HEADER + length]
+        chunk = data[pos + RECORD_HEADER : pos + RECORD_HEADER + length]
         if kind == 0 or len(chunk) < length:
             break
         pos += RECORD_HEADER + length
@@ -188,8 +188,12 @@ def _value(folder: _Folder, value, skipped):
     kind = value.get("_type")
     if kind == "histogram":
         return Histogram(np_histogram=(value["values"], value["bins"]))
-    media = {"image-file": ("image", "Image"), "audio-file": ("audio", "Audio"), "video-file": ("video", "Video"),
-             "html-file": ("html", "Html")}
+    media = {
+        "image-file": ("image", "Image"),
+        "audio-file": ("audio", "Audio"),
+        "video-file": ("video", "Video"),
+        "html-file": ("html", "Html"),
+    }
     if kind in media or kind == "table-file":
         path = folder.file(value.get("path"))
         if path is None:
@@ -249,11 +253,24 @@ def import_folder(folder: str, root: str, project: str | None = None) -> dict:
         return result
     skipped = src.skipped
     started = info.start_time.seconds + info.start_time.nanos / 1e9 if info.HasField("start_time") else None
-    source = {"from": "wandb", "folder": folder, "run_id": info.run_id, "entity": info.entity or None,
-              "started_at": started}
-    with ImportedRun(root, run_id=run_id, project=project or info.project or "wandb", name=info.display_name or None,
-                     config=src.config, tags=list(info.tags), group=info.run_group or None,
-                     job_type=info.job_type or None, source=source) as out:
+    source = {
+        "from": "wandb",
+        "folder": folder,
+        "run_id": info.run_id,
+        "entity": info.entity or None,
+        "started_at": started,
+    }
+    with ImportedRun(
+        root,
+        run_id=run_id,
+        project=project or info.project or "wandb",
+        name=info.display_name or None,
+        config=src.config,
+        tags=list(info.tags),
+        group=info.run_group or None,
+        job_type=info.job_type or None,
+        source=source,
+    ) as out:
         if info.notes:
             out.run._client.event("meta", {"notes": info.notes})
         last: dict = {}
@@ -301,8 +318,12 @@ def _artifact(out: ImportedRun, art, skipped) -> None:
             skipped["artifact files (gone, or not their digest)"] += 1
     if not entries:
         return
-    new = Artifact(art.name, type=art.type, description=art.description or None,
-                   metadata=json.loads(art.metadata) if art.metadata else None)
+    new = Artifact(
+        art.name,
+        type=art.type,
+        description=art.description or None,
+        metadata=json.loads(art.metadata) if art.metadata else None,
+    )
     for name, path in entries:
         new.add_file(path, name=name)
     out.run.log_artifact(new, aliases=[a for a in art.aliases if a != "latest"])
