@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from trackside._native.constants import RECORD_EVENT, RECORD_LOG, SEGMENT_HEADER_SIZE
-from trackside.daemon import wal as walmod
+from trackside.daemon.wal import format as walformat
+from trackside.daemon.wal import reader as walreader
 from trackside.daemon.wal import WAL, Record, RecordTooLarge, WALError, read_records, verify
 
 T0 = 1_764_215_400_000_000
@@ -153,7 +154,7 @@ def test_durability_levels(codec, tmp_path, durability):
 def test_none_durability_writes_when_the_buffer_is_full(codec, tmp_path):
     with WAL(tmp_path, codec=codec, durability="none") as wal:
         record = codec.frame(RECORD_EVENT, b"z" * 1000)
-        for _ in range(walmod.WRITE_THRESHOLD // len(record) + 1):
+        for _ in range(walformat.WRITE_THRESHOLD // len(record) + 1):
             wal.append(record)
         assert wal.stats.writes == 1
         assert 0 < wal.written_offset <= wal.end_offset
@@ -235,7 +236,7 @@ def test_small_read_chunks(codec, tmp_path, monkeypatch):
             wal.append_batch(1, seq, batch(codec, seq, n=seq % 5 + 1)[0])
     whole = list(read_records(tmp_path, codec=codec))
     for chunk in (1, 7, 64):
-        monkeypatch.setattr(walmod, "READ_CHUNK", chunk)
+        monkeypatch.setattr(walreader, "READ_CHUNK", chunk)
         assert list(read_records(tmp_path, codec=codec)) == whole
 
 

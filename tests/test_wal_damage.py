@@ -19,6 +19,8 @@ from trackside._native.constants import (
     mask_crc,
 )
 from trackside.daemon import wal as walmod
+from trackside.daemon.wal import format as walformat
+from trackside.daemon.wal import reader as walreader
 from trackside.daemon.wal import WAL, WALFormatError, read_records, verify
 
 CHECKSUM = PARSE_REASONS[PARSE_BAD_CHECKSUM]
@@ -125,7 +127,7 @@ def test_truncated_header_of_a_segment(codec, tmp_path):
             wal.append_event(b"%d" % i * 30)
         end, ident = wal.end_offset, wal.ident
     next_segment = tmp_path / f"{end:020d}.wal"
-    next_segment.write_bytes(walmod._pack_header(ident, end)[:20])
+    next_segment.write_bytes(walformat.pack_header(ident, end)[:20])
     with WAL(tmp_path, codec=codec, segment_size=200) as wal:
         assert wal.end_offset == end
         assert next_segment.stat().st_size == H
@@ -165,7 +167,7 @@ def test_bad_length_in_middle_skips_and_reports(damage):
 def test_bad_length_running_past_the_end_in_middle_skips_and_reports(damage):
     damage.patch(damage.pos(1) + 8, struct.pack("<I", 100_000))
     assert damage.read() == damage.without(1)
-    assert damage.reports == [(damage.path, damage.offsets[1], damage.size(1), walmod._RUNS_PAST)]
+    assert damage.reports == [(damage.path, damage.offsets[1], damage.size(1), walformat.RUNS_PAST)]
     damage.reports.clear()
     with damage.open() as wal:  # not mistaken for a torn tail
         assert wal.end_offset == damage.end
@@ -211,8 +213,8 @@ def test_garbage_between_records(damage, monkeypatch):
         cut = damage.pos(3)
         f.seek(0)
         f.write(data[:cut] + b"\xd3\x7e\x5a" + b"junk" * 10 + data[cut:])
-    for chunk in (walmod.READ_CHUNK, 5):  # also with the marker search crossing chunk boundaries
-        monkeypatch.setattr(walmod, "READ_CHUNK", chunk)
+    for chunk in (walformat.READ_CHUNK, 5):  # also with the marker search crossing chunk boundaries
+        monkeypatch.setattr(walreader, "READ_CHUNK", chunk)
         damage.reports.clear()
         assert damage.read() == damage.bodies
         assert damage.reports == [(damage.path, damage.offsets[3], 43, NO_MARKER)]
@@ -228,7 +230,7 @@ def test_cut_record_in_an_earlier_segment_is_damage(codec, tmp_path):
     bodies = [r.body for r in read_records(tmp_path, reporter=lambda *a: reports.append(a), codec=codec)]
     assert len(bodies) == 5 and b"1" * 60 not in bodies
     ((path, offset, nbytes, reason),) = reports
-    assert (path, nbytes, reason) == (first, 60 + 16 - 10, walmod._CUT_OFF)
+    assert (path, nbytes, reason) == (first, 60 + 16 - 10, walformat.CUT_OFF)
 
 
 def rewrite_header(path, **fields):
