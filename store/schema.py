@@ -41,7 +41,7 @@ Schema (SQLite's ``PRAGMA user_version``, PostgreSQL's ``meta`` table = ``SCHEMA
   history; a store of schema 1 is indexed once when a newer daemon opens it.
 - ``system_metrics`` (schema 3): the sampled system metrics of a run, one row per (run, time,
   host): ``data`` is a msgpack map of ``system/...`` keys aggregated over one log interval
-  (``daemon/sysmetrics.py``), ``time_us`` the end of that interval.
+  (``daemon/sysmetrics/window.py``), ``time_us`` the end of that interval.
 """
 
 from __future__ import annotations
