@@ -30,12 +30,10 @@ import fnmatch
 import re
 from heapq import heappop, heappush
 from typing import Callable, Iterable, NamedTuple, Optional
+from trackside.contracts.constants import LATE_STEPS, REDUCE_RULES, SUMMARY_KINDS
 
 __all__ = ["Merger", "MetricDef", "Metrics", "Row", "REDUCE_RULES", "SUMMARY_KINDS", "LATE_STEPS"]
 
-REDUCE_RULES = ("last", "mean", "sum", "min", "max")
-SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "best", "none", "copy")
-LATE_STEPS = ("amend", "drop", "error")
 _GOALS = ("minimize", "maximize")
 _GLOB_CHARS = frozenset("*?[")
 # emitted steps whose per-writer values of reduced keys are kept for late entries: a host whose

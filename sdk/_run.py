@@ -19,11 +19,9 @@ import warnings
 import weakref
 
 from .contracts import discovery, names
+from .contracts.constants import DURABILITY, LATE_STEPS, MODES, REDUCE_RULES, SUMMARY_KINDS
 from .contracts.errors import Error, TransportError, UsageError  # noqa: F401  (re-exported: trackside.Error ...)
 
-LATE_STEPS = ("amend", "drop", "error")
-MODES = ("online", "offline", "disabled")
-DURABILITY = ("fsync", "flush", "none")
 # the seeds' naming rule: letters, digits and underscores, not starting with a digit; "/" groups
 _GOOD_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9_.\-]+)*$")
 _ID_CHARS = string.ascii_lowercase + string.digits
@@ -234,11 +232,11 @@ class Run:
         """
         if not isinstance(name, str) or not name:
             raise UsageError("define_metric needs a metric name or glob")
-        if reduce is not None and reduce not in ("last", "mean", "sum", "min", "max"):
+        if reduce is not None and reduce not in REDUCE_RULES:
             raise UsageError(f"reduce={reduce!r} is not one of last, mean, sum, min, max")
         if summary is not None:
             kinds = [s.strip() for s in summary.split(",") if s.strip()]
-            bad = [k for k in kinds if k not in ("min", "max", "mean", "first", "last", "none", "best", "copy")]
+            bad = [k for k in kinds if k not in SUMMARY_KINDS]
             if bad:
                 raise UsageError(f"summary={summary!r}: unknown kind(s) {bad}; use min, max, mean, first, last, none")
         self._event(
