@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import os
 import random
@@ -76,6 +77,111 @@ SUMMARY_EVERY = 1.0  # seconds between summary snapshots written to the store wh
 # a server's stream that starts again re-reads this much of the stored WAL into the merger, so
 # that late entries of a lagging host are still reduced with what was stored (Merger.recall)
 RECALL_BYTES = 16 << 20
+
+
+class Mode(enum.Enum):
+    """Where a run stream's records go after the commit (its destination, ``info["dest"]``)."""
+
+    STORE = "store"  # merged and stored in the run root's store (dest "local")
+    UPLOAD = "upload"  # sent by the uploader to a trackside server (dest "grpc://...")
+    OFFLINE = "offline"  # kept in the WAL only, until `trackside sync`
+    READ_ONLY = "read_only"  # someone else's WAL, stored from here (`trackside sync` into the run's own root)
+
+
+class Appended(NamedTuple):
+    """A record appended to the WAL's buffer, waiting for its commit. A resend the WAL holds
+    already has ``rtype`` and ``body`` None: it is only acknowledged."""
+
+    end: int  # WAL offset after the record
+    conn: object  # the connection to acknowledge (None: an upload, a replay)
+    writer: int
+    seq: int
+    rtype: Optional[int]
+    body: Optional[memoryview]
+
+
+class CommitStage:
+    """Stage 2: takes the records appended since its last pass, makes the WAL durable through
+    the last of them (one write and fsync for all: group commit) and hands the group on
+    (``on_commit``: acknowledgements and the next stage's queue). While the disk refuses writes
+    it keeps the group, says why in ``error`` and retries: nothing is acknowledged meanwhile, so
+    the writers' bounded buffers slow them down."""
+
+    def __init__(self, run_id: str, wal: WAL, io_pool, on_commit):
+        self.run_id = run_id
+        self.wal = wal
+        self._io_pool = io_pool
+        self._on_commit = on_commit
+        self.pending: list[Appended] = []  # its queue: appended, not committed yet
+        self.error: Optional[str] = None  # set while the WAL cannot be made durable
+        self.closing = False
+        # the WAL is durable and every batch acknowledged up to here: the WAL's own durable
+        # offset runs ahead while a group's acks are not sent yet
+        self.acked_through = wal.durable_offset
+        self._wanted = asyncio.Event()
+        self._waiters: list = []  # (WAL offset, future): resolved once committed there
+
+    def put(self, record: Appended) -> None:
+        self.pending.append(record)
+        self._wanted.set()
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    async def durable(self, offset: int) -> None:
+        """Return once the WAL is durable up to ``offset`` and the batches before it have their
+        acks sent (or held: backpressure); waits, without limit, while the disk refuses writes."""
+        if self.acked_through >= offset and not self.pending:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((offset, fut))
+        self._wanted.set()
+        await fut
+
+    async def run(self) -> None:
+        """Commit until closing and nothing is left."""
+        while True:
+            try:
+                if await self._pass():
+                    return
+            except Exception:  # a bug must not end acks for good: acks are cumulative, the next one covers these
+                log.exception("run %s: committing failed; going on", self.run_id)
+                await asyncio.sleep(0.5)
+                self._wanted.set()
+
+    async def _pass(self) -> bool:
+        await self._wanted.wait()
+        self._wanted.clear()
+        group, self.pending = self.pending, []
+        if group:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._io_pool, self.wal.commit, group[-1].end)
+            except (OSError, WALError) as e:
+                if self.error is None:
+                    log.error("run %s: cannot make the WAL durable (%s); holding acks and retrying", self.run_id, e)
+                self.error = f"WAL write failed: {e}"
+                self.pending = group + self.pending
+                await asyncio.sleep(1.0)
+                self._wanted.set()
+                return False
+            if self.error is not None:
+                log.info("run %s: WAL writes work again", self.run_id)
+                self.error = None
+            self._on_commit(group)
+            self.acked_through = group[-1].end
+            if self._waiters:
+                self._wake(group[-1].end)
+        return self.closing and not self.pending
+
+    def _wake(self, committed: int) -> None:
+        waiting = []
+        for offset, fut in self._waiters:
+            if offset <= committed:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                waiting.append((offset, fut))
+        self._waiters = waiting
 
 
 class Waiting(NamedTuple):
@@ -210,7 +316,12 @@ class RunStream:
         self.run_id = run_id
         self.info = info
         self.dest = info.get("dest") or "local"  # "local", "offline" or a server URL
-        self.local = self.dest == "local"
+        if read_only:
+            self.mode = Mode.READ_ONLY
+        elif self.dest == "local":
+            self.mode = Mode.STORE
+        else:
+            self.mode = Mode.OFFLINE if self.dest == "offline" else Mode.UPLOAD
         self.uploader = None
         self.root = root
         self.dir = run_dir
@@ -220,10 +331,7 @@ class RunStream:
         self.store = store
         self._store_call = store_call  # runs a function in the store's thread
         self._io_pool = io_pool
-        # read_only: the WAL belongs to someone else (a daemon writing an offline run) and this
-        # stream only stores what it holds (`trackside sync` into the run's own root): see catch_up
-        self.read_only = read_only
-        self._read_from = 0
+        self._read_from = 0  # READ_ONLY: how far this stream has read the WAL (see catch_up)
         self.warnings: list[str] = []
         self.damage: list[dict] = []  # WAL damage found (path, offset, bytes, reason): status and metadata
         self._damage_stored = 0  # how many of them the store's metadata holds
@@ -252,11 +360,10 @@ class RunStream:
         self.system_done = False  # its last rows are written: the sampler lets the run go
         self.ranks: dict[int, int] = {}  # writer -> the rank it announced (its "join" event)
         self.world_size = 0  # the largest world size a writer announced (0: none did)
-        self.error: str | None = None  # set while the WAL cannot be made durable
+        self.store_error: str | None = None  # set while the store cannot take a write
         self.stats = {"records": 0, "entries": 0, "duplicates": 0, "bytes": 0}
         self.next_step = 0
-        self._pending: list = []  # (end offset, connection, writer, seq, type, body)
-        self._wanted = asyncio.Event()
+        self.commit = None if self.wal is None else CommitStage(run_id, self.wal, io_pool, self._committed)
         self._backlog = Backlog(MERGE_MEMORY, MERGE_LEAD)
         self._merge_wanted = asyncio.Event()  # set when the backlog gained records, or time passed
         self._tick = False  # the ticker asks for a finalize even with nothing to merge
@@ -273,10 +380,20 @@ class RunStream:
         self._done: dict[int, int] = {}  # finished writer -> the seq through which it is stored (Done)
         self._away: dict[int, Optional[int]] = {}  # writer -> pid: connection ended, process alive then
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
-        self._durable_waiters: list = []  # (WAL offset, future): resolved once the WAL is durable there
-        # the WAL is durable and every batch acknowledged up to here: the WAL's own durable
-        # offset runs ahead while the committer has not sent the acks of its group yet
-        self._acked_through = self.wal.durable_offset if self.wal is not None else 0
+
+    @property
+    def local(self) -> bool:
+        """Records are merged and stored here (a local run, or a sync into its own root)."""
+        return self.mode in (Mode.STORE, Mode.READ_ONLY)
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode is Mode.READ_ONLY
+
+    @property
+    def error(self) -> Optional[str]:
+        """Why the WAL or the store refuses writes just now (retried), or None."""
+        return (self.commit.error if self.commit is not None else None) or self.store_error
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -341,12 +458,12 @@ class RunStream:
             if not group:
                 return done
             now = time.monotonic()
-            for end, _, writer, seq, rtype, body in group:
+            for r in group:
                 # bodies stay in memory (a group at a time): this stream has no WAL to re-read from
-                self._backlog.add(end, None, writer, seq, rtype, body, now, False)
+                self._backlog.add(r.end, None, r.writer, r.seq, r.rtype, r.body, now, False)
             self._unstored += len(group)
             await self._merge_backlog(drain=True)
-            self._read_from = group[-1][0]
+            self._read_from = group[-1].end
             done += len(group)
 
     def _read_group(self) -> list:
@@ -355,7 +472,7 @@ class RunStream:
         group = []
         for rec in read_records(os.path.join(self.dir, "wal"), self._read_from, reporter=self._report_damage):
             writer, seq = record_writer_seq(rec.type, rec.body)
-            group.append((rec.end, None, writer, seq, rec.type, rec.body))
+            group.append(Appended(rec.end, None, writer, seq, rec.type, rec.body))
             self.stats["records"] += 1
             if len(group) >= REPLAY_GROUP:
                 break
@@ -404,8 +521,7 @@ class RunStream:
         if seq <= self.seqs.get(writer, 0):
             # already in the WAL (a resend after a reconnect): ack it, store nothing
             self.stats["duplicates"] += 1
-            self._pending.append((self.wal.end_offset, conn, writer, seq, None, None))
-            self._wanted.set()
+            self.commit.put(Appended(self.wal.end_offset, conn, writer, seq, None, None))
             return
         status, rtype, start, end = codec.parse_record(record)
         if status != PARSE_OK or end != len(record):
@@ -425,8 +541,7 @@ class RunStream:
         self.seqs[writer] = seq
         self.stats["records"] += 1
         self.stats["bytes"] += len(record)
-        self._pending.append((offset_end, conn, writer, seq, rtype, body))
-        self._wanted.set()
+        self.commit.put(Appended(offset_end, conn, writer, seq, rtype, body))
 
     def accept_record(self, record) -> tuple[bool, int]:
         """Append one framed WAL record that carries its own ``(writer, seq)`` (an upload, a
@@ -438,91 +553,42 @@ class RunStream:
         writer, seq = record_writer_seq(rtype, memoryview(record)[start:end])
         new = seq > self.seqs.get(writer, 0)
         self.accept(None, writer, seq, record)
-        return new, self._pending[-1][0]
+        return new, self.commit.pending[-1].end
 
     async def durable(self, offset: int) -> None:
-        """Return once the WAL is durable up to ``offset`` and the batches before it have
-        their acks sent (or held: backpressure); waits, without limit, while the disk refuses
-        writes."""
-        if self._acked_through >= offset and not self._pending:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._durable_waiters.append((offset, fut))
-        self._wanted.set()
-        await fut
-
-    def _wake_durable(self, committed: int) -> None:
-        waiting = []
-        for offset, fut in self._durable_waiters:
-            if offset <= committed:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                waiting.append((offset, fut))
-        self._durable_waiters = waiting
+        """Return once the WAL is durable up to ``offset`` and the batches before it have their
+        acks sent (or held: backpressure)."""
+        await self.commit.durable(offset)
 
     # -- stage 2: commit and ack ---------------------------------------------------------------
 
     async def _committer(self) -> None:
-        while True:
-            try:
-                if await self._commit():
-                    return
-            except Exception:  # a bug must not end acks for good: acks are cumulative, the next one covers these
-                log.exception("run %s: committing failed; going on", self.run_id)
-                await asyncio.sleep(0.5)
-                self._wanted.set()
+        await self.commit.run()
+        if self.local:  # closing: the last records are in the backlog, the materializer drains it
+            self._committed_all = True
+            self._merge_wanted.set()
 
-    async def _commit(self) -> bool:
-        """Commit what is appended and ack it; True once closing and nothing is left."""
-        loop = asyncio.get_running_loop()
-        await self._wanted.wait()
-        self._wanted.clear()
-        group, self._pending = self._pending, []
-        if group:
+    def _committed(self, group: list) -> None:
+        """A committed group: into the backlog (or to the uploader), and acknowledged."""
+        fresh = [r for r in group if r.rtype is not None]
+        if self.local and fresh:
+            now = time.monotonic()
+            written = self.wal.written_offset
+            for r in fresh:
+                self._backlog.add(r.end, r.conn, r.writer, r.seq, r.rtype, r.body, now, r.end <= written)
+            self._unstored += len(fresh)
+            self._merge_wanted.set()
+        acks: dict = {}
+        for r in group:
+            if r.conn is not None:
+                acks[r.conn] = (r.writer, r.seq)
+        for conn, (writer, seq) in acks.items():
+            self._ack(conn, writer, seq)
+        if not self.local:
             try:
-                await loop.run_in_executor(self._io_pool, self.wal.commit, group[-1][0])
-            except (OSError, WALError) as e:
-                # a full or failing disk: nothing is acknowledged, so the writers' buffers
-                # fill and log() applies backpressure; the WAL keeps the records and retries
-                if self.error is None:
-                    log.error("run %s: cannot make the WAL durable (%s); holding acks and retrying", self.run_id, e)
-                self.error = f"WAL write failed: {e}"
-                self._pending = group + self._pending
-                await asyncio.sleep(1.0)
-                self._wanted.set()
-                return False
-            if self.error is not None:
-                log.info("run %s: WAL writes work again", self.run_id)
-                self.error = None
-            fresh = [g for g in group if g[4] is not None]
-            if self.local and fresh:
-                now = time.monotonic()
-                written = self.wal.written_offset
-                for end, conn, writer, seq, rtype, body in fresh:
-                    self._backlog.add(end, conn, writer, seq, rtype, body, now, end <= written)
-                self._unstored += len(fresh)
-                self._merge_wanted.set()
-            acks: dict = {}
-            for _, conn, writer, seq, _, _ in group:
-                if conn is not None:
-                    acks[conn] = (writer, seq)
-            for conn, (writer, seq) in acks.items():
-                self._ack(conn, writer, seq)
-            self._acked_through = group[-1][0]
-            if self._durable_waiters:
-                self._wake_durable(group[-1][0])
-            if not self.local:
-                try:
-                    self._committed_without_store(fresh)
-                except Exception:  # a bug here must not stop acks: the WAL has the records
-                    log.exception("run %s: after-commit work failed", self.run_id)
-        if self._closing and not self._pending:
-            if self.local:
-                self._committed_all = True
-                self._merge_wanted.set()
-            return True
-        return False
+                self._committed_without_store(fresh)
+            except Exception:  # a bug here must not stop acks: the WAL has the records
+                log.exception("run %s: after-commit work failed", self.run_id)
 
     def _backlog_full(self) -> bool:
         # a waiting record costs memory of its own (~256 bytes) even when its body is on disk
@@ -548,13 +614,13 @@ class RunStream:
 
     def _committed_without_store(self, group) -> None:
         """Offline or uploading, a writer's finish is done once its records are durable."""
-        for end, conn, writer, seq, rtype, body in group:
-            if rtype == RECORD_EVENT:
-                if event_decoder.decode(body).kind == "finish":
-                    self.finished_writers.add(writer)
+        for r in group:
+            if r.rtype == RECORD_EVENT:
+                if event_decoder.decode(r.body).kind == "finish":
+                    self.finished_writers.add(r.writer)
         self._send_done(group)
         if self.uploader is not None and group:
-            self.uploader.durable(group[-1][0], len(group))
+            self.uploader.durable(group[-1].end, len(group))
 
     # -- stage 3: merge and store --------------------------------------------------------------
 
@@ -699,15 +765,24 @@ class RunStream:
 
     def _send_done(self, group) -> None:
         """Tell each finished writer how far it is done: its finish and whatever it sent after
-        (console lines flushed at exit ride behind the finish event)."""
+        (console lines flushed at exit ride behind the finish event). Told on the writer's
+        connections now, not only the one its records came on: a writer that reconnected while
+        they were merged would never hear it otherwise (and a later reconnect hears it on
+        ``welcomed``)."""
         done: dict = {}
         for _, conn, writer, seq, *_ in group:
-            if writer in self.finished_writers:
-                if seq > self._done.get(writer, 0):
-                    self._done[writer] = seq  # a writer that reconnects hears it again (welcomed)
-                if conn is not None:
-                    done[conn] = seq
-        for conn, seq in done.items():
+            if writer in self.finished_writers and seq > done.get(writer, 0):
+                done[writer] = seq
+        if not done:
+            return
+        for writer, seq in done.items():
+            if seq > self._done.get(writer, 0):
+                self._done[writer] = seq
+        conns = {id(c): c for c in [*self.connections, *(r.conn for r in group if r.conn is not None)]}
+        for conn in conns.values():
+            seq = done.get(conn.writer_id)
+            if seq is None:
+                continue
             held = self._held_acks.pop(conn, None)
             if held is not None:
                 conn.send(Ack(held[1]))  # stored is durable: no writer hears Done before its Ack
@@ -809,17 +884,17 @@ class RunStream:
             try:
                 await self._store_call(self.store.apply, self.run_id, **changes)
             except (StoreError, OSError) as e:
-                if self.error is None:
+                if self.store_error is None:
                     log.error("run %s: cannot write the store (%s); retrying", self.run_id, e)
-                self.error = f"store write failed: {e}"
+                self.store_error = f"store write failed: {e}"
                 if self._closing and delay > 8:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            if self.error is not None and self.error.startswith("store"):
+            if self.store_error is not None:
                 log.info("run %s: store writes work again", self.run_id)
-                self.error = None
+                self.store_error = None
             return
 
     async def _ticker(self) -> None:
@@ -867,8 +942,7 @@ class RunStream:
         body = encode_event(Event(writer, seq, "system", data))
         end = self.wal.append(codec.frame(RECORD_EVENT, body))
         self.seqs[writer] = seq
-        self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
-        self._wanted.set()
+        self.commit.put(Appended(end, None, writer, seq, RECORD_EVENT, memoryview(body)))
 
     def training_done(self) -> bool:
         """Every training writer that sent anything has finished (the host's system-metrics
@@ -888,8 +962,7 @@ class RunStream:
         body = encode_event(Event(writer, seq, "finish", {"system": True}))
         end = self.wal.append(codec.frame(RECORD_EVENT, body))
         self.seqs[writer] = seq
-        self._pending.append((end, None, writer, seq, RECORD_EVENT, memoryview(body)))
-        self._wanted.set()
+        self.commit.put(Appended(end, None, writer, seq, RECORD_EVENT, memoryview(body)))
 
     def _recall(self, body) -> None:
         """An event stored before this stream started (a server restarted, a run reopened):
@@ -934,7 +1007,7 @@ class RunStream:
         still holds back may wait in the merger, records of writers far ahead of it in the
         backlog)."""
         return (
-            not self._pending
+            not (self.commit and self.commit.pending)
             and self._unstored == self._backlog.records
             and not self._backlog.ready(self.merger, time.monotonic())
         )
@@ -942,12 +1015,14 @@ class RunStream:
     def idle(self) -> bool:
         if self.uploader is not None and not self.uploader.caught_up():
             return False
-        return not self.connections and not self._pending and self._unstored == 0
+        return not self.connections and not (self.commit and self.commit.pending) and self._unstored == 0
 
     async def close(self) -> None:
         """Drain: commit what is appended, merge and store it, fsync and close the WAL."""
         self._closing = True
-        self._wanted.set()
+        if self.commit is not None:
+            self.commit.closing = True
+            self.commit.wake()
         if self.read_only:
             rows = self.merger.finalize(time.monotonic(), everything=False)
             if rows or self._summary_dirty:

@@ -121,11 +121,17 @@ class GrpcClient(Client):
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # the daemon refused a batch: say why
                 self._fail(f"the trackside daemon closed this writer's connection: {e.details()}")
                 return
-            self._lost = True  # the flusher reconnects and resends what is not acked
+            with self._acked:  # as the socket reader: a reconnect that won meanwhile is not undone
+                if gen != self._gen:
+                    return
+                self._lost = True  # the flusher reconnects and resends what is not acked
             self._wake.set()
         except Exception:  # anything else ends this stream too: reconnect, never a silent dead reader
-            if gen == self._gen and not self._closing:
-                self._lost = True
+            with self._acked:
+                lost = gen == self._gen and not self._closing
+                if lost:
+                    self._lost = True
+            if lost:
                 self._wake.set()
 
     def after_fork(self) -> None:

@@ -446,6 +446,9 @@ class Client:
             resend = list(self._unacked.items())
             self._outbox.clear()
             self._gen += 1
+            # a loss the old connection's reader reported is this reconnect's: do not do it twice
+            # (a second reconnect sent the daemon's Done for this writer to a closed connection)
+            self._lost = False
             return resend, self._gen
 
     def _reconnect(self) -> None:
@@ -496,8 +499,11 @@ class Client:
                         self._acked.notify_all()
                         return
         except Exception:
-            if gen == self._gen and not self._closing:
-                self._lost = True  # the flusher reconnects and resends what is not acked
+            with self._acked:  # checked and set under the lock: a reconnect that won meanwhile clears nothing
+                lost = gen == self._gen and not self._closing
+                if lost:
+                    self._lost = True  # the flusher reconnects and resends what is not acked
+            if lost:
                 self._wake.set()
                 try:
                     sock.shutdown(socket.SHUT_RDWR)

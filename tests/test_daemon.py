@@ -273,8 +273,8 @@ def test_grpc_ingest_and_health(ts):
         ]
         acks = [a.seq for a in stub.Send(iter(batches))]
         assert acks and acks[-1] == 3
-    run = trackside.Api(ts.root).run("viagrpc")
-    assert wait_for(lambda: [r["g"] for r in run.history()] == [1, 2, 3])
+    # acknowledged is durable, not stored yet: the run appears in the store a moment later
+    assert wait_for(lambda: [r["g"] for r in trackside.Api(ts.root).run("viagrpc").history()] == [1, 2, 3])
 
 
 def test_sigterm_drains_and_stops(ts):
