@@ -171,6 +171,34 @@ def postgres_url(postgres_server):
         pg.drop_database(postgres_server, url)
 
 
+def history(run):
+    """The rows of ``run`` as read back from its store."""
+    import trackside
+
+    return trackside.Api(run.root).run(run.id).history()
+
+
+def start_run(**kw):
+    """A run of project "p" in the test's trackside world (the ``ts`` fixture)."""
+    import trackside
+
+    run = trackside.init(project="p", **kw)
+    return run
+
+
+def wait_for(predicate, timeout=20.0, interval=0.02):
+    """Poll ``predicate`` until true; a run or store not there yet counts as false."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except (LookupError, FileNotFoundError):
+            pass
+        time.sleep(interval)
+    return False
+
+
 def daemon_pid(ts) -> int:
     from trackside.contracts import discovery
 
