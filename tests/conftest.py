@@ -186,19 +186,6 @@ def start_run(**kw):
     return run
 
 
-def wait_for(predicate, timeout=20.0, interval=0.02):
-    """Poll ``predicate`` until true; a run or store not there yet counts as false."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (LookupError, FileNotFoundError):
-            pass
-        time.sleep(interval)
-    return False
-
-
 def daemon_pid(ts) -> int:
     from trackside.contracts import discovery
 
@@ -268,12 +255,14 @@ def stop(proc, timeout=15.0) -> int:
 
 
 def wait_until(check, timeout=15.0):
+    """Poll ``check`` until it is true; AssertionError, naming it, once ``timeout`` seconds pass.
+    A run or store not there yet (KeyError, LookupError, FileNotFoundError) counts as false."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             if check():
                 return
-        except (KeyError, LookupError):  # the run is not stored yet
+        except (LookupError, FileNotFoundError):  # the run is not stored yet
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {check}")

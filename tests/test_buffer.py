@@ -3,11 +3,12 @@ and count (``buffer_policy="drop"``) or wait (``"block"``), and the batches ``lo
 itself stay bounded while the daemon does not read (here: paused with SIGSTOP)."""
 
 import os
+import sys
 import warnings
 
 import trackside
 
-from conftest import history
+from conftest import history, wait_until
 
 
 def _pause_daemon(ts):
@@ -43,7 +44,20 @@ def test_full_buffer_drops_and_counts_under_drop_policy(ts):
     assert stored + run.dropped == 2000
 
 
+def _waiting_for_room(thread) -> bool:
+    """Whether ``thread`` is inside the send buffer's wait for room (``Client._wait_for_room``)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "_wait_for_room":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_full_buffer_blocks_log_until_the_daemon_catches_up(ts):
+    """Proves that log() waits while the buffer is full: with the daemon paused (it acknowledges
+    nothing) the logging thread is seen parked in the buffer's wait for room, short of its last
+    entry; once the daemon reads again it goes on, and every entry is stored."""
     import threading
     import time
 
@@ -62,10 +76,13 @@ def test_full_buffer_blocks_log_until_the_daemon_catches_up(ts):
 
     t = threading.Thread(target=logger)
     t.start()
-    blocked = not done.wait(1.0)
-    resume()
-    t.join(60)
-    assert blocked, "log() should wait while the buffer is full"
+    try:
+        wait_until(lambda: _waiting_for_room(t), timeout=30)
+        assert not done.is_set(), "log() should wait while the buffer is full"
+    finally:
+        resume()
+        t.join(60)
+    assert done.is_set()
     run.finish()
     assert [r["a"] for r in history(run)] == list(range(500))
 

@@ -10,7 +10,7 @@ import sys
 import trackside
 from trackside.contracts import discovery
 
-from conftest import daemon_pid, start_run, wait_for
+from conftest import daemon_pid, start_run, wait_until
 
 
 def test_second_daemon_refuses_to_start(ts):
@@ -29,7 +29,7 @@ def test_sigterm_drains_and_stops(ts):
     assert run._client.flush()
     pid = daemon_pid(ts)
     os.kill(pid, signal.SIGTERM)
-    assert wait_for(lambda: not discovery.pid_alive(pid))
+    wait_until(lambda: not discovery.pid_alive(pid), timeout=20)
     assert not os.path.exists(discovery.socket_path(ts.daemon_dir))
     rows = trackside.Api(ts.root).run(run.id).history()
     assert len(rows) == 1000  # drained: merged and stored before exit
@@ -42,7 +42,7 @@ def test_idle_daemon_exits_by_itself(ts, monkeypatch):
     monkeypatch.setenv("TRACKSIDE_IDLE_TIMEOUT", "0.5")
     start_run().finish()
     pid = daemon_pid(ts)
-    assert wait_for(lambda: not discovery.pid_alive(pid), timeout=30)
+    wait_until(lambda: not discovery.pid_alive(pid), timeout=30)
 
 
 def test_daemon_cli_start_status_stop(ts):

@@ -14,7 +14,7 @@ from trackside._run import UsageError
 from trackside.contracts import discovery
 from trackside.contracts.protocol import PROTOCOL_VERSION
 
-from conftest import daemon_pid, run_script, start_run, wait_for
+from conftest import daemon_pid, run_script, start_run, wait_until
 
 GRPC = {"transport": "grpc"}
 
@@ -147,4 +147,4 @@ def test_grpc_ingest_and_health(ts):
         acks = [a.seq for a in stub.Send(iter(batches))]
         assert acks and acks[-1] == 3
     run = trackside.Api(ts.root).run("viagrpc")
-    assert wait_for(lambda: [r["g"] for r in run.history()] == [1, 2, 3])
+    wait_until(lambda: [r["g"] for r in run.history()] == [1, 2, 3], timeout=20)

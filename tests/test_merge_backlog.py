@@ -83,6 +83,25 @@ async def settle(stream, timeout=20.0):
         await asyncio.sleep(0.01)
 
 
+async def stored_rows(stream, root, timeout=20.0, want=None) -> int:
+    """The rows of run r1 in the store at ``root``, read between the stream's store calls; with
+    ``want``, once there are that many (or ``timeout`` seconds passed)."""
+
+    def count():
+        try:
+            with trackside.Api(str(root)) as api:
+                return api.run("r1").history_rows
+        except KeyError:
+            return 0
+
+    deadline = time.monotonic() + timeout
+    while True:
+        n = await stream._store_call(count)
+        if want is None or n >= want or time.monotonic() > deadline:
+            return n
+        await asyncio.sleep(0.05)
+
+
 def two_writers_far_apart(steps=2000, per=100):
     """Writer A's whole run, then writer B's (what the daemon sees of free-running ranks when A
     is far ahead): records of ``per`` steps each, own keys, a finish at each end."""
@@ -177,6 +196,9 @@ def test_records_let_go_from_memory_are_read_back_from_the_wal(tmp_path, monkeyp
 
 
 def test_a_record_damaged_on_disk_before_it_is_read_back_is_reported_and_skipped(tmp_path, monkeypatch):
+    """Batch 2 is damaged in the WAL while it waits in the backlog (proven: the stream settled
+    with batches 2 and 3 waiting, bodies let go): reading it back reports the damage, and the
+    rows of batches 1 and 3 are stored."""
     monkeypatch.setattr(stream_mod, "MERGE_MEMORY", 0)
 
     async def main():
@@ -193,7 +215,8 @@ def test_a_record_damaged_on_disk_before_it_is_read_back_is_reported_and_skipped
         stream.accept(conn, A, 2, batch(A, 2, range(10, 20), "a"))
         stream.accept(conn, A, 3, batch(A, 3, range(20, 30), "a"))
         await stream.durable(stream.wal.end_offset)
-        await asyncio.sleep(0.05)
+        await settle(stream)  # the materializer has looked and holds batches 2 and 3 back
+        assert stream.status()["merge_backlog"] == 2  # waiting, their bodies in the WAL only
         # flip a byte in the body of batch 2, in the WAL file
         seg = sorted((tmp_path / "runs" / "r1" / "wal").iterdir())[-1]
         data = bytearray(seg.read_bytes())
@@ -214,7 +237,8 @@ def test_a_record_damaged_on_disk_before_it_is_read_back_is_reported_and_skipped
 
 def test_a_writer_far_ahead_of_a_silent_one_is_stored_after_the_merge_window(tmp_path, monkeypatch):
     """B logged step 0 and went quiet (hung, connected): A's records far ahead wait in the
-    backlog for one merge window, then are stored."""
+    backlog for one merge window, then are stored. Proven by the backlog holding records once
+    the stream settled, then every row stored (waited for, up to 20 s; the window is 0.5 s)."""
     monkeypatch.setattr(stream_mod, "MERGE_LEAD", 50)
 
     async def main():
@@ -229,11 +253,8 @@ def test_a_writer_far_ahead_of_a_silent_one_is_stored_after_the_merge_window(tmp
             stream.accept(ca, A, i + 1, batch(A, i + 1, range(i * 100, i * 100 + 100), "a"))
         await settle(stream)
         held = stream.status()["merge_backlog"]
-        t0 = time.monotonic()
-        while stream.status()["merge_backlog"] and time.monotonic() - t0 < 10:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.5)  # the ticker lets the rows go
-        rows = await stream._store_call(lambda: trackside.Api(str(tmp_path)).run("r1").history_rows)
+        # a merge window later the backlog lets A's records go and the ticker their rows
+        rows = await stored_rows(stream, tmp_path, want=1000)
         await close()
         return held, rows
 

@@ -11,7 +11,7 @@ import pytest
 
 import trackside
 
-from conftest import history, start_run, wait_for
+from conftest import history, start_run, wait_until
 
 
 WRITER = """
@@ -93,7 +93,7 @@ time.sleep(30)
             run.log({"r0": step}, step=step, commit=True)
         assert run._client.flush()
         api = trackside.Api(ts.root)
-        assert wait_for(lambda: len(api.run(run.id).history()) == 5, timeout=15)
+        wait_until(lambda: len(api.run(run.id).history()) == 5, timeout=15)
         rows = api.run(run.id).history()
         assert rows[0] == {**rows[0], "r0": 0, "r1": 1}
     finally:

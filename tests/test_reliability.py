@@ -20,7 +20,7 @@ from trackside._native import constants as C
 from trackside._native import frame
 from trackside.contracts.protocol import LENGTH, PROTOCOL_VERSION, Batch, Hello, Refused, Welcome, pack, server_decoder
 
-from conftest import daemon_pid, run_script, stop_daemon, wait_for, wait_until
+from conftest import daemon_pid, run_script, stop_daemon, wait_until
 
 
 def _read_frame(sock):
@@ -499,7 +499,7 @@ time.sleep(60)
         except KeyError:  # flushed means durable in the WAL; the store may not hold the run yet
             return False
 
-    assert wait_for(stored)
+    wait_until(stored, timeout=20)
     rows = api.run(run_id).history()
     assert [r["x"] for r in rows][:99] == list(range(99))
 
@@ -534,7 +534,7 @@ def test_full_disk_holds_acks_and_loses_nothing(ts, tmp_path):
         t = threading.Thread(target=logger)
         t.start()
         info = discovery.read_info(ts.daemon_dir)
-        assert wait_for(lambda: any(r.get("error") for r in daemon_status(info)["runs"]), timeout=30)
+        wait_until(lambda: any(r.get("error") for r in daemon_status(info)["runs"]), timeout=30)
         assert not done.is_set()  # backpressure: log() waits while nothing is acknowledged
         filler.unlink()
         t.join(120)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,7 +17,7 @@ from trackside._run import UsageError
 from trackside.daemon import registry
 from trackside.daemon.wal import read_records
 
-from conftest import daemon_pid, history
+from conftest import daemon_pid, history, wait_until
 
 WRITER = """
 import sys, trackside
@@ -66,22 +65,12 @@ def test_a_run_whose_daemon_and_writer_died_is_stored_by_the_next_daemon(ts):
         capture_output=True,
         timeout=60,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if trackside.Api(ts.root).run(run_id).history_rows == len(logged):
-                break
-        except (KeyError, LookupError):
-            pass
-        time.sleep(0.1)
+    wait_until(lambda: trackside.Api(ts.root).run(run_id).history_rows == len(logged), timeout=60)
     rows = trackside.Api(ts.root).run(run_id).history()
     assert {r["_step"] for r in rows} == logged
     assert all(r["x"] == r["_step"] for r in rows)
     # once everything is stored and the stream closes, the run leaves the registry
-    deadline = time.monotonic() + 60
-    while registry.entries(ts.daemon_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert registry.entries(ts.daemon_dir) == []
+    wait_until(lambda: registry.entries(ts.daemon_dir) == [], timeout=60)
 
 
 def test_a_run_that_finished_cleanly_leaves_no_entry(ts):
