@@ -171,6 +171,21 @@ def postgres_url(postgres_server):
         pg.drop_database(postgres_server, url)
 
 
+def history(run):
+    """The rows of ``run`` as read back from its store."""
+    import trackside
+
+    return trackside.Api(run.root).run(run.id).history()
+
+
+def start_run(**kw):
+    """A run of project "p" in the test's trackside world (the ``ts`` fixture)."""
+    import trackside
+
+    run = trackside.init(project="p", **kw)
+    return run
+
+
 def daemon_pid(ts) -> int:
     from trackside.contracts import discovery
 
@@ -240,12 +255,14 @@ def stop(proc, timeout=15.0) -> int:
 
 
 def wait_until(check, timeout=15.0):
+    """Poll ``check`` until it is true; AssertionError, naming it, once ``timeout`` seconds pass.
+    A run or store not there yet (KeyError, LookupError, FileNotFoundError) counts as false."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             if check():
                 return
-        except (KeyError, LookupError):  # the run is not stored yet
+        except (LookupError, FileNotFoundError):  # the run is not stored yet
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {check}")

@@ -1,6 +1,7 @@
 """What trackside writes is its user's only: every file 0600 (the store and its -wal/-shm,
 run.json, upload.json, daemon.log, the registry, media, tables, artifacts) and every folder
-0700, whatever the umask, after a real run into the local store and into a real server."""
+0700, whatever the umask, after a real run into the local store and into a real server; the
+daemon's socket folder 0700 and its socket 0600, its gRPC listener on loopback."""
 
 import os
 import stat
@@ -10,8 +11,9 @@ import sys
 import pytest
 
 import trackside
+from trackside.contracts import discovery
 
-from conftest import wait_until
+from conftest import start_run, wait_until
 
 TRAIN = """
 import sys, numpy as np, trackside
@@ -131,3 +133,11 @@ def test_an_uploaded_run_and_the_servers_store_are_private(ts, servers, tmp_path
     } <= found
     assert wrong(on_server) == {}
     assert wrong(modes(ts.root, ts.daemon_dir)) == {}
+
+
+def test_socket_folder_is_private(ts):
+    start_run().finish()
+    assert stat.S_IMODE(os.stat(ts.daemon_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(discovery.socket_path(ts.daemon_dir)).st_mode) == 0o600
+    info = discovery.read_info(ts.daemon_dir)
+    assert info["grpc"].startswith("127.0.0.1:")

@@ -13,8 +13,11 @@ import wave
 import numpy as np
 import pytest
 
+import trackside
 import trackside as wandb
 from trackside.data_types import base
+
+from conftest import history
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -650,3 +653,21 @@ def test_logged_forms_rebuild_with_base_from_json(tmp_path):
     assert base.from_json({"plain": 1}, str(tmp_path)) == {"plain": 1}
     raw = io.BytesIO(img.content)
     assert PIL.open(raw).size == (3, 2)
+
+
+def test_rich_values_travel_as_payload_and_land_in_the_row(ts):
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+        def _trackside_log(self, run, key, step):
+            return {"_type": "point", "x": self.x, "key": key, "step": step}
+
+    run = trackside.init(project="p")
+    run.log({"loss": 0.5, "pt": Point(3)})
+    run.log({"loss": 0.25})
+    run.finish()
+    rows = history(run)
+    assert rows[0]["pt"] == {"_type": "point", "x": 3, "key": "pt", "step": 0}
+    assert rows[0]["loss"] == 0.5 and "pt" not in rows[1]
+    assert trackside.Api(run.root).run(run.id).summary["pt"]["x"] == 3

@@ -1,20 +1,23 @@
-"""Runs a daemon left unfinished are resumed by the next one (daemon/registry.py): a daemon
-killed mid-run, whose writers never come back, still gets every record of the WAL stored once
-the host's next daemon starts."""
+"""Resuming runs: ``init(id=..., resume="must")`` continues the steps of a finished run (and
+refuses a run that does not exist); runs a daemon left unfinished are resumed by the next one
+(daemon/registry.py): a daemon killed mid-run, whose writers never come back, still gets every
+record of the WAL stored once the host's next daemon starts."""
 
 import os
 import signal
 import subprocess
 import sys
-import time
+
+import pytest
 
 import trackside
 from trackside import _native as codec
 from trackside._native.constants import RECORD_LOG
+from trackside._run import UsageError
 from trackside.daemon import registry
 from trackside.daemon.wal import read_records
 
-from conftest import daemon_pid
+from conftest import daemon_pid, history, wait_until
 
 WRITER = """
 import sys, trackside
@@ -62,22 +65,12 @@ def test_a_run_whose_daemon_and_writer_died_is_stored_by_the_next_daemon(ts):
         capture_output=True,
         timeout=60,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if trackside.Api(ts.root).run(run_id).history_rows == len(logged):
-                break
-        except (KeyError, LookupError):
-            pass
-        time.sleep(0.1)
+    wait_until(lambda: trackside.Api(ts.root).run(run_id).history_rows == len(logged), timeout=60)
     rows = trackside.Api(ts.root).run(run_id).history()
     assert {r["_step"] for r in rows} == logged
     assert all(r["x"] == r["_step"] for r in rows)
     # once everything is stored and the stream closes, the run leaves the registry
-    deadline = time.monotonic() + 60
-    while registry.entries(ts.daemon_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert registry.entries(ts.daemon_dir) == []
+    wait_until(lambda: registry.entries(ts.daemon_dir) == [], timeout=60)
 
 
 def test_a_run_that_finished_cleanly_leaves_no_entry(ts):
@@ -92,3 +85,19 @@ def test_a_run_that_finished_cleanly_leaves_no_entry(ts):
         timeout=60,
     )
     assert registry.entries(ts.daemon_dir) == []
+
+
+def test_resume_continues_steps_of_the_same_run(ts):
+    run = trackside.init(project="p", id="resumable")
+    run.log({"a": 1})
+    run.log({"a": 2})
+    run.finish()
+    os.environ.pop("TRACKSIDE_RUN_ID", None)
+    run = trackside.init(project="p", id="resumable", resume="must")
+    assert run.step == 2
+    run.log({"a": 3})
+    run.finish()
+    assert [(r["_step"], r["a"]) for r in history(run)] == [(0, 1), (1, 2), (2, 3)]
+    os.environ.pop("TRACKSIDE_RUN_ID", None)
+    with pytest.raises(UsageError, match="does not exist"):
+        trackside.init(project="p", id="missing", resume="must")

@@ -11,7 +11,7 @@ import time
 import trackside
 from trackside.daemon.sync import find_runs
 
-from conftest import run_script, stop_daemon
+from conftest import run_script, stop_daemon, wait_until
 
 OFFLINE = """
 import sys, time, trackside
@@ -117,12 +117,9 @@ def test_sync_follows_a_run_while_it_is_written(ts, tmp_path):
     )
     try:
         runs = os.path.join(ts.root, "runs")
-        deadline = time.monotonic() + 30
-        while not (os.path.isdir(runs) and os.listdir(runs)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: os.path.isdir(runs) and os.listdir(runs), timeout=30)
         run_dir = os.path.join(runs, os.listdir(runs)[0])
-        while not os.path.exists(os.path.join(run_dir, "wal")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: os.path.exists(os.path.join(run_dir, "wal")), timeout=30)
         follower = subprocess.Popen(
             [sys.executable, "-m", "trackside.cli", "sync", run_dir, "--to", target, "--follow"],
             env=ts.env,
@@ -174,6 +171,8 @@ def test_a_synced_run_keeps_its_own_start_and_end_times(ts, tmp_path):
     started = time.time()
     run_id = offline_run(ts, steps=50, pause=0.02)  # about 1 s of training
     ended = time.time()
+    # a gap, not a wait for anything: the sync runs over a second after the run ended, so a
+    # finish time taken from the sync instead of the WAL fails the check on finished_at below
     time.sleep(1.0)
     cli("sync", os.path.join(ts.root, "runs", run_id), "--to", str(tmp_path / "later"), env=ts.env)
     run = trackside.Api(str(tmp_path / "later")).run(run_id)

@@ -19,6 +19,8 @@ from trackside.store import DB_NAME, SCHEMA_VERSION, Store
 from trackside.daemon.sysmetrics import GpuReader, Parts, Reader, Window, load_nvml, match_gpu_processes
 from trackside.transport import daemon_status
 
+from conftest import wait_until
+
 SAMPLE, LOG = 0.1, 0.3
 FAST = {"system_sample_interval": SAMPLE, "system_log_interval": LOG}
 SLACK = 0.5  # seconds of scheduling delay a loaded test machine may add to a window's end
@@ -198,10 +200,13 @@ def test_without_nvml_the_gpu_is_reported_unavailable_once_with_the_reason(ts):
 
 
 def test_run_setting_turns_system_metrics_off(ts):
+    """Proves that a run with system_metrics=False gets no rows while a run beside it on the
+    same daemon, with the same intervals and registered after it, gets them: the other run's
+    second stored window shows that a window of this run would have ended too."""
     run = trackside.init(project="sys", settings={**FAST, "system_metrics": False})
     other = trackside.init(project="sys", id="other", settings=FAST)
-    wait_for_row(ts, other.id, lambda r: True)
-    time.sleep(2 * LOG)
+    wait_until(lambda: len(rows_of(ts, other.id)) >= 2)
+    assert status_of(ts)["runs"] == 1  # the sampler samples the other run only
     assert rows_of(ts, run.id) == []
     assert "system" not in metadata_of(ts, run.id)
     other.finish()
@@ -233,10 +238,20 @@ def test_daemon_flags_set_the_default_intervals(ts):
 
 
 def test_daemon_flag_turns_system_metrics_off(ts):
+    """Proves that --no-system-metrics samples nothing for a run that asks for a sample every
+    0.1 s. No sleep: a sampler that runs is woken when a run's writer connects and samples at
+    once, so once the run is live in the daemon (its writer connected, a record durable) the
+    sampler's counters would have moved; they stay at 0, and the finished run (everything it
+    had stored, a last partial window included) has no rows."""
     start_daemon(ts, "--no-system-metrics")
     run = trackside.init(project="sys", settings=FAST)
-    time.sleep(3 * LOG)
-    assert status_of(ts)["enabled"] is False
+    run.log({"x": 1.0})
+    run.flush()
+    info = discovery.read_info(ts.daemon_dir)
+    wait_until(lambda: any(r["writer_stats"] for r in daemon_status(info)["runs"]))
+    status = status_of(ts)
+    assert status["enabled"] is False
+    assert status["samples"] == 0 and status["runs"] == 0
     run.finish()
     assert rows_of(ts, run.id) == []
 

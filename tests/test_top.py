@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+
+from conftest import wait_until
 
 WRITER = """
 import sys, time, trackside
@@ -41,16 +42,16 @@ def busy_daemon(ts):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
     from trackside.transport import daemon_status
 
     info = json.load(open(os.path.join(ts.daemon_dir, "daemon.json")))
-    while time.monotonic() < deadline:
+
+    def busy():
         runs = daemon_status(info)["runs"]
-        if runs and runs[0]["entries"] > 0 and runs[0]["writer_stats"]:
-            break
-        time.sleep(0.1)
+        return runs and runs[0]["entries"] > 0 and runs[0]["writer_stats"]
+
     try:
+        wait_until(busy, timeout=30)
         yield info
     finally:
         stop_file.write_text("")

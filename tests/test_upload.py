@@ -13,6 +13,7 @@ import time
 import pytest
 
 import trackside
+from trackside.contracts.discovery import pid_alive
 from trackside.remote import UploadClient
 
 from conftest import daemon_pid, run_script, stop, stop_daemon, wait_until
@@ -116,7 +117,8 @@ def test_the_server_stopped_during_a_run_and_started_later_gets_everything(ts, s
     server = servers.start(root)
     port = server.port
     p, run_id = start_training(ts, server.url, 400, 0.005)
-    time.sleep(0.5)
+    with trackside.Api(server.url) as api:  # part of the run is on the server: then it stops
+        wait_until(lambda: api.run(run_id).history_rows > 0)
     stop(server.proc)  # a clean stop mid-run: the uploader retries with backoff
     finish_training(p)
     status = subprocess.run(
@@ -150,8 +152,9 @@ def test_the_daemon_killed_mid_upload_resumes_from_its_cursor(ts, servers, tmp_p
     os.kill(server.pid, signal.SIGKILL)  # part of the run is on the server, the rest is not
     server.proc.wait()
     finish_training(p)
-    os.kill(daemon_pid(ts), signal.SIGKILL)
-    time.sleep(0.2)
+    pid = daemon_pid(ts)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid))
     server = servers.start(root, "--port", str(port))
     env = env_for(ts, url)
     subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=env, check=True, capture_output=True)
@@ -335,8 +338,10 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # connections complete in the kernel's backlog; nothing ever answers
+    silent.settimeout(30)
     port = silent.getsockname()[1]
     url = f"grpc://127.0.0.1:{port}"
+    upload = None
     try:
         env = env_for(ts, url)
         subprocess.run(
@@ -347,7 +352,9 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
             timeout=60,
         )
         run_id = train(ts, url, steps=100)
-        time.sleep(1.5)  # the first upload is under way, waiting for an answer
+        # the first upload is under way, waiting for an answer: its connection (made by its
+        # first call, channels connect lazily) reaches the silent server, which never answers
+        upload, _ = silent.accept()
         pid = daemon_pid(ts)
         log_path = os.path.join(ts.daemon_dir, "daemon.log")
         os.kill(pid, signal.SIGTERM)
@@ -358,6 +365,8 @@ def test_a_second_signal_stops_a_draining_daemon_at_once(ts, servers, tmp_path):
         wait_until(lambda: not pid_alive(pid), timeout=10)
         assert "second signal: exiting now" in open(log_path).read()
     finally:
+        if upload is not None:
+            upload.close()
         silent.close()
     # nothing acknowledged is lost: the next daemon resumes the upload to a real server there
     server = servers.start(tmp_path / "server", "--port", str(port))
