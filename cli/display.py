@@ -239,6 +239,7 @@ def _isatty(file: TextIO) -> bool:
 
 def _table(columns: list[str], rows: list[list[str]], file: TextIO, *, title: str, right: set) -> None:
     if _isatty(file):
+        # lazy: rich only for a table on a terminal; keeps the CLI's start quick
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from trackside.contracts.discovery import run_root
+
 EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
@@ -54,8 +56,6 @@ def _need(module: str, extra: str):
 
 
 def _root(args) -> str:
-    from trackside.contracts.discovery import run_root
-
     return args.root or run_root()
 
 
@@ -97,7 +97,7 @@ def _import_source(args) -> int:
 
 
 def _export(args) -> int:
-    from trackside.api import Api
+    from trackside.api import Api  # lazy: the store's reader only for `export`; keeps the CLI's start quick
 
     tb = _need("trackside.integration.tensorboard", "tensorboard")
     run = Api(args.root).run(args.run)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
 
+from trackside.contracts import discovery
+from trackside.contracts.discovery import pid_alive, run_root
 from trackside.contracts.version import __version__
+
+from .display import print_history, print_runs, print_summary, print_system_metrics
+from .imports import add_parsers  # import tensorboard|wandb|mlflow, export tensorboard
+from .tablequery import QueryError, print_rows, query
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,8 +173,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, metavar="N", help="at most N rows")
     t.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
-    from .imports import add_parsers  # import tensorboard|wandb|mlflow, export tensorboard
-
     _COMMANDS.update(add_parsers(sub))
     return p
 
@@ -185,8 +190,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:
-        # a store or server that cannot be read (StoreError; a RemoteError is one), imported
-        # here: the command line starts without the store's modules
+        # lazy: a store or server that cannot be read (StoreError; a RemoteError is one),
+        # imported here: the command line starts without the store's modules
         from trackside.store.dialect import StoreError
 
         if not isinstance(e, StoreError):
@@ -196,11 +201,9 @@ def main(argv=None) -> int:
 
 
 def _daemon(args) -> int:
-    from trackside.contracts import discovery
-
     folder = discovery.daemon_dir()
     if args.action == "run":
-        from trackside.daemon.server import main as daemon_main
+        from trackside.daemon.server import main as daemon_main  # lazy: only `trackside daemon run` loads the daemon
 
         extra = [] if args.idle_timeout is None else ["--idle-timeout", str(args.idle_timeout)]
         if args.metrics_port is not None:
@@ -212,6 +215,7 @@ def _daemon(args) -> int:
         if not alive:
             print(f"no trackside daemon is running for {folder}")
             return 1
+        # lazy: the transport (msgspec, sockets) only for daemon commands; keeps the CLI's start quick
         from trackside.transport import daemon_status
 
         print(
@@ -266,12 +270,13 @@ def _daemon(args) -> int:
     if alive:
         print(f"trackside daemon already running: pid {info['pid']}")
         return 0
+    # lazy: the transport (msgspec, sockets) only for daemon commands; keeps the CLI's start quick
     from trackside.transport import ensure_daemon
 
     daemon_args = []
     if args.metrics_port is not None:
         try:
-            import prometheus_client  # noqa: F401
+            import prometheus_client  # noqa: F401  (optional: pip install 'trackside[metrics]')
         except ImportError:
             print(
                 "trackside: --metrics-port needs prometheus-client: pip install 'trackside[metrics]'", file=sys.stderr
@@ -288,11 +293,10 @@ def _daemon(args) -> int:
 
 
 def _sync(args) -> int:
+    # lazy: asyncio and the daemon's sync only for `trackside sync`; keeps the CLI's start quick
     import asyncio
 
     from trackside.daemon.sync import SyncError, find_runs, sync_runs
-
-    from trackside.contracts.discovery import run_root
 
     run_dirs = args.run_dirs or find_runs(run_root(args.root) if args.root else run_root())
     if not run_dirs:
@@ -301,6 +305,7 @@ def _sync(args) -> int:
     show = None
     bar = None
     if not args.quiet and sys.stderr.isatty():
+        # lazy: rich's progress bar only for `trackside sync` on a terminal; keeps the CLI's start quick
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -351,22 +356,18 @@ def _sync(args) -> int:
 
 
 def _alive(pid) -> bool:
-    from trackside.contracts.discovery import pid_alive
-
     return pid_alive(pid)
 
 
 def _runs(args) -> int:
-    from trackside.api import Api
-    from .display import print_runs
+    from trackside.api import Api  # lazy: the store's reader (sqlite3, msgspec); keeps the CLI's start quick
 
     print_runs(Api(args.root).runs(project=args.project), args.format)
     return 0
 
 
 def _history(args) -> int:
-    from trackside.api import Api
-    from .display import print_history
+    from trackside.api import Api  # lazy: the store's reader (sqlite3, msgspec); keeps the CLI's start quick
 
     run = Api(args.root).run(args.run)
     if args.system:
@@ -377,7 +378,6 @@ def _history(args) -> int:
                 file=sys.stderr,
             )
             return 2
-        from .display import print_system_metrics
 
         print_system_metrics(run.system_metrics(keys=args.keys), args.keys, args.format)
         return 0
@@ -387,16 +387,14 @@ def _history(args) -> int:
 
 
 def _summary(args) -> int:
-    from trackside.api import Api
-    from .display import print_summary
+    from trackside.api import Api  # lazy: the store's reader (sqlite3, msgspec); keeps the CLI's start quick
 
     print_summary(Api(args.root).run(args.run), args.format)
     return 0
 
 
 def _table(args) -> int:
-    from trackside.api import Api
-    from .tablequery import QueryError, print_rows, query
+    from trackside.api import Api  # lazy: the store's reader (sqlite3, msgspec); keeps the CLI's start quick
 
     run = Api(args.root).run(args.run)
     version = args.version
@@ -427,7 +425,7 @@ _COMMANDS["table"] = _table
 
 
 def _bench(args) -> int:
-    from . import profiler
+    from . import profiler  # lazy: only `trackside bench` loads the profiler
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if "float" not in kinds:
@@ -451,7 +449,7 @@ def _bench(args) -> int:
         problems.append(str(e))
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (optional: pip install 'trackside[bench]')
         except ImportError:
             problems.append("--plot needs matplotlib: pip install 'trackside[bench]'")
     if problems:
@@ -481,8 +479,6 @@ def _bench(args) -> int:
     if args.plot:
         profiler.plot(res, args.plot)
     if args.json:
-        import json
-
         print(json.dumps(res, indent=2))
     else:
         print("\n".join(profiler.report_lines(res)))
@@ -492,8 +488,7 @@ def _bench(args) -> int:
 
 
 def _top(args) -> int:
-    from trackside.contracts import discovery
-    from .top import run_top
+    from .top import run_top  # lazy: rich and the transport only for `trackside top`
 
     return run_top(discovery.daemon_dir(), once=args.once, interval=args.interval)
 
@@ -503,6 +498,7 @@ _COMMANDS["top"] = _top
 
 
 def _server(args) -> int:
+    # lazy: grpc and the team server only for `trackside server`
     from trackside.server.team_server import main as server_main
 
     argv = ["--root", args.root, "--host", args.host, "--port", str(args.port)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -22,6 +23,14 @@ import sys
 import tempfile
 import threading
 import time
+
+import psutil
+
+import trackside
+import trackside._native as native
+from trackside.api import Api
+from trackside.contracts import discovery
+from trackside.transport import daemon_status
 
 SCHEMA_VERSION = 1
 KINDS = ("float", "histogram", "image", "table")
@@ -42,22 +51,14 @@ POOL = 16  # rich values are built before the timed loop and cycled: building th
 
 def machine() -> dict:
     """The machine and software versions, printed with every result."""
-    import platform
-
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
     }
-    try:
-        import trackside
-        import trackside._native as native
-
-        info["trackside"] = trackside.__version__
-        info["codec"] = native.IMPLEMENTATION
-    except ImportError:
-        pass
+    info["trackside"] = trackside.__version__
+    info["codec"] = native.IMPLEMENTATION
     for mod in ("msgspec", "Cython"):
         try:
             info[mod.lower()] = __import__(mod).__version__
@@ -72,8 +73,6 @@ def machine() -> dict:
 
 
 def _cpu_name() -> str:
-    import platform
-
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -129,6 +128,7 @@ def check_kinds(kinds) -> None:
             raise ValueError(f"value kind {k!r} is not one of {', '.join(KINDS)}")
     if "image" in kinds:
         try:
+            # optional: numpy and pillow for the image kind (pip install 'trackside[media]')
             import numpy  # noqa: F401
             import PIL  # noqa: F401
         except ImportError as e:
@@ -139,15 +139,13 @@ def check_kinds(kinds) -> None:
 
 def _rich_pool(kinds, rank: int) -> list[dict]:
     """POOL dicts of the rich values of one record: one key per kind besides floats."""
-    import trackside
-
     pool = []
     for j in range(POOL):
         d = {}
         if "histogram" in kinds:
             d[f"rank{rank}/hist"] = trackside.Histogram([((i * 7919 + j * 31) % 1000) / 10.0 for i in range(1000)])
         if "image" in kinds:
-            import numpy as np
+            import numpy as np  # optional: numpy (pip install 'trackside[media]')
 
             rng = np.random.default_rng(rank * POOL + j)
             d[f"rank{rank}/image"] = trackside.Image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
@@ -218,8 +216,6 @@ class _Probes:
 def writer_main(spec: dict) -> None:
     """One writer: init (rank 0 creates the run, the others join it), wait for 'go', log, finish;
     one JSON line of figures on stdout."""
-    import trackside
-
     rank = spec["rank"]
     kwargs = {
         "project": "bench",
@@ -329,8 +325,6 @@ class DaemonMonitor:
     """CPU seconds (user + sys) between start() and stop(), RSS sampled every 50 ms, VmHWM."""
 
     def __init__(self, pid: int):
-        import psutil
-
         self.proc = psutil.Process(pid)
         self.peak_rss = 0
         self._stop = threading.Event()
@@ -395,8 +389,6 @@ class StoreWatch:
         return self.samples[-1][1] if self.samples else 0
 
     def _poll(self):
-        from trackside import Api
-
         while not self._stop.is_set():
             try:
                 with Api(self.root) as api:
@@ -461,8 +453,6 @@ class Scenario:
         return json.loads(line)
 
     def daemon_info(self) -> dict | None:
-        from trackside.contracts import discovery
-
         return discovery.read_info(self.daemon_dir)
 
     def run(self, writers: int, on_tick=None, **extra) -> dict:
@@ -547,8 +537,6 @@ class Scenario:
             return e
 
     def close(self) -> None:
-        from trackside.contracts import discovery
-
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -611,8 +599,6 @@ def run_bench(opts: dict, progress=None) -> dict:
 
     ``opts``: writers, keys_per_record, kinds, records or seconds, durability, rate, keys.
     ``progress(line)`` is called about every 0.5 s with a one-line summary while writers run."""
-    import trackside._native as native
-
     spec = {
         "durability": opts["durability"],
         "records": opts.get("records"),
@@ -634,8 +620,6 @@ def run_bench(opts: dict, progress=None) -> dict:
         el = (time.monotonic_ns() - t_go) / 1e9
         received = None
         try:
-            from trackside.transport import daemon_status
-
             st = daemon_status(sc.daemon_info(), timeout=1.0)
             received = sum(r.get("entries", 0) for r in st.get("runs", []))
         except Exception:
@@ -783,7 +767,7 @@ def report_lines(res: dict) -> list[str]:
 def plot(res: dict, path: str) -> None:
     """Throughput and lag over time into ``path`` (PNG); needs matplotlib."""
     try:
-        import matplotlib
+        import matplotlib  # optional: matplotlib (pip install 'trackside[bench]')
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -16,10 +16,13 @@ None) is false, never an error. ``contains`` is substring for text and membershi
 
 from __future__ import annotations
 
+import csv
 import math
 import operator
 import re
 from typing import Any, Callable, Optional
+
+from .display import _cell, _csv_cell, _out, _table, _write_json
 
 __all__ = ["QueryError", "compile_where", "group_rows", "query", "sort_rows"]
 
@@ -289,10 +292,6 @@ def print_rows(columns: list[str], rows: list[list], fmt: str = "table", file=No
     """Print rows: ``json`` (a list of objects), ``csv`` (a header line, then one line per
     row) or ``table`` (aligned text; a rich table on a terminal). Data-type cells (images
     ...) print as their short description; numpy arrays as lists."""
-    import csv
-
-    from .display import _cell, _csv_cell, _out, _table, _write_json
-
     file = _out(file, fmt)
     rows = [[_printable(v) for v in r] for r in rows]
     if fmt == "json":

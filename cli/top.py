@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 import time
 
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from trackside.contracts.discovery import pid_alive, read_info
+from trackside.transport import daemon_status
+
 COLUMNS = ("run / writer", "rec/s", "MB/s", "batches", "WAL MB", "backlog", "pending", "late", "dups", "upload lag")
 
 
@@ -85,8 +92,6 @@ def _cell(v) -> str:
 
 
 def render(now: dict, before: dict | None, dt: float, info: dict):
-    from rich.table import Table
-
     t = Table(
         title=f"trackside daemon {now.get('version')} pid {now.get('pid')}: {now.get('connections', 0)} "
         f"connection(s), {len(now.get('runs', []))} run(s)"
@@ -105,11 +110,6 @@ def render(now: dict, before: dict | None, dt: float, info: dict):
 
 
 def run_top(folder: str, *, once: bool = False, interval: float = 1.0) -> int:
-    from rich.console import Console
-
-    from trackside.contracts.discovery import pid_alive, read_info
-    from trackside.transport import daemon_status
-
     info = read_info(folder)
     if info is None or not pid_alive(info.get("pid")):
         print(f"no trackside daemon is running for {folder}", file=sys.stderr)
@@ -128,7 +128,6 @@ def run_top(folder: str, *, once: bool = False, interval: float = 1.0) -> int:
         now, t2 = poll()
         console.print(render(now, first, t2 - t1, info))
         return 0
-    from rich.live import Live
 
     before, tb = first, t1
     try:

@@ -32,6 +32,7 @@ class StatusCollector:
         return self.daemon.status()
 
     def collect(self):
+        # optional: prometheus_client (pip install 'trackside[metrics]')
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         try:
@@ -81,6 +82,7 @@ class StatusCollector:
 def start_metrics(daemon, loop, host: str, port: int):
     """Serve ``/metrics`` on ``host:port`` from a thread; returns (server, bound port)."""
     try:
+        # optional: prometheus_client (pip install 'trackside[metrics]')
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
         raise SystemExit(

@@ -39,6 +39,7 @@ from trackside.contracts.protocol import (
 )
 
 from . import registry
+from .metrics import start_metrics
 from .signals import drain_on_signals
 from .sink import StoreHandle, run_info
 from .records import BadRecord
@@ -147,13 +148,12 @@ class Daemon:
         os.chmod(self.socket, 0o600)
         grpc_port = None
         if self.grpc_port is not None:
+            # lazy: grpc (~50 ms) only with --grpc-port; init() waits for the daemon to start
             from .grpc_service import start_grpc
 
             self._grpc, grpc_port = await start_grpc(self, self.grpc_host, self.grpc_port)
         metrics = None
         if self.metrics_port is not None:
-            from .metrics import start_metrics
-
             self._metrics, port = start_metrics(self, loop, self.metrics_host, self.metrics_port)
             metrics = f"{self.metrics_host}:{port}"
         discovery.write_info(
@@ -506,7 +506,7 @@ def main(argv=None) -> int:
         metrics_host=args.metrics_host,
     )
     try:
-        import uvloop
+        import uvloop  # optional: uvloop (not on Windows)
     except ImportError:  # uvloop is a dependency, but never let its absence stop logging
         runner = asyncio.run
     else:

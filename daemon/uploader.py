@@ -33,7 +33,8 @@ from trackside import _native as codec
 from trackside.contracts import names
 from trackside._native.constants import RECORD_EVENT
 from trackside.contracts.private import write_atomic
-from trackside.contracts.upload import PermanentUploadError, TransientUploadError
+from trackside.contracts.protocol import event_decoder
+from trackside.contracts.upload import PermanentUploadError, TransientUploadError, UploadClient
 from trackside.store.tables import BUILTIN_KINDS, read_columns
 
 from .records import BadRecord
@@ -56,8 +57,6 @@ class RemoteDestination:
     """A ``trackside server``, through the synchronous gRPC client in a worker thread."""
 
     def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None):
-        from trackside.contracts.upload import UploadClient
-
         self.url = url
         self.client = UploadClient(url, token=token, ca=ca)
 
@@ -306,8 +305,6 @@ class Uploader:
         return records, self._new_files() + artifact_files, next_cursor
 
     def _note_event(self, body, artifact_files: list) -> None:
-        from trackside.contracts.protocol import event_decoder
-
         try:
             ev = event_decoder.decode(body)
         except msgspec.DecodeError:

@@ -11,8 +11,10 @@ them. The module-level ``log``, ``config``, ``summary``, ``define_metric`` and `
 the run most recently started in this process (``trackside.run``).
 """
 
+import importlib
+
 from .contracts.version import __version__
-from ._run import Run, init
+from ._run import Run, _current, init
 from .contracts.errors import Error, TransportError, UsageError
 
 __all__ = [
@@ -70,8 +72,6 @@ def __dir__():
 
 
 def _active(what: str):
-    from ._run import _current
-
     run = _current.get("run")
     if run is None:
         raise UsageError(f"trackside.{what}: no run is active; call trackside.init() first")
@@ -117,8 +117,6 @@ def unwatch(models=None) -> None:
 
 def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:
     """Finish the active run, if any."""
-    from ._run import _current
-
     run = _current.get("run")
     if run is not None:
         run.finish(exit_code=exit_code)
@@ -126,14 +124,10 @@ def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:
 
 def __getattr__(name: str):
     if name in ("run", "config", "summary"):
-        from ._run import _current
-
         run = _current.get("run")
         if name == "run" or run is None:
             return run
         return getattr(run, name)
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'trackside' has no attribute {name!r}")

@@ -21,6 +21,7 @@ import weakref
 from .contracts import discovery, names
 from .contracts.constants import DURABILITY, LATE_STEPS, MODES, REDUCE_RULES, SUMMARY_KINDS
 from .contracts.errors import Error, TransportError, UsageError  # noqa: F401  (re-exported: trackside.Error ...)
+from .contracts.version import __version__
 
 # the seeds' naming rule: letters, digits and underscores, not starting with a digit; "/" groups
 _GOOD_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9_.\-]+)*$")
@@ -275,6 +276,7 @@ class Run:
         """Store an ``Artifact`` (or a file or folder path) as the next version of its name;
         returns it once the store holds it (``artifact.version`` is set, e.g. ``"v0"``).
         Waits for the daemon (it blocks, unlike ``log``). See ``trackside.artifacts``."""
+        # lazy: artifacts load the store's reader (sqlite3); keeps import trackside light
         from .artifacts import log_artifact
 
         return log_artifact(self, artifact, name=name, type=type, aliases=aliases)
@@ -283,6 +285,7 @@ class Run:
         """The artifact version ``"name:alias"`` (``latest``, ``vN`` or your alias) from the
         run root's store; ``.get(entry)`` gives back the objects. Raises
         ArtifactNotFoundError (a KeyError) naming the versions and aliases that exist."""
+        # lazy: artifacts load the store's reader (sqlite3); keeps import trackside light
         from .artifacts import use_artifact
 
         return use_artifact(self, artifact_or_name, type=type)
@@ -305,14 +308,14 @@ class Run:
         watches nothing."""
         if self.mode == "disabled":
             return
-        from .hooks.torch import watch
+        from .hooks.torch import watch  # optional: torch (the user's)
 
         watch(self, models, criterion=criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
 
     def unwatch(self, models=None) -> None:
         """Stop ``watch`` on ``models`` (every watched model when None)."""
         if self.__dict__.get("_watches"):
-            from .hooks.torch import unwatch
+            from .hooks.torch import unwatch  # optional: torch (the user's)
 
             unwatch(self, models)
 
@@ -405,7 +408,7 @@ def _split_values(data: dict, run: "Run", step: int) -> tuple[dict, bytes | None
     into the entry's payload (msgpack), and the daemon merges them into the row. Anything else
     is a TypeError naming the key.
     """
-    import msgspec
+    import msgspec  # lazy: msgspec (~15 ms) comes with the transport; keeps import trackside light
 
     plain: dict = {}
     rich: dict = {}
@@ -432,6 +435,7 @@ def _figure(v):
     Checked by module name, so that neither library is imported to find out."""
     name = getattr(v, "__name__", None) if type(v) is type(sys) else type(v).__module__
     if isinstance(name, str) and name.startswith(("matplotlib", "plotly")):
+        # optional: matplotlib/plotly (and numpy); keeps import trackside light
         from .data_types.plots import as_data_type
 
         return as_data_type(v)
@@ -631,6 +635,7 @@ def init(
         "dest": run.dest,
     }
     if merged["transport"] == "grpc":
+        # lazy: grpc only for transport="grpc"; keeps import trackside light
         from .grpc_transport import GrpcClient as Client
     hello = info
     if run.dest not in ("local", "offline") and os.environ.get("TRACKSIDE_TOKEN"):
@@ -667,7 +672,7 @@ def init(
         run._exported_id = True  # finish() takes it back: a later init() here starts a new run
     # every writer announces itself before its data: whoever stores the run (this host's daemon,
     # a server that gets every host's uploads) knows how many ranks to wait for
-    import socket
+    import socket  # lazy: keeps import trackside light (socket comes with the transport)
 
     client.event(
         "join",
@@ -686,7 +691,7 @@ def init(
     _install_exit_handlers()
     if sync_tensorboard:
         try:
-            from .hooks.tensorboard import sync
+            from .hooks.tensorboard import sync  # optional: tensorboard (pip install 'trackside[tensorboard]')
         except ImportError as e:
             run.finish()
             raise UsageError(
@@ -743,10 +748,9 @@ def _run_exists(root: str, run_id: str) -> bool:
 
 
 def _metadata_quick() -> dict:
+    # lazy: platform and socket only when a run starts; keeps import trackside light
     import platform
     import socket
-
-    from .contracts.version import __version__
 
     return {
         "host": socket.gethostname(),
@@ -764,6 +768,7 @@ def _metadata_quick() -> dict:
 
 def _record_environment(client) -> None:
     """Git commit and diff, installed packages: slow calls, off the caller's thread."""
+    # lazy: subprocess and the transport only when a run starts; keeps import trackside light
     import subprocess
 
     from .transport import _block_signals
@@ -787,7 +792,7 @@ def _record_environment(client) -> None:
             "diff": git("diff", "HEAD") or "",
         }
     try:
-        from importlib import metadata as md
+        from importlib import metadata as md  # lazy: importlib.metadata (~15 ms), on the environment thread only
 
         meta["packages"] = {d.metadata["Name"]: d.version for d in md.distributions() if d.metadata["Name"]}
     except Exception:

@@ -20,8 +20,12 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import msgspec
 
 from trackside.contracts.errors import RunNotFoundError
+from trackside.data_types.base import from_json
 from trackside.store import DB_NAME, SchemaVersionError, StoreError
 from trackside.store.reader import ConsoleLine, StoreReader
+
+from .artifacts import load_artifact, run_artifacts, run_table, run_table_increments, run_table_keys
+from .contracts import names
 
 __all__ = [
     "Api",
@@ -83,7 +87,7 @@ class Api(StoreReader):
 
     def __new__(cls, root=None, *args, **kwargs):
         if isinstance(root, str) and root.startswith(("grpc://", "grpcs://")):
-            from .remote import RemoteApi
+            from .remote import RemoteApi  # lazy: grpc only for a server URL
 
             return RemoteApi(root, *args, **kwargs)
         return super().__new__(cls)
@@ -157,8 +161,6 @@ class Api(StoreReader):
         of your own) as an ``Artifact`` whose ``get(entry)`` rebuilds the stored objects.
         Raises ArtifactNotFoundError (a KeyError) naming the versions and aliases that exist,
         ValueError when ``type`` is given and differs."""
-        from .artifacts import load_artifact
-
         return load_artifact(self, name, type)
 
     def __enter__(self) -> "Api":
@@ -298,7 +300,7 @@ class RunView:
         """
         if pandas:
             try:
-                import pandas as pd
+                import pandas as pd  # optional: pandas
             except ImportError:
                 raise ImportError(
                     "history(pandas=True) needs pandas, which is not installed: pip install pandas "
@@ -416,7 +418,6 @@ class RunView:
             rows = ((r["_step"], r[key]) for page in self._pages([key], lo, hi, 1000) for r in page if key in r)
         else:
             rows = self._values_at(key, steps)
-        from trackside.data_types.base import from_json
 
         for s, value in rows:
             if type(value) is dict and "_type" in value:
@@ -449,13 +450,9 @@ class RunView:
         """A logged form read from this run (a history or summary value) as its object:
         ``run.rebuild(run.summary["gradients"])`` is the Histogram that was logged. Other
         values come back as they are."""
-        from trackside.data_types.base import from_json
-
         return from_json(value, self.dir)
 
     def _rebuild_row(self, row: dict) -> dict:
-        from trackside.data_types.base import from_json
-
         for k, v in row.items():
             if type(v) is dict and "_type" in v:
                 row[k] = from_json(v, self.dir)
@@ -519,27 +516,19 @@ class RunView:
         ``"latest"``). An INCREMENTAL table is the concatenation of its increments up to that
         version. Raises ArtifactNotFoundError (a KeyError) naming the run's tables, or its
         versions, when there is no such table or version."""
-        from .artifacts import run_table
-
         return run_table(self._api, self.id, key, version)
 
     def table_increments(self, key: str) -> list:
         """The increments of the INCREMENTAL table logged under ``key``, in order, as
         ``TableIncrement(increment, version, step, table)`` (``table``: that increment's rows)."""
-        from .artifacts import run_table_increments
-
         return run_table_increments(self._api, self.id, key)
 
     def table_keys(self) -> list[str]:
         """The keys under which the run logged tables, sorted."""
-        from .artifacts import run_table_keys
-
         return run_table_keys(self._api, self.id)
 
     def logged_artifacts(self) -> list:
         """The artifact versions the run logged (its tables too), oldest first."""
-        from .artifacts import run_artifacts
-
         return run_artifacts(self._api, self.id)
 
     # -- system metrics ---------------------------------------------------------------------------
@@ -596,7 +585,6 @@ def _media_path(run_dir: str, path: str):
     outside the run folder (a row from a hostile writer)."""
     if not path:
         return None
-    from .contracts import names
 
     try:
         return names.contained(run_dir, path)

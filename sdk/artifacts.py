@@ -30,7 +30,8 @@ from typing import Any, NamedTuple, Optional
 
 from .contracts import names
 from .contracts.errors import ArtifactNotFoundError, Error, UsageError
-from .data_types.table import table_artifact_name
+from .data_types.base import DataType, from_json, store_file
+from .data_types.table import JoinedTable, Table, _encode, concat, table_artifact_name
 from .store.reader import StoreReader
 
 __all__ = ["Artifact", "ArtifactNotFoundError", "TableIncrement", "table_artifact_name"]
@@ -103,8 +104,6 @@ class Artifact:
         """Add a data type object (Table, JoinedTable, Image ...) under ``name``; returns it.
         It is stored as it is when the artifact is logged. Raises TypeError for other objects
         and ValueError for a table over ``Table.MAX_ARTIFACT_ROWS``."""
-        from .data_types.base import DataType
-
         self._building("add")
         name = _check_entry_name(name)
         if not isinstance(obj, DataType):
@@ -186,7 +185,6 @@ class Artifact:
         obj = entry["obj"]
         if obj.get("_type") == "incremental-table":
             return self._increments(name, upto=True)
-        from .data_types.base import from_json
 
         return from_json(obj, self._source(entry))
 
@@ -226,8 +224,6 @@ class Artifact:
     def _increments(self, name: str, upto: bool):
         """The increments of this INCREMENTAL table up to this version: concatenated
         (``upto``) or as TableIncrements."""
-        from .data_types.table import Table, concat
-
         out = []
         for v, step, inc, manifest in self._increment_rows():
             entry = manifest.get(name)
@@ -270,8 +266,6 @@ class Artifact:
 
     def _serialize(self, root: str) -> dict:
         """Write the entries' files under ``<root>/artifacts`` and return the manifest."""
-        from .data_types.base import store_file
-
         folder = os.path.join(root, "artifacts")
         manifest = {}
         for name, (kind, obj) in self._entries.items():
@@ -322,8 +316,6 @@ def _inside(root: str, path: str) -> None:
 
 
 def _tables_in(obj) -> list:
-    from .data_types.table import JoinedTable, Table
-
     if isinstance(obj, Table):
         return [obj]
     if isinstance(obj, JoinedTable):
@@ -554,7 +546,6 @@ def log_artifact(
     if run._client is None:
         raise UsageError(f"run {run.id} is not live (finished or disabled): log_artifact() needs a running run")
     manifest = artifact._serialize(run.root)
-    from .data_types.table import _encode
 
     digest = hashlib.sha256(_encode({"type": artifact.type, "manifest": manifest})).hexdigest()
     uid = uuid.uuid4().hex

@@ -20,10 +20,13 @@ import queue
 import threading
 import time
 
+import grpc
 import msgspec
 
 from .contracts import discovery
 from .contracts.protocol import PROTOCOL_VERSION, Welcome
+from .proto.trackside.v1 import trackside_pb2 as pb
+from .proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 from .transport import Client, Refusal, TransportError, _block_signals, ensure_daemon
 
 ENV_ADDRESS = "TRACKSIDE_DAEMON_GRPC"
@@ -63,11 +66,6 @@ class GrpcClient(Client):
             time.sleep(0.02)
 
     def _connect(self) -> None:
-        import grpc
-
-        from .proto.trackside.v1 import trackside_pb2 as pb
-        from .proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
-
         address = self._address()
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.IngestStub(channel)
@@ -89,7 +87,6 @@ class GrpcClient(Client):
         self.welcome = Welcome(w.protocol, w.acked_seq, w.run_dir, w.next_step)
         requests: queue.SimpleQueue = queue.SimpleQueue()
         resend, gen = self._welcomed(w.acked_seq)
-        self._pb = pb
         link = _Link(channel, requests)
         self._send(link, resend)
         responses = stub.Send(iter(requests.get, None))
@@ -97,13 +94,10 @@ class GrpcClient(Client):
         threading.Thread(target=self._grpc_reader, args=(responses, gen), name="trackside-acks", daemon=True).start()
 
     def _send(self, link: _Link, records) -> None:
-        pb = self._pb
         for seq, record in records:
             link.requests.put(pb.Batch(run_id=self.run_id, writer=self.writer, seq=seq, record=record))
 
     def _grpc_reader(self, responses, gen: int) -> None:
-        import grpc
-
         _block_signals()
         try:
             for ack in responses:

@@ -27,7 +27,9 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import grpc
 import msgspec
 
+from trackside.data_types.base import from_json
 from trackside.store import StoreError
+from trackside.store.tables import BUILTIN_KINDS, read_columns
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
@@ -237,12 +239,10 @@ class RemoteApi:
         for ref in _file_refs(value):
             self._fetch(f"{source}/{ref['path']}")
             if ref.get("_type") in TABLE_TYPES:
-                from trackside.data_types.table import _BUILTIN_KINDS, read_columns
-
                 # cells of data types are logged forms too, naming files beside the table's
                 _, types, columns, _ = read_columns(ref, folder)
                 for kind, cells in zip(types, columns):
-                    if kind is not None and (kind not in _BUILTIN_KINDS or kind == "mixed"):
+                    if kind is not None and (kind not in BUILTIN_KINDS or kind == "mixed"):
                         self._fetch_files(cells, source)
         return folder
 
@@ -389,7 +389,7 @@ class RemoteRunView:
         logged form; ``objects=True`` rebuilds them as the objects logged (see ``rebuild``)."""
         if pandas:
             try:
-                import pandas as pd
+                import pandas as pd  # optional: pandas
             except ImportError:
                 raise ImportError(
                     "history(pandas=True) needs pandas, which is not installed: pip install pandas "
@@ -456,8 +456,6 @@ class RemoteRunView:
         """A logged form read from this run (a history or summary value) as its object, its
         files fetched from the server first: ``run.rebuild(run.summary["gradients"])`` is the
         Histogram that was logged. Other values come back as they are."""
-        from trackside.data_types.base import from_json
-
         return from_json(value, self._api._fetch_files(value, self.dir))
 
     def _rebuild_row(self, row: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -545,8 +546,6 @@ def _block_signals() -> None:
     """Keep SIGTERM and SIGINT off this thread. The kernel hands a process signal to any thread
     that does not block it; Python only runs handlers in the main thread, so a signal landing
     here would wait until the main thread next runs Python code (an hour-long sleep, say)."""
-    import signal
-
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 
 

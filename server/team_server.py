@@ -48,6 +48,8 @@ from trackside.daemon.signals import drain_on_signals
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
 from trackside.daemon.records import BadRecord
+from trackside.api import Api
+from trackside.artifacts import run_table_artifact
 
 log = logging.getLogger("trackside.server")
 
@@ -189,8 +191,6 @@ def _artifact_increments(api, name, version):
 
 def _table(api, run_id, key, version=None):
     """The artifact holding the table the run logged under ``key`` and its entry's name."""
-    from trackside.artifacts import run_table_artifact
-
     art, entry = run_table_artifact(api, api.run(run_id).id, key, version)
     return {"artifact": _artifact_fields(art), "entry": entry}
 
@@ -568,7 +568,6 @@ class TeamServer:
             await self.sink.start()
         except SinkBusy as e:
             raise ConfigError(str(e)) from None
-        from trackside.api import Api
 
         loop = asyncio.get_running_loop()
         kwargs = {"db": self.db} if self.db else {}
@@ -730,7 +729,7 @@ def main(argv=None, prog: str = "trackside server") -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     try:
-        import uvloop
+        import uvloop  # optional: uvloop (not on Windows)
     except ImportError:  # uvloop is a dependency, but the server runs without it
         runner = asyncio.run
     else:

@@ -75,7 +75,7 @@ def error_text(exc: BaseException) -> str:
 
 def _psycopg():
     try:
-        import psycopg
+        import psycopg  # optional: psycopg (pip install 'trackside[server]')
     except ImportError:
         raise ImportError(
             "a PostgreSQL store (postgresql://...) needs psycopg, which is not installed: "

@@ -15,7 +15,7 @@ def load_nvml():
     with warnings.catch_warnings():
         # the deprecated ``pynvml`` wrapper distribution warns on import; the module is the same
         warnings.simplefilter("ignore", FutureWarning)
-        import pynvml
+        import pynvml  # lazy: only a sampler that reads GPUs loads NVML, under the warnings filter above
     return pynvml
 
 

@@ -7,6 +7,8 @@ import logging
 import os
 import time
 
+import psutil
+
 from .gpu import GpuReader, load_nvml, match_gpu_processes
 
 log = logging.getLogger("trackside.daemon")
@@ -45,8 +47,6 @@ class Reader:
     ``read`` and, when it cannot be, ``gpu_status`` says why (``"unavailable: <reason>"``)."""
 
     def __init__(self, nvml_loader=load_nvml):
-        import psutil
-
         self._ps = psutil
         self._nvml_loader = nvml_loader
         self.gpu: GpuReader | None = None

@@ -90,7 +90,7 @@ def png_bytes(pil_image) -> bytes:
 def image_info(data: bytes) -> tuple[int, int, str] | None:
     """``(width, height, mode)`` of encoded image bytes when pillow can read them, else None."""
     try:
-        from PIL import Image as PILImage
+        from PIL import Image as PILImage  # optional: pillow (pip install 'trackside[media]')
     except ImportError:
         return None
     try:

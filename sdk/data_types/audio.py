@@ -61,7 +61,7 @@ class Audio(Media):
             except (wave.Error, EOFError):
                 pass  # a WAV the stdlib does not read (float samples): soundfile may
         try:
-            import soundfile
+            import soundfile  # optional: soundfile (pip install 'trackside[media]')
         except ImportError:
             self.sample_rate = sample_rate
             return

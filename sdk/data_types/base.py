@@ -11,6 +11,7 @@ store (``source`` is the folder the relative paths are relative to: the run fold
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import tempfile
 
@@ -64,8 +65,6 @@ def from_json(obj, source: str):
 
 
 def _load_modules() -> None:
-    import importlib
-
     for name in _MODULES:
         try:
             importlib.import_module(f"{__package__}.{name}")
@@ -107,8 +106,6 @@ def store_file(run_dir: str, src: str, ext: str | None = None) -> dict:
 
 def need(module: str, extra: str):
     """Import an optional dependency, or say which extra installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -87,7 +87,7 @@ def _as_list(values) -> list:
 
 def _bin(sequence, num_bins: int) -> tuple[list, list]:
     try:
-        import numpy as np
+        import numpy as np  # optional: numpy (pip install 'trackside[media]')
     except ImportError:
         np = None
     if np is not None:

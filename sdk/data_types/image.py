@@ -23,6 +23,7 @@ import sys
 
 from ._media import Media, extension, image_info, numpy, png_bytes, read_input, target_dir, to_uint8
 from .base import DataType, need, store_bytes
+from .figures import figure_png
 
 IMAGE_FORMATS = ("png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff")
 DOMAINS = ("percentage", "pixel")
@@ -344,8 +345,6 @@ class Image(Media):
         elif _is_pil(data):
             self._from_pil(data, mode, file_type)
         else:
-            from .figures import figure_png
-
             png = figure_png(data)
             if png is not None:
                 self._data, self._ext = png, "png"

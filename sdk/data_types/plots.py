@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import json
 
+import trackside
+
 from ._media import Media, numpy
 from .base import need
+from .image import Image
 from .figures import figure_png, is_matplotlib, is_plotly  # noqa: F401  (trackside.data_types.plots.figure_png ...)
 
 # at most this many points per class in a ROC or PR curve (evenly spaced; the ends are kept)
@@ -31,8 +34,6 @@ CURVE_POINTS = 1000
 def as_data_type(obj):
     """The data type a figure is logged as (Image for matplotlib, Plotly for plotly), or None."""
     if is_matplotlib(obj):
-        from .image import Image
-
         return Image(obj)
     if is_plotly(obj):
         return Plotly(obj)
@@ -360,8 +361,6 @@ def _cm_legacy(y_true, y_pred, labels=None) -> Chart:
 
 def plot_confusion_matrix(y_true, y_pred, labels=None, normalize: bool = False) -> Chart:
     """Compute the confusion matrix and log it to the active run as ``"confusion_matrix"``."""
-    import trackside
-
     chart = _cm_legacy(y_true, y_pred, labels)
     if normalize:
         totals: dict = {}

@@ -35,7 +35,7 @@ import msgspec
 from trackside.store.tables import BUILTIN_KINDS, FORMAT, FORMAT_VERSION, read_columns  # noqa: F401  (re-exported)
 
 from ..contracts.errors import UsageError
-from .base import DataType, from_json, store_bytes
+from .base import DataType, from_json, need, store_bytes
 
 __all__ = ["IMMUTABLE", "INCREMENTAL", "JoinedTable", "LOG_MODES", "MUTABLE", "Table"]
 
@@ -115,7 +115,7 @@ def _target_dir(run) -> str:
 
 def _pack_ndarray(a) -> dict:
     if a.dtype.kind in "biufc" and not a.dtype.hasobject:
-        import numpy as np
+        import numpy as np  # optional: numpy (pip install 'trackside[media]')
 
         return {
             "_type": "ndarray",
@@ -127,7 +127,7 @@ def _pack_ndarray(a) -> dict:
 
 
 def _unpack_ndarray(obj: dict):
-    import numpy as np
+    import numpy as np  # optional: numpy (pip install 'trackside[media]')
 
     if obj.get("dtype") is None:
         return np.array(obj["list"])
@@ -142,7 +142,7 @@ def _same(a, b) -> bool:
     if ta is float and tb is float:
         return a == b or (a != a and b != b)
     if ta.__name__ == "ndarray" or tb.__name__ == "ndarray":
-        import numpy as np
+        import numpy as np  # optional: numpy (pip install 'trackside[media]')
 
         if not (hasattr(a, "shape") and hasattr(b, "shape")) or a.shape != b.shape or a.dtype != b.dtype:
             return False
@@ -396,7 +396,6 @@ class Table(DataType):
             return values
         if convert_to != "numpy":
             raise ValueError(f"convert_to={convert_to!r}: use None or 'numpy'")
-        from .base import need
 
         np = need("numpy", "media")
         values = [v.to_numpy() if hasattr(v, "to_numpy") else v for v in values]

@@ -6,6 +6,7 @@ exporters of ``trackside.integration.tensorboard``, which read event files with 
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections import defaultdict
 
@@ -13,6 +14,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
 from ..data_types.histogram import MAX_BINS, Histogram
+from ..data_types.image import Image
 
 
 # -- events to values ----------------------------------------------------------------------------
@@ -84,8 +86,6 @@ def to_histogram(edges: list, counts: list, hi):
 
 
 def to_image(data: bytes):
-    from ..data_types.image import Image
-
     return Image(io.BytesIO(bytes(data)))
 
 
@@ -106,8 +106,6 @@ def sync(run) -> None:
     """Also log into ``run`` what any ``SummaryWriter`` (PyTorch's or tensorboardX's) writes
     from now until the run finishes, at the writer's step; the event files are written as
     before."""
-    import importlib
-
     if not _originals:
         for module, name in _WRITERS:
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..contracts.errors import UsageError
+from ..data_types.histogram import Histogram
 
 LOG_KINDS = ("gradients", "parameters", "all", None)
 NUM_BINS = 64
@@ -92,8 +93,6 @@ class _Watch:
         return hook
 
     def _log(self, tensors: dict) -> None:
-        from ..data_types.histogram import Histogram
-
         data = {}
         for key, t in tensors.items():
             h = histogram(t)

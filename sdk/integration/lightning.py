@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..contracts import discovery
 from .._run import UsageError, init, new_run_id
+from ..artifacts import Artifact
 
 
 class TracksideLogger(Logger):
@@ -147,8 +148,6 @@ class TracksideLogger(Logger):
         self._run.finish(exit_code=0 if status in ("success", "finished") else 1)
 
     def _log_checkpoints(self, callback) -> None:
-        from ..artifacts import Artifact
-
         best = getattr(callback, "best_model_path", "") or ""
         paths = {*getattr(callback, "best_k_models", {}), getattr(callback, "last_model_path", "") or "", best}
         for path in sorted(p for p in paths if p and os.path.isfile(p)):

@@ -22,6 +22,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from .._run import UsageError
+from ..artifacts import Artifact
 from ._importer import ImportedRun, check_run_id, imported
 
 
@@ -116,8 +117,6 @@ def _import_run(client, tracking_uri, exp, run, root, project) -> dict:
 
 
 def _artifacts(client, run_id: str, out: ImportedRun) -> None:
-    from ..artifacts import Artifact
-
     if not client.list_artifacts(run_id):
         return
     with tempfile.TemporaryDirectory(prefix="trackside-mlflow-") as tmp:

@@ -20,6 +20,7 @@ from collections import defaultdict
 
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from ..hooks.tensorboard import Reader, to_histogram, to_image  # noqa: F401  (events to values, shared with the capture)
 from ._importer import ImportedRun, imported
@@ -93,8 +94,6 @@ def export_run(run, out: str) -> dict:
     """Write ``run``'s history (a ``RunView``) as an event file in ``out``: scalars as
     ``simple_value``, histograms as ``histo``, images (lists too: ``<key>/<i>``) as encoded
     images, at each row's step and time. Returns the counts per kind, and of values skipped."""
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
     counts: dict[str, int] = defaultdict(int)
     writer = EventFileWriter(out)
     try:

@@ -17,6 +17,7 @@ import os
 from transformers import TrainerCallback
 
 from .._run import UsageError, _current, init
+from ..artifacts import Artifact
 
 _PREFIXES = (("eval_", "eval/"), ("test_", "test/"))
 
@@ -98,8 +99,6 @@ class TracksideCallback(TrainerCallback):
                 self._log_checkpoint(folder, state.global_step)
 
     def _log_checkpoint(self, folder: str, step: int) -> None:
-        from ..artifacts import Artifact
-
         art = Artifact(f"checkpoint-{self.run.id}", type="model", metadata={"global_step": step})
         art.add_dir(folder)
         self.run.log_artifact(art, aliases=["latest", f"step-{step}"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import glob
 import hashlib
+import importlib
 import json
 import os
 import struct
@@ -31,6 +32,9 @@ from collections import defaultdict
 
 from wandb.proto import wandb_internal_pb2 as pb
 
+from ..artifacts import Artifact
+from ..data_types.histogram import Histogram
+from ..data_types.table import Table
 from ._importer import ImportedRun, check_run_id, imported
 
 HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1 (little-endian), version 0
@@ -178,8 +182,6 @@ class _Folder:
 
 def _value(folder: _Folder, value, skipped):
     """A W&B logged value as a trackside value, or None (counted in ``skipped``)."""
-    from ..data_types.histogram import Histogram
-
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if not isinstance(value, dict):
@@ -201,7 +203,6 @@ def _value(folder: _Folder, value, skipped):
             return None
         if kind == "table-file":
             return _table(folder, path, skipped)
-        import importlib
 
         module, name = media[kind]
         cls = getattr(importlib.import_module(f"..data_types.{module}", __package__), name)
@@ -214,8 +215,6 @@ def _value(folder: _Folder, value, skipped):
 
 
 def _table(folder: _Folder, path: str, skipped):
-    from ..data_types.table import Table
-
     with open(path) as f:
         doc = json.load(f)
     data = [[_value(folder, cell, skipped) if isinstance(cell, dict) else cell for cell in row] for row in doc["data"]]
@@ -307,8 +306,6 @@ def import_folder(folder: str, root: str, project: str | None = None) -> dict:
 
 
 def _artifact(out: ImportedRun, art, skipped) -> None:
-    from ..artifacts import Artifact
-
     entries = []
     for entry in art.manifest.contents:
         path = entry.local_path
