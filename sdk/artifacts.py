@@ -28,11 +28,23 @@ import time
 import uuid
 from typing import Any, NamedTuple, Optional
 
+import msgspec
+
 from .contracts import names
 from .contracts.errors import ArtifactNotFoundError, Error, UsageError
 from .data_types.base import DataType, from_json, store_file
-from .data_types.table import JoinedTable, Table, _encode, concat, table_artifact_name
+from .data_types.table import JoinedTable, Table, concat, table_artifact_name
 from .store.reader import StoreReader
+
+
+def _plain(obj):
+    """msgspec hook for a manifest's values: numpy scalars and arrays become lists."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot store a {type(obj).__name__} in an artifact's manifest")
+
+
+_digest_encode = msgspec.msgpack.Encoder(enc_hook=_plain).encode  # a manifest's bytes, for its digest
 
 __all__ = ["Artifact", "ArtifactNotFoundError", "TableIncrement", "table_artifact_name"]
 
@@ -547,7 +559,7 @@ def log_artifact(
         raise UsageError(f"run {run.id} is not live (finished or disabled): log_artifact() needs a running run")
     manifest = artifact._serialize(run.root)
 
-    digest = hashlib.sha256(_encode({"type": artifact.type, "manifest": manifest})).hexdigest()
+    digest = hashlib.sha256(_digest_encode({"type": artifact.type, "manifest": manifest})).hexdigest()
     uid = uuid.uuid4().hex
     run._event(
         "artifact",
