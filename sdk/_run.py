@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 import weakref
+from typing import Any
 
 from .contracts import discovery, names
 from .contracts.constants import DURABILITY, LATE_STEPS, MODES, REDUCE_RULES, SUMMARY_KINDS
@@ -27,7 +28,7 @@ from .contracts.version import __version__
 _GOOD_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9_.\-]+)*$")
 _ID_CHARS = string.ascii_lowercase + string.digits
 
-DEFAULT_SETTINGS = {
+DEFAULT_SETTINGS: dict[str, Any] = {
     "durability": "fsync",
     "late_steps": "amend",
     "merge_window": 10.0,
@@ -135,6 +136,7 @@ class Run:
         self._client = None
         self._last_client = None
         self._meta_thread = None
+        self._exported_id = False  # init exported TRACKSIDE_RUN_ID for this run (finish takes it back)
         self.summary = Summary(self)
         self.config = Config(self)
         if config:
@@ -347,7 +349,7 @@ class Run:
             stop()
         if _current.get("run") is self:
             _current.pop("run", None)
-        if getattr(self, "_exported_id", False) and os.environ.get(discovery.ENV_RUN_ID) == self.id:
+        if self._exported_id and os.environ.get(discovery.ENV_RUN_ID) == self.id:
             # children started from now on are not ranks of this run
             os.environ.pop(discovery.ENV_RUN_ID, None)
             os.environ.pop(_ENV_STARTED_BY, None)

@@ -381,6 +381,7 @@ class RunView:
                     row = {"_step": step, "_timestamp": time_us / 1e6}
                     row.update(picked)
                 if has_payloads:
+                    assert payloads is not None
                     row["_payloads"] = payloads[step]
                 page.append(row)
             yield page
@@ -415,7 +416,9 @@ class RunView:
         steps = self._media_steps(key, lo, hi)
         found = []
         if steps is None:  # a store without the media index (schema 1): scan the key's history
-            rows = ((r["_step"], r[key]) for page in self._pages([key], lo, hi, 1000) for r in page if key in r)
+            rows: Iterator = (
+                (r["_step"], r[key]) for page in self._pages([key], lo, hi, 1000) for r in page if key in r
+            )
         else:
             rows = self._values_at(key, steps)
 

@@ -99,7 +99,7 @@ class Artifact:
         self.step: Optional[int] = None
         self._entries: dict[str, tuple] = {}  # while building: name -> ("object", obj) | ("file", path)
         self._manifest: Optional[dict] = None  # once logged or read: name -> stored entry
-        self._api = None  # the reader it was read through
+        self._api: Any = None  # the reader it was read through (a StoreReader), once logged or read
         self._root: Optional[str] = None
         self.increment: Optional[int] = None  # an INCREMENTAL table's increment number
 
@@ -264,6 +264,7 @@ class Artifact:
     def _increment_rows(self) -> list:
         """``(version, step, increment, manifest)`` of each INCREMENTAL table version of this
         name up to this one, in version order."""
+        assert self.version is not None, "only a stored version has increments"
         rows = self._api.conn.execute(
             "SELECT version, step, increment, manifest FROM artifacts WHERE name = ? AND increment IS NOT NULL"
             " AND version <= ? ORDER BY version",

@@ -116,7 +116,7 @@ class RemoteApi:
         self._stub = pb_grpc.ReadStub(self._conn.channel)
         self._cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
         self._cache_lock = threading.Lock()
-        self._remove_cache = None  # removes the temporary cache folder, once one is made
+        self._remove_cache: Optional[weakref.finalize] = None  # removes the temporary cache folder, once one is made
 
     @property
     def cache_dir(self) -> str:
@@ -133,7 +133,7 @@ class RemoteApi:
         details = e.details() or code
         if code in ("NOT_FOUND", "INVALID_ARGUMENT"):
             trailer = dict(e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else {}
-            cls = READ_ERRORS.get(trailer.get(ERROR_HEADER))
+            cls = READ_ERRORS.get(str(trailer.get(ERROR_HEADER)))
             if cls is None:  # a server that does not name the exception
                 cls = (
                     ValueError

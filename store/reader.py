@@ -5,7 +5,7 @@ server read through these; the daemon writes through ``writer.Store``."""
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from .dialect import SQLite, StoreError, open_postgres
 from .schema import DB_NAME, check_version
@@ -25,8 +25,11 @@ def open_reader(path: Optional[str] = None, *, db: Optional[str] = None, timeout
     database object of ``store/dialect.py`` (run SQL on its ``conn``). Raises SchemaVersionError
     for a newer store, StoreError for a database that holds none. For a file, the caller
     checks that it exists (to give its own hint)."""
+    database: Any
     if db is not None:
         database = open_postgres(db, writer=False)
+    elif path is None:
+        raise ValueError("open_reader needs the store file's path or a database URL (db=)")
     else:
         database = SQLite.open_reader(path, timeout)
     try:
