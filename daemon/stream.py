@@ -56,7 +56,7 @@ from .merger import Merger
 from .records import BadRecord, read_writer_seq, record_writer_seq
 from .summary import Summary
 from trackside.store import StoreError, check_artifact
-from .wal import WAL, WALError, read_record
+from .wal import WAL, WALError, read_record, read_records
 
 log = logging.getLogger("trackside.daemon")
 
@@ -467,7 +467,6 @@ class RunStream:
             done += len(group)
 
     def _read_group(self) -> list:
-        from .wal import read_records
 
         group = []
         for rec in read_records(os.path.join(self.dir, "wal"), self._read_from, reporter=self._report_damage):
@@ -489,7 +488,7 @@ class RunStream:
                 self.system_writer = writer  # this host's, from before a restart: its seqs go on
         self._tasks = [asyncio.create_task(self._committer(), name=f"commit-{self.run_id}")]
         if self.dest != "offline":
-            from .uploader import RemoteDestination, Uploader
+            from .uploader import RemoteDestination, Uploader  # lazy: it loads grpc, which only uploading runs need
 
             # the token of the writer that opened the run, else the daemon's own environment's
             dest = RemoteDestination(
