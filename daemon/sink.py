@@ -106,7 +106,11 @@ def check_record(run_id: str, record) -> None:
     if status != PARSE_OK:
         return  # refused by the stream, which says why
     if rtype == RECORD_LOG:
-        _check_media_paths(run_id, memoryview(record)[start:end])
+        # a file path sits under a "path" key, whatever its encoding: its raw bytes are in the
+        # record. A byte search is far cheaper than decoding every entry, and most records
+        # (scalars only) end there
+        if bytes(record).find(b"path", start, end) >= 0:
+            _check_media_paths(run_id, memoryview(record)[start:end])
         return
     if rtype != RECORD_EVENT:
         return
