@@ -2,13 +2,25 @@
 
 Stages, each one object reading one queue and writing the next (DESIGN §2):
 
-1. ``accept``: check the record's checksum, append it to the run's WAL (memory only).
-2. the committer: make the WAL durable (one write and fsync for everything appended since the
-   last one: group commit), acknowledge ``(writer, seq)`` to each connection, put the records
-   in the backlog.
-3. the materializer: take records from the backlog, decode, merge steps across writers, keep
-   the summary, write rows, config, console and metadata into the store (one transaction per
-   group of records); report a writer's ``finish`` once it is all stored.
+1. accept (``RunStream.accept``): check the record's frame and checksum, drop a ``(writer,
+   seq)`` already held, append it to the run's WAL (memory only); the record, named
+   (``Appended``), goes into the commit stage's queue.
+2. ``CommitStage``: make the WAL durable (one write and fsync for everything appended since
+   the last pass: group commit), acknowledge ``(writer, seq)`` to each connection, hand the
+   records on: into the ``Backlog`` (stored runs) or to the ``Uploader`` (runs sent to a server).
+3. merge (``RunStream``'s materializer over the ``Backlog``, the ``Merger`` and the
+   ``Summary``): decode, merge steps across writers, gather config, console, metadata and
+   indexes into one group of changes.
+4. ``StoreStage``: write each group into the store in one transaction, the WAL cursor with it;
+   a writer's ``finish`` is reported once it is all stored.
+5. upload (``daemon/uploader.py`` ``Uploader``): for runs whose destination is a server.
+
+What follows the commit is the stream's ``Mode`` (from ``info["dest"]``): ``STORE`` (the
+default) runs stages 3 and 4 into the run root's store; ``OFFLINE`` keeps the WAL only
+(``trackside sync`` replays it later); ``UPLOAD`` runs the uploader, and the server runs the
+same stages; ``READ_ONLY`` stores someone else's WAL (``trackside sync`` into the run's own
+root). Without a local stage 3, system metrics go into the WAL as events of the host's own
+writer, so they travel with the run.
 
 Raw records are durable before they are merged, so a crash never loses a half-built step: on
 restart the WAL is replayed from the store's cursor, through the same backlog.
@@ -19,12 +31,6 @@ the WAL (the WAL is the overflow buffer), and it serves the writer furthest behi
 the merger's pending rows (the one state that grows with the drift) stay few. Past
 ``MERGE_BACKLOG`` bytes waiting, writers ahead get no acks until the rest catch up: their
 bounded buffers then make ``log()`` wait.
-
-A run's destination (``info["dest"]``) picks what follows the commit: ``"local"`` (the default)
-runs stage 3 into the run root's store; ``"offline"`` keeps the WAL only (``trackside sync``
-replays it later); a server URL runs an ``Uploader`` that sends the WAL to a ``trackside
-server``, where the same stages run. Without a local stage 3, system metrics go into the WAL as
-events of the host's own writer, so they travel with the run.
 """
 
 from __future__ import annotations
@@ -182,6 +188,41 @@ class CommitStage:
             else:
                 waiting.append((offset, fut))
         self._waiters = waiting
+
+
+class StoreStage:
+    """The store stage: writes one run's changes into the store, one transaction per call (rows,
+    console, config, summary, indexes and the WAL cursor together), in the store's own thread.
+    While the store cannot take a write (a full disk, a lost database) it says why in ``error``
+    and retries with backoff: merging then waits, the merge queue fills, acks are held, and the
+    writers slow down. Nothing is lost: the WAL keeps the records."""
+
+    def __init__(self, run_id: str, store, call):
+        self.run_id = run_id
+        self.store = store
+        self.call = call  # runs a function in the store's thread
+        self.error: Optional[str] = None
+        self.closing = False  # past ~15 s of retries while closing, give up (the WAL replays it)
+
+    async def write(self, **changes) -> None:
+        """Return once ``changes`` are committed (see ``Store.apply``)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.call(self.store.apply, self.run_id, **changes)
+            except (StoreError, OSError) as e:
+                if self.error is None:
+                    log.error("run %s: cannot write the store (%s); retrying", self.run_id, e)
+                self.error = f"store write failed: {e}"
+                if self.closing and delay > 8:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if self.error is not None:
+                log.info("run %s: store writes work again", self.run_id)
+                self.error = None
+            return
 
 
 class Waiting(NamedTuple):
@@ -360,7 +401,7 @@ class RunStream:
         self.system_done = False  # its last rows are written: the sampler lets the run go
         self.ranks: dict[int, int] = {}  # writer -> the rank it announced (its "join" event)
         self.world_size = 0  # the largest world size a writer announced (0: none did)
-        self.store_error: str | None = None  # set while the store cannot take a write
+        self.storing = StoreStage(run_id, store, store_call) if store is not None else None
         self.stats = {"records": 0, "entries": 0, "duplicates": 0, "bytes": 0}
         self.next_step = 0
         self.commit = None if self.wal is None else CommitStage(run_id, self.wal, io_pool, self._committed)
@@ -393,7 +434,9 @@ class RunStream:
     @property
     def error(self) -> Optional[str]:
         """Why the WAL or the store refuses writes just now (retried), or None."""
-        return (self.commit.error if self.commit is not None else None) or self.store_error
+        return (self.commit.error if self.commit is not None else None) or (
+            self.storing.error if self.storing is not None else None
+        )
 
     # -- start and recovery ------------------------------------------------------------------
 
@@ -436,7 +479,7 @@ class RunStream:
             await self._merge_backlog(drain=True)
             log.info("run %s: replayed %d records from WAL offset %d", self.run_id, replayed, cursor)
         if len(self.damage) > self._damage_stored:  # found while reading the WAL: readers see it now
-            await self._store(metadata={"wal_damage": self._damage_report()})
+            await self.storing.write(metadata={"wal_damage": self._damage_report()})
         self._tasks = [
             asyncio.create_task(self._committer(), name=f"commit-{self.run_id}"),
             asyncio.create_task(self._materializer(), name=f"merge-{self.run_id}"),
@@ -684,7 +727,7 @@ class RunStream:
 
     async def _store_group(self, changes: dict, records: list) -> None:
         try:
-            await self._store(**changes)
+            await self.storing.write(**changes)
             self._send_done(records)
         finally:
             self._unstored -= len(records)
@@ -875,27 +918,6 @@ class RunStream:
         self._typed_steps -= typed
         return typed
 
-    async def _store(self, **changes) -> None:
-        """Write one transaction into the store, retrying while the store cannot take it (a full
-        disk): merging stops, the merge queue fills, acks wait, and the writers slow down."""
-        delay = 0.5
-        while True:
-            try:
-                await self._store_call(self.store.apply, self.run_id, **changes)
-            except (StoreError, OSError) as e:
-                if self.store_error is None:
-                    log.error("run %s: cannot write the store (%s); retrying", self.run_id, e)
-                self.store_error = f"store write failed: {e}"
-                if self._closing and delay > 8:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            if self.store_error is not None:
-                log.info("run %s: store writes work again", self.run_id)
-                self.store_error = None
-            return
-
     async def _ticker(self) -> None:
         """Finalize rows held back by a silent writer once the merge window passes; serve the
         records the backlog held back for one."""
@@ -930,7 +952,7 @@ class RunStream:
         """Store system-metrics rows ``(time_us, values)`` sampled on ``host`` (and metadata to
         merge), retried like every store write. Returns once they are in the store."""
         if self.local:
-            await self._store(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
+            await self.storing.write(system=[(t, host, values) for t, values in rows], metadata=metadata or None)
             return
         # no store here: into the WAL, as an event of this host's writer, to travel with the run
         writer = self.system_writer
@@ -1019,6 +1041,8 @@ class RunStream:
     async def close(self) -> None:
         """Drain: commit what is appended, merge and store it, fsync and close the WAL."""
         self._closing = True
+        if self.storing is not None:
+            self.storing.closing = True
         if self.commit is not None:
             self.commit.closing = True
             self.commit.wake()
@@ -1026,7 +1050,7 @@ class RunStream:
             rows = self.merger.finalize(time.monotonic(), everything=False)
             if rows or self._summary_dirty:
                 self.summary.update(rows)
-                await self._store(
+                await self.storing.write(
                     rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(), cursor=None
                 )
             return
@@ -1044,7 +1068,7 @@ class RunStream:
         rows = self.merger.finalize(time.monotonic(), everything=False)
         if rows or self._summary_dirty:
             self.summary.update(rows)
-            await self._store(
+            await self.storing.write(
                 rows=rows, typed_steps=self._take_typed(rows), summary=self.summary.snapshot(), cursor=None
             )
         self.wal.close()
