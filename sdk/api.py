@@ -179,6 +179,24 @@ _RUN_COLUMNS = (
 )
 
 
+# the fields of a run as read back (RunView attributes), in the order the CLI and the server show them
+RUN_FIELDS = (
+    "id",
+    "project",
+    "name",
+    "group",
+    "job_type",
+    "tags",
+    "state",
+    "exit_code",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "history_rows",
+    "last_step",
+)
+
+
 class RunView:
     """One run as the store holds it.
 

@@ -44,6 +44,7 @@ from trackside.contracts.version import __version__
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
+from trackside.api import RUN_FIELDS
 from trackside.daemon.signals import drain_on_signals
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
@@ -94,22 +95,6 @@ def _address(host: str, port: int) -> str:
 # -- the read-back calls ---------------------------------------------------------------------------
 # Each Read call names one of these functions; its msgpack arguments are their keyword
 # arguments. Nothing else of the server's Api can be reached.
-
-RUN_FIELDS = (
-    "id",
-    "project",
-    "name",
-    "group",
-    "job_type",
-    "tags",
-    "state",
-    "exit_code",
-    "created_at",
-    "updated_at",
-    "finished_at",
-    "history_rows",
-    "last_step",
-)
 
 
 def _run_fields(run) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 
 from .._run import UsageError, _current, init
+from ._values import config_value
 
 
 class TracksideCallback(keras.callbacks.Callback):
@@ -42,7 +43,7 @@ class TracksideCallback(keras.callbacks.Callback):
         self.run.summary.update({"model/summary": "\n".join(lines), "model/parameters": self.model.count_params()})
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
-            self.run.config["optimizer"] = _plain(optimizer.get_config())
+            self.run.config["optimizer"] = config_value(optimizer.get_config())
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
@@ -62,15 +63,3 @@ class TracksideCallback(keras.callbacks.Callback):
 
 def _number(v):
     return v.item() if hasattr(v, "item") else v
-
-
-def _plain(v):
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)

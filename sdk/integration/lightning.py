@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from ..contracts import discovery
 from .._run import UsageError, init, new_run_id
 from ..artifacts import Artifact
+from ._values import config_value
 
 
 class TracksideLogger(Logger):
@@ -119,7 +120,7 @@ class TracksideLogger(Logger):
         if not self._rank_ok():
             return
         params = vars(params) if isinstance(params, Namespace) else dict(params or {})
-        self.experiment.config.update({str(k): _plain(v) for k, v in params.items()})
+        self.experiment.config.update({str(k): config_value(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         if not self._rank_ok():
@@ -160,7 +161,7 @@ class TracksideLogger(Logger):
                 type="model",
                 metadata={
                     "path": path,
-                    "score": _plain(_score(callback, path)),
+                    "score": config_value(_score(callback, path)),
                     "monitor": getattr(callback, "monitor", None),
                 },
             )
@@ -184,16 +185,3 @@ def _rank() -> int:
 
 def _scalar(v):
     return v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v
-
-
-def _plain(v):
-    """A hyperparameter as a config value: JSON-like values as they are, others as text."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-        return v.item()
-    return str(v)

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from .._run import UsageError, _current, init
 from ..artifacts import Artifact
+from ._values import config_value
 
 _PREFIXES = (("eval_", "eval/"), ("test_", "test/"))
 
@@ -60,7 +61,7 @@ class TracksideCallback(TrainerCallback):
         if model_config is not None and hasattr(model_config, "to_dict"):
             config.update(model_config.to_dict())
         config.update(args.to_dict())
-        return {k: _plain(v) for k, v in config.items()}
+        return {k: config_value(v) for k, v in config.items()}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
@@ -112,13 +113,3 @@ class TracksideCallback(TrainerCallback):
             self.run.finish()
             if _current.get("run") is self.run:
                 _current.pop("run", None)
-
-
-def _plain(v):
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return str(v)
