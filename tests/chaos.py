@@ -6,8 +6,8 @@ A trainer logs step ``i`` (``x = i``) with an explicit step, prints a console li
 steps, sets the summary and calls ``run.flush()`` every ``flush_every`` steps; after each flush
 it prints ``ACK <i>`` on stdout: everything up to step ``i`` is acknowledged (durable at the
 daemon). A round's checks: every acknowledged step is stored exactly once with its value,
-every acknowledged console line exactly once and no line twice, the summary at least the
-last acknowledged value, no file outside the round's folders, and the daemon never died
+every acknowledged console line exactly once and no line twice, every acknowledged table
+version (one per flush) exactly once, the summary at least the last acknowledged value, no file outside the round's folders, and the daemon never died
 except when the round killed it.
 
 Round kinds: ``kill_daemon`` (the daemon, mid-run; the trainer reconnects and goes on),
@@ -50,6 +50,7 @@ for i in range(start, start + steps):
         print(f"line {i}", flush=True)
     if i % flush_every == flush_every - 1:
         run.summary["last"] = i
+        run.log({"tbl": trackside.Table(columns=["i"], data=[[i]])}, step=i)  # a table version per flush
         run.flush()
         sys.stdout.write(f"ACK {i}\n")
         sys.stdout.flush()
@@ -480,7 +481,20 @@ class Chaos:
             self._fail(
                 run_id, f"summary['last'] is {r.summary.get('last')!r}, but it was set to {last_set} and acknowledged"
             )
-        self.stats["records_checked"] += want + len(range(0, want, 5))
+        # a table version per flush, each stored once: their steps are the flushes' steps
+        tables = [a.step for a in r.logged_artifacts() if a.name.endswith("-tbl")]
+        flushed = [i for i in range(want) if i % self.flush_every == self.flush_every - 1]
+        lost_tables = sorted(set(flushed) - set(tables))
+        dup_tables = len(tables) - len(set(tables))
+        self.stats["records_checked"] += want + len(range(0, want, 5)) + len(flushed)
+        self.stats["lost"] += len(lost_tables)
+        self.stats["duplicated"] += dup_tables
+        if lost_tables or dup_tables:
+            self._fail(
+                run_id,
+                f"tables: {len(lost_tables)} acknowledged versions lost (steps {lost_tables[:5]}), "
+                f"{dup_tables} stored twice",
+            )
         self.stats["lost"] += len(lost) + len(lost_lines)
         self.stats["duplicated"] += dups + sum(seen[line] - 1 for line in dup_lines)
         if lost:
