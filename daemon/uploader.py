@@ -214,7 +214,23 @@ class Uploader:
 
     async def run(self, *, follow: bool = True, stop: Optional[asyncio.Event] = None) -> None:
         """Upload until caught up (``follow=False``), or until ``stop`` is set and everything up
-        to the limit is sent. Returns early, with ``self.error`` set, on a permanent error."""
+        to the limit is sent. Returns early, with ``self.error`` set, on a permanent error.
+        Anything else that goes wrong (a bug, a WAL file that cannot be read) is logged, shown
+        in ``retrying`` and retried: uploads never stop silently while the daemon takes data."""
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                return await self._upload(follow, stop)
+            except Exception as e:
+                self.stats["retries"] += 1
+                self.retrying = f"{type(e).__name__}: {e}"
+                log.exception("run %s: uploading to %s failed; retrying", self.run_id, self.dest)
+                if stop is not None and stop.is_set():
+                    return  # shutting down: the cursor is saved, the next start goes on
+                await self._wait(stop, delay * (0.5 + random.random()))
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _upload(self, follow: bool, stop: Optional[asyncio.Event]) -> None:
         loop = asyncio.get_running_loop()
         delay = BACKOFF_MIN
         while True:

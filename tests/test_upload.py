@@ -456,3 +456,45 @@ def test_the_uploader_lists_only_folders_that_changed_since_their_files_were_sen
     assert set(up._sent_folders) == {str(f) for f in folders}  # listed no more while unchanged
     (run_dir / "media" / "ab" / "3.png").write_bytes(b"y")  # the folder's mtime moves
     assert up._new_files() == ["runs/r1/media/ab/3.png"]
+
+
+def test_an_unexpected_failure_of_an_upload_is_retried_not_the_end_of_uploads(tmp_path):
+    """A failure that is neither a refusal nor a lost server (a bug, say) once ended the upload
+    task while the daemon went on taking data: nothing was sent again, nothing said so."""
+    import asyncio
+
+    from test_sink import synthetic_records
+    from trackside.daemon.uploader import Uploader
+    from trackside.daemon.wal import WAL
+
+    run_dir = tmp_path / "runs" / "r1"
+    records = synthetic_records(50)
+    with WAL(str(run_dir / "wal"), durability="none") as wal:
+        for r in records:
+            wal.append(r)
+        wal.commit()
+
+    class FailsOnce:
+        """A destination whose first append fails the way a bug would."""
+
+        def __init__(self):
+            self.records, self.failed = [], False
+
+        async def append(self, run_id, info, batch):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug in the first upload")
+            self.records.extend(batch)
+            return len(batch), 0
+
+        async def missing_files(self, paths):
+            return []
+
+        def close(self):
+            pass
+
+    dest = FailsOnce()
+    up = Uploader("r1", str(tmp_path), str(run_dir), {}, dest=dest)
+    asyncio.run(asyncio.wait_for(up.run(follow=False), 30))
+    assert dest.failed and dest.records == records
+    assert up.error is None and up.stats["retries"] == 1
