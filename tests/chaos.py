@@ -234,7 +234,7 @@ class Chaos:
             f.write(bytes(self.rng.getrandbits(8) for _ in range(self.rng.randint(1, 300))))
         self._ensure_daemon()
         self._check_run(run_id, acked, complete=False)
-        self._check_reported_or_clean(run_id)
+        self._check_damage(run_id, reported=False)
 
     def _round_wal_middle(self, run_id, steps, flush_every):
         """Bytes flipped inside the WAL of a stored run; resuming it goes on and reports it."""
@@ -244,7 +244,9 @@ class Chaos:
         self._kill_the_daemon()
         segment = self._last_segment(run_id)
         size = os.path.getsize(segment)
-        at = self.rng.randint(64, max(65, size - 64))
+        # in the first half: whole records follow the damage, so it is damage in the middle (a
+        # damaged last record is a torn tail, cut without a report)
+        at = self.rng.randint(64, max(65, size // 2))
         with open(segment, "r+b") as f:
             f.seek(at)
             chunk = f.read(32)
@@ -254,7 +256,7 @@ class Chaos:
         q = self._trainer(run_id, steps, more, flush_every, resume="must")
         self._finish(q)
         self._check_run(run_id, steps + more - 1, complete=True)
-        self._check_reported_or_clean(run_id)
+        self._check_damage(run_id, reported=True)
 
     def _round_garbage(self, run_id, steps, flush_every):
         """Malformed frames on the daemon's socket while a trainer logs: one error each, never
@@ -506,12 +508,15 @@ class Chaos:
         if wrong:
             self._fail(run_id, f"wrong values at steps {wrong[:5]}")
 
-    def _check_reported_or_clean(self, run_id: str) -> None:
-        """A damaged WAL was either reported (metadata wal_damage) or the damage was a torn tail
-        the WAL cut cleanly; the run is readable either way."""
+    def _check_damage(self, run_id: str, reported: bool) -> None:
+        """The run is readable after its WAL was damaged; damage in the middle of the WAL is in
+        its metadata (``wal_damage``), a torn tail is cut without a report."""
         import trackside
 
-        trackside.Api(self.root).run(run_id).metadata  # readable
+        damage = trackside.Api(self.root).run(run_id).metadata.get("wal_damage")
+        if reported and not damage:
+            self._fail(run_id, "bytes flipped in the middle of the WAL were not reported in metadata['wal_damage']")
+            return
         self.stats["damage_recovered"] += 1
 
     def check_no_escapes(self) -> None:

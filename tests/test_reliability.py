@@ -210,16 +210,18 @@ def test_a_run_with_a_damaged_wal_resumes_and_reports_the_damage(ts):
     again = trackside.init(id=run.id, resume="must")
     for i in range(10):
         again.log({"y": float(i)})
+    # while the run is live, `trackside status` shows the damage its stream found
+    out = subprocess.run(
+        [sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"run {run.id}" in out.stdout and "WAL damage in" in out.stdout, out.stdout
     again.finish()
     r = trackside.Api().run(run.id)
     assert [row["y"] for row in r.history(keys=["y"])] == [float(i) for i in range(10)]
     assert len(r.history(keys=["x"])) == 2000  # stored before the damage happened
     damage = r.metadata.get("wal_damage")
     assert damage and damage[0]["bytes"] > 0 and damage[0]["reason"], r.metadata
-    out = subprocess.run(
-        [sys.executable, "-m", "trackside.cli", "status"], env=ts.env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
 
 
 def stop_daemon_now(ts) -> None:
