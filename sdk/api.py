@@ -208,27 +208,7 @@ class RunView:
     dicts on each access. History, keys and console are read live.
     """
 
-    __slots__ = (
-        "_api",
-        "_rid",
-        "id",
-        "project",
-        "name",
-        "group",
-        "job_type",
-        "tags",
-        "state",
-        "exit_code",
-        "created_at",
-        "updated_at",
-        "finished_at",
-        "dir",
-        "history_rows",
-        "last_step",
-        "_config",
-        "_summary",
-        "_metadata",
-    )
+    __slots__ = ("_api", "_rid", *RUN_FIELDS, "dir", "_config", "_summary", "_metadata")
 
     def __init__(self, api: Api, row: tuple):
         self._api = api

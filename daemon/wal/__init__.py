@@ -19,7 +19,6 @@ Contracts:
 """
 
 from .format import (
-    DURABILITY_LEVELS,
     Record,
     RecordTooLarge,
     Recovery,
@@ -33,7 +32,6 @@ from .reader import read_record, read_records, verify
 from .writer import WAL
 
 __all__ = [
-    "DURABILITY_LEVELS",
     "WAL",
     "Record",
     "Recovery",

@@ -23,7 +23,6 @@ from trackside._native.constants import (
     SEGMENT_SUFFIX,
     mask_crc,
 )
-from trackside.contracts.constants import DURABILITY
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,6 @@ Reporter = Callable[[str, int, int, str], None]
 """``reporter(path, offset, nbytes, reason)``: ``nbytes`` bytes starting at logical ``offset`` of
 segment file ``path`` were dropped because of ``reason``."""
 
-DURABILITY_LEVELS = DURABILITY
 HEADER = SEGMENT_HEADER_SIZE
 
 # Big enough that a write costs little per byte, small enough to bound memory between commits.

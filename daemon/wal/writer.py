@@ -17,9 +17,10 @@ from trackside._native.constants import (
     RECORD_MAGIC,
 )
 
+from trackside.contracts.constants import DURABILITY
+
 from .format import (
     check_header,
-    DURABILITY_LEVELS,
     fsync_dir,
     HEADER,
     list_segments,
@@ -58,8 +59,8 @@ class WAL:
         reporter: Optional[Reporter] = None,
         codec=None,
     ):
-        if durability not in DURABILITY_LEVELS:
-            raise ValueError(f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}")
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
         if segment_size < HEADER + RECORD_HEADER_SIZE:
             raise ValueError(f"segment_size {segment_size} is too small: a segment holds a {HEADER}-byte header")
         if not RECORD_HEADER_SIZE < max_record_size <= RECORD_HEADER_SIZE + MAX_RECORD_SIZE:

@@ -47,7 +47,6 @@ LOG_MODES = (IMMUTABLE, MUTABLE, INCREMENTAL)
 # the kinds of plain Python values, by exact type (the fast path of the per-cell check)
 _PLAIN = {int: "number", float: "number", str: "string", bool: "bool", list: "list", dict: "dict", bytes: "bytes"}
 _REBUILT = "ndarray"  # kinds stored as a logged form and rebuilt on reading, besides data types
-_BUILTIN_KINDS = BUILTIN_KINDS
 
 
 def _plain(obj):
@@ -467,7 +466,7 @@ class Table(DataType):
         cols = [list(c) for c in zip(*rows)] if rows and self.columns else [[] for _ in self.columns]
         types = list(self._types)
         for j, kind in enumerate(types):
-            if kind in _BUILTIN_KINDS and kind != "mixed" or kind is None:
+            if kind in BUILTIN_KINDS and kind != "mixed" or kind is None:
                 continue
             cols[j] = [_cell_form(v, run) for v in cols[j]]
         doc = {
@@ -557,7 +556,7 @@ def read_rows(obj: dict, source: str) -> tuple[list, list, list]:
     FileNotFoundError (missing file) or ValueError (damaged file)."""
     columns, types, cols, nrows = read_columns(obj, source)
     for j, kind in enumerate(types):
-        if kind is None or (kind in _BUILTIN_KINDS and kind != "mixed"):
+        if kind is None or (kind in BUILTIN_KINDS and kind != "mixed"):
             continue
         cols[j] = [_cell_value(v, source) for v in cols[j]]
     rows = [list(r) for r in zip(*cols)] if cols else [[] for _ in range(nrows)]
