@@ -235,6 +235,8 @@ class Client:
             while self._unacked_bytes > self.max_buffer and self._error is None:
                 self._wake.set()
                 self._acked.wait(0.1)
+        if self._error is not None:  # the writer failed while this call waited: say so now
+            raise TransportError(self._error)
         return True
 
     def event(self, kind: str, data, ordered: bool = True) -> None:
