@@ -14,6 +14,8 @@ from trackside.contracts.discovery import pid_alive, run_root
 from trackside.contracts.version import __version__
 
 from .display import print_history, print_runs, print_summary, print_system_metrics
+from trackside.server.options import add_server_arguments
+
 from .imports import add_parsers  # import tensorboard|wandb|mlflow, export tensorboard
 from .tablequery import QueryError, print_rows, query
 
@@ -116,22 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a team's runs: daemons and `trackside sync` upload to it, "
         "trackside.Api('grpc://HOST:PORT') reads from it",
     )
-    sv.add_argument("--root", default="trackside-server", help="where runs are kept (default: ./trackside-server)")
-    sv.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
-    sv.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default: loopback; any other address requires a token)",
-    )
-    sv.add_argument("--port", type=int, default=7311, help="port (default 7311; 0: any free port)")
-    sv.add_argument(
-        "--token",
-        help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
-        "variable, the command line is visible to other users)",
-    )
-    sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
-    sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
-    sv.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
+    add_server_arguments(sv)
 
     r = sub.add_parser("runs", help="list the runs of a run root")
     r.add_argument("--root", help="run root (default: $TRACKSIDE_DIR or ./trackside)")
@@ -499,13 +486,9 @@ _COMMANDS["top"] = _top
 
 def _server(args) -> int:
     # lazy: grpc and the team server only for `trackside server`
-    from trackside.server.team_server import main as server_main
+    from trackside.server.team_server import serve
 
-    argv = ["--root", args.root, "--host", args.host, "--port", str(args.port)]
-    for flag in ("db", "token", "tls_cert", "tls_key", "info_file"):
-        if getattr(args, flag) is not None:
-            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    return server_main(argv)
+    return serve(args)
 
 
 _COMMANDS["server"] = _server

@@ -10,3 +10,5 @@ REDUCE_RULES = ("last", "mean", "sum", "min", "max")
 SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "best", "none", "copy")
 # how a run is recorded (init(mode=))
 MODES = ("online", "offline", "disabled")
+# where a trackside server listens unless told otherwise (grpc://HOST means grpc://HOST:7311)
+SERVER_PORT = 7311

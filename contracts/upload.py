@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import grpc
 import msgspec
 
+from trackside.contracts.constants import SERVER_PORT
 from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
@@ -29,7 +30,7 @@ __all__ = [
     "parse_url",
 ]
 
-DEFAULT_PORT = 7311
+DEFAULT_PORT = SERVER_PORT
 CHUNK = 1024 * 1024  # files go up and down in pieces of this size
 MAX_MESSAGE = 64 * 1024 * 1024  # as the server's: a 16 MiB batch with room to spare
 SCHEMES = ("grpc://", "grpcs://")

@@ -45,7 +45,9 @@ from trackside.proto.trackside.v1 import trackside_pb2 as pb
 from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
 from trackside.api import RUN_FIELDS
+from trackside.contracts.constants import SERVER_PORT
 from trackside.daemon.signals import drain_on_signals
+from trackside.server.options import add_server_arguments
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
 from trackside.daemon.records import BadRecord
@@ -54,8 +56,6 @@ from trackside.artifacts import run_table_artifact
 
 log = logging.getLogger("trackside.server")
 
-DEFAULT_PORT = 7311
-DEFAULT_ROOT = "trackside-server"
 # An upload batch is at most 16 MiB of records; the limit leaves room for the envelope and
 # for a page of read results.
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -488,7 +488,7 @@ class TeamServer:
         *,
         db: str | None = None,
         host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
+        port: int = SERVER_PORT,
         token: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
@@ -676,26 +676,16 @@ def main(argv=None, prog: str = "trackside server") -> int:
         description="serve a team's runs: daemons and `trackside sync` upload "
         "to it, trackside.Api('grpc://HOST:PORT') reads from it",
     )
-    p.add_argument("--root", default=DEFAULT_ROOT, help=f"where runs are kept (default: ./{DEFAULT_ROOT})")
-    p.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default: loopback; any other address requires a token)",
-    )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
-    p.add_argument(
-        "--token",
-        help="require this token on every call (default: $TRACKSIDE_TOKEN; prefer the "
-        "variable, the command line is visible to other users)",
-    )
-    p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
-    p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
-    p.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
-    p.add_argument("--log-level", default=os.environ.get("TRACKSIDE_LOG_LEVEL", "INFO"))
-    args = p.parse_args(argv)
+    add_server_arguments(p)
+    return serve(p.parse_args(argv), prog)
+
+
+def serve(args: argparse.Namespace, prog: str = "trackside server") -> int:
+    """Run a server with the options of ``add_server_arguments`` until a signal stops it; the
+    exit status."""
     if not 0 <= args.port <= 65535:
-        p.error(f"--port must be 0 to 65535, not {args.port}")
+        print(f"{prog}: --port must be 0 to 65535, not {args.port}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # the store, run folders and files it keeps are its user's only
     token = args.token or os.environ.get("TRACKSIDE_TOKEN") or None
