@@ -60,6 +60,11 @@ sys.stdout.flush()
 """
 
 
+# names a garbage round says hello with: none may become a path (checked by check_no_escapes)
+HOSTILE_RUN_IDS = ("../../escape", "a/b", "x" * 300)
+HOSTILE_ROOT = "relative/root"
+
+
 class ChaosFailure(AssertionError):
     pass
 
@@ -348,8 +353,8 @@ class Chaos:
             data = len(body).to_bytes(4, "little") + body
         else:  # a hello (sometimes a hostile one), then broken batches
             info = rng.choice([{"project": "x"}, {"settings": 5}, {"dest": "file:///etc"}, {"tags": [1]}, []])
-            rid = rng.choice([run_id, "../../escape", "a/b", "x" * 300, run_id])
-            root = rng.choice([self.root, "relative/root", self.root])
+            rid = rng.choice([run_id, *HOSTILE_RUN_IDS, run_id])
+            root = rng.choice([self.root, HOSTILE_ROOT, self.root])
             writer = rng.getrandbits(62) + 1
             try:
                 hello = pack(Hello(PROTOCOL_VERSION, rid, writer, os.getpid(), 7, root, info))
@@ -520,14 +525,13 @@ class Chaos:
         self.stats["damage_recovered"] += 1
 
     def check_no_escapes(self) -> None:
-        """Nothing outside the session's own folders (a hostile run id or root, say)."""
+        """Nothing but the session's own folders in its base, and nothing where the garbage
+        rounds' hostile run ids and root would have put a run had the daemon taken them."""
         allowed = {"daemon", "trackside", "server", "server.json", "server.log"}
         stray = [name for name in os.listdir(self.base) if name not in allowed]
-        parent = os.path.dirname(self.base)
-        stray += [os.path.join(parent, n) for n in ("escape", "ESCAPED.txt") if os.path.exists(os.path.join(parent, n))]
-        for rel in ("relative",):
-            if os.path.exists(os.path.join("/", rel)):
-                stray.append("/" + rel)
+        landing = [os.path.join(self.root, "runs", run_id) for run_id in HOSTILE_RUN_IDS]
+        landing.append(os.path.join("/", HOSTILE_ROOT))  # the daemon's working folder is /
+        stray += [path for path in landing if os.path.lexists(path)]
         if stray:
             self.stats["escapes"] += len(stray)
             self.failures.append(f"files outside the run roots: {stray}")
