@@ -120,6 +120,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_server_arguments(sv)
 
+    u = sub.add_parser(
+        "ui",
+        help="serve the web page of a run root's runs (or a team server's) on http://127.0.0.1:8080",
+        description="Serves the page (charts, runs table, media, tables, console, artifacts) and its "
+        "JSON API (docs/ui-api.md). Needs pip install 'trackside[ui]'.",
+    )
+    u.add_argument(
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        help="a run root (default: $TRACKSIDE_DIR, else ./trackside) or a team server (grpc://HOST:PORT)",
+    )
+    u.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: loopback; any other needs --token)"
+    )
+    u.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    u.add_argument(
+        "--token",
+        help="the page asks for this token (and a grpc:// SOURCE is read with it); default $TRACKSIDE_TOKEN",
+    )
+    u.add_argument("--ca", help="CA certificate of a grpcs:// SOURCE (default: $TRACKSIDE_TLS_CA, else system roots)")
+
     r = sub.add_parser("runs", help="list the runs of a run root")
     r.add_argument("--root", help="run root (default: $TRACKSIDE_DIR or ./trackside)")
     r.add_argument("--project")
@@ -492,6 +514,21 @@ def _server(args) -> int:
 
 
 _COMMANDS["server"] = _server
+
+
+def _ui(args) -> int:
+    if not 0 <= args.port <= 65535:
+        print(f"trackside ui: --port must be 0 to 65535, not {args.port}", file=sys.stderr)
+        return 2
+    try:
+        from trackside.ui import serve  # lazy: starlette, uvicorn and the store only for `trackside ui`
+    except ImportError as e:
+        print(f"trackside ui: needs {e.name or e}: pip install 'trackside[ui]'", file=sys.stderr)
+        return 2
+    return serve(args.source, args.host, args.port, args.token, args.ca)
+
+
+_COMMANDS["ui"] = _ui
 _COMMANDS["status"] = _daemon
 _COMMANDS["sync"] = _sync
 

@@ -27,5 +27,11 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM); with --tls-key")
     p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM); with --tls-cert")
+    p.add_argument(
+        "--ui-port",
+        type=int,
+        metavar="N",
+        help="also serve the web page (trackside ui) on port N of --host, with the same token (needs trackside[ui])",
+    )
     p.add_argument("--info-file", metavar="FILE", help="write pid and address here once listening (JSON)")
     p.add_argument("--log-level", default=os.environ.get("TRACKSIDE_LOG_LEVEL", "INFO"))

@@ -27,7 +27,6 @@ import concurrent.futures
 import hashlib
 import hmac
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 
 from trackside.api import RUN_FIELDS
 from trackside.contracts.constants import SERVER_PORT
+from trackside.contracts.network import is_loopback
 from trackside.daemon.signals import drain_on_signals
 from trackside.server.options import add_server_arguments
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
@@ -76,16 +76,6 @@ _decode_args = msgspec.msgpack.Decoder(dict[str, object]).decode
 
 class ConfigError(ValueError):
     """The server will not start as configured (the message says what to change)."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only ("localhost", 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def _address(host: str, port: int) -> str:
@@ -493,8 +483,12 @@ class TeamServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         info_file: str | None = None,
+        ui_port: int | None = None,
     ):
         self.root = os.path.abspath(root)
+        self.ui_port = ui_port
+        self.ui = None  # the web page (trackside.ui.UIServer) once started, with ui_port
+        self.ui_api = None  # the page's own reader of the store
         self.db = db
         self.host = host
         self.port = port
@@ -580,6 +574,8 @@ class TeamServer:
             raise ConfigError(f"cannot listen on {target}: {reason}")
         self.port = port
         await server.start()
+        if self.ui_port is not None:
+            await loop.run_in_executor(None, self._start_ui)
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.info_file:
@@ -592,6 +588,7 @@ class TeamServer:
                     "port": port,
                     "root": self.root,
                     "version": __version__,
+                    "ui_url": self.ui.url if self.ui is not None else None,
                 },
             )
         log.info(
@@ -602,6 +599,32 @@ class TeamServer:
             "required" if self.token else "not required",
         )
         return port
+
+    def _start_ui(self) -> None:
+        """Serve the web page beside the server (its own thread and event loop), reading the
+        store through an Api of its own, behind the same token."""
+        try:
+            from trackside.ui import ConfigError as UIConfigError, UIServer  # lazy: the [ui] extra
+        except ImportError as e:
+            raise ConfigError(f"--ui-port needs {e.name or e}: pip install 'trackside[ui]'") from None
+        kwargs = {"db": self.db} if self.db else {}
+        api = Api(self.root, **kwargs)
+        try:
+            self.ui = UIServer(api, self.host, self.ui_port, self.token)
+        except (UIConfigError, ImportError) as e:
+            api.close()
+            raise ConfigError(f"--ui-port: {e}") from None
+        self.ui_api = api
+        self.ui.start()
+        log.info("the web page: http://%s:%d/ (plain HTTP)", self.host, self.ui.port)
+
+    def _stop_ui(self) -> None:
+        if self.ui is not None:
+            self.ui.stop()
+            self.ui = None
+        if self.ui_api is not None:
+            self.ui_api.close()
+            self.ui_api = None
 
     async def serve(self) -> None:
         """Start, run until ``stop()`` or SIGTERM/SIGINT, then shut down in order; a second
@@ -627,6 +650,7 @@ class TeamServer:
             self._server = None
         for upload in list(self.uploads):  # calls cut at the end of the grace period
             upload.end()
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_ui)
         await self._close_store()
         if self.info_file:
             _remove_own_info(self.info_file)
@@ -699,6 +723,7 @@ def serve(args: argparse.Namespace, prog: str = "trackside server") -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             info_file=args.info_file,
+            ui_port=args.ui_port,
         )
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ import trackside as wandb
 from trackside.artifacts import ArtifactNotFoundError
 from trackside.data_types.base import DataType
 from trackside.data_types.table import Table
-from trackside.cli.tablequery import QueryError, compile_where, query
+from trackside.tablequery import QueryError, compile_where, query
 
 
 class Point(DataType):

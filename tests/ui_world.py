@@ -1,0 +1,179 @@
+"""Runs logged by the real SDK for the web page's tests (tests/test_ui_*.py), and the page's
+server process (``trackside ui``) they read them through."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+import urllib.request
+
+STEPS = 300  # steps of the demo runs' metrics
+IMAGE = 32  # the demo image's side (pixels)
+
+
+def loss_at(step: int, lr: float) -> float:
+    return 2.0 / (1.0 + lr * 50 * step) + 0.05 * ((step * 7919) % 13) / 13
+
+
+def log_demo_runs(project: str = "vision") -> dict:
+    """Three finished runs of ``project`` (config lr 0.001 / 0.03 / 0.1): metrics under
+    ``train/`` and ``val/``, and on the first one every kind of media, a histogram over time,
+    an INCREMENTAL and a MUTABLE table, console output and an artifact. Returns the runs' ids
+    by name. Logs into $TRACKSIDE_DIR through the daemon of $TRACKSIDE_DAEMON_DIR."""
+    import numpy as np
+
+    import trackside
+
+    ids = {}
+    for name, lr, opt, tags in (
+        ("baseline", 0.001, "adam", ["base"]),
+        ("mid-lr", 0.03, "adam", []),
+        ("high-lr", 0.1, "sgd", ["best"]),
+    ):
+        run = trackside.init(project=project, name=name, config={"lr": lr, "optimizer": opt, "layers": 4}, tags=tags)
+        ids[name] = run.id
+        rich = name == "baseline"
+        for step in range(STEPS):
+            row = {"train/loss": loss_at(step, lr), "train/acc": 1 - loss_at(step, lr) / 3}
+            if step % 10 == 0:
+                row["val/loss"] = loss_at(step, lr) * 1.1
+            if rich and step % 100 == 0:
+                row.update(media_row(step))
+            run.log(row)
+        run.summary["best_acc"] = 1 - loss_at(STEPS - 1, lr) / 3
+        if rich:
+            print("epoch 1 done: loss 0.52")
+            for i in range(30):
+                print(f"batch {i} ok")
+            print("warning: learning rate is low", file=sys.stderr)
+            log_tables(run)
+            art = trackside.Artifact("labels", type="dataset", description="the class names")
+            path = os.path.join(os.environ["TRACKSIDE_DIR"], "..", "labels.csv")
+            with open(path, "w") as f:
+                f.write("id,name\n1,car\n2,tree\n")
+            art.add_file(path)
+            run.log_artifact(art, aliases=["best"])
+        run.finish()
+    del np
+    return ids
+
+
+def demo_image(step: int):
+    import numpy as np
+
+    img = np.zeros((IMAGE, IMAGE, 3), dtype=np.uint8)
+    img[:, :, 0] = np.arange(IMAGE)[None, :] * 8
+    img[:, :, 2] = (step // 100) * 60
+    mask = np.zeros((IMAGE, IMAGE), dtype=np.uint8)
+    mask[4:14, 4:14] = 1  # car
+    mask[18:30, 16:30] = 2  # tree
+    return img, mask
+
+
+def media_row(step: int) -> dict:
+    import numpy as np
+
+    import trackside
+
+    img, mask = demo_image(step)
+    t = np.arange(1600) / 16000.0
+    return {
+        "examples": trackside.Image(
+            img,
+            caption=f"sample at step {step}",
+            masks={"pred": {"mask_data": mask, "class_labels": {1: "car", 2: "tree"}}},
+            boxes={
+                "gt": {
+                    "box_data": [{"position": {"minX": 2, "maxX": 16, "minY": 2, "maxY": 16}, "class_id": 1}],
+                    "class_labels": {1: "car"},
+                    "domain": "pixel",
+                }
+            },
+        ),
+        "sound": trackside.Audio(np.sin(2 * np.pi * 440 * t).astype(np.float32), sample_rate=16000, caption="a"),
+        "page": trackside.Html(f"<h3 id='h'>report at step {step}</h3>"),
+        "weights": trackside.Histogram(np.random.default_rng(step).normal(step / 100, 1, 500)),
+    }
+
+
+def log_tables(run) -> None:
+    import numpy as np
+
+    import trackside
+
+    inc = trackside.Table(columns=["id", "image", "score", "label"], log_mode="INCREMENTAL")
+    for log in range(3):
+        for i in range(4):
+            img = np.full((8, 8, 3), 40 * (log * 4 + i) % 255, dtype=np.uint8)
+            inc.add_data(log * 4 + i, trackside.Image(img), (log * 4 + i) / 12, "cat" if i % 2 else "dog")
+        run.log({"preds": inc}, step=STEPS + log)
+    mut = trackside.Table(columns=["epoch", "acc"], log_mode="MUTABLE")
+    mut.add_data(1, 0.5)
+    run.log({"scores": mut}, step=STEPS + 3)
+    mut.add_data(2, 0.7)
+    run.log({"scores": mut}, step=STEPS + 4)
+
+
+# -- the page's server ---------------------------------------------------------------------------
+
+
+class UIProcess:
+    """``trackside ui SOURCE --port 0 ...`` as a process; ``url`` from the line it prints."""
+
+    def __init__(self, source: str, *args: str, env=None, token=None):
+        cmd = [sys.executable, "-m", "trackside.cli", "ui", source, "--port", "0", *args]
+        if token:
+            cmd += ["--token", token]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or dict(os.environ)
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("trackside ui: http"):
+            rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
+            self.stop()
+            raise AssertionError(f"trackside ui did not start: {line}{rest}")
+        self.page_url = line.split()[2]  # with ?token= when there is one
+        self.url = self.page_url.split("?")[0].rstrip("/")
+        self.token = token
+
+    def get(self, path: str, token=None, raw: bool = False):
+        """GET ``path`` (with the token as a bearer when given); the parsed JSON (or bytes)."""
+        req = urllib.request.Request(self.url + path)
+        token = token or self.token
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=30) as res:
+            body = res.read()
+            return (body, res.headers) if raw else json.loads(body)
+
+    def status(self, path: str, token=None) -> int:
+        try:
+            self.get(path, token=token, raw=True)
+        except urllib.error.HTTPError as e:
+            return e.code
+        return 200
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def isolated_world(tmp) -> types.SimpleNamespace:
+    """Environment for a private daemon and run root under ``tmp`` (set in os.environ by the
+    caller's fixture)."""
+    return types.SimpleNamespace(
+        root=os.path.join(tmp, "trackside"), daemon_dir=os.path.join(tmp, "daemon"), started=time.monotonic()
+    )
