@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 import urllib.error
@@ -130,17 +131,28 @@ class UIProcess:
         cmd = [sys.executable, "-m", "trackside.cli", "ui", source, "--port", "0", *args]
         if token:
             cmd += ["--token", token]
+        # the output goes to a file (a pipe nobody reads could fill and stop the server)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="trackside-ui-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or dict(os.environ)
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env or dict(os.environ)
         )
-        line = self.proc.stdout.readline()
-        if not line.startswith("trackside ui: http"):
-            rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
-            self.stop()
-            raise AssertionError(f"trackside ui did not start: {line}{rest}")
+        deadline = time.monotonic() + 60
+        line = ""
+        while not line.startswith("trackside ui: http"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out = self.output()
+                self.stop()
+                raise AssertionError(f"trackside ui did not start: {out}")
+            time.sleep(0.02)
+            with open(self.log.name) as f:
+                line = f.readline()
         self.page_url = line.split()[2]  # with ?token= when there is one
         self.url = self.page_url.split("?")[0].rstrip("/")
         self.token = token
+
+    def output(self) -> str:
+        with open(self.log.name) as f:
+            return f.read()
 
     def get(self, path: str, token=None, raw: bool = False):
         """GET ``path`` (with the token as a bearer when given); the parsed JSON (or bytes)."""
@@ -167,8 +179,8 @@ class UIProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 def isolated_world(tmp) -> types.SimpleNamespace:
@@ -177,3 +189,41 @@ def isolated_world(tmp) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         root=os.path.join(tmp, "trackside"), daemon_dir=os.path.join(tmp, "daemon"), started=time.monotonic()
     )
+
+
+class DemoWorld:
+    """A private daemon and run root with the demo runs logged (``ids``), and ``trackside ui``
+    serving them (``ui``); ``close()`` stops both and restores the environment."""
+
+    ENV = ("TRACKSIDE_DAEMON_DIR", "TRACKSIDE_DIR", "TRACKSIDE_RUN_ID", "TRACKSIDE_MODE", "TRACKSIDE_IDLE_TIMEOUT")
+
+    def __init__(self, tmp):
+        self.saved = {k: os.environ.get(k) for k in self.ENV}
+        self.tmp = str(tmp)
+        self.root = os.path.join(self.tmp, "trackside")
+        self.daemon_dir = os.path.join(self.tmp, "daemon")
+        for k in self.ENV:
+            os.environ.pop(k, None)
+        os.environ.update(TRACKSIDE_DAEMON_DIR=self.daemon_dir, TRACKSIDE_DIR=self.root, TRACKSIDE_IDLE_TIMEOUT="120")
+        self.ui = None
+        try:
+            self.ids = log_demo_runs()
+            self.ui = UIProcess(self.root)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        from conftest import stop_daemon
+
+        from trackside._run import _finish_all
+
+        if self.ui is not None:
+            self.ui.stop()
+        _finish_all(0)
+        stop_daemon(self.daemon_dir)
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

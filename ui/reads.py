@@ -165,7 +165,7 @@ def run_keys(run) -> dict:
     return {
         "scalars": scalars,
         "histograms": histograms,
-        "media": {k: t for k, t in media.items() if t != "histogram"},
+        "media": {k: t for k, t in media.items() if t != "histogram" and k not in tables},
         "tables": tables,
     }
 
