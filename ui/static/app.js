@@ -4,7 +4,7 @@ import { chartsView, systemView } from "./charts.js";
 import { histogramsView, mediaView } from "./media.js";
 import { tablesView } from "./tables.js";
 import {
-  PageContext, api, colorFor, el, errorBox, fmtBytes, fmtDuration, fmtTime, fmtValue, link, queryParams,
+  PageContext, api, setChildren, colorFor, el, errorBox, fmtBytes, fmtDuration, fmtTime, fmtValue, link, queryParams,
   replaceQuery, stateBadge,
 } from "./util.js";
 
@@ -186,10 +186,10 @@ async function runsPage(ctx, project) {
     }
     if (!ctx.alive) return;
     const choices = [...new Set([...res.available, ...state.columns])];
-    groupSel.replaceChildren(el("option", { value: "" }, "(none)"),
+    setChildren(groupSel, el("option", { value: "" }, "(none)"),
       ["state", "group", "job_type", ...choices.filter((c) => c.startsWith("config."))].map((c) => el("option", { value: c }, c)));
     groupSel.value = state.group;
-    addCol.replaceChildren(el("option", { value: "" }, "…"), choices.filter((c) => !state.columns.includes(c)).map((c) => el("option", { value: c }, c)));
+    setChildren(addCol, el("option", { value: "" }, "…"), choices.filter((c) => !state.columns.includes(c)).map((c) => el("option", { value: c }, c)));
     count.textContent = `${res.total} run${res.total === 1 ? "" : "s"}`;
     const all = el("input", { type: "checkbox", title: "select the runs of this page" });
     all.onchange = () => {

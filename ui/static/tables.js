@@ -1,7 +1,7 @@
 // Tables a run logged: rows with images in cells, filter / group / sort by the table query
 // (`trackside table --where` language), pages; INCREMENTAL increments, MUTABLE versions.
 
-import { api, el, errorBox, fmtValue, queryParams, replaceQuery } from "./util.js";
+import { api, el, errorBox, fmtValue, queryParams, replaceQuery, setChildren } from "./util.js";
 
 const enc = encodeURIComponent;
 
@@ -77,19 +77,19 @@ export async function tablesView(ctx, root, run) {
     if (!ctx.alive) return;
     latest = res.versions.length ? res.versions[res.versions.length - 1].version : null;
     const incremental = res.versions.some((v) => v.increment !== null);
-    versionSel.replaceChildren(
+    setChildren(versionSel, 
       el("option", { value: "" }, `latest (${latest})`),
       res.versions.slice().reverse().map((v) => el("option", { value: v.version }, `${v.version}${v.step !== null ? ` · step ${v.step}` : ""}`)),
     );
     versionSel.value = state.version;
     root.querySelector(".increments").style.display = incremental ? "" : "none";
-    incSel.replaceChildren(
+    setChildren(incSel, 
       el("option", { value: "" }, "all, joined"),
       res.versions.filter((v) => v.increment !== null).map((v) => el("option", { value: v.increment }, `#${v.increment}${v.step !== null ? ` · step ${v.step}` : ""}`)),
     );
     incSel.value = String(state.increment);
     if (!state.group) {
-      groupSel.replaceChildren(el("option", { value: "" }, "(none)"), res.columns.map((c) => el("option", { value: c }, c)));
+      setChildren(groupSel, el("option", { value: "" }, "(none)"), res.columns.map((c) => el("option", { value: c }, c)));
     }
     groupSel.value = state.group;
     info.textContent = `${res.total} row${res.total === 1 ? "" : "s"} · ${res.log_mode || ""}`;

@@ -38,6 +38,11 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Replace a node's children (arrays flattened, empty values left out).
+export function setChildren(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== undefined && c !== null && c !== false));
+}
+
 export function link(href, ...children) {
   return el("a", { href }, ...children);
 }
@@ -171,7 +176,7 @@ export function queryParams() {
 export function replaceQuery(changes) {
   const q = new URLSearchParams(location.search);
   for (const [k, v] of Object.entries(changes)) {
-    if (v === undefined || v === null || v === "" || v === false) q.delete(k);
+    if (v === undefined || v === null || v === "" || v === false || (Array.isArray(v) && !v.length)) q.delete(k);
     else q.set(k, Array.isArray(v) ? v.join(",") : String(v));
   }
   const s = q.toString();
