@@ -335,7 +335,10 @@ def media_file(run, key: str, step: int, item: int, mask: Optional[str] = None) 
 
 def histograms(run, key: str) -> dict:
     """A key's histograms over time on common bins (for a heat map), and each as logged."""
-    rows = run.history(keys=[key], samples=HISTOGRAM_STEPS)
+    rows = run.history(keys=[key])
+    if len(rows) > HISTOGRAM_STEPS:  # evenly spaced, the first and the last kept
+        last = len(rows) - 1
+        rows = [rows[round(i * last / (HISTOGRAM_STEPS - 1))] for i in range(HISTOGRAM_STEPS)]
     found = []
     for row in rows:
         v = row.get(key)
