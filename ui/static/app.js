@@ -4,7 +4,7 @@ import { chartsView, systemView } from "./charts.js";
 import { histogramsView, mediaView } from "./media.js";
 import { tablesView } from "./tables.js";
 import {
-  PageContext, api, setChildren, colorFor, el, errorBox, fmtBytes, fmtDuration, fmtTime, fmtValue, link, queryParams,
+  PageContext, api, setChildren, colorFor, loadPlotly, el, errorBox, fmtBytes, fmtDuration, fmtTime, fmtValue, link, queryParams,
   replaceQuery, stateBadge,
 } from "./util.js";
 
@@ -32,6 +32,8 @@ async function render() {
   main.replaceChildren();
   document.body.dataset.ready = "";
   const path = location.pathname;
+  // the pages that draw fetch and compile plotly.js while their data is asked for
+  if (/\/(charts|system|media|histograms|compare)\/?$/.test(path)) loadPlotly().catch(() => {});
   for (const [re, fn] of routes) {
     const m = path.match(re);
     if (m) {
