@@ -104,6 +104,9 @@ def main():
     print("summary:", {k: v for k, v in stored.summary.items() if not k.startswith("_")})
     for row in rows[:3] + rows[-2:]:
         print("  ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "_timestamp"})
+    print(
+        f"\nsee it in the page: .venv/bin/trackside ui {run.root}  then open http://127.0.0.1:8080/runs/{run.id}/charts"
+    )
 
 
 if __name__ == "__main__":
