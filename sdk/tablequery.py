@@ -148,6 +148,7 @@ class _Parser:
         if kind not in ("word", "col", "str"):
             raise QueryError(f"expected a column name at position {pos}, found {value!r}")
         column = value
+        self.build.column(column, pos)  # an unknown column is named before anything after it
         okind, op, opos = self.take()
         if okind == "word" and op.lower() in _WORD_OPS:
             op = op.lower()
@@ -166,6 +167,9 @@ class Builder:
     database filters ... ``condition`` gets the column, its position in the text (for
     messages), the operator (``==`` ``=`` ``!=`` ``<`` ``<=`` ``>`` ``>=`` ``contains``
     ``startswith``) and the value (int, float, str, bool or None)."""
+
+    def column(self, column: str, pos: int) -> None:
+        """Check a column as soon as it is read (raise QueryError for one that does not exist)."""
 
     def condition(self, column: str, pos: int, op: str, value):
         raise NotImplementedError
@@ -192,9 +196,11 @@ class _Predicate(Builder):
     def __init__(self, columns: list[str]):
         self.columns = columns
 
-    def condition(self, column, pos, op, value):
+    def column(self, column, pos):
         if column not in self.columns:
             raise QueryError(f"no column {column!r} (position {pos}); the columns: {', '.join(self.columns)}")
+
+    def condition(self, column, pos, op, value):
         return _condition(self.columns.index(column), op, value)
 
     def any_of(self, parts):

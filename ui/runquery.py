@@ -40,8 +40,11 @@ class _Mongo(Builder):
     """Each part as a function of ``negated`` that returns its filter (``not`` is pushed down
     to the comparisons, as the filters have no ``$not``)."""
 
+    def column(self, column, pos):
+        _check_field(column, pos)
+
     def condition(self, column, pos, op, value):
-        field = _check_field(column, pos)
+        field = column
 
         def build(negated: bool) -> dict:
             if op in ("contains", "startswith"):

@@ -6,6 +6,7 @@ import { api, colorFor, el, errorBox, loadPlotly, queryParams, replaceQuery, wit
 
 const WEBGL_POINTS = 4000; // more points than this in a panel: WebGL traces
 const POLL_MS = 1000; // live runs: a cursor poll per second
+const BAND_RUNS = 10; // more runs than this in a panel: lines only (a hundred bands hide each other)
 
 export function groupOf(key) {
   const i = key.indexOf("/");
@@ -280,6 +281,7 @@ export async function chartsView(ctx, root, runs, keys, { xChoices = [], title =
     let points = 0;
     for (const s of p.data.values()) points += s.x.length * (s.exact ? 1 : 3);
     const type = points > WEBGL_POINTS ? "scattergl" : "scatter";
+    const bands = p.data.size <= BAND_RUNS;
     const out = [];
     for (const r of runs) {
       const s = p.data.get(r.id);
@@ -287,7 +289,7 @@ export async function chartsView(ctx, root, runs, keys, { xChoices = [], title =
       const c = colorFor(r.id);
       const name = r.name || r.id;
       const smoothing = opts.smooth !== "none";
-      if (!s.exact) {
+      if (!s.exact && bands) {
         out.push({ type, x: s.x, y: s.min, mode: "lines", line: { width: 0, color: c }, hoverinfo: "skip", showlegend: false, legendgroup: r.id });
         out.push({
           type, x: s.x, y: s.max, mode: "lines", line: { width: 0, color: c }, fill: "tonexty",

@@ -89,20 +89,23 @@ export function stateBadge(state) {
   return el("span", { class: `state state-${state}` }, shown);
 }
 
-// A colour per run id, the same on every page and in every panel.
-const PALETTE = [
-  "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-  "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
-  "#31a354", "#756bb1",
-];
-
+// A colour per run id, the same on every page and in every panel: a hue from the id's hash
+// (360 hues: two runs of one chart rarely share one, as they would in a palette of 20).
 export function colorFor(id) {
   let h = 0x811c9dc5; // FNV-1a
   for (let i = 0; i < id.length; i++) {
     h ^= id.charCodeAt(i);
     h = Math.imul(h, 0x01000193) >>> 0;
   }
-  return PALETTE[h % PALETTE.length];
+  const hue = h % 360;
+  const light = 0.38 + ((h >>> 9) % 3) * 0.07; // three lightnesses tell close hues apart
+  const a = 0.7 * Math.min(light, 1 - light);
+  const f = (n) => {
+    const k = (n + hue / 30) % 12;
+    const c = light - a * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(255 * c).toString(16).padStart(2, "0");
+  };
+  return `#${f(0)}${f(8)}${f(4)}`;
 }
 
 export function withAlpha(hex, alpha) {
