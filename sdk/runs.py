@@ -13,10 +13,13 @@ view. A ``Runs`` equals a list (or another ``Runs``) of the same runs in the sam
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Callable, Iterator, Optional, Union, overload
 
-__all__ = ["Runs"]
+from trackside.store.edits import to_json
+
+__all__ = ["RunEdits", "RunSummary", "Runs"]
 
 
 class Runs(Sequence):
@@ -126,7 +129,7 @@ class RunSummary(dict):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._save({key: value}, [])
-        super().__setitem__(key, value)
+        super().__setitem__(key, _as_stored(value))
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
@@ -138,7 +141,7 @@ class RunSummary(dict):
         values = dict(*args, **kwargs)
         if values:
             self._save(values, [])
-            super().update(values)
+            super().update({k: _as_stored(v) for k, v in values.items()})
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:  # type: ignore[override]
         if key not in self:
@@ -254,6 +257,11 @@ class RunEdits:
         it logged, WAL). Artifacts it logged with ``log_artifact`` stay. Raises ValueError while
         the run is running (its writers would bring it back), unless ``force=True``."""
         self._delete(force)
+
+
+def _as_stored(value: Any) -> Any:
+    """A value as reading it back gives it (numpy arrays as lists, tuples as lists ...)."""
+    return json.loads(to_json(value))
 
 
 def _copy(value: Any) -> Any:

@@ -82,6 +82,7 @@ COLUMNS = {
     "updatedAt": ("updated_at", "time"),
     "finished_at": ("finished_at", "time"),
 }
+_NOT_NULL = ("run_id", "project", "state", "created_at", "updated_at", "history_rows")
 _PREFIXES = {"config": "config", "summary": "summary", "summary_metrics": "summary"}
 _COMPARE = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _OPERATORS = (*_COMPARE, "$in", "$nin", "$regex", "$options", "$exists", "$not", "$all")
@@ -219,6 +220,8 @@ def _order(order: Optional[str]) -> tuple[str, list, str]:
     if column is None or field == "tags":
         raise ValueError(f"cannot order runs by {field!r}: {_fields_hint()}")
     col = f"r.{column[0]}"
+    if column[0] in _NOT_NULL:  # no NULLs to put last: an index on the column can serve the order
+        return "", [], f"{col} {direction}, r.rid {direction}"
     return "", [], f"({col} IS NULL), {col} {direction}, r.rid {direction}"
 
 
