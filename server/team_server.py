@@ -50,6 +50,7 @@ from trackside.daemon.signals import drain_on_signals
 from trackside.server.options import add_server_arguments
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
+from trackside.store.sampling import to_wire
 from trackside.daemon.records import BadRecord
 from trackside.api import Api
 from trackside.artifacts import run_table_artifact
@@ -122,6 +123,24 @@ def _run(api, run_id):
 
 def _keys(api, run_id):
     return api.run(run_id).keys()
+
+
+def _series(api, run_id, key, min_step=None, max_step=None):
+    return to_wire(api.run(run_id).series(key, min_step, max_step))
+
+
+def _buckets(api, run_id, keys=None, samples=1000, min_step=None, max_step=None, x_axis="_step"):
+    found = api.run(run_id).buckets(keys, samples, min_step, max_step, x_axis=x_axis)
+    return {key: to_wire(b) for key, b in found.items()}
+
+
+def _buckets_many(api, runs, key, samples=1000, min_step=None, max_step=None, x_axis="_step"):
+    found = api.buckets_many(runs, key, samples, min_step, max_step, x_axis=x_axis)
+    return {run_id: to_wire(b) for run_id, b in found.items()}
+
+
+def _tail(api, run_id, keys=None, since=-1, limit=10000):
+    return list(api.run(run_id).tail(keys, since, limit))
 
 
 def _table_keys(api, run_id):
@@ -198,6 +217,10 @@ QUERIES = {
     "count_runs": _count_runs,
     "run": _run,
     "keys": _keys,
+    "series": _series,
+    "buckets": _buckets,
+    "buckets_many": _buckets_many,
+    "tail": _tail,
     "table_keys": _table_keys,
     "artifact": _artifact,
     "artifact_increments": _artifact_increments,

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
+from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import msgspec
 
@@ -19,6 +19,7 @@ from . import edits
 from .dialect import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 from .index import check_artifact, media_refs
 from .query import VALUES_SCHEMA, index_all, index_values
+from .series import SeriesWriter
 from .schema import (
     ARTIFACT_SCHEMA,
     DB_NAME,
@@ -67,6 +68,14 @@ def _check_run_id(run_id: str) -> None:
     names.check_run_id(run_id)
 
 
+class _Row(NamedTuple):
+    """A history row's values that are not numbers (the row table's part of it)."""
+
+    step: int
+    time_us: int
+    values: dict
+
+
 class Store:
     """The writer of one run root's store. Not for readers: use ``trackside.api.Api``.
 
@@ -100,6 +109,7 @@ class Store:
         self._console_seq: dict[int, int] = {}  # rid -> next console seq
         self._stale = False  # the caches could not be re-read after a rollback: re-read them first
         self._merged = 0
+        self._series: SeriesWriter
         if db is None:
             self.path = os.path.join(self.root, DB_NAME)
             # SQLite gives its -wal and -shm files the store's mode: 0600 from the start
@@ -117,6 +127,7 @@ class Store:
             )
         # SQL runs on _conn: the sqlite3 connection, or the PostgreSQL one taking the same SQL
         self._conn = self._db.conn
+        self._series = SeriesWriter(self._conn)
         self._insert_history = {n: sql + self._db.history_on_conflict for n, sql in _INSERT_HISTORY.items()}
         try:
             self._setup()
@@ -168,6 +179,8 @@ class Store:
                     self._conn.execute(stmt)
                 if v == 2:
                     self._index_stored_media()
+                if v == 4:
+                    self._history_to_series()
             if version < SCHEMA_VERSION:
                 db.set_schema_version(SCHEMA_VERSION)
             db.commit()
@@ -186,6 +199,39 @@ class Store:
             except msgspec.DecodeError:
                 continue
             self._index_media(rid, step, values)
+
+    def _history_to_series(self) -> None:
+        """Schema 4: move the numbers of every stored history row into their series (the rows
+        keep only what is not a number; rows left empty are deleted), run by run, in step order."""
+        conn = self._conn
+        for (rid,) in conn.execute("SELECT rid FROM runs ORDER BY rid").fetchall():
+            lo = -(2**63)
+            while True:
+                page = conn.execute(
+                    "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? ORDER BY step LIMIT 10000",
+                    (rid, lo),
+                ).fetchall()
+                if not page:
+                    break
+                rows = []
+                for step, time_us, data in page:
+                    try:
+                        values = self._decode(data)
+                    except msgspec.DecodeError:
+                        values = {}
+                    rows.append(_Row(step, time_us, values))
+                _new, rest = self._series.write(rid, rows)
+                keep = {r.step: values for r, values in rest}
+                conn.executemany(
+                    "DELETE FROM history WHERE rid = ? AND step = ?",
+                    [(rid, r.step) for r in rows if r.step not in keep],
+                )
+                conn.executemany(
+                    "UPDATE history SET data = ? WHERE rid = ? AND step = ?",
+                    [(self._encode(values), rid, step) for step, values in keep.items()],
+                )
+                lo = page[-1][0] + 1
+        self._series.forget()
 
     def _index_media(self, rid: int, step: int, values: Mapping) -> None:
         """Replace the media index of (rid, step, key) for each typed value in ``values``."""
@@ -287,6 +333,7 @@ class Store:
     def _forget_caches(self) -> None:
         # a rolled-back transaction may have added runs, keys or console lines the caches remember
         self._keys.clear()
+        self._series.forget()
         self._console_seq.clear()
         self._rids = {run_id: rid for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs")}
         self._stale = False
@@ -302,7 +349,7 @@ class Store:
                 (run_id, DEFAULT_PROJECT, now, now, self.root),
                 "rid",
             )
-            self._new_rid(rid)
+            self._new_rid(rid, run_id)
         return rid
 
     def _merge_blobs(self, old: bytes, new: bytes) -> bytes:
@@ -357,8 +404,9 @@ class Store:
             now = time.time()
             rid = self._rids.get(run_id)
             if rid is not None and not self._run_is(rid, run_id):
-                rid = None  # deleted since (Store.delete_run of another process): it starts again
+                self._forget_run(rid)  # deleted since (Store.delete_run of another process): it starts again
                 self._rids.pop(run_id, None)
+                rid = None
             if rid is None:
                 self._rids[run_id] = self._db.insert_id(
                     "INSERT INTO runs (run_id, project, name, group_name, job_type, tags, config, metadata,"
@@ -379,7 +427,7 @@ class Store:
                     ),
                     "rid",
                 )
-                self._new_rid(self._rids[run_id])
+                self._new_rid(self._rids[run_id], run_id)
                 self._index_run(self._rids[run_id], config=dict(config or {}), tags=list(tags) if tags else None)
                 return
             fields = edits.overlay_fields(
@@ -421,10 +469,19 @@ class Store:
 
     # -- edits after the run (store/edits.py) ------------------------------------------------------
 
-    def _new_rid(self, rid: int) -> None:
-        # SQLite may give a deleted run's rid to a new run: nothing cached of the old one applies
+    def _new_rid(self, rid: int, run_id: str) -> None:
+        """A run was created as ``rid``: SQLite may give a deleted run's rid to a new run, and
+        nothing cached of the old one may apply to it."""
+        stale = [other for other, r in self._rids.items() if r == rid and other != run_id]
+        if stale or rid in self._keys or rid in self._console_seq:
+            for other in stale:
+                del self._rids[other]
+            self._forget_run(rid)
+
+    def _forget_run(self, rid: int) -> None:
         self._keys.pop(rid, None)
         self._console_seq.pop(rid, None)
+        self._series.forget()
 
     def _run_is(self, rid: int, run_id: str) -> bool:
         row = self._conn.execute("SELECT run_id FROM runs WHERE rid = ?", (rid,)).fetchone()
@@ -515,7 +572,7 @@ class Store:
                 )
             edits.delete_rows(self._db, rid)
             self._rids.pop(run_id, None)
-            self._new_rid(rid)
+            self._forget_run(rid)
         if os.path.abspath(root_dir or self.root) == self.root:
             edits.remove_run_folder(self.root, run_id)
         return True
@@ -585,16 +642,19 @@ class Store:
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
         if rows:
+            # the numbers go into their series; the row table keeps a step's other values
+            new, rest = self._series.write(rid, rows)
+            merged = len(rows) - new
             encode = self._encode
+            rest_rows = [_Row(r.step, r.time_us, values) for r, values in rest]
             try:
-                blobs = [encode(r.values) for r in rows]
+                blobs = [encode(r.values) for r in rest_rows]
             except (TypeError, msgspec.EncodeError) as e:
-                raise TypeError(_bad_row(rows, encode, e)) from None
-            self._merged = 0
+                raise TypeError(_bad_row(rest_rows, encode, e)) from None
             if self._db.merges_in_sql:  # SQLite: ts_merge merges a stored step in the upsert
-                steps, times = [r.step for r in rows], [r.time_us for r in rows]
+                steps, times = [r.step for r in rest_rows], [r.time_us for r in rest_rows]
             else:
-                steps, times, blobs = self._merge_stored(rid, rows, blobs)
+                steps, times, blobs = self._merge_stored(rid, rest_rows, blobs)
             # the parameters of all rows in one flat list, (rid, step, time_us, data) after another
             params = [rid] * (4 * len(steps))
             params[1::4] = steps
@@ -606,10 +666,9 @@ class Store:
                 while len(steps) - done >= size:
                     conn.execute(sql, params[4 * done : 4 * (done + size)])
                     done += size
-            merged = self._merged
             if typed_steps is None:
-                for r, data in zip(rows, blobs):
-                    if _TYPED in data:  # a bytes search: rows of plain numbers pay ~0.25 us for it
+                for r, data in zip(rest_rows, blobs):
+                    if _TYPED in data:  # a bytes search: only rows with more than numbers pay for it
                         self._index_media(rid, r.step, r.values)
             elif typed_steps:
                 for r in rows:
@@ -638,7 +697,7 @@ class Store:
                 "UPDATE runs SET history_rows = history_rows + ?,"
                 " last_step = CASE WHEN last_step IS NULL OR last_step < ? THEN ? ELSE last_step END,"
                 " wal_cursor = coalesce(?, wal_cursor), updated_at = ? WHERE rid = ?",
-                (len(rows) - merged, top, top, cursor, time.time(), rid),
+                (new, top, top, cursor, time.time(), rid),
             )
             return merged
         if cursor is not None:
