@@ -353,8 +353,14 @@ class RunStream:
         *,
         read_only: bool = False,
         live: bool = True,
+        reader=None,
     ):
         self.run_id = run_id
+        # READ_ONLY: reads the records after an offset (a list of ``Appended``, in order; empty
+        # when there are none): the run's WAL files by default; a server of a tier reads the
+        # database's raw records instead (server/shared.py), and then waits for the announced
+        # world like any server's stream (world_finished)
+        self._reader = reader
         self.info = info
         self.dest = info.get("dest") or "local"  # "local", "offline" or a server URL
         if read_only:
@@ -510,7 +516,13 @@ class RunStream:
             done += len(group)
 
     def _read_group(self) -> list:
-
+        if self._reader is not None:
+            group = self._reader(self._read_from)
+            for r in group:
+                if r.seq > self.seqs.get(r.writer, 0):
+                    self.seqs[r.writer] = r.seq
+            self.stats["records"] += len(group)
+            return group
         group = []
         for rec in read_records(os.path.join(self.dir, "wal"), self._read_from, reporter=self._report_damage):
             writer, seq = record_writer_seq(rec.type, rec.body)
@@ -1000,11 +1012,25 @@ class RunStream:
         except (ValueError, TypeError, AttributeError, msgspec.DecodeError):
             pass  # a bad event was reported when it was stored
 
+    def recall(self, rtype: int, writer: int, body, values: bool) -> None:
+        """A record stored before this stream started, read by whoever feeds a read-only stream
+        (see ``reader``), before ``start``: an event counts as on a WAL's replay (ranks, finished
+        writers, metric definitions); a LOG record's entries, with ``values``, are kept for the
+        reduce rule of late entries (``Merger.recall``)."""
+        self.seqs.setdefault(writer, 0)  # a writer of the run: done() waits for its finish
+        if rtype == RECORD_EVENT:
+            self._recall(body)
+        elif values:
+            try:
+                self.merger.recall(writer, codec.decode_batch(body)[2])
+            except Exception:  # merging it failed when it was stored, and was reported then
+                pass
+
     def world_finished(self) -> bool:
         """A stream that stores uploads (a server's) has seen every rank of the announced world
         finish; a host's daemon sees its own ranks only, and does not wait for the others (nor
         does ``trackside sync`` of a host's offline run into its own root)."""
-        if self.live or self.read_only or not self.world_size:
+        if self.live or (self.read_only and self._reader is None) or not self.world_size:
             return True
         # ranks, not writers: a rank's children (data loader workers) inherit its RANK
         return len({self.ranks[w] for w in self.finished_writers.intersection(self.ranks)}) >= self.world_size
