@@ -194,8 +194,17 @@ def test_daemons_fail_over_when_the_owning_server_is_killed(servers, tmp_path, p
                         return s
             return None
 
-        # some rows stored, and a server owns the run: kill that one
-        wait_until(lambda: len(stored(root, postgres_url, "failover").history(keys=["n"])) > 50 and owner(), 30)
+        def cursor() -> int:
+            with psycopg.connect(postgres_url) as conn:
+                row = conn.execute("SELECT wal_cursor FROM runs WHERE run_id = 'failover'").fetchone()
+            return row[0] if row else 0
+
+        # some rows stored, the cursor moved (while both hosts' steps are pending: it passes the
+        # records whose steps are all stored), and a server owns the run: kill that one
+        wait_until(
+            lambda: len(stored(root, postgres_url, "failover").history(keys=["n"])) > 50 and cursor() > 0 and owner(),
+            30,
+        )
         victim = owner()
         survivor = next(s for s in tier if s is not victim)
         os.kill(victim.pid, signal.SIGKILL)
