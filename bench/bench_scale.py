@@ -1,4 +1,4 @@
-"""Scale: one daemon under overload, and many writers on one daemon.
+"""Scale: one daemon under overload, many writers on one daemon, closing, a server tier.
 
     python bench/bench_scale.py [--seconds 8] [--writers 64] [--rate 200] [--skip-overload] [--json]
         [--cases overload,many,closing,tier] [--hosts 100] [--servers 3] [--hosts-per-run 4]
@@ -568,7 +568,7 @@ def tier(hosts: int, servers: int, per_run: int, rate: float, seconds: float, pg
 
 
 def main() -> None:
-    p = parser("trackside scale: overload, many writers")
+    p = parser("trackside scale: overload, many writers, closing, a server tier")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--writers", type=int, default=64)
     p.add_argument("--rate", type=float, default=200.0, help="records/s per writer in the many-writers case")
