@@ -7,7 +7,16 @@ twin. ``IMPLEMENTATION`` says which one runs ("cython" or "python").
 
 import os as _os
 
-_API = ("IMPLEMENTATION", "crc32", "frame", "encode_batch", "BatchEncoder", "decode_batch", "parse_record")
+_API = (
+    "IMPLEMENTATION",
+    "crc32",
+    "frame",
+    "encode_batch",
+    "BatchEncoder",
+    "decode_batch",
+    "parse_record",
+    "split_rows",
+)
 
 from . import constants
 from .errors import CodecError, RecordTooLarge
@@ -30,6 +39,7 @@ encode_batch = _impl.encode_batch
 BatchEncoder = _impl.BatchEncoder
 decode_batch = _impl.decode_batch
 parse_record = _impl.parse_record
+split_rows = _impl.split_rows
 
 __all__ = [
     "IMPLEMENTATION",
@@ -42,4 +52,5 @@ __all__ = [
     "encode_batch",
     "frame",
     "parse_record",
+    "split_rows",
 ]

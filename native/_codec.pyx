@@ -12,10 +12,10 @@ from libc.string cimport memcmp, memcpy
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_Check
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Check, PyDict_CheckExact, PyDict_Copy, PyDict_DelItem, PyDict_Next, PyDict_SetItem, PyDict_Size
-from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
+from cpython.dict cimport PyDict_GetItem, PyDict_Check, PyDict_CheckExact, PyDict_Copy, PyDict_DelItem, PyDict_Next, PyDict_SetItem, PyDict_Size
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact, PyFloat_FromDouble
 from cpython.list cimport PyList_CheckExact, PyList_GET_SIZE
-from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_AsUnsignedLongMask, PyLong_Check, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact, PyLong_AsUnsignedLongLong, PyLong_AsUnsignedLongMask, PyLong_Check, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check
 from cpython.object cimport PyObject
@@ -106,3 +106,4 @@ include "buffer.pxi"
 include "record.pxi"
 include "encode.pxi"
 include "decode.pxi"
+include "columns.pxi"

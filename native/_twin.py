@@ -398,3 +398,49 @@ def parse_record(buf, pos: int = 0, end: int = -1) -> tuple[int, int, int, int]:
     if mask_crc(zlib.crc32(memoryview(buf)[pos + RECORD_CRC_START : body + length])) != crc:
         return PARSE_BAD_CHECKSUM, rtype, body, body + length
     return PARSE_OK, rtype, body, body + length
+
+
+# -- history rows into columns (store/series.py) ------------------------------------------------
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def split_rows(rows, last):
+    """``(steps, times, floats, ints, late, rest)`` of history ``rows`` (objects with
+    ``step``, ``time_us``, ``values``) whose steps must be above ``last`` to be appended:
+    ``steps``/``times`` of those rows; ``floats``/``ints``: key -> ``(steps, values)`` of their
+    float and int64 values; ``late``: the rows at or below ``last`` (None: no step is stored)
+    or at or below a step before
+    them); ``rest``: ``(row, values)`` of the appended rows' other values (bools, text, rich
+    values, ints beyond int64)."""
+    steps, times, late, rest = [], [], [], []
+    floats, ints = {}, {}
+    for r in rows:
+        step = r.step
+        if last is not None and step <= last:
+            late.append(r)
+            continue
+        last = step
+        steps.append(step)
+        times.append(r.time_us)
+        other = None
+        for k, v in r.values.items():
+            t = type(v)
+            if t is float:
+                col = floats.get(k)
+                if col is None:
+                    col = floats[k] = ([], [])
+            elif t is int and _INT64_MIN <= v <= _INT64_MAX:
+                col = ints.get(k)
+                if col is None:
+                    col = ints[k] = ([], [])
+            else:
+                if other is None:
+                    other = {}
+                other[k] = v
+                continue
+            col[0].append(step)
+            col[1].append(v)
+        if other:
+            rest.append((r, other))
+    return steps, times, floats, ints, late, rest

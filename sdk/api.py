@@ -18,11 +18,13 @@ import os
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import msgspec
+import numpy as np
 
 from trackside.contracts.errors import RunNotFoundError
 from trackside.data_types.base import from_json
 from trackside.store import DB_NAME, SchemaVersionError, StoreError
 from trackside.store.reader import ConsoleLine, StoreReader
+from trackside.store.sampling import Buckets, Series, SeriesReader, Tail, build_rows, empty_buckets, sampled_rows
 
 from .artifacts import load_artifact, run_artifacts, run_table, run_table_increments, run_table_keys
 from .contracts import names
@@ -35,6 +37,9 @@ __all__ = [
     "SchemaVersionError",
     "StoreError",
     "StoreNotFoundError",
+    "Series",
+    "Buckets",
+    "Tail",
 ]
 
 _META_KEYS = ("_step", "_timestamp")
@@ -52,6 +57,19 @@ def _picker(keys: tuple[str, ...]):
     fields = [(f"k{i}", Any, UNSET) for i in range(len(keys))]
     struct = msgspec.defstruct("Picked", fields, rename={f"k{i}": k for i, k in enumerate(keys)})
     return msgspec.msgpack.Decoder(struct).decode
+
+
+def _bounds(min_step: Optional[int], max_step: Optional[int]) -> tuple[int, int]:
+    """Inclusive step bounds of ``min_step <= step < max_step``."""
+    lo = _STEP_MIN if min_step is None else int(min_step)
+    hi = _STEP_END - 1 if max_step is None else int(max_step) - 1
+    return lo, hi
+
+
+def _key_list(keys: Union[str, Sequence[str], None]) -> Optional[list[str]]:
+    if keys is None:
+        return None
+    return [keys] if isinstance(keys, str) else list(dict.fromkeys(keys))
 
 
 class StoreNotFoundError(FileNotFoundError):
@@ -155,6 +173,44 @@ class Api(StoreReader):
         if project is not None and view.project != project:
             raise RunNotFoundError(f"run {view.id!r} is in project {view.project!r}, not {project!r}")
         return view
+
+    def buckets_many(
+        self,
+        runs: Sequence[Union[str, "RunView"]],
+        key: str,
+        samples: int = 1000,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        *,
+        x_axis: str = "_step",
+    ) -> dict[str, Buckets]:
+        """One key of many runs sampled as ``RunView.buckets`` does, in one call (an overlay
+        chart): run id -> ``Buckets``. ``runs``: ids (exact) or run views. Raises
+        RunNotFoundError naming an id no run has."""
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, not {samples}")
+        ids = [r.id if isinstance(r, RunView) else str(r) for r in runs]
+        lo, hi = _bounds(min_step, max_step)
+        found: dict[str, tuple[int, float]] = {}
+        conn = self.conn
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            for rid, run_id, created in conn.execute(
+                f"SELECT rid, run_id, created_at FROM runs WHERE run_id IN ({marks})", part
+            ):
+                found[run_id] = (rid, created)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise RunNotFoundError(f"no run {missing[0]!r} in {self.path}")
+        reader = SeriesReader(conn)
+        out: dict[str, Buckets] = {}
+        with self.snapshot():
+            for run_id in ids:
+                rid, created = found[run_id]
+                b = reader.buckets(rid, key, samples, lo, hi, x_axis, created)
+                out[run_id] = b if b is not None else empty_buckets()
+        return out
 
     def artifact(self, name: str, type: Optional[str] = None):
         """The artifact version ``"name:alias"`` (``latest`` when no alias; ``vN``; an alias
@@ -281,6 +337,7 @@ class RunView:
         pandas: bool = False,
         *,
         samples: Optional[int] = None,
+        x_axis: str = "_step",
         objects: bool = False,
     ):
         """The run's history rows with ``min_step <= step < max_step``, in step order.
@@ -289,7 +346,12 @@ class RunView:
         logged values: all of them, or only ``keys``; a row with none of ``keys`` is left out
         and a key a row lacks is absent from it. A row with opaque payloads has them as
         ``_payloads`` (list of bytes) when ``keys`` is None or names ``_payloads``.
-        ``samples`` keeps at most that many rows, evenly spaced (first and last kept).
+        ``samples=N`` samples the numeric keys instead (``keys``, or all): at most N buckets
+        of equal width along ``x_axis`` (see ``buckets``), one row per bucket and key at the
+        bucket's last step, holding the key's last value there and the bucket's ``"<key>:min"``
+        and ``"<key>:max"`` (and the x as ``x_axis`` when that is not ``_step``); a range of at
+        most N points gives the points. Reads a number of rows proportional to N, not to the
+        run's length.
         ``pandas=True`` returns a pandas DataFrame (raises ImportError without pandas).
         Rich values (images, histograms, lists of media ...) are their logged form, a dict
         with ``"_type"``; ``objects=True`` rebuilds them as the objects that were logged (reads
@@ -304,18 +366,73 @@ class RunView:
                     "history(pandas=True) needs pandas, which is not installed: pip install pandas "
                     "(or call history() without pandas=True for a list of dicts)"
                 ) from None
-        rows = [row for page in self._pages(keys, min_step, max_step, None) for row in page]
-        if samples is not None and 0 < samples < len(rows):
-            if samples == 1:
-                rows = rows[-1:]
-            else:
-                last = len(rows) - 1
-                rows = [rows[round(i * last / (samples - 1))] for i in range(samples)]
+        if samples is not None:
+            rows = sampled_rows(self.buckets(keys, samples, min_step, max_step, x_axis=x_axis), x_axis)
+        else:
+            rows = [row for page in self._pages(keys, min_step, max_step, None) for row in page]
         if objects:
             rows = [self._rebuild_row(row) for row in rows]
         if pandas:
             return pd.DataFrame.from_records(rows)
         return rows
+
+    def series(self, key: str, min_step: Optional[int] = None, max_step: Optional[int] = None) -> Series:
+        """The numeric values of ``key`` with ``min_step <= step < max_step`` as numpy arrays:
+        ``Series(steps, values, timestamps)`` (int64; float64, or int64 for a key of integers;
+        seconds since the epoch). Empty arrays for a key the run never logged a number to.
+        Builds no dict per row: a million points in tens of milliseconds."""
+        lo, hi = _bounds(min_step, max_step)
+        with self._api.snapshot():
+            found = SeriesReader(self._api.conn).series(self._rid, key, lo, hi)
+        if found is None:
+            return Series(np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64))
+        return found
+
+    def buckets(
+        self,
+        keys: Union[str, Sequence[str], None] = None,
+        samples: int = 1000,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        *,
+        x_axis: str = "_step",
+    ) -> dict[str, Buckets]:
+        """Each numeric key (``keys``, or all) with ``min_step <= step < max_step`` sampled into
+        at most ``samples`` buckets of equal width along ``x_axis``: ``"_step"``,
+        ``"_timestamp"`` (seconds since the epoch), ``"_runtime"`` (seconds since the run was
+        created) or another numeric key (its value at the same step). A ``Buckets`` per key:
+        arrays ``x``, ``step``, ``first_step``, ``first``, ``last``, ``min``, ``max``,
+        ``count``, one entry per non-empty bucket, exact over the points between its
+        ``first_step`` and ``step``; ``exact`` when the range held at most ``samples`` points
+        (each entry is a point). Reads statistics rows in proportion to ``samples``, not to
+        the run's length (``store/sampling.py``)."""
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, not {samples}")
+        keys = _key_list(keys)
+        lo, hi = _bounds(min_step, max_step)
+        reader = SeriesReader(self._api.conn)
+        out: dict[str, Buckets] = {}
+        with self._api.snapshot():
+            kids = reader.kids(self._rid)
+            for key in keys if keys is not None else [k for k in kids if k != "_timestamp"]:
+                found = reader.buckets(self._rid, key, samples, lo, hi, x_axis, self.created_at, kids)
+                out[key] = found if found is not None else empty_buckets()
+        return out
+
+    def tail(self, keys: Union[str, Sequence[str], None] = None, since: int = -1, limit: int = 10000) -> Tail:
+        """What was stored after ``since``: ``Tail(rows, cursor)``, the history rows with a
+        step above ``since`` (at most ``limit``, in step order; with ``keys``, those keys and
+        rows holding one) and the cursor to pass next time (the last step returned, or
+        ``since``). A live view polls it: each call reads only the new rows."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        rows: list[dict] = []
+        last = None
+        for page in self._pages(_key_list(keys), int(since) + 1, None, limit):
+            rows = page
+            last = page[-1]["_step"] if page else None
+            break
+        return Tail(rows, last if last is not None else int(since))
 
     def scan_history(
         self,
@@ -345,47 +462,53 @@ class RunView:
         want_payloads = keys is None or "_payloads" in keys
         if keys is not None:
             keys = [k for k in dict.fromkeys(keys) if k not in _META_KEYS and k != "_payloads"]
-        meta_only = keys is not None and not keys and not want_payloads  # every row has _step
-        pick = _picker(tuple(keys)) if keys else None
+            if not keys and not want_payloads:  # every row has _step and _timestamp
+                keys = None
+                meta_only = True
+            else:
+                meta_only = False
+        else:
+            meta_only = False
         lo = _STEP_MIN if min_step is None else int(min_step)
         hi = _STEP_END if max_step is None else int(max_step)
         if want_payloads:
             want_payloads = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM history_payloads WHERE rid = ?)", (rid,)
             ).fetchone()[0]
-        sql = "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? AND step < ? ORDER BY step"
-        if page_size is not None:
-            sql += f" LIMIT {int(page_size)}"
+        reader = SeriesReader(conn)
+
+        def rest(first: int, last: int):
+            if meta_only:
+                return ()
+            # each page is its own short read: a long scan never pins an old snapshot
+            return conn.execute(
+                "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? AND step <= ? ORDER BY step",
+                (rid, first, last),
+            ).fetchall()
+
         while lo < hi:
-            # each page is its own short read: a long scan never pins an old snapshot, which
-            # would keep the writer from checkpointing its WAL
-            raw = conn.execute(sql, (rid, lo, hi)).fetchall()
-            if not raw:
-                return
-            payloads = self._payloads(raw[0][0], raw[-1][0]) if want_payloads else None
-            page = []
-            for step, time_us, data in raw:
+            with self._api.snapshot():  # a page's series and rows agree
                 if meta_only:
-                    page.append({"_step": step, "_timestamp": time_us / 1e6})
-                    continue
-                has_payloads = payloads is not None and step in payloads
-                if keys is None:
-                    row = {"_step": step, "_timestamp": time_us / 1e6}
-                    row.update(_decode(data))
+                    page, last = self._meta_rows(reader, lo, hi - 1, page_size)
                 else:
-                    picked = [(k, v) for k, v in zip(keys, astuple(pick(data))) if v is not UNSET] if pick else ()
-                    if not picked and not has_payloads:
-                        continue
-                    row = {"_step": step, "_timestamp": time_us / 1e6}
-                    row.update(picked)
-                if has_payloads:
-                    assert payloads is not None
-                    row["_payloads"] = payloads[step]
-                page.append(row)
-            yield page
-            if page_size is None or len(raw) < page_size:
+                    payloads = self._payloads if want_payloads else None
+                    page, last = build_rows(reader, rid, keys, lo, hi - 1, page_size, rest, _decode, payloads)
+            if last is None:
                 return
-            lo = raw[-1][0] + 1
+            if page:
+                yield page
+            if page_size is None or last >= hi - 1:
+                return
+            lo = last + 1
+
+    def _meta_rows(self, reader, lo: int, hi: int, limit: Optional[int]) -> tuple[list[dict], Optional[int]]:
+        steps, times = reader.points(self._rid, 0, lo, hi)
+        if limit is not None:
+            steps, times = steps[:limit], times[:limit]
+        if not len(steps):
+            return [], None
+        rows = [{"_step": s, "_timestamp": t} for s, t in zip(steps.tolist(), (times / 1e6).tolist())]
+        return rows, int(steps[-1])
 
     def _payloads(self, first: int, last: int) -> dict[int, list[bytes]]:
         out: dict[int, list[bytes]] = {}

@@ -48,6 +48,7 @@ from .contracts.upload import (  # noqa: F401  (re-exported: the upload client's
 from .artifacts import Artifact
 from .contracts.errors import ArtifactNotFoundError, RunNotFoundError
 from .store.reader import ConsoleLine
+from .store.sampling import Buckets, Series, Tail, from_wire
 
 __all__ = [
     "PermanentUploadError",
@@ -174,6 +175,23 @@ class RemoteApi:
     def runs(self, project: Optional[str] = None) -> list["RemoteRunView"]:
         """The runs of ``project`` (all projects when None), newest first."""
         return [RemoteRunView(self, fields) for fields in self.query("runs", project=project)]
+
+    def buckets_many(
+        self,
+        runs: Sequence[Union[str, "RemoteRunView"]],
+        key: str,
+        samples: int = 1000,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        *,
+        x_axis: str = "_step",
+    ) -> dict[str, Buckets]:
+        """As ``Api.buckets_many``: one key of many runs, sampled on the server in one call."""
+        ids = [r.id if isinstance(r, RemoteRunView) else str(r) for r in runs]
+        found = self.query(
+            "buckets_many", runs=ids, key=key, samples=samples, min_step=min_step, max_step=max_step, x_axis=x_axis
+        )
+        return {run_id: from_wire(Buckets, b) for run_id, b in found.items()}
 
     def run(self, path: str) -> "RemoteRunView":
         """The run with this id, or whose id starts with it when exactly one does
@@ -399,6 +417,33 @@ class RemoteRunView:
         if objects:
             rows = [self._rebuild_row(row) for row in rows]
         return pd.DataFrame.from_records(rows) if pandas else rows
+
+    def series(self, key: str, min_step: Optional[int] = None, max_step: Optional[int] = None) -> Series:
+        """As ``RunView.series``: the key's numbers as numpy arrays, read on the server."""
+        return from_wire(
+            Series, self._api.query("series", run_id=self.id, key=key, min_step=min_step, max_step=max_step)
+        )
+
+    def buckets(
+        self,
+        keys: Union[str, Sequence[str], None] = None,
+        samples: int = 1000,
+        min_step: Optional[int] = None,
+        max_step: Optional[int] = None,
+        *,
+        x_axis: str = "_step",
+    ) -> dict[str, Buckets]:
+        """As ``RunView.buckets``: sampled on the server, only the buckets sent."""
+        found = self._api.query(
+            "buckets", **_history_args(self.id, keys, min_step, max_step), samples=samples, x_axis=x_axis
+        )
+        return {key: from_wire(Buckets, b) for key, b in found.items()}
+
+    def tail(self, keys: Union[str, Sequence[str], None] = None, since: int = -1, limit: int = 10000) -> Tail:
+        """As ``RunView.tail``: the rows stored after ``since``, and the next cursor."""
+        keys = [keys] if isinstance(keys, str) else list(keys) if keys is not None else None
+        rows, cursor = self._api.query("tail", run_id=self.id, keys=keys, since=since, limit=limit)
+        return Tail(rows, cursor)
 
     def scan_history(
         self,

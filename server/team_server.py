@@ -55,6 +55,7 @@ from trackside.server.options import add_server_arguments
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
 from trackside.store.dialect import is_postgres
+from trackside.store.sampling import to_wire
 from trackside.server.shared import SharedSink
 from trackside.daemon.records import BadRecord
 from trackside.api import Api
@@ -119,6 +120,24 @@ def _run(api, run_id):
 
 def _keys(api, run_id):
     return api.run(run_id).keys()
+
+
+def _series(api, run_id, key, min_step=None, max_step=None):
+    return to_wire(api.run(run_id).series(key, min_step, max_step))
+
+
+def _buckets(api, run_id, keys=None, samples=1000, min_step=None, max_step=None, x_axis="_step"):
+    found = api.run(run_id).buckets(keys, samples, min_step, max_step, x_axis=x_axis)
+    return {key: to_wire(b) for key, b in found.items()}
+
+
+def _buckets_many(api, runs, key, samples=1000, min_step=None, max_step=None, x_axis="_step"):
+    found = api.buckets_many(runs, key, samples, min_step, max_step, x_axis=x_axis)
+    return {run_id: to_wire(b) for run_id, b in found.items()}
+
+
+def _tail(api, run_id, keys=None, since=-1, limit=10000):
+    return list(api.run(run_id).tail(keys, since, limit))
 
 
 def _table_keys(api, run_id):
@@ -194,6 +213,10 @@ QUERIES = {
     "runs": _runs,
     "run": _run,
     "keys": _keys,
+    "series": _series,
+    "buckets": _buckets,
+    "buckets_many": _buckets_many,
+    "tail": _tail,
     "table_keys": _table_keys,
     "artifact": _artifact,
     "artifact_increments": _artifact_increments,

@@ -15,7 +15,21 @@ from .dialect import StoreError
 from .index import check_artifact, check_manifest_entry, media_refs
 from .reader import open_reader, open_readonly
 from .schema import DB_NAME, SCHEMA_VERSION, STATES, SchemaVersionError
-from .writer import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .writer import Store
+
+
+def __getattr__(name: str):
+    # the writer brings numpy and zstd (the series layout): loaded when a Store is asked for,
+    # so that what only needs StoreError (the data types of `import trackside`) stays light
+    if name == "Store":
+        from .writer import Store
+
+        return Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DB_NAME",

@@ -148,6 +148,13 @@ class SQLite:
     def register_merge(self, merge: Callable[[bytes, bytes], bytes]) -> None:
         self.conn.create_function("ts_merge", 2, merge, deterministic=True)
 
+    def begin_read(self) -> None:
+        """Start a read transaction: its statements see one snapshot (WAL mode)."""
+        self.conn.execute("BEGIN")
+
+    def end_read(self) -> None:
+        self.conn.execute("COMMIT")
+
     def schema_version(self) -> int:
         """The store's schema version, 0 for a database without a trackside schema."""
         try:
@@ -291,6 +298,19 @@ class Postgres:
 
     def register_merge(self, merge: Callable[[bytes, bytes], bytes]) -> None:
         """Nothing to register: the store merges in Python (``merges_in_sql`` is False)."""
+
+    def begin_read(self) -> None:
+        """Start a read transaction: its statements see one snapshot."""
+        if self._lost():
+            self.raw = self._connect()
+        self.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def end_read(self) -> None:
+        if self._lost():
+            return
+        self.raw.execute(
+            "ROLLBACK" if self.raw.info.transaction_status == self._pg.pq.TransactionStatus.INERROR else "COMMIT"
+        )
 
     def schema_version(self) -> int:
         try:

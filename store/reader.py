@@ -5,6 +5,8 @@ server read through these; the daemon writes through ``writer.Store``."""
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Optional
 
 from .dialect import SQLite, StoreError, open_postgres
@@ -59,6 +61,8 @@ class StoreReader:
 
     def __init__(self, root: str, path: Optional[str] = None, *, db: Optional[str] = None, timeout: float = 5.0):
         self.root = root
+        self._snapshot_lock = threading.RLock()
+        self._snapshots = 0
         self.db = db
         if db is not None:
             self._db = open_reader(db=db)
@@ -76,6 +80,28 @@ class StoreReader:
         if self._db is None:
             raise StoreError(f"this reader of {self.path} is closed")
         return self._db.conn
+
+    @contextmanager
+    def snapshot(self):
+        """``with reader.snapshot():`` the statements run inside see one state of the store
+        (several reads that must agree: a history page's series, a sampled chart). Nests;
+        holds the reader for the block, so keep it short."""
+        with self._snapshot_lock:
+            self.conn  # raises when closed
+            if self._snapshots:
+                self._snapshots += 1
+                try:
+                    yield
+                finally:
+                    self._snapshots -= 1
+                return
+            self._db.begin_read()
+            self._snapshots = 1
+            try:
+                yield
+            finally:
+                self._snapshots = 0
+                self._db.end_read()
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (asked each time: a writer may migrate it meanwhile)."""

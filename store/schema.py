@@ -19,9 +19,9 @@ Schema (SQLite's ``PRAGMA user_version``, PostgreSQL's ``meta`` table = ``SCHEMA
   integer in each history row instead of the run id string keeps rows short and inserts fast).
   ``config``, ``summary``, ``metadata`` and ``tags`` are JSON text; ``wal_cursor`` is the
   daemon's WAL offset up to which everything is stored (see ``apply``).
-- ``history``: one row per (run, step): ``data`` is the row's values as a msgpack map. Rows are
-  stored whole rather than one SQL row per key because a training step logs many keys at once:
-  one B-tree insert per step is what lets a 2-core machine store well over 100,000 steps/s.
+- ``history``: per (run, step), the values of the step that are not numbers (text, booleans,
+  rich values) as a msgpack map; a step of numbers only has no row here (schema 4). The numbers
+  are in the series tables below.
 - ``history_payloads``: a step's opaque payloads (rich values), kept out of ``history`` so that
   scalar reads never page them in.
 - ``history_keys``: every key a run has logged, for listing without scanning history.
@@ -39,6 +39,9 @@ Schema (SQLite's ``PRAGMA user_version``, PostgreSQL's ``meta`` table = ``SCHEMA
   for a value without a file), ``sha256`` and the ``type`` of the value owning it. Filled in
   the transaction that writes the rows, so readers can find a key's media without scanning
   history; a store of schema 1 is indexed once when a newer daemon opens it.
+- ``series_keys``, ``series_chunks``, ``series_stats`` (schema 4): every numeric value of the
+  history, per run and key, in compressed column chunks with statistics at several levels;
+  key 0 of a run, ``_timestamp``, lists every stored step with its time (``store/series.py``).
 - ``system_metrics`` (schema 3): the sampled system metrics of a run, one row per (run, time,
   host): ``data`` is a msgpack map of ``system/...`` keys aggregated over one log interval
   (``daemon/sysmetrics/window.py``), ``time_us`` the end of that interval.
@@ -50,7 +53,7 @@ from __future__ import annotations
 from .dialect import StoreError
 
 DB_NAME = "trackside.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("running", "finished", "failed", "crashed")
 DEFAULT_PROJECT = "uncategorized"
 
@@ -178,6 +181,46 @@ CREATE TABLE IF NOT EXISTS system_metrics (
 ) WITHOUT ROWID;
 """
 MIGRATIONS[3] = SYSTEM_SCHEMA
+# Schema 4: the series layout (store/series.py, store/chunks.py): every number of a history row
+# lives in its key's chunked series; the history table keeps only a step's other values. The
+# migration moves the numbers of stored rows there (Store._history_to_series).
+SERIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series_keys (
+    rid  INTEGER NOT NULL,
+    kid  INTEGER NOT NULL,
+    key  TEXT NOT NULL,
+    PRIMARY KEY (rid, kid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS series_keys_key ON series_keys (rid, key);
+CREATE TABLE IF NOT EXISTS series_chunks (
+    rid    INTEGER NOT NULL,
+    kid    INTEGER NOT NULL,
+    idx    INTEGER NOT NULL,
+    steps  BLOB NOT NULL,
+    vals   BLOB NOT NULL,
+    PRIMARY KEY (rid, kid, idx)
+);
+-- a rowid table: a chunk of a few KB fits a page's cell (an index B-tree would spill most of it
+-- into an overflow page of its own, tripling the file)
+CREATE TABLE IF NOT EXISTS series_stats (
+    rid         INTEGER NOT NULL,
+    kid         INTEGER NOT NULL,
+    level       INTEGER NOT NULL,
+    idx         INTEGER NOT NULL,
+    first_step  INTEGER NOT NULL,
+    last_step   INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    vmin        REAL,
+    vmax        REAL,
+    vfirst      REAL,
+    vlast       REAL,
+    t_first     INTEGER NOT NULL,
+    t_last      INTEGER NOT NULL,
+    PRIMARY KEY (rid, kid, level, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS series_stats_steps ON series_stats (rid, kid, level, last_step);
+"""
+MIGRATIONS[4] = SERIES_SCHEMA
 
 
 class SchemaVersionError(StoreError):

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
+from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import msgspec
 
@@ -16,6 +16,7 @@ from trackside.contracts.private import create, make_dirs, restrict
 
 from .dialect import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 from .index import check_artifact, media_refs
+from .series import SeriesWriter
 from .schema import (
     ARTIFACT_SCHEMA,
     DB_NAME,
@@ -64,6 +65,14 @@ def _check_run_id(run_id: str) -> None:
     names.check_run_id(run_id)
 
 
+class _Row(NamedTuple):
+    """A history row's values that are not numbers (the row table's part of it)."""
+
+    step: int
+    time_us: int
+    values: dict
+
+
 class Store:
     """The writer of one run root's store. Not for readers: use ``trackside.api.Api``.
 
@@ -97,6 +106,7 @@ class Store:
         self._console_seq: dict[int, int] = {}  # rid -> next console seq
         self._stale = False  # the caches could not be re-read after a rollback: re-read them first
         self._merged = 0
+        self._series: SeriesWriter
         if db is None:
             self.path = os.path.join(self.root, DB_NAME)
             # SQLite gives its -wal and -shm files the store's mode: 0600 from the start
@@ -114,6 +124,7 @@ class Store:
             )
         # SQL runs on _conn: the sqlite3 connection, or the PostgreSQL one taking the same SQL
         self._conn = self._db.conn
+        self._series = SeriesWriter(self._conn)
         self._insert_history = {n: sql + self._db.history_on_conflict for n, sql in _INSERT_HISTORY.items()}
         try:
             self._setup()
@@ -164,6 +175,8 @@ class Store:
                     self._conn.execute(stmt)
                 if v == 2:
                     self._index_stored_media()
+                if v == 4:
+                    self._history_to_series()
             if version < SCHEMA_VERSION:
                 db.set_schema_version(SCHEMA_VERSION)
             db.commit()
@@ -182,6 +195,39 @@ class Store:
             except msgspec.DecodeError:
                 continue
             self._index_media(rid, step, values)
+
+    def _history_to_series(self) -> None:
+        """Schema 4: move the numbers of every stored history row into their series (the rows
+        keep only what is not a number; rows left empty are deleted), run by run, in step order."""
+        conn = self._conn
+        for (rid,) in conn.execute("SELECT rid FROM runs ORDER BY rid").fetchall():
+            lo = -(2**63)
+            while True:
+                page = conn.execute(
+                    "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? ORDER BY step LIMIT 10000",
+                    (rid, lo),
+                ).fetchall()
+                if not page:
+                    break
+                rows = []
+                for step, time_us, data in page:
+                    try:
+                        values = self._decode(data)
+                    except msgspec.DecodeError:
+                        values = {}
+                    rows.append(_Row(step, time_us, values))
+                _new, rest = self._series.write(rid, rows)
+                keep = {r.step: values for r, values in rest}
+                conn.executemany(
+                    "DELETE FROM history WHERE rid = ? AND step = ?",
+                    [(rid, r.step) for r in rows if r.step not in keep],
+                )
+                conn.executemany(
+                    "UPDATE history SET data = ? WHERE rid = ? AND step = ?",
+                    [(self._encode(values), rid, step) for step, values in keep.items()],
+                )
+                lo = page[-1][0] + 1
+        self._series.forget()
 
     def _index_media(self, rid: int, step: int, values: Mapping) -> None:
         """Replace the media index of (rid, step, key) for each typed value in ``values``."""
@@ -272,6 +318,7 @@ class Store:
     def _forget_caches(self) -> None:
         # a rolled-back transaction may have added runs, keys or console lines the caches remember
         self._keys.clear()
+        self._series.forget()
         self._console_seq.clear()
         self._rids = {run_id: rid for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs")}
         self._stale = False
@@ -417,7 +464,7 @@ class Store:
                 raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
 
     def forget_run(self, run_id: str) -> None:
-        """Read ``run_id`` afresh at its next use: its key, the keys and console lines it holds.
+        """Read ``run_id`` afresh at its next use: its key, the keys, series and console lines it holds.
         For a database that another store writes too (the servers of a tier, each writing the
         runs it owns at a time: docs/multiserver.md), before this one writes the run again."""
         with self._lock:
@@ -430,6 +477,7 @@ class Store:
             for known in (rid, row[0] if row else None):
                 self._keys.pop(known, None)
                 self._console_seq.pop(known, None)
+            self._series.forget()  # its open chunks are read again at their next write
             if row is not None:
                 self._rids[run_id] = row[0]
 
@@ -471,16 +519,19 @@ class Store:
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
         if rows:
+            # the numbers go into their series; the row table keeps a step's other values
+            new, rest = self._series.write(rid, rows)
+            merged = len(rows) - new
             encode = self._encode
+            rest_rows = [_Row(r.step, r.time_us, values) for r, values in rest]
             try:
-                blobs = [encode(r.values) for r in rows]
+                blobs = [encode(r.values) for r in rest_rows]
             except (TypeError, msgspec.EncodeError) as e:
-                raise TypeError(_bad_row(rows, encode, e)) from None
-            self._merged = 0
+                raise TypeError(_bad_row(rest_rows, encode, e)) from None
             if self._db.merges_in_sql:  # SQLite: ts_merge merges a stored step in the upsert
-                steps, times = [r.step for r in rows], [r.time_us for r in rows]
+                steps, times = [r.step for r in rest_rows], [r.time_us for r in rest_rows]
             else:
-                steps, times, blobs = self._merge_stored(rid, rows, blobs)
+                steps, times, blobs = self._merge_stored(rid, rest_rows, blobs)
             # the parameters of all rows in one flat list, (rid, step, time_us, data) after another
             params = [rid] * (4 * len(steps))
             params[1::4] = steps
@@ -492,10 +543,9 @@ class Store:
                 while len(steps) - done >= size:
                     conn.execute(sql, params[4 * done : 4 * (done + size)])
                     done += size
-            merged = self._merged
             if typed_steps is None:
-                for r, data in zip(rows, blobs):
-                    if _TYPED in data:  # a bytes search: rows of plain numbers pay ~0.25 us for it
+                for r, data in zip(rest_rows, blobs):
+                    if _TYPED in data:  # a bytes search: only rows with more than numbers pay for it
                         self._index_media(rid, r.step, r.values)
             elif typed_steps:
                 for r in rows:
@@ -524,7 +574,7 @@ class Store:
                 "UPDATE runs SET history_rows = history_rows + ?,"
                 " last_step = CASE WHEN last_step IS NULL OR last_step < ? THEN ? ELSE last_step END,"
                 " wal_cursor = coalesce(?, wal_cursor), updated_at = ? WHERE rid = ?",
-                (len(rows) - merged, top, top, cursor, time.time(), rid),
+                (new, top, top, cursor, time.time(), rid),
             )
             return merged
         if cursor is not None:

@@ -24,18 +24,22 @@ def store(tmp_path):
 
 
 def history(store, run_id):
-    """The stored rows of a run as {step: (time_us, values)}, read straight from SQLite."""
+    """The stored rows of a run as {step: (time_us, values)}, rebuilt from the series and the
+    row table, read straight from SQLite."""
     import msgspec
+
+    from trackside.store.sampling import STEP_MAX, STEP_MIN, SeriesReader, build_rows
 
     rid = store._rids[run_id]
     con = sqlite3.connect(store.path)
     try:
-        return {
-            step: (t, msgspec.msgpack.decode(data))
-            for step, t, data in con.execute(
-                "SELECT step, time_us, data FROM history WHERE rid = ? ORDER BY step", (rid,)
-            )
-        }
+
+        def rest(first, last):
+            sql = "SELECT step, time_us, data FROM history WHERE rid = ? AND step >= ? AND step <= ? ORDER BY step"
+            return con.execute(sql, (rid, first, last)).fetchall()
+
+        rows, _ = build_rows(SeriesReader(con), rid, None, STEP_MIN, STEP_MAX, None, rest, msgspec.msgpack.decode)
+        return {r.pop("_step"): (round(r.pop("_timestamp") * 1e6), r) for r in rows}
     finally:
         con.close()
 

@@ -1,0 +1,383 @@
+"""The reader side of the series layout (``store/series.py``): a key's points as numpy arrays,
+sampled buckets of any step range, and history rows rebuilt from the series.
+
+``buckets`` reads a number of statistics rows proportional to the buckets asked for, not to the
+run's length: it takes the coarsest level that still has at least ``samples`` units in the
+range, replaces the units that stick out of the range by finer ones (down to the points of at
+most two chunks), and gathers the units into ``samples`` equal-width buckets of the x axis. A
+bucket is made of whole units, so its count, min, max, first and last are exact: they are
+those of the points whose steps lie between its ``first_step`` and its ``step`` (property-tested
+against a brute-force computation). A range holding at most ``samples`` points returns the
+points themselves (``exact``); one holding a few chunks is bucketed from its points.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from .chunks import LEVELS, Stats, decode_steps, decode_values
+from .series import STATS_COLUMNS, TIME_KEY, stats_row
+
+STEP_MIN = -(2**63)
+STEP_MAX = 2**63 - 1
+X_AXES = ("_step", "_timestamp", "_runtime")
+# a range of up to max(_RAW_POINTS, _RAW_PER_SAMPLE * samples) points is bucketed from its points
+_RAW_POINTS = 1 << 16
+_RAW_PER_SAMPLE = 16
+
+
+class Series(NamedTuple):
+    """A key's points: ``steps`` (int64), ``values`` (float64, or int64 for an integer key) and
+    ``timestamps`` (float64, seconds since the epoch), equal-length numpy arrays."""
+
+    steps: np.ndarray
+    values: np.ndarray
+    timestamps: np.ndarray
+
+
+class Buckets(NamedTuple):
+    """A key sampled into buckets, equal-length numpy arrays, one entry per non-empty bucket:
+    ``x`` (the x of the bucket's last point), ``step`` and ``first_step`` (its last and first
+    point's steps), ``first``, ``last``, ``min``, ``max`` (float64; min and max ignore NaN) and
+    ``count`` (int64). ``exact``: the range held at most the samples asked for, and each entry
+    is one point."""
+
+    x: np.ndarray
+    step: np.ndarray
+    first_step: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    count: np.ndarray
+    exact: bool
+
+
+class Tail(NamedTuple):
+    """What ``RunView.tail`` found: the new ``rows`` and the ``cursor`` to ask from next."""
+
+    rows: list
+    cursor: int
+
+
+def to_wire(value) -> dict:
+    """A ``Series`` or ``Buckets`` as msgpack-ready data (each array as its dtype and bytes),
+    for the team server's read calls; ``from_wire`` rebuilds it."""
+    out: dict[str, Any] = {}
+    for name, a in zip(value._fields, value):
+        out[name] = [a.dtype.str, a.tobytes()] if isinstance(a, np.ndarray) else a
+    return out
+
+
+def from_wire(cls, data: dict):
+    return cls(
+        *(
+            np.frombuffer(v[1], np.dtype(v[0])).copy() if isinstance(v, list) else v
+            for v in (data[f] for f in cls._fields)
+        )
+    )
+
+
+def empty_buckets() -> Buckets:
+    f, i = np.empty(0, np.float64), np.empty(0, np.int64)
+    return Buckets(f, i, i, f, f, f, f, i, True)
+
+
+class SeriesReader:
+    """Reads the series tables on a reader's connection (``conn``)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def kids(self, rid: int) -> dict[str, int]:
+        """key -> kid of every series of the run (``_timestamp`` included)."""
+        return {
+            key: kid
+            for kid, key in self.conn.execute("SELECT kid, key FROM series_keys WHERE rid = ? ORDER BY kid", (rid,))
+        }
+
+    def _units(self, rid: int, kid: int, level: int, lo: int, hi: int) -> list[tuple[int, Stats]]:
+        """``(idx, stats)`` of the units of ``level`` holding points with steps in [lo, hi]."""
+        where = "rid = ? AND kid = ? AND level = ?"
+        first = f"SELECT idx FROM series_stats WHERE {where} AND last_step >= ? ORDER BY last_step LIMIT 1"
+        rows = self.conn.execute(
+            f"SELECT idx, {STATS_COLUMNS} FROM series_stats WHERE {where}"
+            f" AND idx >= ({first}) AND idx <= coalesce(({first}), {STEP_MAX}) AND first_step <= ? ORDER BY idx",
+            (rid, kid, level, rid, kid, level, lo, rid, kid, level, hi, hi),
+        ).fetchall()
+        return [(row[0], stats_row(row[1:])) for row in rows]
+
+    def points(self, rid: int, kid: int, lo: int = STEP_MIN, hi: int = STEP_MAX) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of the key's points with steps in [lo, hi]."""
+        units = self._units(rid, kid, 0, lo, hi)
+        if not units:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        rows = self.conn.execute(
+            "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx >= ? AND idx <= ? ORDER BY idx",
+            (rid, kid, units[0][0], units[-1][0]),
+        ).fetchall()
+        steps = [decode_steps(s) for s, _ in rows]
+        values = [decode_values(v) for _, v in rows]
+        s = np.concatenate(steps) if len(steps) > 1 else steps[0]
+        if len({v.dtype for v in values}) > 1:
+            values = [v.astype(np.float64) for v in values]
+        v = np.concatenate(values) if len(values) > 1 else values[0]
+        if (lo > STEP_MIN and s[0] < lo) or (hi < STEP_MAX and s[-1] > hi):
+            keep = (s >= lo) & (s <= hi)
+            s, v = s[keep], v[keep]
+        return s, v
+
+    def times_at(self, rid: int, steps: np.ndarray) -> np.ndarray:
+        """The timestamps (us since the epoch) of ``steps`` (sorted, each a stored step)."""
+        if not len(steps):
+            return np.empty(0, np.int64)
+        clock_steps, clock = self.points(rid, 0, int(steps[0]), int(steps[-1]))
+        at = np.searchsorted(clock_steps, steps).clip(0, max(len(clock_steps) - 1, 0))
+        return clock[at] if len(clock) else np.zeros(len(steps), np.int64)
+
+    def series(self, rid: int, key: str, lo: int = STEP_MIN, hi: int = STEP_MAX) -> Optional[Series]:
+        """The key's points in [lo, hi], or None when the run has no series of that key."""
+        kid = self.kids(rid).get(key)
+        if kid is None or key == TIME_KEY:
+            return None
+        steps, values = self.points(rid, kid, lo, hi)
+        return Series(steps, values, self.times_at(rid, steps) / 1e6)
+
+    # -- buckets ---------------------------------------------------------------------------------
+
+    def buckets(
+        self,
+        rid: int,
+        key: str,
+        samples: int,
+        lo: int = STEP_MIN,
+        hi: int = STEP_MAX,
+        x_axis: str = "_step",
+        created_at: float = 0.0,
+        kids: Optional[dict] = None,
+    ) -> Optional[Buckets]:
+        """``samples`` buckets (at most) of the key's points in [lo, hi] along ``x_axis``; None
+        when the run has no series of that key."""
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, not {samples}")
+        kids = self.kids(rid) if kids is None else kids
+        kid = kids.get(key)
+        if kid is None or key == TIME_KEY:
+            return None
+        if x_axis not in X_AXES:
+            xkid = kids.get(x_axis)
+            if xkid is None:
+                return empty_buckets()
+            return self._buckets_by_key(rid, kid, xkid, samples, lo, hi)
+        units = self._cover(rid, kid, samples, lo, hi)
+        if units is None:  # few points: bucket them one by one
+            steps, values = self.points(rid, kid, lo, hi)
+            if not len(steps):
+                return empty_buckets()
+            values = values.astype(np.float64)
+            times = self.times_at(rid, steps) if x_axis != "_step" else None
+            if len(steps) <= samples:
+                x = steps.astype(np.float64) if times is None else _seconds(times, x_axis, created_at)
+                ones = np.ones(len(steps), np.int64)
+                return Buckets(x, steps, steps, values, values, values, values, ones, True)
+            arrays = (steps, steps, values, values, values, values, np.ones(len(steps), np.int64))
+            x = steps.astype(np.float64) if times is None else _seconds(times, x_axis, created_at)
+            return _gather(x, x, arrays, samples)
+        if not units:
+            return empty_buckets()
+        cols = list(zip(*units))
+        first_step, step = np.array(cols[0], np.int64), np.array(cols[1], np.int64)
+        count = np.array(cols[2], np.int64)
+        vmin, vmax, vfirst, vlast = (np.array(c, np.float64) for c in cols[3:7])
+        if x_axis == "_step":
+            x_first, x_last = first_step.astype(np.float64), step.astype(np.float64)
+        else:
+            x_first = _seconds(np.array(cols[7], np.int64), x_axis, created_at)
+            x_last = _seconds(np.array(cols[8], np.int64), x_axis, created_at)
+        return _gather(x_first, x_last, (first_step, step, vfirst, vlast, vmin, vmax, count), samples)
+
+    def _cover(self, rid: int, kid: int, samples: int, lo: int, hi: int) -> Optional[list[Stats]]:
+        """Units holding exactly the key's points in [lo, hi], in step order, from the coarsest
+        level with at least ``samples`` of them; None when the range holds few enough points to
+        bucket them one by one."""
+        for level in range(LEVELS - 1, -1, -1):
+            units = self._units(rid, kid, level, lo, hi)
+            if len(units) >= samples or level == 0:
+                break
+        if not units:
+            return []
+        total = sum(u.count for _, u in units)
+        if level == 0 and (len(units) < samples or total <= max(_RAW_POINTS, _RAW_PER_SAMPLE * samples)):
+            return None
+        return self._clip(rid, kid, level, units, lo, hi)
+
+    def _clip(self, rid: int, kid: int, level: int, units: list, lo: int, hi: int) -> list[Stats]:
+        out: list[Stats] = []
+        for _idx, u in units:
+            if u.first_step >= lo and u.last_step <= hi:
+                out.append(u)
+            elif level > 0:  # sticks out: its children inside the range instead
+                sub_lo, sub_hi = max(lo, u.first_step), min(hi, u.last_step)
+                out.extend(self._clip(rid, kid, level - 1, self._units(rid, kid, level - 1, sub_lo, sub_hi), lo, hi))
+            else:  # a chunk that sticks out: its points inside the range
+                part = self._part(rid, kid, max(lo, u.first_step), min(hi, u.last_step))
+                if part is not None:
+                    out.append(part)
+        return out
+
+    def _part(self, rid: int, kid: int, lo: int, hi: int) -> Optional[Stats]:
+        steps, values = self.points(rid, kid, lo, hi)
+        if not len(steps):
+            return None
+        values = values.astype(np.float64)
+        times = self.times_at(rid, steps[[0, -1]])
+        with np.errstate(invalid="ignore"):
+            vmin, vmax = float(np.fmin.reduce(values)), float(np.fmax.reduce(values))
+        return Stats(
+            int(steps[0]),
+            int(steps[-1]),
+            len(steps),
+            vmin,
+            vmax,
+            float(values[0]),
+            float(values[-1]),
+            int(times[0]),
+            int(times[-1]),
+        )
+
+    def _buckets_by_key(self, rid: int, kid: int, xkid: int, samples: int, lo: int, hi: int) -> Buckets:
+        """Buckets along another key's values (read point by point: its pairs are not pre-aggregated)."""
+        steps, values = self.points(rid, kid, lo, hi)
+        xsteps, xvalues = self.points(rid, xkid, lo, hi)
+        both, i, j = np.intersect1d(steps, xsteps, assume_unique=True, return_indices=True)
+        if not len(both):
+            return empty_buckets()
+        v = values[i].astype(np.float64)
+        x = xvalues[j].astype(np.float64)
+        if len(both) <= samples:
+            order = np.argsort(x, kind="stable")
+            x, both, v = x[order], both[order], v[order]
+            return Buckets(x, both, both, v, v, v, v, np.ones(len(both), np.int64), True)
+        ones = np.ones(len(both), np.int64)
+        return _gather(x, x, (both, both, v, v, v, v, ones), samples)
+
+
+def _seconds(times_us: np.ndarray, x_axis: str, created_at: float) -> np.ndarray:
+    seconds = times_us / 1e6
+    return seconds - created_at if x_axis == "_runtime" else seconds
+
+
+def _gather(x_first: np.ndarray, x_last: np.ndarray, units: tuple, samples: int) -> Buckets:
+    """Gather units (``first_step, step, first, last, min, max, count`` arrays, in step order)
+    into at most ``samples`` equal-width buckets of x (each unit by its last x)."""
+    first_step, step, vfirst, vlast, vmin, vmax, count = units
+    finite = np.isfinite(x_last)
+    lo = float(np.min(x_first[finite])) if finite.any() else 0.0
+    hi = float(np.max(x_last[finite])) if finite.any() else 0.0
+    width = (hi - lo) / samples if hi > lo else 1.0
+    bucket = np.where(finite, np.floor((x_last - lo) / width), 0).astype(np.int64).clip(0, samples - 1)
+    order = np.lexsort((np.arange(len(bucket)), bucket))  # by bucket, then step order
+    if not (order == np.arange(len(order))).all():
+        first_step, step, vfirst, vlast, vmin, vmax, count, x_last, bucket = (
+            a[order] for a in (first_step, step, vfirst, vlast, vmin, vmax, count, x_last, bucket)
+        )
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], len(bucket)] - 1
+    with np.errstate(invalid="ignore"):
+        bmin = np.fmin.reduceat(vmin, starts)
+        bmax = np.fmax.reduceat(vmax, starts)
+    return Buckets(
+        x_last[ends],
+        step[ends],
+        first_step[starts],
+        vfirst[starts],
+        vlast[ends],
+        bmin,
+        bmax,
+        np.add.reduceat(count, starts),
+        False,
+    )
+
+
+def sampled_rows(buckets: dict[str, Buckets], x_axis: str = "_step") -> list[dict]:
+    """Rows of sampled keys (``history(samples=N)``): one per bucket's last step, holding each
+    key's last value there and its bucket's ``"<key>:min"`` and ``"<key>:max"``."""
+    rows: dict[int, dict] = {}
+    for key, b in buckets.items():
+        for x, step, last, lo, hi in zip(
+            b.x.tolist(), b.step.tolist(), b.last.tolist(), b.min.tolist(), b.max.tolist()
+        ):
+            row = rows.get(step)
+            if row is None:
+                row = rows[step] = {"_step": step}
+                if x_axis != "_step":
+                    row[x_axis] = x
+            row[key] = last
+            row[f"{key}:min"] = lo
+            row[f"{key}:max"] = hi
+    return [rows[s] for s in sorted(rows)]
+
+
+def build_rows(
+    reader: SeriesReader,
+    rid: int,
+    keys: Optional[Sequence[str]],
+    lo: int,
+    hi: int,
+    limit: Optional[int],
+    rest_rows,
+    decode,
+    payloads=None,
+) -> tuple[list[dict], Optional[int]]:
+    """History rows of the steps in [lo, hi] (the first ``limit`` of them), rebuilt from the
+    series and the row table's other values (``rest_rows(first, last)``: ``(step, time_us,
+    data)``, decoded with ``decode``), and the last step looked at (None: no step in range).
+    ``keys``: only those keys, and only rows holding one of them (``[]``: rows of payloads
+    only). ``payloads(first, last)``: step -> opaque payloads, set as a row's ``_payloads``
+    (such a row is kept whatever ``keys`` says)."""
+    clock_steps, clock = reader.points(rid, 0, lo, hi)
+    if limit is not None and len(clock_steps) > limit:
+        clock_steps, clock = clock_steps[:limit], clock[:limit]
+    if not len(clock_steps):
+        return [], None
+    first, last = int(clock_steps[0]), int(clock_steps[-1])
+    times = (clock / 1e6).tolist()
+    rows: list[dict[str, Any]] = [{"_step": s, "_timestamp": t} for s, t in zip(clock_steps.tolist(), times)]
+    kids = reader.kids(rid)
+    wanted = [k for k in kids if k != TIME_KEY] if keys is None else [k for k in keys if k in kids and k != TIME_KEY]
+    hit = None if keys is None else np.zeros(len(rows), bool)
+    for key in wanted:
+        steps, values = reader.points(rid, kids[key], first, last)
+        if not len(steps):
+            continue
+        at = np.searchsorted(clock_steps, steps)
+        if hit is not None:
+            hit[at] = True
+        for i, v in zip(at.tolist(), values.tolist()):
+            rows[i][key] = v
+    picked = None if keys is None else set(keys)
+    if picked is None or picked:
+        for step, _time_us, data in rest_rows(first, last):
+            i = int(np.searchsorted(clock_steps, step))
+            if i >= len(rows) or rows[i]["_step"] != step:
+                continue
+            values = decode(data)
+            if picked is not None:
+                values = {k: v for k, v in values.items() if k in picked}
+                if not values:
+                    continue
+                assert hit is not None
+                hit[i] = True
+            rows[i].update(values)
+    if payloads is not None:
+        for step, blobs in payloads(first, last).items():
+            i = int(np.searchsorted(clock_steps, step))
+            if i < len(rows) and rows[i]["_step"] == step:
+                rows[i]["_payloads"] = blobs
+                if hit is not None:
+                    hit[i] = True
+    if hit is not None:
+        rows = [row for row, h in zip(rows, hit.tolist()) if h]
+    return rows, last

@@ -1,0 +1,382 @@
+"""The writer side of the series layout: every numeric value of a history row goes into its key's
+series, in chunks of up to ``CHUNK_POINTS`` points with statistics at every level
+(``store/chunks.py``); what is not a number (text, rich values) stays in the row table.
+
+Tables (schema 4, ``store/schema.py``):
+
+- ``series_keys (rid, kid, key)``: a small integer per key of a run. Key 0 is ``_timestamp``:
+  the time (us since the epoch) of every stored step. It is the run's row index: a step is
+  stored when it has a ``_timestamp`` point, whichever keys it logged.
+- ``series_chunks (rid, kid, idx, steps, vals)``: chunk ``idx`` (0, 1, ... in step order) of a
+  key; the last one is open and rewritten by each transaction that adds to it.
+- ``series_stats (rid, kid, level, idx, first_step, last_step, count, vmin, vmax, vfirst,
+  vlast, t_first, t_last)``: level 0 describes chunk ``idx``; level L > 0 describes the unit
+  of chunks ``[idx * FANOUT**L, (idx + 1) * FANOUT**L)``. A reader asking for N buckets of any
+  step range reads O(N) of these rows (``store/sampling.py``), however long the run.
+
+The common case costs little: a batch of new steps (each above the run's last stored step)
+becomes, per key, a few list appends per value, and per transaction one chunk blob and
+``LEVELS`` statistics rows per key written. A step at or below the last stored one (an amend,
+a late writer, a replay) takes the slow path: the chunk holding it is read, changed and
+rewritten with its ancestors' statistics. Either way the new value of a (key, step) replaces the
+old one, and a step keeps its first timestamp, as the row upsert did.
+
+The writer keeps each key's open chunk and open units in memory; it checks at every call that
+no other writer changed the run meanwhile (``runs.history_rows``) and re-reads them if one did.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Optional
+
+import numpy as np
+
+from trackside._native import split_rows
+
+from .chunks import (
+    CHUNK_POINTS,
+    FANOUT,
+    I8,
+    LEVELS,
+    Stats,
+    combine,
+    decode_steps,
+    decode_values,
+    encode_steps,
+    encode_values,
+    stats_of,
+    value_array,
+    value_kind,
+)
+
+TIME_KEY = "_timestamp"  # key 0 of every run: the time of each stored step
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_SHIFT = FANOUT.bit_length() - 1  # log2(FANOUT)
+FLOAT, INT = "f", "i"
+
+
+_UPSERT_CHUNK = (
+    "INSERT INTO series_chunks (rid, kid, idx, steps, vals) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (rid, kid, idx) DO UPDATE SET steps = excluded.steps, vals = excluded.vals"
+)
+_UPSERT_STATS = (
+    "INSERT INTO series_stats (rid, kid, level, idx, first_step, last_step, count, vmin, vmax, vfirst, vlast,"
+    " t_first, t_last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (rid, kid, level, idx) DO UPDATE SET first_step = excluded.first_step,"
+    " last_step = excluded.last_step, count = excluded.count, vmin = excluded.vmin, vmax = excluded.vmax,"
+    " vfirst = excluded.vfirst, vlast = excluded.vlast, t_first = excluded.t_first, t_last = excluded.t_last"
+)
+STATS_COLUMNS = "first_step, last_step, count, vmin, vmax, vfirst, vlast, t_first, t_last"
+
+
+_NAN = float("nan")
+
+
+def stats_row(row) -> Stats:
+    """A ``Stats`` from its columns (``STATS_COLUMNS``); SQLite keeps a NaN as NULL."""
+    return Stats(*row[:3], *(_NAN if v is None else v for v in row[3:7]), row[7], row[8])
+
+
+class _Key:
+    """One key of one run as the writer holds it: the open chunk's points and the statistics of
+    the open unit of every level (``units[L]``), made of its completed children (``base[L]``)
+    and its open child (``units[L - 1]``)."""
+
+    __slots__ = ("kid", "idx", "steps", "vals", "kind", "t_first", "t_last", "units", "base", "dirty", "last")
+
+    def __init__(self, kid: int):
+        self.kid = kid
+        self.idx = 0
+        self.steps: list[int] = []
+        self.vals: list[Any] = []
+        self.kind: Optional[str] = None
+        self.t_first = self.t_last = 0
+        self.units: list[Optional[Stats]] = [None] * LEVELS
+        self.base: list[Optional[Stats]] = [None] * LEVELS
+        self.dirty = False
+        self.last: Optional[int] = None  # the key's last stored step
+
+
+class _Run:
+    __slots__ = ("keys", "kids", "rows", "next_kid")
+
+    def __init__(self, rows: int):
+        self.keys: dict[str, _Key] = {}
+        self.kids: dict[str, int] = {}
+        self.rows = rows  # runs.history_rows as this writer left it
+        self.next_kid = 1
+
+
+class SeriesWriter:
+    """Keeps the series tables of a store; called by ``writer.Store`` inside its transactions."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._runs: dict[int, _Run] = {}
+
+    def forget(self) -> None:
+        """Drop everything held in memory (after a rollback): it is read again when needed."""
+        self._runs.clear()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _run(self, rid: int) -> _Run:
+        conn = self._conn
+        (rows,) = conn.execute("SELECT history_rows FROM runs WHERE rid = ?", (rid,)).fetchone()
+        run = self._runs.get(rid)
+        if run is None or run.rows != rows:  # new to us, or another writer changed it
+            run = self._runs[rid] = _Run(rows)
+            for kid, key in conn.execute("SELECT kid, key FROM series_keys WHERE rid = ?", (rid,)):
+                run.kids[key] = kid
+                run.next_kid = max(run.next_kid, kid + 1)
+        return run
+
+    def _key(self, rid: int, run: _Run, key: str) -> _Key:
+        ks = run.keys.get(key)
+        if ks is not None:
+            return ks
+        kid = run.kids.get(key)
+        if kid is None:
+            kid = 0 if key == TIME_KEY else run.next_kid
+            if kid:
+                run.next_kid += 1
+            run.kids[key] = kid
+            self._conn.execute("INSERT INTO series_keys (rid, kid, key) VALUES (?, ?, ?)", (rid, kid, key))
+            ks = run.keys[key] = _Key(kid)
+            return ks
+        ks = run.keys[key] = self._load_key(rid, kid)
+        return ks
+
+    def _load_key(self, rid: int, kid: int) -> _Key:
+        conn = self._conn
+        ks = _Key(kid)
+        row = conn.execute(
+            f"SELECT idx, {STATS_COLUMNS} FROM series_stats WHERE rid = ? AND kid = ? AND level = 0"
+            " ORDER BY idx DESC LIMIT 1",
+            (rid, kid),
+        ).fetchone()
+        if row is None:
+            return ks
+        idx, last = row[0], stats_row(row[1:])
+        ks.last = last.last_step
+        if last.count < CHUNK_POINTS:  # the open chunk: its points back into memory
+            ks.idx = idx
+            steps_blob, vals_blob = conn.execute(
+                "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx = ?", (rid, kid, idx)
+            ).fetchone()
+            ks.steps = decode_steps(steps_blob).tolist()
+            ks.vals = decode_values(vals_blob).tolist()
+            ks.kind = INT if value_kind(vals_blob) == I8 else FLOAT
+            ks.t_first, ks.t_last = last.t_first, last.t_last
+        else:
+            ks.idx = idx + 1
+        for level in range(1, LEVELS):
+            ks.base[level] = self._children(
+                rid, kid, level, ks.idx >> (_SHIFT * level), ks.idx >> (_SHIFT * (level - 1))
+            )
+        return ks
+
+    def _children(self, rid: int, kid: int, level: int, unit: int, upto: int) -> Optional[Stats]:
+        """The statistics of unit ``unit`` of ``level`` from its children below index ``upto``."""
+        agg = None
+        for row in self._conn.execute(
+            f"SELECT {STATS_COLUMNS} FROM series_stats WHERE rid = ? AND kid = ? AND level = ?"
+            " AND idx >= ? AND idx < ? ORDER BY idx",
+            (rid, kid, level - 1, unit << _SHIFT, upto),
+        ):
+            agg = combine(agg, stats_row(row))
+        return agg
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, rid: int, rows) -> tuple[int, list]:
+        """Put the numeric values of ``rows`` (objects with ``step``, ``time_us``, ``values``)
+        into their series; returns ``(new_steps, rest)``: how many of the rows' steps were not
+        stored before, and ``(row, values)`` for each row with values that are not numbers
+        (booleans, text, rich values, integers beyond int64), for the row table."""
+        run = self._run(rid)
+        clock = self._key(rid, run, TIME_KEY)
+        steps, times, floats, ints, late, rest = split_rows(rows, clock.last)
+        new = len(steps)
+        if steps:
+            when = dict(zip(steps, times))
+            self._append(rid, clock, steps, times, INT, when)
+            for k, (s, v) in floats.items():
+                if k in ints:
+                    s, v = _merge_columns(s, v, *ints.pop(k))
+                self._append(rid, self._key(rid, run, k), s, v, FLOAT, when)
+            for k, (s, v) in ints.items():
+                self._append(rid, self._key(rid, run, k), s, v, INT, when)
+        for r in late:
+            other = None
+            if self._upsert(rid, clock, r.step, r.time_us, r.time_us):
+                new += 1
+            for k, v in r.values.items():
+                t = type(v)
+                if t is float or (t is int and _INT_MIN <= v <= _INT_MAX):
+                    self._upsert(rid, self._key(rid, run, k), r.step, v, r.time_us)
+                else:
+                    if other is None:
+                        other = {}
+                    other[k] = v
+            if other:
+                rest.append((r, other))
+        for ks in run.keys.values():
+            if ks.dirty:
+                self._flush(rid, ks)
+        run.rows += new
+        return new, rest
+
+    def _append(self, rid: int, ks: _Key, steps: list, vals: list, kind: str, when: dict) -> None:
+        """Append points whose steps are above every stored step of the key."""
+        if kind is INT and ks.kind is FLOAT:
+            vals = [float(v) for v in vals]
+            kind = FLOAT
+        start, n = 0, len(steps)
+        while start < n:
+            if len(ks.steps) >= CHUNK_POINTS:
+                self._flush(rid, ks)
+                self._close(ks)
+            if not ks.steps:
+                ks.kind = kind
+                ks.t_first = when[steps[start]]
+            elif ks.kind is INT and kind is FLOAT:  # a float after integers: the chunk holds floats
+                ks.vals = [float(v) for v in ks.vals]
+                ks.kind = FLOAT
+            take = min(n - start, CHUNK_POINTS - len(ks.steps))
+            ks.steps.extend(steps[start : start + take])
+            ks.vals.extend(vals[start : start + take])
+            start += take
+        ks.last = ks.steps[-1]
+        ks.t_last = when[ks.last]
+        ks.dirty = True
+
+    def _flush(self, rid: int, ks: _Key) -> None:
+        """Write the open chunk and the open unit of every level."""
+        conn = self._conn
+        steps = np.array(ks.steps, dtype=np.int64)
+        values, kind = value_array(ks.vals, I8 if ks.kind is INT else 0)
+        conn.execute(_UPSERT_CHUNK, (rid, ks.kid, ks.idx, encode_steps(steps), encode_values(values, kind)))
+        unit = ks.units[0] = stats_of(steps, values, ks.t_first, ks.t_last)
+        rows = [(rid, ks.kid, 0, ks.idx, *unit)]
+        for level in range(1, LEVELS):
+            unit = ks.units[level] = combine(ks.base[level], unit)
+            rows.append((rid, ks.kid, level, ks.idx >> (_SHIFT * level), *unit))
+        conn.executemany(_UPSERT_STATS, rows)
+        ks.dirty = False
+
+    def _close(self, ks: _Key) -> None:
+        """The open chunk is full (and written): the next point starts chunk ``idx + 1``."""
+        old, new = ks.idx, ks.idx + 1
+        done = ks.units[0]
+        for level in range(1, LEVELS):
+            shift = _SHIFT * level
+            if old >> shift == new >> shift:  # this level's open unit goes on: one more child complete
+                ks.base[level] = combine(ks.base[level], done)
+                break
+            done = ks.units[level]  # complete too
+            ks.base[level] = None
+        ks.idx = new
+        ks.steps, ks.vals, ks.kind = [], [], None
+        ks.units = [None] * LEVELS
+
+    # -- the slow path: a step at or below the key's last one ------------------------------------
+
+    def _upsert(self, rid: int, ks: _Key, step: int, value, time_us: int) -> bool:
+        """Put one point at ``step`` (replacing the key's value there; for the clock keep the
+        earliest time). Returns whether the step was new to the key."""
+        is_clock = ks.kid == 0
+        if ks.last is not None and step <= ks.last and ks.idx > 0 and (not ks.steps or step < ks.steps[0]):
+            return self._upsert_stored(rid, ks, step, value, time_us, is_clock)
+        # the open chunk takes it: it is at or after its first point, after the key's last, or
+        # the key has no completed chunk
+        if not ks.steps:
+            ks.t_first = ks.t_last = time_us
+            ks.kind = FLOAT if type(value) is float else INT
+        elif type(value) is float and ks.kind is INT:
+            ks.vals = [float(v) for v in ks.vals]
+            ks.kind = FLOAT
+        new = _put(ks.steps, ks.vals, step, value, is_clock)
+        if ks.steps[0] == step:
+            ks.t_first = time_us
+        if ks.steps[-1] == step:
+            ks.t_last = time_us
+        if ks.last is None or step > ks.last:
+            ks.last = step
+        ks.dirty = True
+        if len(ks.steps) > CHUNK_POINTS:  # a chunk holds what it must; the next starts fresh
+            self._flush(rid, ks)
+            self._close(ks)
+        return new
+
+    def _upsert_stored(self, rid: int, ks: _Key, step: int, value, time_us: int, is_clock: bool) -> bool:
+        conn = self._conn
+        kid = ks.kid
+        row = conn.execute(
+            "SELECT idx, first_step FROM series_stats WHERE rid = ? AND kid = ? AND level = 0 AND last_step >= ?"
+            " ORDER BY last_step LIMIT 1",
+            (rid, kid, step),
+        ).fetchone()
+        if row is None or row[0] >= ks.idx:  # after every completed chunk, before the open one
+            idx = ks.idx - 1
+        elif row[1] <= step or row[0] == 0:  # inside chunk row[0], or before the first chunk
+            idx = row[0]
+        else:  # in the gap before chunk row[0]: the chunk before it takes the point
+            idx = row[0] - 1
+        blobs = conn.execute(
+            "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx = ?", (rid, kid, idx)
+        ).fetchone()
+        (t_first, t_last) = conn.execute(
+            "SELECT t_first, t_last FROM series_stats WHERE rid = ? AND kid = ? AND level = 0 AND idx = ?",
+            (rid, kid, idx),
+        ).fetchone()
+        steps = decode_steps(blobs[0]).tolist()
+        vals = decode_values(blobs[1]).tolist()
+        kind = I8 if value_kind(blobs[1]) == I8 and type(value) is not float else 0
+        new = _put(steps, vals, step, value, is_clock)
+        if steps[0] == step:
+            t_first = time_us
+        if steps[-1] == step:
+            t_last = time_us
+        s = np.array(steps, dtype=np.int64)
+        v, kind = value_array(vals, kind)
+        conn.execute(_UPSERT_CHUNK, (rid, kid, idx, encode_steps(s), encode_values(v, kind)))
+        conn.execute(_UPSERT_STATS, (rid, kid, 0, idx, *stats_of(s, v, t_first, t_last)))
+        for level in range(1, LEVELS):  # the ancestors, from their children
+            unit = idx >> (_SHIFT * level)
+            if unit == ks.idx >> (_SHIFT * level):  # the open unit: its completed part changed
+                ks.base[level] = self._children(rid, kid, level, unit, ks.idx >> (_SHIFT * (level - 1)))
+                ks.dirty = True
+            else:
+                agg = self._children(rid, kid, level, unit, (unit + 1) << _SHIFT)
+                assert agg is not None
+                conn.execute(_UPSERT_STATS, (rid, kid, level, unit, *agg))
+        if not ks.steps:  # no open chunk to rewrite the open units: write them from their parts
+            for level in range(1, LEVELS):
+                unit = ks.idx >> (_SHIFT * level)
+                agg = self._children(rid, kid, level, unit, (unit + 1) << _SHIFT)
+                if agg is not None:
+                    conn.execute(_UPSERT_STATS, (rid, kid, level, unit, *agg))
+            ks.dirty = False
+        return new
+
+
+def _put(steps: list, vals: list, step: int, value, keep_first: bool) -> bool:
+    """Insert or replace ``step``'s value in sorted ``steps``; returns whether it was new."""
+    i = bisect.bisect_left(steps, step)
+    if i < len(steps) and steps[i] == step:
+        if keep_first:  # the clock: a step keeps its first timestamp
+            vals[i] = min(vals[i], value)
+        else:
+            vals[i] = value
+        return False
+    steps.insert(i, step)
+    vals.insert(i, value)
+    return True
+
+
+def _merge_columns(s1: list, v1: list, s2: list, v2: list) -> tuple[list, list]:
+    """One column from a key's float and int points (both in step order): all floats."""
+    pairs = sorted(zip(s1 + s2, [float(v) for v in v1 + v2]))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
