@@ -10,6 +10,10 @@ Security (DESIGN §10): the server binds loopback unless told otherwise, and a n
 bind refuses to start without a token; with a token, every call must carry the metadata
 ``authorization: Bearer <token>``. ``--tls-cert``/``--tls-key`` encrypt the connection.
 
+Several servers on one PostgreSQL database and one shared root (``--shared``) form a tier: any
+of them takes any upload, and each run is stored by one of them at a time
+(``server/shared.py``, docs/multiserver.md).
+
 Shutdown in order: SIGTERM or SIGINT stops taking calls, lets the calls in flight finish, then
 drains the sink (every acknowledged batch is durable already; what is not yet in the store is
 stored) and closes the store. A second signal exits at once: the WAL still holds everything
@@ -50,7 +54,9 @@ from trackside.daemon.signals import drain_on_signals
 from trackside.server.options import add_server_arguments
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
+from trackside.store.dialect import is_postgres
 from trackside.store.sampling import to_wire
+from trackside.server.shared import SharedSink
 from trackside.daemon.records import BadRecord
 from trackside.api import Api
 from trackside.artifacts import run_table_artifact
@@ -286,6 +292,8 @@ class UploadService(pb_grpc.UploadServicer):
             stored, duplicates = await sink.append(request.run_id, info, request.records)
         except (BadRecord, ValueError) as e:  # msgspec.DecodeError and RecordTooLarge are ValueErrors
             problem = f"run {request.run_id!r}: {e}"
+        except StoreError as e:  # a shared server's database is away: the client tries another server
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server's store: {e}")
         else:
             return pb.UploadReply(stored=stored, duplicates=duplicates)
         log.warning("refused an upload: %s", problem)
@@ -578,6 +586,7 @@ class TeamServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         info_file: str | None = None,
+        shared: bool = False,
     ):
         self.root = os.path.abspath(root)
         self.db = db
@@ -614,7 +623,9 @@ class TeamServer:
                 "(add --tls-cert and --tls-key)",
                 host,
             )
-        self.sink = LocalSink(self.root, db=db)
+        if shared and not is_postgres(db):
+            raise ConfigError("--shared needs a PostgreSQL database: --db postgresql://...")
+        self.sink = SharedSink(self.root, db=db) if shared else LocalSink(self.root, db=db)
         self.api = None
         self.read_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="read")
         self.file_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="files")
@@ -785,6 +796,7 @@ def serve(args: argparse.Namespace, prog: str = "trackside server") -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             info_file=args.info_file,
+            shared=args.shared,
         )
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)

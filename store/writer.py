@@ -604,6 +604,24 @@ class Store:
                 self._rollback()
                 raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
 
+    def forget_run(self, run_id: str) -> None:
+        """Read ``run_id`` afresh at its next use: its key, the keys, series and console lines it holds.
+        For a database that another store writes too (the servers of a tier, each writing the
+        runs it owns at a time: docs/multiserver.md), before this one writes the run again."""
+        with self._lock:
+            try:
+                row = self._live().execute("SELECT rid FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            except self._db.Error as e:
+                self._rollback()
+                raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
+            rid = self._rids.pop(run_id, None)
+            for known in (rid, row[0] if row else None):
+                self._keys.pop(known, None)
+                self._console_seq.pop(known, None)
+            self._series.forget()  # its open chunks are read again at their next write
+            if row is not None:
+                self._rids[run_id] = row[0]
+
     def run_cursor(self, run_id: str) -> tuple[int, int]:
         """``(wal_cursor, next_step)`` of the run: the WAL offset the store holds everything up
         to (0 for an unknown run) and the step after the highest stored one (0 when none)."""
