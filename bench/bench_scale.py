@@ -1,6 +1,8 @@
-"""Scale: one daemon under overload, and many writers on one daemon.
+"""Scale: one daemon under overload, many writers on one daemon, closing, a server tier.
 
     python bench/bench_scale.py [--seconds 8] [--writers 64] [--rate 200] [--skip-overload] [--json]
+        [--cases overload,many,closing,tier] [--hosts 100] [--servers 3] [--hosts-per-run 4]
+        [--host-rate 500] [--tier-seconds 60] [--pg URL]
 
 1. Overload: ``trackside bench`` with 2 and then 4 writer processes logging 10 floats flat out
    into one run for ``--seconds``: records/s from the first ``log()`` to stored, the writers'
@@ -18,9 +20,21 @@
    end and let it go and neither daemon holds it (polled every 50 ms); every step's summed
    value checked against the four ranks'.
 
-The issue's third figure, 100 simulated hosts uploading through 3 server processes on one
-PostgreSQL, needs the multi-server tier (docs/multiserver.md), which is not built yet: it is
-reported as not measured.
+4. A server tier: ``--hosts`` simulated hosts (100) upload through ``--servers`` (3)
+   ``trackside server --shared`` processes on one PostgreSQL database (a private cluster started
+   as the tests start it, ``tests/pg.py``, fsync off; or ``--pg URL``) for ``--tier-seconds``
+   (60). Each host is a thread with a distinct writer id and its own ``UploadClient`` (the
+   daemon's upload client) listing every server, its own first; ``--hosts-per-run`` (4) hosts
+   share a run, as the ranks of a multi-node job do: each logs 10 floats per step at
+   ``--host-rate`` steps/s (500), in records of 20 ms (a daemon's client batches) sent once per
+   second (the daemon's upload interval); ``n`` is summed across hosts (``reduce="sum"``) and
+   ``t`` (the log time) kept as the maximum. Halfway, one server is ``kill -9``'d; its hosts move
+   on to the next server of their list, and other servers take its runs over. A poller reads
+   every run's new rows through ``trackside.Api`` every 200 ms: lag from ``log()`` of the step's
+   last host to readable, p50 and p99. Afterwards, reading the store: every record each host
+   sent is held exactly once (``run_records``: seqs 1..n per writer), every step of every run is
+   one row whose ``n`` equals the hosts per run, and every run finished. Records/s stored: all
+   entries (host-steps) over the time from the first ``log()`` to the last row stored.
 
 Everything runs in temporary folders with its own daemon, stopped at the end.
 """
@@ -228,7 +242,7 @@ def closing(steps: int = 300) -> dict:
             [
                 sys.executable,
                 "-m",
-                "trackside.daemon.team_server",
+                "trackside.server.team_server",
                 "--root",
                 os.path.join(tmp, "server"),
                 "--port",
@@ -295,24 +309,295 @@ def closing(steps: int = 300) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+HOSTS = r"""
+import json, random, sys, threading, time
+from trackside import _native as codec
+from trackside._native.constants import RECORD_EVENT
+from trackside.contracts.protocol import Event, encode_event
+from trackside.contracts.upload import TransientUploadError, UploadClient
+
+urls, first, count, per_run, rate, seconds, go = sys.argv[1].split(","), *map(float, sys.argv[2:7]), sys.argv[7]
+first, count, per_run = int(first), int(count), int(per_run)
+BATCH, INTERVAL = 0.02, 1.0  # a daemon's client batch, its upload interval
+steps = int(rate * seconds)
+results = []
+
+
+def event(writer, seq, kind, data):
+    return codec.frame(RECORD_EVENT, encode_event(Event(writer, seq, kind, data)))
+
+
+def host(k):
+    writer = random.getrandbits(62) + 1
+    run_id, rank = f"tier-{k // per_run}", k % per_run
+    mine = urls[k % len(urls):] + urls[:k % len(urls)]
+    client = UploadClient(",".join(mine), timeout=30)
+    pending = [event(writer, 1, "join", {"rank": rank, "world_size": per_run}),
+               event(writer, 2, "define_metric", {"name": "n", "reduce": "sum"}),
+               event(writer, 3, "define_metric", {"name": "t", "reduce": "max"})]
+    seq, step, sent, retries, calls = 3, 0, 0, 0, []
+    info = {"project": "tier"}
+
+    def upload():
+        nonlocal pending, sent, retries
+        if not pending:
+            return
+        t = time.perf_counter()
+        try:
+            client.append(run_id, info, pending)
+        except TransientUploadError:
+            retries += 1
+            return
+        calls.append(time.perf_counter() - t)
+        sent += len(pending)
+        pending = []
+
+    while not __import__("os").path.exists(go):
+        time.sleep(0.01)
+    t0 = time.time()
+    next_upload = t0 + random.random() * INTERVAL  # hosts upload out of phase, as real ones do
+    while step < steps:
+        now = time.time()
+        due = min(int((now - t0) * rate) + 1, steps)
+        if due > step:
+            seq += 1
+            entries = []
+            for s in range(step, due):
+                entries.append((s, True, int(now * 1e6), {"n": 1.0, "t": now, "m0": 0.5, "m1": 1.5, "m2": 2.5,
+                                "m3": 3.5, "m4": 4.5, "m5": 5.5, "m6": 6.5, "m7": float(s)}, None))
+            pending.append(codec.encode_batch(writer, seq, entries))
+            step = due
+        if now >= next_upload:
+            upload()
+            next_upload += INTERVAL
+        time.sleep(max(0.0, min(BATCH, next_upload - time.time())))
+    seq += 1
+    pending.append(event(writer, seq, "finish", {"exit_code": 0}))
+    while pending:
+        upload()
+        if pending:
+            time.sleep(0.5)
+    results.append({"run": run_id, "writer": writer, "records": seq, "steps": steps, "retries": retries,
+                    "failovers": client.failovers, "append_s": calls})
+    client.close()
+
+
+threads = [threading.Thread(target=host, args=(k,)) for k in range(first, first + count)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(results))
+"""
+
+
+def _postgres(url):
+    """A database URL and the private cluster holding it (None when ``url`` is given)."""
+    if url:
+        return url, None
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import pg
+
+    bin_dir = pg.find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL is not installed here (no initdb): pass --pg URL")
+    cluster = pg.Cluster(bin_dir)
+    return pg.create_database(cluster.start()), cluster
+
+
+def tier(hosts: int, servers: int, per_run: int, rate: float, seconds: float, pg_url=None, procs_n: int = 2) -> dict:
+    import psycopg
+
+    import trackside
+
+    tmp = tempfile.mkdtemp(prefix="trackside-bench-tier-")
+    db, cluster = _postgres(pg_url)
+    server_procs, host_procs = [], []
+    try:
+        urls = []
+        for i in range(servers):
+            info = os.path.join(tmp, f"server{i}.json")
+            log = open(os.path.join(tmp, f"server{i}.log"), "w")
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trackside.server.team_server",
+                    "--root",
+                    os.path.join(tmp, "root"),
+                    "--db",
+                    db,
+                    "--shared",
+                    "--port",
+                    "0",
+                    "--info-file",
+                    info,
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            server_procs.append(proc)
+            while not os.path.exists(info):
+                if proc.poll() is not None:
+                    raise SystemExit(f"server {i} did not start; see {log.name}")
+                time.sleep(0.05)
+            with open(info) as f:
+                urls.append(json.load(f)["url"])
+        go = os.path.join(tmp, "go")
+        share = -(-hosts // procs_n)
+        for first in range(0, hosts, share):
+            count = min(share, hosts - first)
+            host_procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        HOSTS,
+                        ",".join(urls),
+                        str(first),
+                        str(count),
+                        str(per_run),
+                        str(rate),
+                        str(seconds),
+                        go,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        time.sleep(2.0)  # the host processes import and start their threads
+        runs = [f"tier-{r}" for r in range(-(-hosts // per_run))]
+        steps = int(rate * seconds)
+        api = trackside.Api(os.path.join(tmp, "root"), db=db)
+        next_step = dict.fromkeys(runs, 0)
+        lags = []
+        killed = None
+        t0 = time.time()
+        open(go, "w").close()
+        last_row = t0
+        deadline = t0 + seconds + 300
+        while any(s < steps for s in next_step.values()) and time.time() < deadline:
+            if killed is None and time.time() - t0 >= seconds / 2:
+                os.kill(server_procs[0].pid, signal.SIGKILL)  # the first server, mid-run
+                server_procs[0].wait()
+                killed = time.time() - t0
+            for run_id, start in next_step.items():
+                if start >= steps:
+                    continue
+                try:
+                    rows = api.run(run_id).history(keys=["t"], min_step=start)
+                except KeyError:
+                    continue
+                now = time.time()
+                lags.extend(now - r["t"] for r in rows if r.get("t") is not None)
+                if rows:
+                    next_step[run_id] = rows[-1]["_step"] + 1
+                    last_row = now
+            time.sleep(0.2)
+        sent = []
+        for p in host_procs:
+            out, err = p.communicate(timeout=600)
+            if p.returncode:
+                raise SystemExit(f"a host process failed:\n{err}")
+            sent += json.loads(out)
+        stored_s = last_row - t0
+        # exactly once, read from the store: the raw records, then every run's rows
+        finished = time.time() + 120
+        while time.time() < finished and not all(api.run(r).state == "finished" for r in runs):
+            time.sleep(0.2)
+        with psycopg.connect(db) as conn:
+            held = {}
+            for run_id, writer, n, low, high in conn.execute(
+                "SELECT run_id, writer, count(*), min(seq), max(seq) FROM run_records GROUP BY run_id, writer"
+            ):
+                held[(run_id, writer)] = (n, low, high)
+        records_once = all(held.get((h["run"], h["writer"])) == (h["records"], 1, h["records"]) for h in sent)
+        records_once = records_once and len(held) == len(sent)
+        complete = 0
+        for run_id in runs:
+            r = api.run(run_id)
+            rows = r.history(keys=["n"])
+            writers = sum(1 for h in sent if h["run"] == run_id)
+            complete += (
+                r.state == "finished"
+                and [x["_step"] for x in rows] == list(range(steps))
+                and all(x["n"] == float(writers) for x in rows)
+            )
+        statuses = []
+        for proc, url in zip(server_procs[1:], urls[1:]):
+            from trackside.contracts.upload import UploadClient
+
+            with UploadClient(url, timeout=10) as c:
+                statuses.append(c.status())
+        calls = sorted(x for h in sent for x in h["append_s"])
+        lags.sort()
+        entries = hosts * steps
+        return {
+            "case": f"{hosts} hosts ({per_run} per run) x {rate:g} steps/s x {seconds:g} s through {servers} servers "
+            f"on PostgreSQL, one kill -9'd at {killed:.0f} s",
+            "records_per_s": entries / stored_s,
+            "offered_records_per_s": hosts * rate,
+            "rows_per_s": len(runs) * steps / stored_s,
+            "lag_p50_s": statistics.median(lags) if lags else float("nan"),
+            "lag_p99_s": lags[int(len(lags) * 0.99) - 1] if lags else float("nan"),
+            "append_p99_s": calls[int(len(calls) * 0.99) - 1] if calls else float("nan"),
+            "runs_complete": f"{complete}/{len(runs)}",
+            "records_once": records_once,
+            "failovers": sum(h["failovers"] for h in sent),
+            "taken_over": sum(s["taken_over"] for s in statuses),
+        }
+    finally:
+        for p in host_procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for p in server_procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
-    p = parser("trackside scale: overload, many writers")
+    p = parser("trackside scale: overload, many writers, closing, a server tier")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--writers", type=int, default=64)
     p.add_argument("--rate", type=float, default=200.0, help="records/s per writer in the many-writers case")
     p.add_argument("--skip-overload", action="store_true")
+    p.add_argument("--cases", default="overload,many,closing,tier", help="which cases to run (default: all of them)")
+    p.add_argument("--hosts", type=int, default=100, help="simulated hosts in the tier case")
+    p.add_argument("--servers", type=int, default=3, help="trackside server processes in the tier case")
+    p.add_argument("--hosts-per-run", type=int, default=4, help="hosts sharing one run in the tier case")
+    p.add_argument("--host-rate", type=float, default=500.0, help="steps/s each host logs in the tier case")
+    p.add_argument("--tier-seconds", type=float, default=60.0, help="seconds the hosts log in the tier case")
+    p.add_argument("--pg", metavar="URL", help="a PostgreSQL database for the tier case (default: a private one)")
     args = p.parse_args()
+    cases = set(args.cases.split(","))
     rows = []
-    if not args.skip_overload:
+    if "overload" in cases and not args.skip_overload:
         rows += [overload(2, args.seconds), overload(4, args.seconds)]
-    rows.append(many_writers(args.writers, args.rate, args.seconds))
-    rows.append(closing())
+    if "many" in cases:
+        rows.append(many_writers(args.writers, args.rate, args.seconds))
+    if "closing" in cases:
+        rows.append(closing())
+    if "tier" in cases:
+        rows.append(tier(args.hosts, args.servers, args.hosts_per_run, args.host_rate, args.tier_seconds, args.pg))
     notes = [
         "",
         "Targets (issue 16): overload finish() <= ~2 s, RSS <= 150 MB; many writers: every run complete, "
         "lag p99 <= 2 s, RSS <= 150 MB, none refused; closing within 2 s of the last finish().",
-        "Not measured: 100 simulated hosts through 3 servers on one PostgreSQL (the multi-server tier, "
-        "docs/multiserver.md, is not built yet).",
+        "Tier (docs/multiserver.md): target >= 50,000 records/s of 10 floats stored in all; records_once: every "
+        "record each host sent is in run_records exactly once; runs_complete: every step one row reduced over "
+        "the run's hosts, the run finished.",
         "Caveats: a 2-core machine shared with other work gives noisy figures; the many-writers lag includes "
         "up to 100 ms of polling and the poller's own share of the CPU.",
     ]
@@ -331,6 +616,12 @@ def main() -> None:
             "lag_p99_s",
             "daemon_peak_rss_mb",
             "close_s",
+            "offered_records_per_s",
+            "rows_per_s",
+            "append_p99_s",
+            "records_once",
+            "failovers",
+            "taken_over",
         ],
         notes,
     )

@@ -1,7 +1,10 @@
 """How any client reaches a ``trackside server``, and the client of its Upload service.
 
 A server URL is ``grpc://HOST:PORT`` (plain) or ``grpcs://HOST:PORT`` (TLS); the port defaults
-to 7311. The token is the ``token`` argument, else ``$TRACKSIDE_TOKEN``; for ``grpcs://`` the CA
+to 7311. Where a client uploads (``UploadClient``, and so the daemon's ``server=`` setting,
+``$TRACKSIDE_SERVER`` and ``trackside sync --to``), a comma-separated list of URLs names the
+servers of one tier (several ``trackside server --shared`` on one PostgreSQL database,
+docs/multiserver.md): the client moves to the next one when its server is away. The token is the ``token`` argument, else ``$TRACKSIDE_TOKEN``; for ``grpcs://`` the CA
 file is ``ca``, else ``$TRACKSIDE_TLS_CA``, else the system's roots. ``UploadClient`` sends WAL
 records and files (the daemon's uploader and ``trackside sync`` use it); ``trackside.remote``
 reads runs back over the same channel. Imported on first use only (grpc is heavy).
@@ -28,6 +31,7 @@ __all__ = [
     "UploadError",
     "is_server_url",
     "parse_url",
+    "server_urls",
 ]
 
 DEFAULT_PORT = SERVER_PORT
@@ -60,6 +64,17 @@ def parse_url(url: str) -> tuple[str, bool]:
         raise ValueError(f"{url!r} is not a trackside server URL: use grpc://HOST:PORT, or grpcs://HOST:PORT for TLS")
     scheme, host, port = m.groups()
     return f"{host}:{port or DEFAULT_PORT}", scheme == "grpcs"
+
+
+def server_urls(text: str) -> list[str]:
+    """The URLs of ``text``: one server URL, or several separated by commas (the servers of one
+    tier). Raises ValueError naming a URL that is not one."""
+    urls = [u.strip() for u in text.split(",")] if isinstance(text, str) else [text]
+    if not urls or not all(urls):
+        raise ValueError(f"{text!r} is not a trackside server URL or a comma-separated list of them")
+    for url in urls:
+        parse_url(url)
+    return list(dict.fromkeys(urls))
 
 
 class ServerChannel:
@@ -120,30 +135,75 @@ def _upload_error(e: grpc.RpcError, url: str, what: str) -> UploadError:
 class UploadClient:
     """Sends WAL records and files to a ``trackside server``. Every call blocks until the
     server answers (at most ``timeout`` seconds) and raises PermanentUploadError or
-    TransientUploadError when it did not take the upload. Safe to share between threads."""
+    TransientUploadError when it did not take the upload. Safe to share between threads.
+
+    ``url`` may list several servers of one tier, separated by commas (``server_urls``): calls
+    go to one of them, and when it is away (a transient error) the same call goes to the next
+    ones in turn, which then stay in use. Only when every server failed does the call raise
+    TransientUploadError. Resending is safe: the tier drops records it already holds.
+    """
 
     def __init__(self, url: str, token: Optional[str] = None, ca: Optional[str] = None, *, timeout: float = 60.0):
         self.url = url
-        self._conn = ServerChannel(url, token, ca, timeout)
-        self._stub = pb_grpc.UploadStub(self._conn.channel)
+        self.urls = server_urls(url)
+        self._args = (token, ca, timeout)
+        self._conns: dict[str, tuple[ServerChannel, pb_grpc.UploadStub]] = {}
+        self._current = 0
+        self.failovers = 0  # how often a call moved on to another server
+        for u in self.urls:  # a bad CA file or URL raises here, not at the first upload
+            self._stub(u)
 
-    def _call(self, what: str, method, request):
-        try:
-            return method(request, timeout=self._conn.timeout, metadata=self._conn.metadata)
-        except grpc.RpcError as e:
-            raise _upload_error(e, self.url, what) from None
+    @property
+    def server(self) -> str:
+        """The server calls go to now."""
+        return self.urls[self._current]
+
+    def _stub(self, url: str):
+        conn = self._conns.get(url)
+        if conn is None:
+            channel = ServerChannel(url, *self._args)
+            conn = self._conns[url] = (channel, pb_grpc.UploadStub(channel.channel))
+        return conn
+
+    def _invoke(self, what: str, call):
+        """``call(channel, stub)`` on the current server, then on each other one while they fail
+        with a transient error."""
+        first = self._current
+        error: Optional[UploadError] = None
+        for i in range(len(self.urls)):
+            index = (first + i) % len(self.urls)
+            url = self.urls[index]
+            conn, stub = self._stub(url)
+            try:
+                result = call(conn, stub)
+            except grpc.RpcError as e:
+                error = _upload_error(e, url, what)
+                if isinstance(error, PermanentUploadError):
+                    raise error from None
+                continue
+            if index != self._current:
+                self._current = index
+                self.failovers += 1
+            return result
+        assert error is not None  # the list holds one URL at least
+        raise error
+
+    def _call(self, what: str, method: str, request):
+        return self._invoke(
+            what, lambda conn, stub: getattr(stub, method)(request, timeout=conn.timeout, metadata=conn.metadata)
+        )
 
     def append(self, run_id: str, info: dict, records: Sequence[bytes]) -> tuple[int, int]:
         """Store framed WAL records of ``run_id`` (in WAL order; ``info``: the run's info, used
         when the run is new). Returns ``(stored, duplicates)``: the records new to the server,
         durable there now, and those it already held. Idempotent: resend a batch freely."""
         request = pb.UploadRequest(run_id=run_id, run_info=_encode(info or {}), records=records)
-        reply = self._call(f"uploading {len(records)} records of run {run_id}", self._stub.Append, request)
+        reply = self._call(f"uploading {len(records)} records of run {run_id}", "Append", request)
         return reply.stored, reply.duplicates
 
     def missing_files(self, paths: Sequence[str]) -> list[str]:
         """The ones of ``paths`` (relative to the run root) the server does not hold yet."""
-        reply = self._call("asking for missing files", self._stub.MissingFiles, pb.MissingFilesRequest(paths=paths))
+        reply = self._call("asking for missing files", "MissingFiles", pb.MissingFilesRequest(paths=paths))
         return list(reply.paths)
 
     def put_file(self, path: str, local_file_path: Union[str, os.PathLike]) -> int:
@@ -161,22 +221,25 @@ class UploadClient:
 
         with open(local_file_path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            # the server keeps the file only when this many bytes arrived (a cut-off stream
-            # looks complete to it otherwise)
-            metadata = (*self._conn.metadata, ("trackside-file-size", str(size)))
-            timeout = self._conn.timeout + size / (10 * CHUNK)  # the deadline grows a second per 10 MiB
-            try:
-                reply = self._stub.PutFile(chunks(f), timeout=timeout, metadata=metadata)
-            except grpc.RpcError as e:
-                raise _upload_error(e, self.url, f"sending file {path}") from None
+
+            def put(conn, stub):
+                f.seek(0)
+                # the server keeps the file only when this many bytes arrived (a cut-off stream
+                # looks complete to it otherwise)
+                metadata = (*conn.metadata, ("trackside-file-size", str(size)))
+                timeout = conn.timeout + size / (10 * CHUNK)  # the deadline grows a second per 10 MiB
+                return stub.PutFile(chunks(f), timeout=timeout, metadata=metadata)
+
+            reply = self._invoke(f"sending file {path}", put)
         return reply.bytes
 
     def status(self) -> dict:
         """The server's status: version, address, its runs and upload counts."""
-        return _decode(self._call("asking for status", self._stub.Status, pb.StatusRequest()).status)
+        return _decode(self._call("asking for status", "Status", pb.StatusRequest()).status)
 
     def close(self) -> None:
-        self._conn.close()
+        for conn, _ in self._conns.values():
+            conn.close()
 
     def __enter__(self) -> "UploadClient":
         return self

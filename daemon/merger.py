@@ -336,6 +336,13 @@ class Merger:
         """How many rows are pending (not emitted yet)."""
         return len(self._pending) + len(self._ready)
 
+    def lowest_pending(self) -> Optional[int]:
+        """The lowest step of a pending row, None when no row is pending."""
+        low = min(self._pending) if self._pending else None
+        if self._ready and (low is None or self._ready[0].step < low):
+            low = self._ready[0].step
+        return low
+
     def is_pending(self, step: int) -> bool:
         """Whether the row of ``step`` is pending (added, not emitted yet)."""
         if step in self._pending:

@@ -353,8 +353,19 @@ class RunStream:
         *,
         read_only: bool = False,
         live: bool = True,
+        reader=None,
     ):
         self.run_id = run_id
+        # READ_ONLY: reads the records after an offset (a list of ``Appended``, in order; empty
+        # when there are none): the run's WAL files by default; a server of a tier reads the
+        # database's raw records instead (server/shared.py), and then waits for the announced
+        # world like any server's stream (world_finished)
+        self._reader = reader
+        # a stream with a reader: record end -> the highest step the record holds (-inf for an
+        # event or a record that failed, +inf before it is merged), in read order, for the
+        # records the cursor has not passed: the cursor moves past those whose steps are all
+        # below the lowest pending row, not only when no row is pending (see _cursor)
+        self._spans: Optional[dict] = {} if reader is not None else None
         self.info = info
         self.dest = info.get("dest") or "local"  # "local", "offline" or a server URL
         if read_only:
@@ -510,7 +521,14 @@ class RunStream:
             done += len(group)
 
     def _read_group(self) -> list:
-
+        if self._reader is not None:
+            group = self._reader(self._read_from)
+            for r in group:
+                self._spans[r.end] = _UNMERGED
+                if r.seq > self.seqs.get(r.writer, 0):
+                    self.seqs[r.writer] = r.seq
+            self.stats["records"] += len(group)
+            return group
         group = []
         for rec in read_records(os.path.join(self.dir, "wal"), self._read_from, reporter=self._report_damage):
             writer, seq = record_writer_seq(rec.type, rec.body)
@@ -713,9 +731,15 @@ class RunStream:
                     body = found.body
                 # held back past the merge window: its rows are as old as the record, so the
                 # merger lets them go at once instead of a window later
-                await self._feed(group, rec.conn, rec.writer, rec.seq, rec.rtype, body, rec.since if overdue else now)
+                top = await self._feed(
+                    group, rec.conn, rec.writer, rec.seq, rec.rtype, body, rec.since if overdue else now
+                )
+                if self._spans is not None:
+                    self._spans[rec.end] = _NO_STEPS if top is None else top
             except Exception:  # a bug here must not stop ingestion: the WAL keeps the record
                 log.exception("run %s: merging writer %d's batch %d failed", self.run_id, rec.writer, rec.seq)
+                if self._spans is not None:
+                    self._spans[rec.end] = _NO_STEPS
         if not group.records and not (self._tick and (self.merger.pending() or self._summary_dirty)):
             return None
         self._tick = False  # an empty group is the ticker's: rows the merge window let go
@@ -733,9 +757,10 @@ class RunStream:
             self._unstored -= len(records)
             self._release_acks()
 
-    async def _feed(self, group: "_Group", conn, writer: int, seq: int, rtype: int, body, now: float) -> None:
+    async def _feed(self, group: "_Group", conn, writer: int, seq: int, rtype: int, body, now: float):
         """One record into the merger (a LOG record) or into ``group`` (an event). A record that
-        does not decode is reported and skipped, and its writer is no longer waited for."""
+        does not decode is reported and skipped, and its writer is no longer waited for.
+        Returns the highest step of a LOG record's entries (None for anything else)."""
         if rtype == RECORD_LOG:
             try:
                 _, _, entries = codec.decode_batch(body)
@@ -752,7 +777,7 @@ class RunStream:
                 # steps out of _typed_steps
                 self._typed_steps = {s for s in self._typed_steps if self.merger.is_pending(s)}
             self.stats["entries"] += len(entries)
-            return
+            return max((e[0] for e in entries), default=None)
         try:
             ev = event_decoder.decode(body)
         except msgspec.DecodeError as e:
@@ -769,7 +794,7 @@ class RunStream:
         everything = bool(finished) and self.merger.live_writers() == 0 and self.world_finished()
         rows = self.merger.finalize(now, everything=everything)
         # the WAL cursor moves only past records whose rows are all stored
-        cursor = fed_through if self.merger.pending() == 0 else None
+        cursor = self._cursor(fed_through)
         if rows:
             self.summary.update(rows)
             self._summary_dirty = True
@@ -804,6 +829,26 @@ class RunStream:
             artifacts=artifacts,
             system=group.system,
         )
+
+    def _cursor(self, fed_through: Optional[int]) -> Optional[int]:
+        """Where the cursor may move after a finalize: past every merged record when no row is
+        pending. A stream with a reader (its records in read order, every record read merged
+        before a finalize: the reader's groups fit one store group) also moves it past the
+        leading records whose steps all lie below the lowest pending row: their rows are final,
+        and a pending row's entries all lie in records after them. None: it stays."""
+        low = self.merger.lowest_pending()
+        spans = self._spans
+        if spans is None:
+            return fed_through if low is None else None
+        cursor = None
+        for end, top in spans.items():
+            if top == _UNMERGED or (low is not None and top >= low):
+                break
+            cursor = end
+        if cursor is not None:
+            for end in [e for e in spans if e <= cursor]:
+                del spans[end]
+        return cursor
 
     def _send_done(self, group) -> None:
         """Tell each finished writer how far it is done: its finish and whatever it sent after
@@ -1000,11 +1045,25 @@ class RunStream:
         except (ValueError, TypeError, AttributeError, msgspec.DecodeError):
             pass  # a bad event was reported when it was stored
 
+    def recall(self, rtype: int, writer: int, body, values: bool) -> None:
+        """A record stored before this stream started, read by whoever feeds a read-only stream
+        (see ``reader``), before ``start``: an event counts as on a WAL's replay (ranks, finished
+        writers, metric definitions); a LOG record's entries, with ``values``, are kept for the
+        reduce rule of late entries (``Merger.recall``)."""
+        self.seqs.setdefault(writer, 0)  # a writer of the run: done() waits for its finish
+        if rtype == RECORD_EVENT:
+            self._recall(body)
+        elif values:
+            try:
+                self.merger.recall(writer, codec.decode_batch(body)[2])
+            except Exception:  # merging it failed when it was stored, and was reported then
+                pass
+
     def world_finished(self) -> bool:
         """A stream that stores uploads (a server's) has seen every rank of the announced world
         finish; a host's daemon sees its own ranks only, and does not wait for the others (nor
         does ``trackside sync`` of a host's offline run into its own root)."""
-        if self.live or self.read_only or not self.world_size:
+        if self.live or (self.read_only and self._reader is None) or not self.world_size:
             return True
         # ranks, not writers: a rank's children (data loader workers) inherit its RANK
         return len({self.ranks[w] for w in self.finished_writers.intersection(self.ranks)}) >= self.world_size
@@ -1166,6 +1225,10 @@ class RunStream:
             **self.stats,
             **{f"merge_{k}": v for k, v in self.merger.stats.items()},
         }
+
+
+_UNMERGED = float("inf")
+_NO_STEPS = float("-inf")
 
 
 def _event_kind(body) -> Optional[str]:

@@ -6,9 +6,11 @@
     for row in run.scan_history(): ...         # every row, a page at a time
 
     api = trackside.Api(root, db="postgresql://host/trackside")  # a store kept in PostgreSQL
+    api.runs("mnist", filters={"config.lr": {"$gt": 0.01}}, order="-summary.acc")  # a paged Runs
 
 Reads are live: a query sees every batch the daemon committed before it started, while the
-run is still writing. Nothing here writes to the store.
+run is still writing. Edits after the run (``run.summary[k] = v``, ``run.update()``,
+``run.delete()``) go through a writer of the store opened for them (``store/edits.py``).
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ import numpy as np
 
 from trackside.contracts.errors import RunNotFoundError
 from trackside.data_types.base import from_json
-from trackside.store import DB_NAME, SchemaVersionError, StoreError
+from trackside.store import DB_NAME, SchemaVersionError, Store, StoreError
+from trackside.store.query import compile_query
 from trackside.store.reader import ConsoleLine, StoreReader
 from trackside.store.sampling import Buckets, Series, SeriesReader, Tail, build_rows, empty_buckets, sampled_rows
 
 from .artifacts import load_artifact, run_artifacts, run_table, run_table_increments, run_table_keys
 from .contracts import names
+from .runs import RunEdits, Runs
 
 __all__ = [
     "Api",
     "ConsoleLine",
     "RunNotFoundError",
     "RunView",
+    "Runs",
     "SchemaVersionError",
     "StoreError",
     "StoreNotFoundError",
@@ -128,17 +133,96 @@ class Api(StoreReader):
                 )
         super().__init__(root, path, timeout=timeout)
 
-    def runs(self, project: Optional[str] = None) -> list["RunView"]:
-        """The runs of ``project`` (all projects when None), newest first. ``"entity/project"``
-        is accepted: the last part names the project."""
-        project = _last_part(project)
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
-        args: tuple = ()
-        if project:
-            sql += " WHERE project = ?"
-            args = (project,)
-        sql += " ORDER BY created_at DESC, rid DESC"
-        return [RunView(self, row) for row in self.conn.execute(sql, args)]
+    def runs(
+        self,
+        project: Optional[str] = None,
+        filters: Optional[dict] = None,
+        order: Optional[str] = None,
+        per_page: int = 50,
+    ) -> Runs:
+        """The runs of ``project`` (all projects when None; ``"entity/project"`` is accepted)
+        that match ``filters``, sorted by ``order`` (default ``"-created_at"``, newest first),
+        as a ``Runs``: a list read ``per_page`` runs at a time (``len`` is a COUNT, a slice
+        one query).
+
+        ``filters`` are W&B's (MongoDB operators): ``{"config.lr": {"$gt": 0.01}}``,
+        ``{"summary.loss": {"$lt": 0.1}}`` (or ``summary_metrics.loss``), ``{"tags": {"$in":
+        ["a", "b"]}}``, ``{"state": "finished"}``, ``{"$or": [{...}, {...}]}``; ``order`` one
+        field with ``-`` (descending) or ``+`` (``"-summary.acc"``, ``"+created_at"``). The
+        fields and operators: ``trackside.store.query``. Raises ValueError naming a field or
+        operator it does not take (before reading anything)."""
+        query = compile_query(filters, order, project=_last_part(project), dialect=self.dialect)
+        columns = self._run_columns("r.")
+
+        def fetch(offset: int, limit: int) -> list:
+            # the page's row ids first (a sort of narrow rows, on an index where it can), then its runs
+            sql = (
+                f"SELECT r.rid FROM runs r {query.join} WHERE {query.where} ORDER BY {query.order}"
+                f" LIMIT {int(limit)} OFFSET {int(offset)}"
+            )
+            conn = self.conn
+            rids = [rid for (rid,) in conn.execute(sql, (*query.join_params, *query.params))]
+            rows: dict[int, tuple] = {}
+            for i in range(0, len(rids), 500):  # SQLite's limit on bound parameters is 999 on old builds
+                chunk = rids[i : i + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows.update(
+                    (row[0], row)
+                    for row in conn.execute(f"SELECT {columns} FROM runs r WHERE r.rid IN ({marks})", chunk)
+                )
+            return [RunView(self, rows[rid]) for rid in rids if rid in rows]
+
+        def count() -> int:
+            return self.conn.execute(f"SELECT count(*) FROM runs r WHERE {query.where}", query.params).fetchone()[0]
+
+        try:
+            fetch(0, 0)  # the store has what the query needs (a run_values index: a store of this trackside)
+        except Exception as e:
+            if self.missing_table(e):
+                raise StoreError(
+                    f"{self.path} has no index of config and summary values yet: it is made when this "
+                    f"version of trackside's daemon or server opens the store"
+                ) from None
+            raise
+        return Runs(fetch, count, per_page)
+
+    def _run_columns(self, prefix: str = "") -> str:
+        """The columns a RunView is made of (``notes`` is NULL in a store that has no such column yet)."""
+        if not self._has_notes:
+            self._has_notes = self.has_column("runs", "notes")
+        cols = _RUN_COLUMNS.split(", ") + ["notes" if self._has_notes else "NULL"]
+        return ", ".join(f"{prefix}{c.strip()}" if c.strip() != "NULL" else c for c in cols)
+
+    # -- edits after the run (RunView.update, .summary[...] = ..., .delete) ----------------------
+
+    _store_writer: Optional[Store] = None
+    _has_notes = False
+
+    def _writer(self) -> Store:
+        """The store's writer for edits, opened on first use (``store/edits.py``)."""
+        writer = self._store_writer
+        if writer is None:
+            self.conn  # raises when closed
+            writer = self._store_writer = Store(self.root, db=self.db) if self.db else Store(self.root)
+        return writer
+
+    def edit_run(self, run_id: str, **changes) -> None:
+        """Edit a stored run (what ``RunView.update`` and summary assignments call):
+        ``summary``/``config`` (keys to set), ``summary_del``/``config_del`` (keys to delete),
+        ``fields`` (``name``, ``group``, ``job_type``, ``tags``, ``notes``). See
+        ``Store.edit_run``."""
+        self._writer().edit_run(run_id, **changes)
+
+    def delete_run(self, run_id: str, force: bool = False) -> bool:
+        """Delete a run, its rows and its files (what ``RunView.delete`` calls); see ``Store.delete_run``."""
+        return self._writer().delete_run(run_id, force=force)
+
+    def close(self) -> None:
+        """Close the database connection (and the writer edits opened). Idempotent."""
+        writer, self._store_writer = self._store_writer, None
+        if writer is not None:
+            writer.close()
+        super().close()
 
     def run(self, path: str) -> "RunView":
         """The run with this id, or whose id starts with it when exactly one does.
@@ -152,11 +236,12 @@ class Api(StoreReader):
         run_id = parts[-1]
         project = parts[-2] if len(parts) >= 2 else None
         conn = self.conn
-        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        columns = self._run_columns()
+        row = conn.execute(f"SELECT {columns} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             # ids sort as UTF-8 bytes; every id with this prefix lies in [prefix, prefix + U+10FFFF)
             found = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 6",
+                f"SELECT {columns} FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 6",
                 (run_id, run_id + "\U0010ffff"),
             ).fetchall()
             if len(found) > 1:
@@ -253,18 +338,22 @@ RUN_FIELDS = (
 )
 
 
-class RunView:
+class RunView(RunEdits):
     """One run as the store holds it.
 
     Attributes are a snapshot taken when the view was made (``refresh()`` takes a new one):
-    ``id``, ``project``, ``name``, ``group``, ``job_type``, ``tags`` (list), ``state``
-    ("running", "finished", "failed" or "crashed"), ``exit_code``, ``created_at``,
+    ``id``, ``project``, ``name``, ``group``, ``job_type``, ``tags`` (list), ``notes``,
+    ``state`` ("running", "finished", "failed" or "crashed"), ``exit_code``, ``created_at``,
     ``updated_at`` and ``finished_at`` (seconds since the epoch, or None), ``dir`` (the run's
-    files), ``history_rows``, ``last_step``. ``summary``, ``config`` and ``metadata`` are new
-    dicts on each access. History, keys and console are read live.
+    files), ``history_rows``, ``last_step``. ``metadata`` is a new dict on each access.
+    History, keys and console are read live.
+
+    Edits (``RunEdits``): ``run.summary["k"] = v`` (and ``update``, ``del``) is stored at
+    once; set ``name``, ``group``, ``job_type``, ``tags``, ``notes`` or change ``run.config``,
+    then ``run.update()`` stores them; ``run.delete()`` deletes the run.
     """
 
-    __slots__ = ("_api", "_rid", *RUN_FIELDS, "dir", "_config", "_summary", "_metadata")
+    __slots__ = ("_api", "_rid", *RUN_FIELDS, "notes", "dir", "_config", "_summary", "_metadata", "_edits")
 
     def __init__(self, api: Api, row: tuple):
         self._api = api
@@ -290,25 +379,32 @@ class RunView:
             self._config,
             self._summary,
             self._metadata,
+            self.notes,
         ) = row
         self.tags = json.loads(tags) if tags else []
         self.dir = os.path.join(root_dir, "runs", self.id)
+        self._loaded()
 
     def refresh(self) -> "RunView":
-        """Re-read the run's attributes from the store; returns self."""
-        row = self._api.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE rid = ?", (self._rid,)).fetchone()
+        """Re-read the run's attributes from the store; returns self (edits not saved are dropped)."""
+        row = self._api.conn.execute(
+            f"SELECT {self._api._run_columns()} FROM runs WHERE rid = ?", (self._rid,)
+        ).fetchone()
         if row is not None:
             self._load(row)
         return self
 
-    @property
-    def summary(self) -> dict:
-        """The run's summary (the last value of each key unless the run set it otherwise)."""
+    def _stored_summary(self) -> dict:
         return json.loads(self._summary) if self._summary else {}
 
-    @property
-    def config(self) -> dict:
+    def _stored_config(self) -> dict:
         return json.loads(self._config) if self._config else {}
+
+    def _edit(self, **changes) -> None:
+        self._api.edit_run(self.id, **changes)
+
+    def _delete(self, force: bool) -> None:
+        self._api.delete_run(self.id, force=force)
 
     @property
     def metadata(self) -> dict:

@@ -46,6 +46,7 @@ from .contracts.upload import (  # noqa: F401  (re-exported: the upload client's
     parse_url,
 )
 from .artifacts import Artifact
+from .runs import RunEdits, Runs
 from .contracts.errors import ArtifactNotFoundError, RunNotFoundError
 from .store.reader import ConsoleLine
 from .store.sampling import Buckets, Series, Tail, from_wire
@@ -115,6 +116,7 @@ class RemoteApi:
         self.url = self.root = url
         self._conn = ServerChannel(url, token, ca, timeout)
         self._stub = pb_grpc.ReadStub(self._conn.channel)
+        self._edit_stub = pb_grpc.EditStub(self._conn.channel)
         self._cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
         self._cache_lock = threading.Lock()
         self._remove_cache: Optional[weakref.finalize] = None  # removes the temporary cache folder, once one is made
@@ -172,9 +174,47 @@ class RemoteApi:
         finally:
             replies.cancel()  # a scan left early stops the server's too
 
-    def runs(self, project: Optional[str] = None) -> list["RemoteRunView"]:
-        """The runs of ``project`` (all projects when None), newest first."""
-        return [RemoteRunView(self, fields) for fields in self.query("runs", project=project)]
+    def edit(self, method: str, **args) -> Any:
+        """One edit call (``edit_run``, ``delete_run``) and its decoded result."""
+        try:
+            reply = self._edit_stub.Apply(
+                pb.QueryRequest(method=method, args=_encode(args)),
+                timeout=self._conn.timeout,
+                metadata=self._conn.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e, "run") from None
+        return _decode(reply.result)
+
+    def runs(
+        self,
+        project: Optional[str] = None,
+        filters: Optional[dict] = None,
+        order: Optional[str] = None,
+        per_page: int = 50,
+    ) -> Runs:
+        """The runs of ``project`` matching ``filters``, sorted by ``order``, as ``Api.runs``:
+        a ``Runs`` read from the server a page (``per_page`` runs) at a time; the server
+        filters, sorts and counts. ValueError names a filter it does not take."""
+        args = {"project": project, "filters": filters, "order": order}
+
+        def fetch(offset: int, limit: int) -> list:
+            return [RemoteRunView(self, f) for f in self.query("runs", **args, offset=offset, limit=limit)]
+
+        def count() -> int:
+            return self.query("count_runs", project=project, filters=filters)
+
+        runs = Runs(fetch, count, per_page)
+        runs[0:per_page]  # checks the filters now, as a local Api does (and the page is kept)
+        return runs
+
+    def edit_run(self, run_id: str, **changes) -> None:
+        """Edit a run on the server (``Api.edit_run``)."""
+        self.edit("edit_run", run_id=run_id, **changes)
+
+    def delete_run(self, run_id: str, force: bool = False) -> bool:
+        """Delete a run on the server (``Api.delete_run``); refused while it is being uploaded."""
+        return self.edit("delete_run", run_id=run_id, force=force)
 
     def buckets_many(
         self,
@@ -334,9 +374,9 @@ class RemoteArtifact(Artifact):
         return [tuple(row) for row in self._api.query("artifact_increments", name=self.name, version=self.version)]
 
 
-class RemoteRunView:
+class RemoteRunView(RunEdits):
     """One run on a server, as ``RunView`` shows a local one: the same attributes (a snapshot,
-    ``refresh()`` takes a new one) and the same calls. ``dir`` is the run's folder on the
+    ``refresh()`` takes a new one), the same calls and edits (stored on the server). ``dir`` is the run's folder on the
     server relative to its root (what ``download`` takes); ``media_files`` paths are relative
     to the server's root too. Objects rebuilt from files (``media``, ``rebuild``,
     ``objects=True``, tables, artifacts) fetch them into the RemoteApi's ``cache_dir``."""
@@ -364,19 +404,25 @@ class RemoteRunView:
         self._config = _encode(fields["config"])
         self._summary = _encode(fields["summary"])
         self._metadata = _encode(fields["metadata"])
+        self.notes = fields.get("notes")
+        self._loaded()
 
     def refresh(self) -> "RemoteRunView":
         """Re-read the run's attributes from the server; returns self."""
         self._load(self._api.query("run", run_id=self.id))
         return self
 
-    @property
-    def summary(self) -> dict:
+    def _stored_summary(self) -> dict:
         return _decode(self._summary)
 
-    @property
-    def config(self) -> dict:
+    def _stored_config(self) -> dict:
         return _decode(self._config)
+
+    def _edit(self, **changes) -> None:
+        self._api.edit_run(self.id, **changes)
+
+    def _delete(self, force: bool) -> None:
+        self._api.delete_run(self.id, force=force)
 
     @property
     def metadata(self) -> dict:

@@ -15,6 +15,12 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"where runs are kept (default: ./{DEFAULT_ROOT})")
     p.add_argument("--db", help="database URL (default: SQLite in the root; postgresql://... for a team)")
     p.add_argument(
+        "--shared",
+        action="store_true",
+        help="one of several servers on one PostgreSQL database (--db) and one root: any of them takes "
+        "any upload, each run is stored by one of them at a time (docs/multiserver.md)",
+    )
+    p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default: loopback; any other address requires a token)",

@@ -10,6 +10,10 @@ Security (DESIGN §10): the server binds loopback unless told otherwise, and a n
 bind refuses to start without a token; with a token, every call must carry the metadata
 ``authorization: Bearer <token>``. ``--tls-cert``/``--tls-key`` encrypt the connection.
 
+Several servers on one PostgreSQL database and one shared root (``--shared``) form a tier: any
+of them takes any upload, and each run is stored by one of them at a time
+(``server/shared.py``, docs/multiserver.md).
+
 Shutdown in order: SIGTERM or SIGINT stops taking calls, lets the calls in flight finish, then
 drains the sink (every acknowledged batch is durable already; what is not yet in the store is
 stored) and closes the store. A second signal exits at once: the WAL still holds everything
@@ -50,7 +54,9 @@ from trackside.daemon.signals import drain_on_signals
 from trackside.server.options import add_server_arguments
 from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
+from trackside.store.dialect import is_postgres
 from trackside.store.sampling import to_wire
+from trackside.server.shared import SharedSink
 from trackside.daemon.records import BadRecord
 from trackside.api import Api
 from trackside.artifacts import run_table_artifact
@@ -69,7 +75,7 @@ ERROR_HEADER = "trackside-error"  # trailing metadata of a refused read: the exc
 STORE_NAME = "the server's store"  # what messages call the store: a client never learns its path
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # media and artifact files are named by their SHA-256
 STOP_GRACE = 10.0  # seconds calls in flight get to finish at shutdown
-SERVICES = ("trackside.v1.Upload", "trackside.v1.Read")
+SERVICES = ("trackside.v1.Upload", "trackside.v1.Read", "trackside.v1.Edit")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_args = msgspec.msgpack.Decoder(dict[str, object]).decode
@@ -90,12 +96,21 @@ def _address(host: str, port: int) -> str:
 
 def _run_fields(run) -> dict:
     fields = {f: getattr(run, f) for f in RUN_FIELDS}
-    fields.update(config=run.config, summary=run.summary, metadata=run.metadata)
+    fields.update(config=run.config, summary=dict(run.summary), metadata=run.metadata, notes=run.notes)
     return fields
 
 
-def _runs(api, project=None):
-    return [_run_fields(r) for r in api.runs(project=project)]
+def _runs(api, project=None, filters=None, order=None, offset=0, limit=None):
+    """A page of ``Api.runs``: the runs from ``offset`` (at most ``limit``; all when None)."""
+    runs = api.runs(project, filters=filters, order=order, per_page=max(1, min(int(limit or 1000), 1000)))
+    offset = max(0, int(offset))
+    if limit is None:
+        return [_run_fields(r) for i, r in enumerate(runs) if i >= offset]
+    return [_run_fields(r) for r in runs[offset : offset + max(0, int(limit))]]
+
+
+def _count_runs(api, project=None, filters=None):
+    return len(api.runs(project, filters=filters))
 
 
 def _run(api, run_id):
@@ -195,6 +210,7 @@ def _logged_artifacts(api, run_id):
 
 QUERIES = {
     "runs": _runs,
+    "count_runs": _count_runs,
     "run": _run,
     "keys": _keys,
     "series": _series,
@@ -266,6 +282,8 @@ class UploadService(pb_grpc.UploadServicer):
             stored, duplicates = await sink.append(request.run_id, info, request.records)
         except (BadRecord, ValueError) as e:  # msgspec.DecodeError and RecordTooLarge are ValueErrors
             problem = f"run {request.run_id!r}: {e}"
+        except StoreError as e:  # a shared server's database is away: the client tries another server
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server's store: {e}")
         else:
             return pb.UploadReply(stored=stored, duplicates=duplicates)
         log.warning("refused an upload: %s", problem)
@@ -438,6 +456,58 @@ class ReadService(pb_grpc.ReadServicer):
                 first = False
 
 
+class EditService(pb_grpc.EditServicer):
+    """Edits of stored runs, written by the sink's store thread: in order with what the sink
+    stores of the same runs (``store/edits.py`` says why they survive later uploads)."""
+
+    def __init__(self, server: "TeamServer"):
+        self.server = server
+
+    async def Apply(self, request, context):
+        fn = EDITS.get(request.method)
+        if fn is None:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"no edit call {request.method!r}: this server answers {', '.join(sorted(EDITS))}",
+            )
+        try:
+            kwargs = _decode_args(request.args) if request.args else {}
+            inspect.signature(fn).bind(None, **kwargs)
+        except (msgspec.DecodeError, TypeError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.method}: bad arguments: {e}")
+        try:
+            result = await fn(self.server.sink, **kwargs)
+        except Exception as e:
+            code, message, trailer = _read_error(e)
+        else:
+            return pb.QueryReply(result=_encode(result))
+        await context.abort(code, message, trailer)
+
+
+async def _edit_run(sink, run_id, summary=None, summary_del=(), config=None, config_del=(), fields=None):
+    store = sink.handle.store
+    await sink.handle.call(
+        store.edit_run,
+        str(run_id),
+        summary=summary,
+        summary_del=list(summary_del or ()),
+        config=config,
+        config_del=list(config_del or ()),
+        fields=fields,
+    )
+    return None
+
+
+async def _delete_run(sink, run_id, force=False):
+    run_id = str(run_id)
+    if run_id in sink.streams:
+        raise ValueError(f"run {run_id!r} is being uploaded to this server: delete it once its uploads have ended")
+    return await sink.handle.call(sink.handle.store.delete_run, run_id, force=bool(force))
+
+
+EDITS = {"edit_run": _edit_run, "delete_run": _delete_run}
+
+
 def _lazy(fn, api, kwargs):
     """Call ``fn`` only when the first page is asked for (in the read thread), then yield its items."""
     yield from fn(api, **kwargs)
@@ -507,6 +577,7 @@ class TeamServer:
         tls_key: str | None = None,
         info_file: str | None = None,
         ui_port: int | None = None,
+        shared: bool = False,
     ):
         self.root = os.path.abspath(root)
         self.ui_port = ui_port
@@ -546,7 +617,9 @@ class TeamServer:
                 "(add --tls-cert and --tls-key)",
                 host,
             )
-        self.sink = LocalSink(self.root, db=db)
+        if shared and not is_postgres(db):
+            raise ConfigError("--shared needs a PostgreSQL database: --db postgresql://...")
+        self.sink = SharedSink(self.root, db=db) if shared else LocalSink(self.root, db=db)
         self.api = None
         self.read_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="read")
         self.file_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="files")
@@ -580,6 +653,7 @@ class TeamServer:
         self._server = server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_UploadServicer_to_server(UploadService(self), server)
         pb_grpc.add_ReadServicer_to_server(ReadService(self), server)
+        pb_grpc.add_EditServicer_to_server(EditService(self), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         target = _address(self.host, self.port)
@@ -747,6 +821,7 @@ def serve(args: argparse.Namespace, prog: str = "trackside server") -> int:
             tls_key=args.tls_key,
             info_file=args.info_file,
             ui_port=args.ui_port,
+            shared=args.shared,
         )
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)

@@ -182,6 +182,14 @@ class SQLite:
         """Whether ``exc`` says a statement named a table the store does not have (yet)."""
         return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
 
+    def has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self.conn.execute(f"PRAGMA table_info({table})"))
+
+    def tables_with_column(self, column: str) -> list[str]:
+        """The tables that have ``column`` (e.g. every table holding rows of a run, ``rid``)."""
+        tables = [t for (t,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return [t for t in tables if self.has_column(t, column)]
+
     def ddl(self, schema: str) -> list[str]:
         """The statements of ``schema`` (DDL in the common form, separated by ``;``)."""
         return [stmt for stmt in schema.split(";") if stmt.strip()]
@@ -340,6 +348,23 @@ class Postgres:
 
     def missing_table(self, exc: BaseException) -> bool:
         return isinstance(exc, self._pg.errors.UndefinedTable)
+
+    def has_column(self, table: str, column: str) -> bool:
+        return self.raw.execute(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = %s AND column_name = %s)",
+            (table, column),
+        ).fetchone()[0]
+
+    def tables_with_column(self, column: str) -> list[str]:
+        return [
+            t
+            for (t,) in self.raw.execute(
+                "SELECT table_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND column_name = %s ORDER BY table_name",
+                (column,),
+            )
+        ]
 
     def ddl(self, schema: str) -> list[str]:
         out = []

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple, Optional
 
 from .dialect import SQLite, StoreError, open_postgres
+from .query import regexp
 from .schema import DB_NAME, check_version
 
 
@@ -72,6 +73,8 @@ class StoreReader:
             if not os.path.isfile(self.path):
                 raise StoreError(f"no trackside store at {self.path}")
             self._db = open_reader(self.path, timeout=timeout)
+            # the $regex of run queries (store/query.py); PostgreSQL has its own (~)
+            self._db.conn.create_function("ts_regexp", 2, regexp, deterministic=True)
 
     @property
     def conn(self):
@@ -107,6 +110,17 @@ class StoreReader:
         """Whether the store has table ``name`` (asked each time: a writer may migrate it meanwhile)."""
         self.conn  # raises when closed
         return self._db.has_table(name)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``: which SQL the store speaks (``store/dialect.py``)."""
+        self.conn  # raises when closed
+        return self._db.name
+
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether the store's ``table`` has ``column`` (one added on open by a newer writer)."""
+        self.conn  # raises when closed
+        return self._db.has_column(table, column)
 
     def missing_table(self, exc: BaseException) -> bool:
         """Whether a query failed because the store lacks a table (an older store)."""

@@ -208,20 +208,26 @@ class SeriesWriter:
                 self._append(rid, self._key(rid, run, k), s, v, FLOAT, when)
             for k, (s, v) in ints.items():
                 self._append(rid, self._key(rid, run, k), s, v, INT, when)
-        for r in late:
-            other = None
-            if self._upsert(rid, clock, r.step, r.time_us, r.time_us):
-                new += 1
-            for k, v in r.values.items():
-                t = type(v)
-                if t is float or (t is int and _INT_MIN <= v <= _INT_MAX):
-                    self._upsert(rid, self._key(rid, run, k), r.step, v, r.time_us)
-                else:
-                    if other is None:
-                        other = {}
-                    other[k] = v
-            if other:
-                rest.append((r, other))
+        if late:
+            new += self._upsert(rid, clock, [(r.step, r.time_us, r.time_us) for r in late])
+            points: dict[str, list] = {}
+            for r in late:
+                other = None
+                for k, v in r.values.items():
+                    t = type(v)
+                    if t is float or (t is int and _INT_MIN <= v <= _INT_MAX):
+                        pts = points.get(k)
+                        if pts is None:
+                            pts = points[k] = []
+                        pts.append((r.step, v, r.time_us))
+                    else:
+                        if other is None:
+                            other = {}
+                        other[k] = v
+                if other:
+                    rest.append((r, other))
+            for k, pts in points.items():
+                self._upsert(rid, self._key(rid, run, k), pts)
         for ks in run.keys.values():
             if ks.dirty:
                 self._flush(rid, ks)
@@ -281,84 +287,112 @@ class SeriesWriter:
         ks.steps, ks.vals, ks.kind = [], [], None
         ks.units = [None] * LEVELS
 
-    # -- the slow path: a step at or below the key's last one ------------------------------------
+    # -- the slow path: steps at or below the key's last one -----------------------------------
 
-    def _upsert(self, rid: int, ks: _Key, step: int, value, time_us: int) -> bool:
-        """Put one point at ``step`` (replacing the key's value there; for the clock keep the
-        earliest time). Returns whether the step was new to the key."""
+    def _upsert(self, rid: int, ks: _Key, points: list) -> int:
+        """Put ``(step, value, time_us)`` points in any order (replacing the key's value at a
+        stored step; the clock keeps a step's earliest time). Returns how many steps were new
+        to the key. Points in the open chunk's range change it in memory; the others are
+        grouped by the completed chunk that takes them, each read and rewritten once."""
         is_clock = ks.kid == 0
-        if ks.last is not None and step <= ks.last and ks.idx > 0 and (not ks.steps or step < ks.steps[0]):
-            return self._upsert_stored(rid, ks, step, value, time_us, is_clock)
-        # the open chunk takes it: it is at or after its first point, after the key's last, or
-        # the key has no completed chunk
-        if not ks.steps:
-            ks.t_first = ks.t_last = time_us
-            ks.kind = FLOAT if type(value) is float else INT
-        elif type(value) is float and ks.kind is INT:
-            ks.vals = [float(v) for v in ks.vals]
-            ks.kind = FLOAT
-        new = _put(ks.steps, ks.vals, step, value, is_clock)
-        if ks.steps[0] == step:
-            ks.t_first = time_us
-        if ks.steps[-1] == step:
-            ks.t_last = time_us
-        if ks.last is None or step > ks.last:
-            ks.last = step
-        ks.dirty = True
-        if len(ks.steps) > CHUNK_POINTS:  # a chunk holds what it must; the next starts fresh
-            self._flush(rid, ks)
-            self._close(ks)
+        new = 0
+        stored = []
+        for step, value, time_us in points:
+            if ks.last is not None and step <= ks.last and ks.idx > 0 and (not ks.steps or step < ks.steps[0]):
+                stored.append((step, value, time_us))
+                continue
+            # the open chunk takes it: at or after its first point, after the key's last, or the
+            # key has no completed chunk
+            if not ks.steps:
+                ks.t_first = ks.t_last = time_us
+                ks.kind = FLOAT if type(value) is float else INT
+            elif type(value) is float and ks.kind is INT:
+                ks.vals = [float(v) for v in ks.vals]
+                ks.kind = FLOAT
+            new += _put(ks.steps, ks.vals, step, value, is_clock)
+            if ks.steps[0] == step:
+                ks.t_first = time_us
+            if ks.steps[-1] == step:
+                ks.t_last = time_us
+            if ks.last is None or step > ks.last:
+                ks.last = step
+            ks.dirty = True
+            if len(ks.steps) > CHUNK_POINTS:  # a chunk holds what it must; the next starts fresh
+                self._flush(rid, ks)
+                self._close(ks)
+        if stored:
+            new += self._upsert_stored(rid, ks, stored, is_clock)
         return new
 
-    def _upsert_stored(self, rid: int, ks: _Key, step: int, value, time_us: int, is_clock: bool) -> bool:
+    def _upsert_stored(self, rid: int, ks: _Key, points: list, is_clock: bool) -> int:
         conn = self._conn
         kid = ks.kid
-        row = conn.execute(
-            "SELECT idx, first_step FROM series_stats WHERE rid = ? AND kid = ? AND level = 0 AND last_step >= ?"
-            " ORDER BY last_step LIMIT 1",
-            (rid, kid, step),
-        ).fetchone()
-        if row is None or row[0] >= ks.idx:  # after every completed chunk, before the open one
-            idx = ks.idx - 1
-        elif row[1] <= step or row[0] == 0:  # inside chunk row[0], or before the first chunk
-            idx = row[0]
-        else:  # in the gap before chunk row[0]: the chunk before it takes the point
-            idx = row[0] - 1
-        blobs = conn.execute(
-            "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx = ?", (rid, kid, idx)
-        ).fetchone()
-        (t_first, t_last) = conn.execute(
-            "SELECT t_first, t_last FROM series_stats WHERE rid = ? AND kid = ? AND level = 0 AND idx = ?",
-            (rid, kid, idx),
-        ).fetchone()
-        steps = decode_steps(blobs[0]).tolist()
-        vals = decode_values(blobs[1]).tolist()
-        kind = I8 if value_kind(blobs[1]) == I8 and type(value) is not float else 0
-        new = _put(steps, vals, step, value, is_clock)
-        if steps[0] == step:
-            t_first = time_us
-        if steps[-1] == step:
-            t_last = time_us
-        s = np.array(steps, dtype=np.int64)
-        v, kind = value_array(vals, kind)
-        conn.execute(_UPSERT_CHUNK, (rid, kid, idx, encode_steps(s), encode_values(v, kind)))
-        conn.execute(_UPSERT_STATS, (rid, kid, 0, idx, *stats_of(s, v, t_first, t_last)))
-        for level in range(1, LEVELS):  # the ancestors, from their children
-            unit = idx >> (_SHIFT * level)
-            if unit == ks.idx >> (_SHIFT * level):  # the open unit: its completed part changed
-                ks.base[level] = self._children(rid, kid, level, unit, ks.idx >> (_SHIFT * (level - 1)))
+        lo = min(p[0] for p in points)
+        hi = max(p[0] for p in points)
+        where = "rid = ? AND kid = ? AND level = 0"
+        first = f"SELECT idx FROM series_stats WHERE {where} AND last_step >= ? ORDER BY last_step LIMIT 1"
+        chunks = conn.execute(
+            f"SELECT idx, first_step, last_step FROM series_stats WHERE {where} AND idx < ?"
+            f" AND idx >= coalesce(({first}), ?) AND idx <= coalesce(({first}), ?) ORDER BY idx",
+            (rid, kid, ks.idx, rid, kid, lo, ks.idx, rid, kid, hi, ks.idx),
+        ).fetchall()
+        lasts = [c[2] for c in chunks]
+        groups: dict[int, list] = {}
+        for point in points:
+            j = bisect.bisect_left(lasts, point[0])
+            if j == len(chunks):  # after every completed chunk, before the open one
+                idx = ks.idx - 1
+            elif chunks[j][1] <= point[0] or chunks[j][0] == 0:  # inside it, or before the first chunk
+                idx = chunks[j][0]
+            else:  # in the gap before it: the chunk before takes the point
+                idx = chunks[j][0] - 1
+            groups.setdefault(idx, []).append(point)
+        new = 0
+        for idx, group in groups.items():
+            blobs = conn.execute(
+                "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx = ?", (rid, kid, idx)
+            ).fetchone()
+            (t_first, t_last) = conn.execute(
+                "SELECT t_first, t_last FROM series_stats WHERE rid = ? AND kid = ? AND level = 0 AND idx = ?",
+                (rid, kid, idx),
+            ).fetchone()
+            steps = decode_steps(blobs[0]).tolist()
+            vals = decode_values(blobs[1]).tolist()
+            kind = I8 if value_kind(blobs[1]) == I8 else 0
+            for step, value, time_us in group:
+                if type(value) is float:
+                    kind = 0
+                new += _put(steps, vals, step, value, is_clock)
+                if steps[0] == step:
+                    t_first = time_us
+                if steps[-1] == step:
+                    t_last = time_us
+            a = np.array(steps, dtype=np.int64)
+            v, kind = value_array(vals, kind)
+            conn.execute(_UPSERT_CHUNK, (rid, kid, idx, encode_steps(a), encode_values(v, kind)))
+            conn.execute(_UPSERT_STATS, (rid, kid, 0, idx, *stats_of(a, v, t_first, t_last)))
+        changed = set(groups)
+        open_changed = False
+        for level in range(1, LEVELS):  # the ancestors, from their children, level by level
+            shift = _SHIFT * level
+            changed = {idx >> _SHIFT for idx in changed}
+            for unit in sorted(changed):
+                if unit == ks.idx >> shift:  # the open unit: its completed part changed
+                    ks.base[level] = self._children(rid, kid, level, unit, ks.idx >> (shift - _SHIFT))
+                    open_changed = True
+                else:
+                    agg = self._children(rid, kid, level, unit, (unit + 1) << _SHIFT)
+                    assert agg is not None
+                    conn.execute(_UPSERT_STATS, (rid, kid, level, unit, *agg))
+        if open_changed:
+            if ks.steps:  # the flush writes the open units again from their parts
                 ks.dirty = True
             else:
-                agg = self._children(rid, kid, level, unit, (unit + 1) << _SHIFT)
-                assert agg is not None
-                conn.execute(_UPSERT_STATS, (rid, kid, level, unit, *agg))
-        if not ks.steps:  # no open chunk to rewrite the open units: write them from their parts
-            for level in range(1, LEVELS):
-                unit = ks.idx >> (_SHIFT * level)
-                agg = self._children(rid, kid, level, unit, (unit + 1) << _SHIFT)
-                if agg is not None:
-                    conn.execute(_UPSERT_STATS, (rid, kid, level, unit, *agg))
-            ks.dirty = False
+                for level in range(1, LEVELS):
+                    unit = ks.idx >> (_SHIFT * level)
+                    agg = self._children(rid, kid, level, unit, (unit + 1) << _SHIFT)
+                    if agg is not None:
+                        conn.execute(_UPSERT_STATS, (rid, kid, level, unit, *agg))
         return new
 
 

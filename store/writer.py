@@ -12,10 +12,13 @@ from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Seq
 import msgspec
 
 from trackside.contracts import names
+from trackside.contracts.errors import RunNotFoundError
 from trackside.contracts.private import create, make_dirs, restrict
 
+from . import edits
 from .dialect import SQLite, StoreError, describe, error_text, is_postgres, open_postgres
 from .index import check_artifact, media_refs
+from .query import VALUES_SCHEMA, index_all, index_values
 from .series import SeriesWriter
 from .schema import (
     ARTIFACT_SCHEMA,
@@ -144,6 +147,7 @@ class Store:
             self._migrate()
         self._add_tables(ARTIFACT_SCHEMA)
         self._add_tables(MARKS_SCHEMA)
+        self._add_edit_tables()
         db.register_merge(self._merge_blobs)
         for rid, run_id in self._conn.execute("SELECT rid, run_id FROM runs"):
             self._rids[run_id] = rid
@@ -251,6 +255,17 @@ class Store:
             for stmt in self._db.ddl(schema):
                 self._conn.execute(stmt)
 
+    def _add_edit_tables(self) -> None:
+        """The tables of run queries and edits (``store/query.py``, ``store/edits.py``) and
+        ``runs.notes``, added to a store without them; its runs' values are indexed then."""
+        with self._tx():
+            new_index = not self._db.has_table("run_values")
+            for stmt in self._db.ddl(VALUES_SCHEMA + ";" + edits.EDITS_SCHEMA):
+                self._conn.execute(stmt)
+            edits.add_notes_column(self._db)
+            if new_index:
+                index_all(self._conn, json.loads)
+
     # -- plumbing ------------------------------------------------------------------------------
 
     class _Tx:
@@ -334,6 +349,7 @@ class Store:
                 (run_id, DEFAULT_PROJECT, now, now, self.root),
                 "rid",
             )
+            self._new_rid(rid, run_id)
         return rid
 
     def _merge_blobs(self, old: bytes, new: bytes) -> bytes:
@@ -387,6 +403,10 @@ class Store:
             conn = self._conn
             now = time.time()
             rid = self._rids.get(run_id)
+            if rid is not None and not self._run_is(rid, run_id):
+                self._forget_run(rid)  # deleted since (Store.delete_run of another process): it starts again
+                self._rids.pop(run_id, None)
+                rid = None
             if rid is None:
                 self._rids[run_id] = self._db.insert_id(
                     "INSERT INTO runs (run_id, project, name, group_name, job_type, tags, config, metadata,"
@@ -407,9 +427,20 @@ class Store:
                     ),
                     "rid",
                 )
+                self._new_rid(self._rids[run_id], run_id)
+                self._index_run(self._rids[run_id], config=dict(config or {}), tags=list(tags) if tags else None)
                 return
+            fields = edits.overlay_fields(
+                conn,
+                rid,
+                {"name": name, "group_name": group, "job_type": job_type, "tags": list(tags) if tags else None},
+            )
+            name, group, job_type = fields["name"], fields["group_name"], fields["job_type"]
+            tags_json = _dumps(list(fields["tags"]), "tags") if fields["tags"] is not None else None
+            config = edits.overlay_config(conn, rid, config or {})
             merged_config = self._load_json(rid, "config")
             merged_config.update(config or {})
+            self._index_run(rid, config=merged_config, tags=fields["tags"])
             merged_meta = self._load_json(rid, "metadata")
             merged_meta.update(metadata or {})
             conn.execute(
@@ -435,6 +466,116 @@ class Store:
                     rid,
                 ),
             )
+
+    # -- edits after the run (store/edits.py) ------------------------------------------------------
+
+    def _new_rid(self, rid: int, run_id: str) -> None:
+        """A run was created as ``rid``: SQLite may give a deleted run's rid to a new run, and
+        nothing cached of the old one may apply to it."""
+        stale = [other for other, r in self._rids.items() if r == rid and other != run_id]
+        if stale or rid in self._keys or rid in self._console_seq:
+            for other in stale:
+                del self._rids[other]
+            self._forget_run(rid)
+
+    def _forget_run(self, rid: int) -> None:
+        self._keys.pop(rid, None)
+        self._console_seq.pop(rid, None)
+        self._series.forget()
+
+    def _run_is(self, rid: int, run_id: str) -> bool:
+        row = self._conn.execute("SELECT run_id FROM runs WHERE rid = ?", (rid,)).fetchone()
+        return row is not None and row[0] == run_id
+
+    def _index_run(self, rid: int, *, config=None, summary=None, tags=None) -> None:
+        """Index the run's config, summary or tags for run queries (store/query.py)."""
+        for source, value in (("config", config), ("summary", summary), ("tags", tags)):
+            if value is not None:
+                index_values(self._conn, rid, source, value)
+
+    def edit_run(
+        self,
+        run_id: str,
+        *,
+        summary: Optional[Mapping] = None,
+        summary_del: Iterable[str] = (),
+        config: Optional[Mapping] = None,
+        config_del: Iterable[str] = (),
+        fields: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Edit a stored run, in one transaction, so that what its writers store later (a live
+        run, a replay of its WAL) does not undo the edit (see ``store/edits.py``).
+
+        ``summary``/``config``: keys to assign; ``summary_del``/``config_del``: keys to delete;
+        ``fields``: run fields to set (``name``, ``group``, ``job_type``, ``tags`` (a list of
+        strings), ``notes``). Raises RunNotFoundError for an unknown run, ValueError for a field
+        that cannot be edited or a bad value, TypeError for a value JSON cannot hold."""
+        sets = {}
+        for attr, value in (fields or {}).items():
+            column = edits.EDITABLE.get(attr)
+            if column is None:
+                raise ValueError(f"cannot edit a run's {attr!r}: editable are {', '.join(edits.EDITABLE)}")
+            if attr == "tags":
+                if isinstance(value, str) or not all(isinstance(t, str) for t in value or ()):
+                    raise ValueError(f"tags must be a list of strings, not {value!r}")
+                value = list(dict.fromkeys(value or ()))
+            elif value is not None and not isinstance(value, str):
+                raise ValueError(f"a run's {attr} must be a string or None, not {type(value).__name__}")
+            sets[column] = value
+        for what, mapping in (("summary", summary), ("config", config)):
+            if mapping:
+                edits.to_json(dict(mapping))  # refuse what cannot be stored before the transaction
+                for k in mapping:
+                    if not isinstance(k, str):
+                        raise ValueError(f"{what} keys are strings, not {k!r}")
+        with self._tx():
+            conn = self._conn
+            row = conn.execute(
+                "SELECT rid, name, group_name, job_type, tags, notes, summary, config FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
+            rid = row[0]
+            current = dict(zip(("name", "group_name", "job_type", "tags", "notes"), row[1:6]))
+            current["tags"] = json.loads(current["tags"] or "[]")
+            if sets:
+                edits.record_fields(conn, rid, current, sets)
+                if "tags" in sets:
+                    self._index_run(rid, tags=sets["tags"])
+            for column, mapping, dels, raw in (
+                ("summary", summary, summary_del, row[6]),
+                ("config", config, config_del, row[7]),
+            ):
+                dels = list(dels)
+                if mapping or dels:
+                    new = edits.record_mapping(conn, rid, column, json.loads(raw or "{}"), dict(mapping or {}), dels)
+                    conn.execute(f"UPDATE runs SET {column} = ? WHERE rid = ?", (_dumps(new, column), rid))
+                    self._index_run(rid, **{column: new})
+
+    def delete_run(self, run_id: str, *, force: bool = False) -> bool:
+        """Delete a run: its rows in every table and its folder under this store's root
+        (``<root>/runs/<run_id>``; files of a run stored from another root stay there).
+        Artifacts it logged with ``log_artifact`` are kept. Returns False when there was no
+        such run. Raises ValueError for a run still running (its writers would bring it back),
+        unless ``force`` (a run whose writers are gone without a word)."""
+        _check_run_id(run_id)
+        with self._tx():
+            row = self._conn.execute("SELECT rid, state, root_dir FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return False
+            rid, state, root_dir = row
+            if state == "running" and not force:
+                raise ValueError(
+                    f"run {run_id!r} is still running: delete it once it has finished (or crashed), "
+                    f"else what its writers send next would bring it back (force=True if they are gone)"
+                )
+            edits.delete_rows(self._db, rid)
+            self._rids.pop(run_id, None)
+            self._forget_run(rid)
+        if os.path.abspath(root_dir or self.root) == self.root:
+            edits.remove_run_folder(self.root, run_id)
+        return True
 
     def stored_summary(self, run_id: str) -> dict:
         """The run's summary as stored (empty for an unknown run): a resumed stream goes on from it."""
@@ -462,6 +603,24 @@ class Store:
             except self._db.Error as e:
                 self._rollback()
                 raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
+
+    def forget_run(self, run_id: str) -> None:
+        """Read ``run_id`` afresh at its next use: its key, the keys, series and console lines it holds.
+        For a database that another store writes too (the servers of a tier, each writing the
+        runs it owns at a time: docs/multiserver.md), before this one writes the run again."""
+        with self._lock:
+            try:
+                row = self._live().execute("SELECT rid FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            except self._db.Error as e:
+                self._rollback()
+                raise StoreError(f"cannot read {self.path}: {error_text(e)}") from None
+            rid = self._rids.pop(run_id, None)
+            for known in (rid, row[0] if row else None):
+                self._keys.pop(known, None)
+                self._console_seq.pop(known, None)
+            self._series.forget()  # its open chunks are read again at their next write
+            if row is not None:
+                self._rids[run_id] = row[0]
 
     def run_cursor(self, run_id: str) -> tuple[int, int]:
         """``(wal_cursor, next_step)`` of the run: the WAL offset the store holds everything up
@@ -710,13 +869,20 @@ class Store:
             sets, params = ["updated_at = ?"], [time.time()]
             for column, update in (("config", config), ("metadata", metadata)):
                 if update:
+                    if column == "config":
+                        update = edits.overlay_config(conn, rid, update)
                     merged_obj = self._load_json(rid, column)
                     merged_obj.update(update)
                     sets.append(f"{column} = ?")
                     params.append(_dumps(merged_obj, column))
-            if summary_json is not None:
+                    if column == "config":
+                        self._index_run(rid, config=merged_obj)
+            if summary is not None:
+                current = dict(summary)
+                edited = edits.overlay_summary(conn, rid, current)
+                self._index_run(rid, summary=edited)
                 sets.append("summary = ?")
-                params.append(summary_json)
+                params.append(summary_json if edited is current else _dumps(edited, "summary"))
             if final_state is not None:
                 state, exit_code, *when = final_state  # (state, exit_code[, finished_at]): now by default
                 sets += ["state = ?", "exit_code = ?", "finished_at = ?"]

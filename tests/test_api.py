@@ -199,8 +199,17 @@ def test_history_step_range(store, api):
 
 def test_history_samples(store, api):
     store.write_rows("r1", rows(101))
-    steps = [r["_step"] for r in api.run("r1").history(samples=5)]
-    assert steps == [0, 25, 50, 75, 100]
+    sampled = api.run("r1").history(samples=5)  # 5 buckets 20 steps wide: the last of each, with min and max
+    assert [r["_step"] for r in sampled] == [19, 39, 59, 79, 100]
+    assert sampled[0] == {
+        "_step": 19,
+        "loss": 19.0,
+        "loss:min": 0.0,
+        "loss:max": 19.0,
+        "acc": 19.1,
+        "acc:min": 0.1,
+        "acc:max": 19.1,
+    }
 
 
 def test_history_of_one_run_only(store, api):

@@ -541,3 +541,81 @@ class Read:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EditStub:
+    """Edits of stored runs (trackside.Api's summary assignments, run.update(), run.delete()): a
+    named call with msgpack arguments and a msgpack result, as Read's Query.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Apply = channel.unary_unary(
+                '/trackside.v1.Edit/Apply',
+                request_serializer=trackside_dot_v1_dot_trackside__pb2.QueryRequest.SerializeToString,
+                response_deserializer=trackside_dot_v1_dot_trackside__pb2.QueryReply.FromString,
+                _registered_method=True)
+
+
+class EditServicer:
+    """Edits of stored runs (trackside.Api's summary assignments, run.update(), run.delete()): a
+    named call with msgpack arguments and a msgpack result, as Read's Query.
+    """
+
+    def Apply(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EditServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=trackside_dot_v1_dot_trackside__pb2.QueryRequest.FromString,
+                    response_serializer=trackside_dot_v1_dot_trackside__pb2.QueryReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'trackside.v1.Edit', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('trackside.v1.Edit', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Edit:
+    """Edits of stored runs (trackside.Api's summary assignments, run.update(), run.delete()): a
+    named call with msgpack arguments and a msgpack result, as Read's Query.
+    """
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackside.v1.Edit/Apply',
+            trackside_dot_v1_dot_trackside__pb2.QueryRequest.SerializeToString,
+            trackside_dot_v1_dot_trackside__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
