@@ -119,6 +119,35 @@ def decode_values(blob: bytes) -> np.ndarray:
     return a.astype(np.float64) if blob[0] == F4 else a
 
 
+def decode_many(rows: list) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of consecutive chunks (``(steps, vals)`` blob pairs), concatenated:
+    the chunks of one kind and size (every full chunk of a key) are unshuffled in one numpy
+    pass, not one per chunk. Values are float64, or int64 when every chunk holds integers."""
+    steps = []
+    groups: list[tuple[int, int, list]] = []  # (kind, n, raw values) of consecutive chunks
+    for step_blob, val_blob in rows:
+        steps.append(decode_steps(step_blob))
+        val_blob = bytes(val_blob)
+        kind = val_blob[0]
+        raw = _decompress(val_blob[1:])
+        n = len(raw) // _DTYPES[kind].itemsize
+        if groups and groups[-1][0] == kind and groups[-1][1] == n:
+            groups[-1][2].append(raw)
+        else:
+            groups.append((kind, n, [raw]))
+    parts = []
+    for kind, n, raws in groups:
+        dtype = _DTYPES[kind]
+        a = np.frombuffer(b"".join(raws), np.uint8).reshape(len(raws), dtype.itemsize, n)
+        parts.append(a.transpose(0, 2, 1).copy().view(dtype).reshape(-1))
+    ints = all(kind == I8 for kind, _, _ in groups)
+    parts = [p if ints or p.dtype == np.float64 else p.astype(np.float64) for p in parts]
+    return (
+        np.concatenate(steps) if len(steps) > 1 else steps[0],
+        np.concatenate(parts) if len(parts) > 1 else parts[0],
+    )
+
+
 def value_kind(blob: bytes) -> int:
     return bytes(blob[:1])[0]
 

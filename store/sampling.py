@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .chunks import LEVELS, Stats, decode_steps, decode_values
+from .chunks import LEVELS, Stats, decode_many
 from .series import STATS_COLUMNS, TIME_KEY, stats_row
 
 STEP_MIN = -(2**63)
@@ -111,19 +111,21 @@ class SeriesReader:
 
     def points(self, rid: int, kid: int, lo: int = STEP_MIN, hi: int = STEP_MAX) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of the key's points with steps in [lo, hi]."""
-        units = self._units(rid, kid, 0, lo, hi)
-        if not units:
+        where = "rid = ? AND kid = ? AND level = 0"
+        first = f"SELECT idx FROM series_stats WHERE {where} AND last_step >= ? ORDER BY last_step LIMIT 1"
+        bounds = self.conn.execute(
+            f"SELECT ({first}), coalesce(({first}), (SELECT max(idx) FROM series_stats WHERE {where}))",
+            (rid, kid, lo, rid, kid, hi, rid, kid),
+        ).fetchone()
+        if bounds[0] is None:
             return np.empty(0, np.int64), np.empty(0, np.float64)
         rows = self.conn.execute(
             "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx >= ? AND idx <= ? ORDER BY idx",
-            (rid, kid, units[0][0], units[-1][0]),
+            (rid, kid, *bounds),
         ).fetchall()
-        steps = [decode_steps(s) for s, _ in rows]
-        values = [decode_values(v) for _, v in rows]
-        s = np.concatenate(steps) if len(steps) > 1 else steps[0]
-        if len({v.dtype for v in values}) > 1:
-            values = [v.astype(np.float64) for v in values]
-        v = np.concatenate(values) if len(values) > 1 else values[0]
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        s, v = decode_many(rows)
         if (lo > STEP_MIN and s[0] < lo) or (hi < STEP_MAX and s[-1] > hi):
             keep = (s >= lo) & (s <= hi)
             s, v = s[keep], v[keep]
@@ -202,14 +204,16 @@ class SeriesReader:
         """Units holding exactly the key's points in [lo, hi], in step order, from the coarsest
         level with at least ``samples`` of them; None when the range holds few enough points to
         bucket them one by one."""
+        raw = max(_RAW_POINTS, _RAW_PER_SAMPLE * samples)
         for level in range(LEVELS - 1, -1, -1):
             units = self._units(rid, kid, level, lo, hi)
-            if len(units) >= samples or level == 0:
+            if not units:
+                return []
+            if sum(u.count for _, u in units) <= raw:  # (at most: the edge units may stick out)
+                return None
+            if len(units) >= samples:
                 break
-        if not units:
-            return []
-        total = sum(u.count for _, u in units)
-        if level == 0 and (len(units) < samples or total <= max(_RAW_POINTS, _RAW_PER_SAMPLE * samples)):
+        if len(units) < samples:  # the chunks are too few for the buckets asked
             return None
         return self._clip(rid, kid, level, units, lo, hi)
 
@@ -273,18 +277,26 @@ def _gather(x_first: np.ndarray, x_last: np.ndarray, units: tuple, samples: int)
     """Gather units (``first_step, step, first, last, min, max, count`` arrays, in step order)
     into at most ``samples`` equal-width buckets of x (each unit by its last x)."""
     first_step, step, vfirst, vlast, vmin, vmax, count = units
+    n = len(x_last)
     finite = np.isfinite(x_last)
+    everywhere = bool(finite.all())
     lo = float(np.min(x_first[finite])) if finite.any() else 0.0
     hi = float(np.max(x_last[finite])) if finite.any() else 0.0
     width = (hi - lo) / samples if hi > lo else 1.0
-    bucket = np.where(finite, np.floor((x_last - lo) / width), 0).astype(np.int64).clip(0, samples - 1)
-    order = np.lexsort((np.arange(len(bucket)), bucket))  # by bucket, then step order
-    if not (order == np.arange(len(order))).all():
-        first_step, step, vfirst, vlast, vmin, vmax, count, x_last, bucket = (
-            a[order] for a in (first_step, step, vfirst, vlast, vmin, vmax, count, x_last, bucket)
-        )
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-    ends = np.r_[starts[1:], len(bucket)] - 1
+    if everywhere and not (x_last[1:] < x_last[:-1]).any():
+        # x in order (steps always): each bucket's first unit by binary search, not a pass per unit
+        cuts = np.searchsorted(x_last, lo + width * np.arange(1, samples), side="left")
+        starts = np.unique(np.r_[0, cuts])
+        starts = starts[starts < n]
+    else:
+        bucket = np.where(finite, np.floor((x_last - lo) / width), 0).astype(np.int64).clip(0, samples - 1)
+        if (bucket[1:] < bucket[:-1]).any():  # x goes back somewhere: by bucket, then step order
+            order = np.lexsort((np.arange(n), bucket))
+            first_step, step, vfirst, vlast, vmin, vmax, count, x_last, bucket = (
+                a[order] for a in (first_step, step, vfirst, vlast, vmin, vmax, count, x_last, bucket)
+            )
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], n] - 1
     with np.errstate(invalid="ignore"):
         bmin = np.fmin.reduceat(vmin, starts)
         bmax = np.fmax.reduceat(vmax, starts)
