@@ -524,8 +524,16 @@ def test_full_disk_holds_acks_and_loses_nothing(ts, tmp_path):
         run.log({"a": -1})
         assert run._client.flush()
         free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
-        with open(filler, "wb") as f:  # leave ~100 KB
-            f.write(b"\0" * (free - 100_000))
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # leave ~100 KB; the daemon's store may still be writing meanwhile and take some
+            left = free - 100_000
+            while left > 0:
+                try:
+                    left -= os.write(fd, b"\0" * min(left, 1 << 20))
+                except OSError:  # the daemon took the rest: full, as wanted
+                    break
+        finally:
+            os.close(fd)
         done = threading.Event()
 
         def logger():
