@@ -18,6 +18,10 @@ bytes cost what they cost. Time-series databases (Gorilla's XOR encoding, Promet
 use the same idea bit-wise; at this chunk size byte-wise compresses as well (measured on loss
 curves) and runs in numpy and zstd's C.
 
+The open chunk of a key (the last, rewritten by every transaction that adds to it) keeps its
+values plain (``PLAIN | F8`` or ``PLAIN | I8``: the raw array): a rewrite then costs a copy, not
+a compression; the chunk is encoded as above once it is full.
+
 Statistics are ``Stats`` rows: they aggregate by ``combine`` (min and max ignore NaN, as a chart
 does; a unit of NaNs alone has NaN for both).
 """
@@ -35,6 +39,7 @@ FANOUT = 16  # children per unit of the next coarser level
 LEVELS = 4  # level 0: chunks; level L: units of FANOUT**L chunks (level 3: 2M points of a key)
 
 F4, F8, I8 = 0, 1, 2
+PLAIN = 0x80  # kind bit of an open chunk's values: raw little-endian float64/int64, no shuffle or zstd
 _DTYPES = {F4: np.dtype("<f4"), F8: np.dtype("<f8"), I8: np.dtype("<i8")}
 _EVEN = struct.Struct("<qqI")
 _FIRST = struct.Struct("<q")
@@ -64,13 +69,13 @@ def _unshuffle(raw: bytes, dtype: np.dtype, n: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(dtype.itemsize, n).T.copy().view(dtype).reshape(n)
 
 
-def encode_steps(steps: np.ndarray) -> bytes:
-    """The ``steps`` blob of an increasing int64 array."""
+def encode_steps(steps) -> bytes:
+    """The ``steps`` blob of increasing steps (a list or an int64 array)."""
     n = len(steps)
     first = int(steps[0])
     if n == 1 or int(steps[-1]) - first == n - 1:  # consecutive steps (increasing: no gap fits)
         return b"\x00" + _EVEN.pack(first, 1, n)
-    deltas = np.diff(steps)
+    deltas = np.diff(np.asarray(steps, dtype=np.int64))
     stride = int(deltas[0])
     if (deltas == stride).all():
         return b"\x00" + _EVEN.pack(first, stride, n)
@@ -93,16 +98,22 @@ def decode_steps(blob: bytes) -> np.ndarray:
     return out
 
 
-def value_array(values: list, kind: int) -> tuple[np.ndarray, int]:
-    """``(array, kind)`` of a chunk's values: floats become F4 when float32 holds them exactly."""
+def value_array(values, kind: int) -> tuple[np.ndarray, int]:
+    """``(array, kind)`` of a chunk's values (a list or a float64/int64 array): floats become
+    F4 when float32 holds every one of them bit for bit (NaN included)."""
     if kind == I8:
-        return np.array(values, dtype=np.int64), I8
-    a = np.array(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.int64), I8
+    a = np.asarray(values, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         a32 = a.astype(np.float32)
-        if np.array_equal(a32.astype(np.float64), a, equal_nan=True):
-            return a32, F4
+    if (a32.astype(np.float64).view(np.int64) == a.view(np.int64)).all():
+        return a32, F4
     return a, F8
+
+
+def encode_plain(a: np.ndarray) -> bytes:
+    """The ``vals`` blob of an open chunk: its float64 or int64 array as it is."""
+    return bytes((PLAIN | (I8 if a.dtype.kind == "i" else F8),)) + a.tobytes()
 
 
 def encode_values(a: np.ndarray, kind: int) -> bytes:
@@ -113,6 +124,8 @@ def encode_values(a: np.ndarray, kind: int) -> bytes:
 def decode_values(blob: bytes) -> np.ndarray:
     """The values of a ``vals`` blob: float64 for F4/F8 chunks, int64 for I8 ones."""
     blob = bytes(blob)
+    if blob[0] & PLAIN:
+        return np.frombuffer(blob, _DTYPES[blob[0] & ~PLAIN], offset=1).copy()
     dtype = _DTYPES[blob[0]]
     raw = _decompress(blob[1:])
     a = _unshuffle(raw, dtype, len(raw) // dtype.itemsize)
@@ -129,6 +142,9 @@ def decode_many(rows: list) -> tuple[np.ndarray, np.ndarray]:
         steps.append(decode_steps(step_blob))
         val_blob = bytes(val_blob)
         kind = val_blob[0]
+        if kind & PLAIN:  # an open chunk: a group of its own, already in order
+            groups.append((kind, 0, [val_blob[1:]]))
+            continue
         raw = _decompress(val_blob[1:])
         n = len(raw) // _DTYPES[kind].itemsize
         if groups and groups[-1][0] == kind and groups[-1][1] == n:
@@ -137,10 +153,13 @@ def decode_many(rows: list) -> tuple[np.ndarray, np.ndarray]:
             groups.append((kind, n, [raw]))
     parts = []
     for kind, n, raws in groups:
+        if kind & PLAIN:
+            parts.append(np.frombuffer(raws[0], _DTYPES[kind & ~PLAIN]))
+            continue
         dtype = _DTYPES[kind]
         a = np.frombuffer(b"".join(raws), np.uint8).reshape(len(raws), dtype.itemsize, n)
         parts.append(a.transpose(0, 2, 1).copy().view(dtype).reshape(-1))
-    ints = all(kind == I8 for kind, _, _ in groups)
+    ints = all(kind & ~PLAIN == I8 for kind, _, _ in groups)
     parts = [p if ints or p.dtype == np.float64 else p.astype(np.float64) for p in parts]
     return (
         np.concatenate(steps) if len(steps) > 1 else steps[0],
@@ -149,11 +168,11 @@ def decode_many(rows: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def value_kind(blob: bytes) -> int:
-    return bytes(blob[:1])[0]
+    return bytes(blob[:1])[0] & ~PLAIN
 
 
-def stats_of(steps: np.ndarray, values: np.ndarray, t_first: int, t_last: int) -> Stats:
-    """The statistics of one chunk's points (at least one)."""
+def stats_of(steps, values: np.ndarray, t_first: int, t_last: int) -> Stats:
+    """The statistics of one chunk's points (at least one; ``steps`` a list or an array)."""
     if values.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             lo, hi = float(np.fmin.reduce(values)), float(np.fmax.reduce(values))

@@ -43,6 +43,7 @@ from .chunks import (
     combine,
     decode_steps,
     decode_values,
+    encode_plain,
     encode_steps,
     encode_values,
     stats_of,
@@ -242,7 +243,7 @@ class SeriesWriter:
         start, n = 0, len(steps)
         while start < n:
             if len(ks.steps) >= CHUNK_POINTS:
-                self._flush(rid, ks)
+                self._flush(rid, ks, full=True)
                 self._close(ks)
             if not ks.steps:
                 ks.kind = kind
@@ -258,12 +259,24 @@ class SeriesWriter:
         ks.t_last = when[ks.last]
         ks.dirty = True
 
-    def _flush(self, rid: int, ks: _Key) -> None:
-        """Write the open chunk and the open unit of every level."""
+    def seal(self, rid: int) -> None:
+        """The run ended: encode its open chunks (kept plain while they grew)."""
+        run = self._runs.get(rid)
+        if run is not None:
+            for ks in run.keys.values():
+                if ks.steps:
+                    self._flush(rid, ks, full=True)
+
+    def _flush(self, rid: int, ks: _Key, full: bool = False) -> None:
+        """Write the open chunk (plain; encoded when ``full``) and the open unit of every level."""
         conn = self._conn
-        steps = np.array(ks.steps, dtype=np.int64)
-        values, kind = value_array(ks.vals, I8 if ks.kind is INT else 0)
-        conn.execute(_UPSERT_CHUNK, (rid, ks.kid, ks.idx, encode_steps(steps), encode_values(values, kind)))
+        steps = ks.steps
+        values = np.array(ks.vals, dtype=np.int64 if ks.kind is INT else np.float64)
+        if full:
+            blob = encode_values(*value_array(values, I8 if ks.kind is INT else 0))
+        else:
+            blob = encode_plain(values)
+        conn.execute(_UPSERT_CHUNK, (rid, ks.kid, ks.idx, encode_steps(steps), blob))
         unit = ks.units[0] = stats_of(steps, values, ks.t_first, ks.t_last)
         rows = [(rid, ks.kid, 0, ks.idx, *unit)]
         for level in range(1, LEVELS):
@@ -318,7 +331,7 @@ class SeriesWriter:
                 ks.last = step
             ks.dirty = True
             if len(ks.steps) > CHUNK_POINTS:  # a chunk holds what it must; the next starts fresh
-                self._flush(rid, ks)
+                self._flush(rid, ks, full=True)
                 self._close(ks)
         if stored:
             new += self._upsert_stored(rid, ks, stored, is_clock)

@@ -884,6 +884,7 @@ class Store:
                 sets.append("summary = ?")
                 params.append(summary_json if edited is current else _dumps(edited, "summary"))
             if final_state is not None:
+                self._series.seal(rid)
                 state, exit_code, *when = final_state  # (state, exit_code[, finished_at]): now by default
                 sets += ["state = ?", "exit_code = ?", "finished_at = ?"]
                 params += [state, exit_code, when[0] if when else time.time()]
