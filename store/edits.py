@@ -78,12 +78,13 @@ def to_json(obj: Any) -> str:
     """A value as the store keeps it in its JSON columns (NaN and infinities kept, numpy values
     as lists). Raises TypeError for what JSON cannot hold."""
     try:
-        return json.dumps(obj, allow_nan=True, default=_default, separators=(",", ":"))
+        return json.dumps(obj, allow_nan=True, default=json_default, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{obj!r:.80} cannot be stored: {e}") from None
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """What JSON cannot hold as it is, in the store's JSON columns: numpy values as lists."""
     if hasattr(obj, "tolist"):  # numpy scalars and arrays, without importing numpy
         return obj.tolist()
     if isinstance(obj, (set, frozenset, tuple)):

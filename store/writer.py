@@ -46,19 +46,11 @@ _INSERT_HISTORY = {
 _LOOKUP_SIZES = (1, 8, 64, 512)  # steps per look-up of stored rows (PostgreSQL's merge in Python)
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, without importing numpy
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
-
-
 def _dumps(obj: Any, what: str) -> str:
     # the stdlib encoder, not orjson: it keeps NaN and infinities (a diverged loss in a summary
     # must read back as nan, not None); SQLite's JSON functions read them as JSON5
     try:
-        return json.dumps(obj, allow_nan=True, default=_json_default, separators=(",", ":"))
+        return json.dumps(obj, allow_nan=True, default=edits.json_default, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} is not JSON-serializable: {e}") from None
 
