@@ -291,9 +291,10 @@ class Api(StoreReader):
         reader = SeriesReader(conn)
         out: dict[str, Buckets] = {}
         with self.snapshot():
+            kids = reader.kids_of([found[i][0] for i in ids], [key, x_axis])
             for run_id in ids:
                 rid, created = found[run_id]
-                b = reader.buckets(rid, key, samples, lo, hi, x_axis, created)
+                b = reader.buckets(rid, key, samples, lo, hi, x_axis, created, kids[rid])
                 out[run_id] = b if b is not None else empty_buckets()
         return out
 

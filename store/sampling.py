@@ -17,7 +17,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .chunks import LEVELS, Stats, decode_many
+from . import series as _series
+from .chunks import FANOUT, LEVELS, Stats, decode_many
 from .series import STATS_COLUMNS, TIME_KEY, stats_row
 
 STEP_MIN = -(2**63)
@@ -26,6 +27,7 @@ X_AXES = ("_step", "_timestamp", "_runtime")
 # a range of up to max(_RAW_POINTS, _RAW_PER_SAMPLE * samples) points is bucketed from its points
 _RAW_POINTS = 1 << 16
 _RAW_PER_SAMPLE = 16
+_SHIFT = FANOUT.bit_length() - 1
 
 
 class Series(NamedTuple):
@@ -98,6 +100,20 @@ class SeriesReader:
             for kid, key in self.conn.execute("SELECT kid, key FROM series_keys WHERE rid = ? ORDER BY kid", (rid,))
         }
 
+    def kids_of(self, rids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, int]]:
+        """rid -> {key: kid} of ``keys`` in each of the runs ``rids``, in one statement per 500 runs."""
+        out: dict[int, dict[str, int]] = {rid: {} for rid in rids}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(rids), 500):
+            part = list(rids[i : i + 500])
+            sql = (
+                f"SELECT rid, key, kid FROM series_keys WHERE rid IN ({', '.join('?' * len(part))})"
+                f" AND key IN ({', '.join('?' * len(keys))})"
+            )
+            for rid, key, kid in self.conn.execute(sql, (*part, *keys)):
+                out[rid][key] = kid
+        return out
+
     def _units(self, rid: int, kid: int, level: int, lo: int, hi: int) -> list[tuple[int, Stats]]:
         """``(idx, stats)`` of the units of ``level`` holding points with steps in [lo, hi]."""
         where = "rid = ? AND kid = ? AND level = ?"
@@ -111,17 +127,14 @@ class SeriesReader:
 
     def points(self, rid: int, kid: int, lo: int = STEP_MIN, hi: int = STEP_MAX) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of the key's points with steps in [lo, hi]."""
+        # one statement: the chunks from the one holding lo to the one holding hi (or the last)
         where = "rid = ? AND kid = ? AND level = 0"
         first = f"SELECT idx FROM series_stats WHERE {where} AND last_step >= ? ORDER BY last_step LIMIT 1"
-        bounds = self.conn.execute(
-            f"SELECT ({first}), coalesce(({first}), (SELECT max(idx) FROM series_stats WHERE {where}))",
-            (rid, kid, lo, rid, kid, hi, rid, kid),
-        ).fetchone()
-        if bounds[0] is None:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
         rows = self.conn.execute(
-            "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ? AND idx >= ? AND idx <= ? ORDER BY idx",
-            (rid, kid, *bounds),
+            "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ?"
+            f" AND idx >= ({first}) AND idx <= coalesce(({first}), (SELECT max(idx) FROM series_stats WHERE {where}))"
+            " ORDER BY idx",
+            (rid, kid, rid, kid, lo, rid, kid, hi, rid, kid),
         ).fetchall()
         if not rows:
             return np.empty(0, np.int64), np.empty(0, np.float64)
@@ -205,13 +218,25 @@ class SeriesReader:
         level with at least ``samples`` of them; None when the range holds few enough points to
         bucket them one by one."""
         raw = max(_RAW_POINTS, _RAW_PER_SAMPLE * samples)
-        for level in range(LEVELS - 1, -1, -1):
-            units = self._units(rid, kid, level, lo, hi)
+        level = LEVELS - 1
+        units = self._units(rid, kid, level, lo, hi)
+        while True:
             if not units:
                 return []
-            if sum(u.count for _, u in units) <= raw:  # (at most: the edge units may stick out)
+            total = sum(u.count for _, u in units)
+            if total <= raw:  # (at most: the edge units may stick out)
                 return None
-            if len(units) >= samples:
+            if len(units) >= samples or level == 0:
+                break
+            # down to the coarsest level that should have at least `samples` units here (by the
+            # points' count, a full chunk holding CHUNK_POINTS), or the chunks
+            level -= 1
+            while level > 0 and total // (_series.CHUNK_POINTS << (_SHIFT * level)) < samples:
+                level -= 1
+            units = self._units(rid, kid, level, lo, hi)
+            if level == 0:
+                if not units:
+                    return []
                 break
         if len(units) < samples:  # the chunks are too few for the buckets asked
             return None
