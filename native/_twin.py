@@ -10,6 +10,7 @@ Entries are tuples ``(step, commit, time_us, values, payload)``:
 
 from __future__ import annotations
 
+import array as _array
 import struct
 import zlib
 
@@ -409,7 +410,7 @@ def split_rows(rows, last):
     """``(steps, times, floats, ints, late, rest)`` of history ``rows`` (objects with
     ``step``, ``time_us``, ``values``) whose steps must be above ``last`` to be appended:
     ``steps``/``times`` of those rows; ``floats``/``ints``: key -> ``(steps, values)`` of their
-    float and int64 values; ``late``: the rows at or below ``last`` (None: no step is stored)
+    float and int64 values, as ``array.array`` ("q" steps; "d" floats, "q" ints); ``late``: the rows at or below ``last`` (None: no step is stored)
     or at or below a step before
     them); ``rest``: ``(row, values)`` of the appended rows' other values (bools, text, rich
     values, ints beyond int64)."""
@@ -429,11 +430,11 @@ def split_rows(rows, last):
             if t is float:
                 col = floats.get(k)
                 if col is None:
-                    col = floats[k] = ([], [])
+                    col = floats[k] = (_array.array("q"), _array.array("d"))
             elif t is int and _INT64_MIN <= v <= _INT64_MAX:
                 col = ints.get(k)
                 if col is None:
-                    col = ints[k] = ([], [])
+                    col = ints[k] = (_array.array("q"), _array.array("q"))
             else:
                 if other is None:
                     other = {}

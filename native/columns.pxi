@@ -3,13 +3,20 @@
 # value loop, in C: a type check, a dict look-up and two appends per value.
 
 from cpython.list cimport PyList_Append
+from cpython.object cimport Py_SIZE
+from cpython cimport array as carray
+import array as _array
+
+cdef carray.array _STEPS = _array.array("q")
+cdef carray.array _FLOATS = _array.array("d")
 
 
 def split_rows(rows, last):
     """``(steps, times, floats, ints, late, rest)`` of history ``rows`` (objects with
     ``step``, ``time_us``, ``values``) whose steps must be above ``last`` to be appended:
     ``steps``/``times`` of those rows; ``floats``/``ints``: key -> ``(steps, values)`` of their
-    float and int64 values; ``late``: the rows at or below ``last`` (None: no step is stored)
+    float and int64 values, as ``array.array`` ("q" steps; "d" floats, "q" ints: numpy takes
+    them without a copy); ``late``: the rows at or below ``last`` (None: no step is stored)
     or at or below a step before
     them); ``rest``: ``(row, values)`` of the appended rows' other values (bools, text, rich
     values, ints beyond int64). The same as ``_twin.split_rows``."""
@@ -17,6 +24,8 @@ def split_rows(rows, last):
     cdef dict floats = {}, ints = {}
     cdef dict values, other
     cdef object r, col, step_obj
+    cdef carray.array col_steps, col_values
+    cdef long long ivalue
     cdef long long step
     cdef PyObject *k
     cdef PyObject *v
@@ -42,12 +51,16 @@ def split_rows(rows, last):
             if PyFloat_CheckExact(<object>v):
                 found = PyDict_GetItem(floats, <object>k)
                 if found == NULL:
-                    col = ([], [])
+                    col = (carray.clone(_STEPS, 0, False), carray.clone(_FLOATS, 0, False))
                     floats[<object>k] = col
                 else:
                     col = <object>found
+                col_steps = <carray.array>(<tuple>col)[0]
+                col_values = <carray.array>(<tuple>col)[1]
+                carray.resize_smart(col_values, Py_SIZE(col_values) + 1)
+                col_values.data.as_doubles[Py_SIZE(col_values) - 1] = PyFloat_AS_DOUBLE(<object>v)
             elif PyLong_CheckExact(<object>v):
-                PyLong_AsLongLongAndOverflow(<object>v, &overflow)
+                ivalue = PyLong_AsLongLongAndOverflow(<object>v, &overflow)
                 if overflow:
                     if other is None:
                         other = {}
@@ -55,17 +68,21 @@ def split_rows(rows, last):
                     continue
                 found = PyDict_GetItem(ints, <object>k)
                 if found == NULL:
-                    col = ([], [])
+                    col = (carray.clone(_STEPS, 0, False), carray.clone(_STEPS, 0, False))
                     ints[<object>k] = col
                 else:
                     col = <object>found
+                col_steps = <carray.array>(<tuple>col)[0]
+                col_values = <carray.array>(<tuple>col)[1]
+                carray.resize_smart(col_values, Py_SIZE(col_values) + 1)
+                col_values.data.as_longlongs[Py_SIZE(col_values) - 1] = ivalue
             else:
                 if other is None:
                     other = {}
                 other[<object>k] = <object>v
                 continue
-            PyList_Append(<list>(<tuple>col)[0], step_obj)
-            PyList_Append(<list>(<tuple>col)[1], <object>v)
+            carray.resize_smart(col_steps, Py_SIZE(col_steps) + 1)
+            col_steps.data.as_longlongs[Py_SIZE(col_steps) - 1] = step
         if other is not None:
             rest.append((r, other))
     return steps, times, floats, ints, late, rest

@@ -132,6 +132,39 @@ def decode_values(blob: bytes) -> np.ndarray:
     return a.astype(np.float64) if blob[0] == F4 else a
 
 
+def encode_chunks(steps: np.ndarray, values: np.ndarray, t_first: list, t_last: list) -> tuple[list, list, list]:
+    """``(steps blobs, vals blobs, stats)`` of ``m`` whole chunks at once: ``steps`` and
+    ``values`` are (m, CHUNK_POINTS) int64 and float64/int64 arrays (each row one chunk's points),
+    ``t_first``/``t_last`` each chunk's first and last time. The same bytes as
+    ``encode_steps``/``value_array``/``encode_values`` chunk by chunk, with the checks, shuffles
+    and statistics done in a few numpy passes over all of them."""
+    m, n = values.shape
+    first, last = steps[:, 0].tolist(), steps[:, -1].tolist()
+    step_blobs = [
+        b"\x00" + _EVEN.pack(f, 1, n) if l - f == n - 1 else encode_steps(steps[i])
+        for i, (f, l) in enumerate(zip(first, last))
+    ]
+    if values.dtype.kind == "i":
+        shuffled = values.view(np.uint8).reshape(m, n, 8).transpose(0, 2, 1)
+        val_blobs = [bytes((I8,)) + _compress(shuffled[i].tobytes()) for i in range(m)]
+        lo, hi = values.min(axis=1).astype(np.float64), values.max(axis=1).astype(np.float64)
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            v32 = values.astype(np.float32)
+            lo, hi = np.fmin.reduce(values, axis=1), np.fmax.reduce(values, axis=1)
+        f4 = (v32.astype(np.float64).view(np.int64) == values.view(np.int64)).all(axis=1).tolist()
+        sh32 = v32.view(np.uint8).reshape(m, n, 4).transpose(0, 2, 1)
+        sh64 = values.view(np.uint8).reshape(m, n, 8).transpose(0, 2, 1)
+        val_blobs = [
+            bytes((F4,)) + _compress(sh32[i].tobytes()) if f4[i] else bytes((F8,)) + _compress(sh64[i].tobytes())
+            for i in range(m)
+        ]
+    vfirst = values[:, 0].astype(np.float64).tolist()
+    vlast = values[:, -1].astype(np.float64).tolist()
+    stats = [Stats(*row) for row in zip(first, last, [n] * m, lo.tolist(), hi.tolist(), vfirst, vlast, t_first, t_last)]
+    return step_blobs, val_blobs, stats
+
+
 def decode_many(rows: list) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, values)`` of consecutive chunks (``(steps, vals)`` blob pairs), concatenated:
     the chunks of one kind and size (every full chunk of a key) are unshuffled in one numpy

@@ -27,6 +27,7 @@ no other writer changed the run meanwhile (``runs.history_rows``) and re-reads t
 
 from __future__ import annotations
 
+import array
 import bisect
 from typing import Any, Optional
 
@@ -43,6 +44,7 @@ from .chunks import (
     combine,
     decode_steps,
     decode_values,
+    encode_chunks,
     encode_plain,
     encode_steps,
     encode_values,
@@ -191,17 +193,22 @@ class SeriesWriter:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def write(self, rid: int, rows) -> tuple[int, list]:
+    def write(self, rid: int, rows) -> tuple[int, list, set]:
         """Put the numeric values of ``rows`` (objects with ``step``, ``time_us``, ``values``)
-        into their series; returns ``(new_steps, rest)``: how many of the rows' steps were not
-        stored before, and ``(row, values)`` for each row with values that are not numbers
-        (booleans, text, rich values, integers beyond int64), for the row table."""
+        into their series; returns ``(new_steps, rest, keys)``: how many of the rows' steps
+        were not stored before, ``(row, values)`` for each row with values that are not numbers
+        (booleans, text, rich values, integers beyond int64), for the row table, and every key
+        the rows hold."""
         run = self._run(rid)
         clock = self._key(rid, run, TIME_KEY)
         steps, times, floats, ints, late, rest = split_rows(rows, clock.last)
         new = len(steps)
+        seen = set(floats) | set(ints)
         if steps:
-            when = dict(zip(steps, times))
+
+            def when(step: int, _steps=steps, _times=times) -> int:  # the time of an appended step
+                return _times[bisect.bisect_left(_steps, step)]
+
             self._append(rid, clock, steps, times, INT, when)
             for k, (s, v) in floats.items():
                 if k in ints:
@@ -214,6 +221,7 @@ class SeriesWriter:
             points: dict[str, list] = {}
             for r in late:
                 other = None
+                seen.update(r.values)
                 for k, v in r.values.items():
                     t = type(v)
                     if t is float or (t is int and _INT_MIN <= v <= _INT_MAX):
@@ -233,31 +241,80 @@ class SeriesWriter:
             if ks.dirty:
                 self._flush(rid, ks)
         run.rows += new
-        return new, rest
+        for _r, other in rest:
+            seen.update(other)
+        return new, rest, seen
 
-    def _append(self, rid: int, ks: _Key, steps: list, vals: list, kind: str, when: dict) -> None:
-        """Append points whose steps are above every stored step of the key."""
+    def _append(self, rid: int, ks: _Key, steps, vals, kind: str, when) -> None:
+        """Append points whose steps are above every stored step of the key: the open chunk
+        takes what it has room for, whole chunks of the rest are encoded together, and what
+        remains opens the next chunk."""
         if kind is INT and ks.kind is FLOAT:
-            vals = [float(v) for v in vals]
+            vals = array.array("d", vals)
             kind = FLOAT
-        start, n = 0, len(steps)
-        while start < n:
-            if len(ks.steps) >= CHUNK_POINTS:
-                self._flush(rid, ks, full=True)
-                self._close(ks)
-            if not ks.steps:
-                ks.kind = kind
-                ks.t_first = when[steps[start]]
-            elif ks.kind is INT and kind is FLOAT:  # a float after integers: the chunk holds floats
+        n, start = len(steps), 0
+        if ks.steps:
+            if ks.kind is INT and kind is FLOAT:  # a float after integers: the chunk holds floats
                 ks.vals = [float(v) for v in ks.vals]
                 ks.kind = FLOAT
-            take = min(n - start, CHUNK_POINTS - len(ks.steps))
-            ks.steps.extend(steps[start : start + take])
-            ks.vals.extend(vals[start : start + take])
-            start += take
-        ks.last = ks.steps[-1]
-        ks.t_last = when[ks.last]
+            start = min(n, CHUNK_POINTS - len(ks.steps))
+            ks.steps.extend(steps[:start])
+            ks.vals.extend(vals[:start])
+            if len(ks.steps) >= CHUNK_POINTS and start < n:
+                self._flush(rid, ks, full=True)
+                self._close(ks)
+        whole = (n - start) // CHUNK_POINTS
+        if whole and not ks.steps:
+            end = start + whole * CHUNK_POINTS
+            self._seal_many(rid, ks, steps[start:end], vals[start:end], kind, when)
+            start = end
+        if start < n:
+            if not ks.steps:
+                ks.kind = kind
+                ks.t_first = when(steps[start])
+            ks.steps.extend(steps[start:])
+            ks.vals.extend(vals[start:])
+        ks.last = steps[-1]
+        ks.t_last = when(ks.last)
         ks.dirty = True
+
+    def _seal_many(self, rid: int, ks: _Key, steps, vals, kind: str, when) -> None:
+        """Write whole chunks (a multiple of CHUNK_POINTS points) after the key's last one, the
+        open chunk being empty: encoded together, with the units they complete."""
+        m = len(steps) // CHUNK_POINTS
+        s = np.asarray(steps, dtype=np.int64).reshape(m, CHUNK_POINTS)
+        v = np.asarray(vals, dtype=np.int64 if kind is INT else np.float64).reshape(m, CHUNK_POINTS)
+        t_first = [when(x) for x in s[:, 0].tolist()]
+        t_last = [when(x) for x in s[:, -1].tolist()]
+        step_blobs, val_blobs, stats = encode_chunks(s, v, t_first, t_last)
+        kid, idx = ks.kid, ks.idx
+        self._conn.executemany(
+            _UPSERT_CHUNK, [(rid, kid, idx + i, sb, vb) for i, (sb, vb) in enumerate(zip(step_blobs, val_blobs))]
+        )
+        rows = []
+        for st in stats:
+            rows.append((rid, kid, 0, ks.idx, *st))
+            rows.extend((rid, kid, level, unit, *u) for level, unit, u in self._complete(ks, st))
+        self._conn.executemany(_UPSERT_STATS, rows)
+        ks.units = [None] * LEVELS
+        ks.kind = None
+
+    def _complete(self, ks: _Key, done: Stats) -> list:
+        """Chunk ``ks.idx`` (``done``) is complete: move to the next; returns ``(level, unit,
+        stats)`` of each coarser unit it completes (to write)."""
+        out = []
+        old, new = ks.idx, ks.idx + 1
+        for level in range(1, LEVELS):
+            shift = _SHIFT * level
+            unit = combine(ks.base[level], done)
+            if old >> shift == new >> shift:  # this level's open unit goes on
+                ks.base[level] = unit
+                break
+            out.append((level, old >> shift, unit))
+            ks.base[level] = None
+            done = unit
+        ks.idx = new
+        return out
 
     def seal(self, rid: int) -> None:
         """The run ended: encode its open chunks (kept plain while they grew)."""
@@ -270,6 +327,17 @@ class SeriesWriter:
     def _flush(self, rid: int, ks: _Key, full: bool = False) -> None:
         """Write the open chunk (plain; encoded when ``full``) and the open unit of every level."""
         conn = self._conn
+        if not ks.steps:  # whole chunks only: the open units hold completed children alone
+            rows, unit = [], None
+            for level in range(1, LEVELS):
+                base = ks.base[level]
+                unit = base if unit is None else combine(base, unit) if base is not None else unit
+                ks.units[level] = unit
+                if unit is not None:
+                    rows.append((rid, ks.kid, level, ks.idx >> (_SHIFT * level), *unit))
+            conn.executemany(_UPSERT_STATS, rows)
+            ks.dirty = False
+            return
         steps = ks.steps
         values = np.array(ks.vals, dtype=np.int64 if ks.kind is INT else np.float64)
         if full:
@@ -423,7 +491,7 @@ def _put(steps: list, vals: list, step: int, value, keep_first: bool) -> bool:
     return True
 
 
-def _merge_columns(s1: list, v1: list, s2: list, v2: list) -> tuple[list, list]:
+def _merge_columns(s1, v1, s2, v2) -> tuple[list, list]:
     """One column from a key's float and int points (both in step order): all floats."""
-    pairs = sorted(zip(s1 + s2, [float(v) for v in v1 + v2]))
+    pairs = sorted(zip([*s1, *s2], [float(v) for v in (*v1, *v2)]))
     return [p[0] for p in pairs], [p[1] for p in pairs]

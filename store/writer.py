@@ -212,7 +212,7 @@ class Store:
                     except msgspec.DecodeError:
                         values = {}
                     rows.append(_Row(step, time_us, values))
-                _new, rest = self._series.write(rid, rows)
+                _new, rest, _keys = self._series.write(rid, rows)
                 keep = {r.step: values for r, values in rest}
                 conn.executemany(
                     "DELETE FROM history WHERE rid = ? AND step = ?",
@@ -653,7 +653,7 @@ class Store:
             rows = list(rows)
         if rows:
             # the numbers go into their series; the row table keeps a step's other values
-            new, rest = self._series.write(rid, rows)
+            new, rest, seen = self._series.write(rid, rows)
             merged = len(rows) - new
             encode = self._encode
             rest_rows = [_Row(r.step, r.time_us, values) for r, values in rest]
@@ -689,10 +689,7 @@ class Store:
                 known = self._keys[rid] = {
                     k for (k,) in conn.execute("SELECT key FROM history_keys WHERE rid = ?", (rid,))
                 }
-            new_keys = set()
-            for r in rows:
-                if not known.issuperset(r.values):  # rarely: a run logs the same keys step after step
-                    new_keys.update(r.values.keys() - known)
+            new_keys = seen - known  # rarely any: a run logs the same keys step after step
             if new_keys:
                 conn.executemany(
                     "INSERT INTO history_keys (rid, key) VALUES (?, ?) ON CONFLICT DO NOTHING",

@@ -870,3 +870,23 @@ def test_decode_damaged_bodies_agrees(batch, data):
         got = outcome(cy.decode_batch, chunk)
         assert got == outcome(twin.decode_batch, chunk)
         assert got[0] == "ok" or got[1] is CodecError
+
+
+def test_split_rows_puts_each_value_in_its_column(codec):
+    """The series writer's per-value split (store/series.py), the same in both codecs."""
+    from collections import namedtuple
+
+    Row = namedtuple("Row", "step time_us values")
+    rows = [
+        Row(3, 30, {"f": 1.5, "i": 7, "b": True, "s": "x", "big": 2**63, "neg": -(2**63)}),
+        Row(2, 20, {"f": 9.0}),  # at or below a step before it: late
+        Row(5, 50, {"f": float("nan"), "i": 8}),
+    ]
+    steps, times, floats, ints, late, rest = codec.split_rows(rows, 1)
+    assert steps == [3, 5] and times == [30, 50]
+    assert {k: (list(s), [repr(x) for x in v]) for k, (s, v) in floats.items()} == {"f": ([3, 5], ["1.5", "nan"])}
+    assert {k: (list(s), list(v)) for k, (s, v) in ints.items()} == {"i": ([3, 5], [7, 8]), "neg": ([3], [-(2**63)])}
+    assert late == [rows[1]]
+    assert rest == [(rows[0], {"b": True, "s": "x", "big": 2**63})]
+    assert codec.split_rows(rows, None)[0] == [3, 5]  # nothing stored: only the late row is late
+    assert codec.split_rows(rows, 5)[4] == rows

@@ -210,8 +210,11 @@ export async function chartsView(ctx, root, runs, keys, { xChoices = [], title =
   }
   if (!keys.length) root.append(el("p", { class: "muted" }, "No numeric metrics logged yet."));
 
+  // buckets per run: about one per pixel of the panel's width, fewer when many runs share the
+  // panel (about 40,000 points in all: an overlay of 100 runs stays quick to draw)
   function samplesFor(p) {
-    return Math.max(100, Math.min(1500, Math.round(p.plot.clientWidth || 600)));
+    const width = Math.round(p.plot.clientWidth || 600);
+    return Math.max(100, Math.min(1500, width, Math.round(40000 / Math.max(1, runs.length))));
   }
 
   async function fetchBuckets(p, minStep, maxStep) {
