@@ -228,6 +228,8 @@ class SeriesReader:
                 return None
             if len(units) >= samples or level == 0:
                 break
+            if total // _series.CHUNK_POINTS < samples:  # fewer chunks than buckets: the points
+                return None
             # down to the coarsest level that should have at least `samples` units here (by the
             # points' count, a full chunk holding CHUNK_POINTS), or the chunks
             level -= 1
