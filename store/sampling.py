@@ -189,17 +189,7 @@ class SeriesReader:
         units = self._cover(rid, kid, samples, lo, hi)
         if units is None:  # few points: bucket them one by one
             steps, values = self.points(rid, kid, lo, hi)
-            if not len(steps):
-                return empty_buckets()
-            values = values.astype(np.float64)
-            times = self.times_at(rid, steps) if x_axis != "_step" else None
-            if len(steps) <= samples:
-                x = steps.astype(np.float64) if times is None else _seconds(times, x_axis, created_at)
-                ones = np.ones(len(steps), np.int64)
-                return Buckets(x, steps, steps, values, values, values, values, ones, True)
-            arrays = (steps, steps, values, values, values, values, np.ones(len(steps), np.int64))
-            x = steps.astype(np.float64) if times is None else _seconds(times, x_axis, created_at)
-            return _gather(x, x, arrays, samples)
+            return self._point_buckets(rid, steps, values, samples, x_axis, created_at)
         if not units:
             return empty_buckets()
         cols = list(zip(*units))
@@ -212,6 +202,65 @@ class SeriesReader:
             x_first = _seconds(np.array(cols[7], np.int64), x_axis, created_at)
             x_last = _seconds(np.array(cols[8], np.int64), x_axis, created_at)
         return _gather(x_first, x_last, (first_step, step, vfirst, vlast, vmin, vmax, count), samples)
+
+    def _point_buckets(
+        self, rid: int, steps: np.ndarray, values: np.ndarray, samples: int, x_axis: str, created_at: float
+    ) -> Buckets:
+        """Buckets of points read one by one (the exact points when they are few enough)."""
+        if not len(steps):
+            return empty_buckets()
+        values = values.astype(np.float64)
+        times = self.times_at(rid, steps) if x_axis != "_step" else None
+        x = steps.astype(np.float64) if times is None else _seconds(times, x_axis, created_at)
+        ones = np.ones(len(steps), np.int64)
+        if len(steps) <= samples:
+            return Buckets(x, steps, steps, values, values, values, values, ones, True)
+        return _gather(x, x, (steps, steps, values, values, values, values, ones), samples)
+
+    def buckets_many(
+        self, runs: list[tuple[int, float, dict]], key: str, samples: int, x_axis: str = "_step"
+    ) -> list[Optional[Buckets]]:
+        """``buckets`` of one key over the whole of each run (``(rid, created_at, kids)``),
+        in as few statements as the runs allow: their sizes in one, and the chunks of every run
+        too short for its statistics to serve (fewer chunks than buckets) in one more."""
+        out: list[Optional[Buckets]] = [None] * len(runs)
+        pairs = [(i, rid, kids[key]) for i, (rid, _, kids) in enumerate(runs) if key in kids and key != TIME_KEY]
+        if not pairs or x_axis not in X_AXES:
+            return [self.buckets(rid, key, samples, x_axis=x_axis, created_at=c, kids=k) for rid, c, k in runs]
+        where = " OR ".join(["(rid = ? AND kid = ?)"] * len(pairs))
+        args = [x for _, rid, kid in pairs for x in (rid, kid)]
+        totals: dict[tuple[int, int], int] = {}
+        for rid, kid, count in self.conn.execute(
+            f"SELECT rid, kid, sum(count) FROM series_stats WHERE level = {LEVELS - 1} AND ({where}) GROUP BY rid, kid",
+            args,
+        ):
+            totals[(rid, kid)] = int(count)
+        raw = max(_RAW_POINTS, _RAW_PER_SAMPLE * samples)
+        short = [
+            (i, rid, kid)
+            for i, rid, kid in pairs
+            if totals.get((rid, kid), 0) <= raw or totals[(rid, kid)] // _series.CHUNK_POINTS < samples
+        ]
+        if short:
+            where = " OR ".join(["(rid = ? AND kid = ?)"] * len(short))
+            chunks: dict[tuple[int, int], list] = {}
+            for rid, kid, steps, vals in self.conn.execute(
+                f"SELECT rid, kid, steps, vals FROM series_chunks WHERE {where} ORDER BY rid, kid, idx",
+                [x for _, rid, kid in short for x in (rid, kid)],
+            ):
+                chunks.setdefault((rid, kid), []).append((steps, vals))
+            for i, rid, kid in short:
+                found = chunks.get((rid, kid))
+                if found:
+                    steps, values = decode_many(found)
+                    out[i] = self._point_buckets(rid, steps, values, samples, x_axis, runs[i][1])
+                else:
+                    out[i] = empty_buckets()
+        done = {i for i, _, _ in short}
+        for i, (rid, created, kids) in enumerate(runs):
+            if i not in done:
+                out[i] = self.buckets(rid, key, samples, x_axis=x_axis, created_at=created, kids=kids)
+        return out
 
     def _cover(self, rid: int, kid: int, samples: int, lo: int, hi: int) -> Optional[list[Stats]]:
         """Units holding exactly the key's points in [lo, hi], in step order, from the coarsest

@@ -278,3 +278,21 @@ def test_the_team_server_serves_the_same_reads(servers, tmp_path):
     finally:
         remote.close()
         local.close()
+
+
+def test_many_runs_read_together_equal_each_run_read_alone(backend, tiny_chunks):
+    """``buckets_many`` reads short runs' chunks in one statement: the same buckets as
+    ``buckets`` run by run, for short and long runs, integer and float keys, and a run
+    without the key."""
+    store, api = backend
+    sizes = {"a": 3, "b": 40, "c": 300, "d": 5000}
+    for run_id, n in sizes.items():
+        store.write_rows(run_id, [Row(s, T0 + s, {"v": (s * 7) % 13 if run_id == "b" else s / 3}) for s in range(n)])
+    store.write_rows("e", [Row(0, T0, {"other": 1.0})])
+    for samples in (1, 10, 100):
+        many = api.buckets_many(list(sizes) + ["e"], "v", samples)
+        assert many["e"].x.size == 0
+        for run_id in sizes:
+            alone = api.run(run_id).buckets("v", samples)["v"]
+            assert many[run_id].exact == alone.exact
+            assert all(np.array_equal(m, a) for m, a in zip(many[run_id][:-1], alone[:-1])), (run_id, samples)
