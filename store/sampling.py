@@ -244,15 +244,17 @@ class SeriesReader:
         if short:
             where = " OR ".join(["(rid = ? AND kid = ?)"] * len(short))
             chunks: dict[tuple[int, int], list] = {}
-            for rid, kid, steps, vals in self.conn.execute(
-                f"SELECT rid, kid, steps, vals FROM series_chunks WHERE {where} ORDER BY rid, kid, idx",
+            # no ORDER BY: a sort would copy every blob; each run's chunks are put in order here
+            for rid, kid, idx, steps, vals in self.conn.execute(
+                f"SELECT rid, kid, idx, steps, vals FROM series_chunks WHERE {where}",
                 [x for _, rid, kid in short for x in (rid, kid)],
             ):
-                chunks.setdefault((rid, kid), []).append((steps, vals))
+                chunks.setdefault((rid, kid), []).append((idx, steps, vals))
             for i, rid, kid in short:
                 found = chunks.get((rid, kid))
                 if found:
-                    steps, values = decode_many(found)
+                    found.sort(key=lambda c: c[0])
+                    steps, values = decode_many([(c[1], c[2]) for c in found])
                     out[i] = self._point_buckets(rid, steps, values, samples, x_axis, runs[i][1])
                 else:
                     out[i] = empty_buckets()
