@@ -127,22 +127,40 @@ class SeriesReader:
 
     def points(self, rid: int, kid: int, lo: int = STEP_MIN, hi: int = STEP_MAX) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of the key's points with steps in [lo, hi]."""
-        # one statement: the chunks from the one holding lo to the one holding hi (or the last)
+        return self.points_many(rid, [kid], lo, hi)[kid]
+
+    def points_many(
+        self, rid: int, kids: Sequence[int], lo: int = STEP_MIN, hi: int = STEP_MAX
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """kid -> ``(steps, values)`` of each key's points with steps in [lo, hi], in one
+        statement per 50 keys (a round trip per key is what PostgreSQL charges most for)."""
+        # per key: the chunks from the one holding lo to the one holding hi (or its last)
         where = "rid = ? AND kid = ? AND level = 0"
         first = f"SELECT idx FROM series_stats WHERE {where} AND last_step >= ? ORDER BY last_step LIMIT 1"
-        rows = self.conn.execute(
-            "SELECT steps, vals FROM series_chunks WHERE rid = ? AND kid = ?"
+        one = (
+            "SELECT kid, idx, steps, vals FROM series_chunks WHERE rid = ? AND kid = ?"
             f" AND idx >= ({first}) AND idx <= coalesce(({first}), (SELECT max(idx) FROM series_stats WHERE {where}))"
-            " ORDER BY idx",
-            (rid, kid, rid, kid, lo, rid, kid, hi, rid, kid),
-        ).fetchall()
-        if not rows:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
-        s, v = decode_many(rows)
-        if (lo > STEP_MIN and s[0] < lo) or (hi < STEP_MAX and s[-1] > hi):
-            keep = (s >= lo) & (s <= hi)
-            s, v = s[keep], v[keep]
-        return s, v
+        )
+        found: dict[int, list] = {kid: [] for kid in kids}
+        kids = list(found)
+        for i in range(0, len(kids), 50):
+            part = kids[i : i + 50]
+            sql = " UNION ALL ".join(f"SELECT * FROM ({one}) AS k{j}" for j in range(len(part)))
+            args = [a for kid in part for a in (rid, kid, rid, kid, lo, rid, kid, hi, rid, kid)]
+            for kid, idx, steps, vals in self.conn.execute(sql, args):
+                found[kid].append((idx, steps, vals))
+        out = {}
+        for kid, rows in found.items():
+            if not rows:
+                out[kid] = (np.empty(0, np.int64), np.empty(0, np.float64))
+                continue
+            rows.sort(key=lambda r: r[0])
+            s, v = decode_many([(r[1], r[2]) for r in rows])
+            if (lo > STEP_MIN and s[0] < lo) or (hi < STEP_MAX and s[-1] > hi):
+                keep = (s >= lo) & (s <= hi)
+                s, v = s[keep], v[keep]
+            out[kid] = (s, v)
+        return out
 
     def times_at(self, rid: int, steps: np.ndarray) -> np.ndarray:
         """The timestamps (us since the epoch) of ``steps`` (sorted, each a stored step)."""
@@ -438,8 +456,9 @@ def build_rows(
     kids = reader.kids(rid)
     wanted = [k for k in kids if k != TIME_KEY] if keys is None else [k for k in keys if k in kids and k != TIME_KEY]
     hit = None if keys is None else np.zeros(len(rows), bool)
+    points = reader.points_many(rid, [kids[key] for key in wanted], first, last)
     for key in wanted:
-        steps, values = reader.points(rid, kids[key], first, last)
+        steps, values = points[kids[key]]
         if not len(steps):
             continue
         at = np.searchsorted(clock_steps, steps)
