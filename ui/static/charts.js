@@ -118,8 +118,10 @@ export async function chartsView(ctx, root, runs, keys, { xChoices = [], title =
     filter: q.filter || "",
   };
   const byId = new Map(runs.map((r) => [r.id, r]));
-  const Plotly = await loadPlotly();
-  if (!ctx.alive) return;
+  // plotly.js compiles while the visible panels' data is asked for: a panel waits for it only
+  // to draw (Plotly is set before any panel is drawn)
+  let Plotly = null;
+  const plotlyReady = loadPlotly().then((P) => (Plotly = P));
 
   const panels = [];
   const visible = new Set();
@@ -238,6 +240,7 @@ export async function chartsView(ctx, root, runs, keys, { xChoices = [], title =
     try {
       const [lo, hi] = range ? stepRange(p, range) : [undefined, undefined];
       p.data = await fetchBuckets(p, lo, hi);
+      await plotlyReady;
       if (!ctx.alive) return;
       if (!range) {
         for (const [id, s] of p.data) p.upto.set(id, s.step.length ? s.step[s.step.length - 1] : -1);
