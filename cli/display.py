@@ -23,35 +23,24 @@ __all__ = ["FORMATS", "print_history", "print_runs", "print_summary", "print_sys
 
 FORMATS = ("table", "json", "csv")
 
-_RUN_FIELDS = (
-    "id",
-    "project",
-    "name",
-    "group",
-    "job_type",
-    "tags",
-    "state",
-    "exit_code",
-    "created_at",
-    "finished_at",
-    "history_rows",
-    "last_step",
-    "dir",
-)
 _RUN_TABLE = ("id", "project", "name", "state", "created", "runtime", "rows")
 
 
 def print_runs(runs: Sequence, fmt: str = "table", file: Optional[TextIO] = None) -> None:
     """Print runs (``RunView``s). json: a list of objects with the run's fields; csv: the same
     fields as columns; table: id, project, name, state, created, runtime, history rows."""
+    from trackside.api import RUN_FIELDS  # here: `trackside` commands that print no run stay light
+
+    # the fields a run is read back with, less its last write time, and its folder
+    fields = (*(f for f in RUN_FIELDS if f != "updated_at"), "dir")
     file = _out(file, fmt)
     if fmt == "json":
-        _write_json([{f: getattr(r, f) for f in _RUN_FIELDS} for r in runs], file)
+        _write_json([{f: getattr(r, f) for f in fields} for r in runs], file)
     elif fmt == "csv":
         w = csv.writer(file, lineterminator="\n")
-        w.writerow(_RUN_FIELDS)
+        w.writerow(fields)
         for r in runs:
-            w.writerow([_csv_cell(getattr(r, f)) for f in _RUN_FIELDS])
+            w.writerow([_csv_cell(getattr(r, f)) for f in fields])
     else:
         rows = [
             [

@@ -406,14 +406,13 @@ def parse_record(buf, pos: int = 0, end: int = -1) -> tuple[int, int, int, int]:
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def split_rows(rows, last):
+def split_rows(rows, last, keep=()):
     """``(steps, times, floats, ints, late, rest)`` of history ``rows`` (objects with
     ``step``, ``time_us``, ``values``) whose steps must be above ``last`` to be appended:
     ``steps``/``times`` of those rows; ``floats``/``ints``: key -> ``(steps, values)`` of their
-    float and int64 values, as ``array.array`` ("q" steps; "d" floats, "q" ints); ``late``: the rows at or below ``last`` (None: no step is stored)
-    or at or below a step before
-    them); ``rest``: ``(row, values)`` of the appended rows' other values (bools, text, rich
-    values, ints beyond int64)."""
+    float and int64 values, as ``array.array`` ("q" steps; "d" floats, "q" ints); ``late``:
+    the rows at or below ``last`` (None: no step is stored) or at or below a step before them); ``rest``: ``(row, values)`` of the appended rows' other values (bools, text, rich
+    values, ints beyond int64, and any value of a key in ``keep``)."""
     steps, times, late, rest = [], [], [], []
     floats, ints = {}, {}
     for r in rows:
@@ -427,6 +426,8 @@ def split_rows(rows, last):
         other = None
         for k, v in r.values.items():
             t = type(v)
+            if k in keep:
+                t = None  # not a column: with the row's other values
             if t is float:
                 col = floats.get(k)
                 if col is None:

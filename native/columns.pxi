@@ -11,19 +11,19 @@ cdef carray.array _STEPS = _array.array("q")
 cdef carray.array _FLOATS = _array.array("d")
 
 
-def split_rows(rows, last):
+def split_rows(rows, last, keep=()):
     """``(steps, times, floats, ints, late, rest)`` of history ``rows`` (objects with
     ``step``, ``time_us``, ``values``) whose steps must be above ``last`` to be appended:
     ``steps``/``times`` of those rows; ``floats``/``ints``: key -> ``(steps, values)`` of their
     float and int64 values, as ``array.array`` ("q" steps; "d" floats, "q" ints: numpy takes
-    them without a copy); ``late``: the rows at or below ``last`` (None: no step is stored)
-    or at or below a step before
-    them); ``rest``: ``(row, values)`` of the appended rows' other values (bools, text, rich
-    values, ints beyond int64). The same as ``_twin.split_rows``."""
+    them without a copy); ``late``: the rows at or below ``last`` (None: no step is stored) or
+    at or below a step before them); ``rest``: ``(row, values)`` of the appended rows' other
+    values (bools, text, rich values, ints beyond int64, and any value of a key in ``keep``).
+    The same as ``_twin.split_rows``."""
     cdef list steps = [], times = [], late = [], rest = []
     cdef dict floats = {}, ints = {}
     cdef dict values, other
-    cdef object r, col, step_obj
+    cdef object r, col, step_obj, kept
     cdef carray.array col_steps, col_values
     cdef long long ivalue
     cdef long long step
@@ -33,6 +33,9 @@ def split_rows(rows, last):
     cdef Py_ssize_t pos
     cdef int overflow
     cdef bint bounded = last is not None
+    for kept in keep:  # found as None: such a key's values stay with the row's others
+        floats[kept] = None
+        ints[kept] = None
     cdef long long top = last if bounded else 0
     for r in rows:
         step_obj = r.step
@@ -55,6 +58,11 @@ def split_rows(rows, last):
                     floats[<object>k] = col
                 else:
                     col = <object>found
+                    if col is None:  # a key of `keep`: not a column
+                        if other is None:
+                            other = {}
+                        other[<object>k] = <object>v
+                        continue
                 col_steps = <carray.array>(<tuple>col)[0]
                 col_values = <carray.array>(<tuple>col)[1]
                 carray.resize_smart(col_values, Py_SIZE(col_values) + 1)
@@ -72,6 +80,11 @@ def split_rows(rows, last):
                     ints[<object>k] = col
                 else:
                     col = <object>found
+                    if col is None:  # a key of `keep`: not a column
+                        if other is None:
+                            other = {}
+                        other[<object>k] = <object>v
+                        continue
                 col_steps = <carray.array>(<tuple>col)[0]
                 col_values = <carray.array>(<tuple>col)[1]
                 carray.resize_smart(col_values, Py_SIZE(col_values) + 1)
@@ -85,4 +98,6 @@ def split_rows(rows, last):
             col_steps.data.as_longlongs[Py_SIZE(col_steps) - 1] = step
         if other is not None:
             rest.append((r, other))
+    for kept in keep:
+        del floats[kept], ints[kept]
     return steps, times, floats, ints, late, rest

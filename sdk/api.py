@@ -528,13 +528,8 @@ class RunView(RunEdits):
         ``since``). A live view polls it: each call reads only the new rows."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        rows: list[dict] = []
-        last = None
-        for page in self._pages(_key_list(keys), int(since) + 1, None, limit):
-            rows = page
-            last = page[-1]["_step"] if page else None
-            break
-        return Tail(rows, last if last is not None else int(since))
+        page = next(self._pages(_key_list(keys), int(since) + 1, None, limit), [])
+        return Tail(page, page[-1]["_step"] if page else int(since))
 
     def scan_history(
         self,

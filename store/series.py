@@ -54,6 +54,9 @@ from .chunks import (
 )
 
 TIME_KEY = "_timestamp"  # key 0 of every run: the time of each stored step
+# a value logged under the clock's name is no series (it would overwrite the row index): it
+# stays in the row table with the step's other values, and the row view shows it as logged
+_KEEP = (TIME_KEY,)
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _SHIFT = FANOUT.bit_length() - 1  # log2(FANOUT)
 FLOAT, INT = "f", "i"
@@ -201,7 +204,7 @@ class SeriesWriter:
         the rows hold."""
         run = self._run(rid)
         clock = self._key(rid, run, TIME_KEY)
-        steps, times, floats, ints, late, rest = split_rows(rows, clock.last)
+        steps, times, floats, ints, late, rest = split_rows(rows, clock.last, _KEEP)
         new = len(steps)
         seen = set(floats) | set(ints)
         if steps:
@@ -224,7 +227,7 @@ class SeriesWriter:
                 seen.update(r.values)
                 for k, v in r.values.items():
                     t = type(v)
-                    if t is float or (t is int and _INT_MIN <= v <= _INT_MAX):
+                    if (t is float or (t is int and _INT_MIN <= v <= _INT_MAX)) and k not in _KEEP:
                         pts = points.get(k)
                         if pts is None:
                             pts = points[k] = []

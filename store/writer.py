@@ -100,7 +100,6 @@ class Store:
         self._keys: dict[int, set] = {}  # rid -> keys known to be in history_keys
         self._console_seq: dict[int, int] = {}  # rid -> next console seq
         self._stale = False  # the caches could not be re-read after a rollback: re-read them first
-        self._merged = 0
         self._series: SeriesWriter
         if db is None:
             self.path = os.path.join(self.root, DB_NAME)
@@ -346,7 +345,6 @@ class Store:
 
     def _merge_blobs(self, old: bytes, new: bytes) -> bytes:
         """SQL function ts_merge(old, new): a history row with ``new``'s values merged in."""
-        self._merged += 1
         try:
             values = self._decode(old)
         except msgspec.DecodeError:  # cannot happen for rows we wrote; never lose the new values
@@ -715,7 +713,7 @@ class Store:
         """For a database that cannot merge in SQL (PostgreSQL): ``(steps, times, blobs)`` with
         one entry per step of ``rows``, each holding the values already stored for that step
         (read in this transaction) and those of every row of it in order, and the step's earliest
-        timestamp; counts each merge in ``self._merged``, as ts_merge does on SQLite."""
+        timestamp, as ts_merge merges on SQLite."""
         first: dict[int, int] = {}  # step -> its index in the lists
         steps, times, out = [], [], []
         pending: dict[int, dict] = {}  # index -> merged values of a step that repeats in rows
@@ -727,7 +725,6 @@ class Store:
                 times.append(r.time_us)
                 out.append(blob)
                 continue
-            self._merged += 1
             values = pending.get(i)
             if values is None:
                 values = pending[i] = self._decode(out[i])

@@ -890,3 +890,10 @@ def test_split_rows_puts_each_value_in_its_column(codec):
     assert rest == [(rows[0], {"b": True, "s": "x", "big": 2**63})]
     assert codec.split_rows(rows, None)[0] == [3, 5]  # nothing stored: only the late row is late
     assert codec.split_rows(rows, 5)[4] == rows
+    # a key of `keep` is no column, whatever its values: it stays with the row's other values
+    _, _, floats, ints, _, rest = codec.split_rows(rows, 1, ("f", "i"))
+    assert set(floats) == set() and set(ints) == {"neg"}
+    assert rest == [
+        (rows[0], {"f": 1.5, "i": 7, "b": True, "s": "x", "big": 2**63}),
+        (rows[2], {"f": rest[1][1]["f"], "i": 8}),
+    ]

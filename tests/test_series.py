@@ -179,6 +179,21 @@ def test_an_amend_replaces_values_and_keeps_the_first_timestamp(backend):
     check_buckets(b, {**{s: 1.0 for s in range(2000)}, 5: 2.0, 1500: 4.0, 1_000_000: 5.0}, 0, 1_000_000, 10)
 
 
+def test_a_value_logged_as_timestamp_leaves_the_row_index_alone(backend):
+    """``_timestamp`` names the series of every stored step's time: a value logged under that
+    name is kept with the row (and shown there, as logged), never written over the steps' times."""
+    store, api = backend
+    store.write_rows("r", [Row(s, T0 + s * 10, {"loss": float(s), "_timestamp": 123.0}) for s in range(5)])
+    store.write_rows("r", [Row(2, T0 + 99, {"_timestamp": 7})])  # a late one too
+    run = api.run("r")
+    assert run.series("loss").timestamps.tolist() == pytest.approx([(T0 + s * 10) / 1e6 for s in range(5)])
+    assert [r["_timestamp"] for r in run.history()] == [123.0, 123.0, 7, 123.0, 123.0]
+    assert run.buckets("loss", 10, x_axis="_timestamp")["loss"].x.tolist() == pytest.approx(
+        [(T0 + s * 10) / 1e6 for s in range(5)]
+    )
+    assert "_timestamp" not in run.buckets()
+
+
 def test_x_axes(backend):
     store, api = backend
     store.upsert_run("r", project="p")
