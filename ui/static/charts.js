@@ -4,7 +4,9 @@
 
 import { api, colorFor, el, errorBox, loadPlotly, queryParams, replaceQuery, withAlpha } from "./util.js";
 
-const WEBGL_POINTS = 4000; // more points than this in a panel: WebGL traces
+// more points than this in a panel: WebGL traces. Below it SVG lines draw faster (plotly.js
+// simplifies them), also where WebGL is software-rendered: remote desktops, VMs, login nodes
+const WEBGL_POINTS = 60000;
 const POLL_MS = 1000; // live runs: a cursor poll per second
 const BAND_RUNS = 10; // more runs than this in a panel: lines only (a hundred bands hide each other)
 
@@ -213,10 +215,11 @@ export async function chartsView(ctx, root, runs, keys, { xChoices = [], title =
   if (!keys.length) root.append(el("p", { class: "muted" }, "No numeric metrics logged yet."));
 
   // buckets per run: about one per pixel of the panel's width, fewer when many runs share the
-  // panel (about 40,000 points in all: an overlay of 100 runs stays quick to draw)
+  // panel (about 16,000 points in all: a hundred overlaid lines look the same with 160 points
+  // each at this width, and coarse buckets are served from the chunks' statistics, undecoded)
   function samplesFor(p) {
     const width = Math.round(p.plot.clientWidth || 600);
-    return Math.max(100, Math.min(1500, width, Math.round(40000 / Math.max(1, runs.length))));
+    return Math.max(100, Math.min(1500, width, Math.round(16000 / Math.max(1, runs.length))));
   }
 
   async function fetchBuckets(p, minStep, maxStep) {
