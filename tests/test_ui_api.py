@@ -134,7 +134,15 @@ def test_run_detail_sorts_keys_by_what_the_page_draws(world):
     d = world.ui.get(f"/api/runs/{rid}")
     assert d["config"] == {"lr": 0.001, "optimizer": "adam", "layers": 4}
     assert d["scalars"] == ["train/acc", "train/loss", "val/loss"]
-    assert d["media"] == {"examples": "image-file", "page": "html-file", "sound": "audio-file"}
+    assert d["media"] == {
+        "confusion": "chart",
+        "counts": "chart",
+        "examples": "image-file",
+        "page": "html-file",
+        "roc": "chart",
+        "sound": "audio-file",
+        "water": "molecule-file",
+    }
     assert d["histograms"] == ["weights"]
     assert d["tables"] == ["preds", "scores"]
     assert d["summary"]["examples"] == "<image-file>"

@@ -288,6 +288,37 @@ def test_audio_and_sandboxed_html(page):
     assert frame.content_frame().wait_for_selector("#h").inner_text() == "report at step 200"
 
 
+def test_sdk_charts_and_a_molecule_are_drawn_from_their_rows(page):
+    rid = page.world.ids["baseline"]
+    run = trackside.Api(page.world.root).run(rid)
+
+    def figure(key: str) -> list:
+        page.select_option("select[name=key]", key)
+        page.wait_for_selector(f"#media[data-key='{key}'] figure.chart[data-drawn]")
+        return page.evaluate("() => document.querySelector('#media figure.chart .plot').data")
+
+    open_page(page, f"/runs/{rid}/media?key=roc")
+    roc = run.media("roc", step=100)
+    traces = figure("roc")
+    lines = {t["name"]: list(zip(t["x"], t["y"])) for t in traces if t.get("name")}
+    want: dict = {}
+    for cls, fpr, tpr in roc.data:
+        want.setdefault(cls, []).append((fpr, tpr))
+    assert lines == want and set(want) == {"cat", "dog", "bird"}
+    heat = figure("confusion")[0]
+    counts = {(a, p): n for a, p, n in run.media("confusion", step=100).data}
+    assert heat["type"] == "heatmap" and heat["x"] == heat["y"] == ["cat", "dog", "bird"]
+    assert heat["z"] == [[counts[(a, p)] for p in heat["x"]] for a in heat["y"]]
+    assert sum(map(sum, heat["z"])) == 8
+    bar = figure("counts")[0]
+    assert bar["type"] == "bar" and bar["x"] == ["cat", "dog", "bird"] and bar["y"] == [3, 2, 3]
+    page.select_option("select[name=key]", "water")
+    mol = page.wait_for_selector("#media[data-key='water'] figure[data-atoms]")
+    assert mol.get_attribute("data-atoms") == "3" and mol.query_selector("a[download]") is not None
+    atoms = page.evaluate("() => document.querySelector('#media .plot3d').data[0]")
+    assert atoms["text"] == ["O", "H", "H"] and atoms["x"] == [0, 0.957, -0.24]
+
+
 def test_histograms_heat_map_and_slider(page):
     rid = page.world.ids["baseline"]
     open_page(page, f"/runs/{rid}/histograms")

@@ -46,6 +46,8 @@ def log_demo_runs(project: str = "vision") -> dict:
                 row["val/loss"] = loss_at(step, lr) * 1.1
             if rich and step % 100 == 0:
                 row.update(media_row(step))
+            if rich and step == 100:
+                row.update(chart_row())
             run.log(row)
         run.summary["best_acc"] = 1 - loss_at(STEPS - 1, lr) / 3
         if rich:
@@ -100,6 +102,41 @@ def media_row(step: int) -> dict:
         "sound": trackside.Audio(np.sin(2 * np.pi * 440 * t).astype(np.float32), sample_rate=16000, caption="a"),
         "page": trackside.Html(f"<h3 id='h'>report at step {step}</h3>"),
         "weights": trackside.Histogram(np.random.default_rng(step).normal(step / 100, 1, 500)),
+    }
+
+
+# a water molecule: PDB records with element columns
+WATER_PDB = """HETATM    1  O   HOH A   1       0.000   0.000   0.000  1.00  0.00           O
+HETATM    2  H1  HOH A   1       0.957   0.000   0.000  1.00  0.00           H
+HETATM    3  H2  HOH A   1      -0.240   0.927   0.000  1.00  0.00           H
+END
+"""
+
+
+def chart_row() -> dict:
+    """Charts computed by the SDK (``plot.*``) and a molecule, as a user of ``wandb.plot`` logs them."""
+    import io
+
+    import trackside
+
+    y_true = [0, 0, 1, 1, 2, 2, 2, 0]
+    probs = [
+        [0.8, 0.1, 0.1],
+        [0.4, 0.5, 0.1],
+        [0.2, 0.7, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.1, 0.2, 0.7],
+        [0.3, 0.3, 0.4],
+        [0.6, 0.1, 0.3],
+        [0.9, 0.05, 0.05],
+    ]
+    labels = ["cat", "dog", "bird"]
+    bars = trackside.Table(columns=["class", "count"], data=[["cat", 3], ["dog", 2], ["bird", 3]])
+    return {
+        "roc": trackside.plot.roc_curve(y_true, probs, labels=labels),
+        "confusion": trackside.plot.confusion_matrix(probs=probs, y_true=y_true, class_names=labels),
+        "counts": trackside.plot.bar(bars, "class", "count", title="examples per class"),
+        "water": trackside.Molecule(io.BytesIO(WATER_PDB.encode()), file_type="pdb", caption="water"),
     }
 
 

@@ -112,29 +112,180 @@ function imageItem(item, index) {
   return box;
 }
 
+// Atoms of a molecule file, where reading them is cheap: PDB/PQR (ATOM/HETATM records), SDF/MOL
+// (a V2000 atom block), MOL2 (the ATOM section) and GRO; null for the other formats.
+export function moleculeAtoms(text, format) {
+  const atoms = [];
+  const lines = text.split(/\r?\n/);
+  if (format === "pdb" || format === "pqr") {
+    for (const l of lines) {
+      if (!l.startsWith("ATOM") && !l.startsWith("HETATM")) continue;
+      const f = format === "pqr" ? l.trim().split(/\s+/) : null;
+      const xyz = f ? f.slice(-5, -2).map(Number) : [l.slice(30, 38), l.slice(38, 46), l.slice(46, 54)].map(Number);
+      // the element columns when present, else the atom name's first letter ("CA" is a carbon)
+      const given = f ? "" : l.slice(76, 78).trim();
+      const element = given || (f ? f[2] : l.slice(12, 16)).replace(/[^A-Za-z]/g, "").slice(0, 1);
+      atoms.push([...xyz, element]);
+    }
+  } else if (format === "sdf" || format === "sd" || format === "mol") {
+    const counts = lines[3] || "";
+    const n = Number(counts.slice(0, 3));
+    if (!counts.includes("V2000") || !(n > 0)) return null;
+    for (const l of lines.slice(4, 4 + n)) {
+      const f = l.trim().split(/\s+/);
+      atoms.push([Number(f[0]), Number(f[1]), Number(f[2]), f[3]]);
+    }
+  } else if (format === "mol2") {
+    let inAtoms = false;
+    for (const l of lines) {
+      if (l.startsWith("@<TRIPOS>")) inAtoms = l.startsWith("@<TRIPOS>ATOM");
+      else if (inAtoms && l.trim()) {
+        const f = l.trim().split(/\s+/);
+        atoms.push([Number(f[2]), Number(f[3]), Number(f[4]), (f[5] || f[1]).split(".")[0]]);
+      }
+    }
+  } else if (format === "gro") {
+    const n = Number(lines[1]);
+    if (!(n > 0)) return null;
+    for (const l of lines.slice(2, 2 + n)) {
+      const xyz = [l.slice(20, 28), l.slice(28, 36), l.slice(36, 44)].map((v) => Number(v) * 10); // nm -> Å
+      atoms.push([...xyz, l.slice(10, 15).trim().replace(/[^A-Za-z]/g, "").slice(0, 1)]);
+    }
+  } else return null;
+  const ok = atoms.filter((a) => a.slice(0, 3).every(Number.isFinite));
+  return ok.length ? ok : null;
+}
+
+// CPK colours of the common elements (others grey).
+const ELEMENT_COLORS = {
+  H: "#b8b8b8", C: "#404040", N: "#3050f8", O: "#ff0d0d", S: "#e0c030", P: "#ff8000", F: "#90e050", Cl: "#1ff01f",
+  Br: "#a62929", I: "#940094", Fe: "#e06633", Mg: "#8aff00", Ca: "#3dff00", Zn: "#7d80b0", Na: "#ab5cf2", K: "#8f40d4",
+};
+const elementColor = (e) => ELEMENT_COLORS[e] || ELEMENT_COLORS[e.charAt(0).toUpperCase() + e.slice(1).toLowerCase()] || ELEMENT_COLORS[e.charAt(0).toUpperCase()] || "#a0a0a0";
+
 async function item3d(item) {
   const box = el("figure", { class: "media-item" });
   box.append(el("a", { href: item.url + "&download=1", download: "" }, `download ${item.kind} (${item.format}, ${fmtBytes(item.size)})`));
-  if (item.kind === "object3D" && item.format === "json" && item.size < 5e6) {
+  if (item.size < 5e6) {
     try {
-      const res = await fetch(item.url);
-      const doc = await res.json();
-      const pts = Array.isArray(doc) ? doc : doc.points;
-      if (Array.isArray(pts) && pts.length) {
+      let trace = null;
+      if (item.kind === "object3D" && item.format === "json") {
+        const doc = await (await fetch(item.url)).json();
+        const pts = Array.isArray(doc) ? doc : doc.points;
+        if (Array.isArray(pts) && pts.length) {
+          const sample = pts.length > 20000 ? pts.filter((_, i) => i % Math.ceil(pts.length / 20000) === 0) : pts;
+          trace = {
+            type: "scatter3d", mode: "markers", x: sample.map((p) => p[0]), y: sample.map((p) => p[1]), z: sample.map((p) => p[2]),
+            marker: { size: 1.5, color: sample[0].length >= 6 ? sample.map((p) => `rgb(${p[3]},${p[4]},${p[5]})`) : sample.map((p) => p[2]) },
+          };
+        }
+      } else if (item.kind === "molecule") {
+        const atoms = moleculeAtoms(await (await fetch(item.url)).text(), item.format);
+        if (atoms) {
+          trace = {
+            type: "scatter3d", mode: "markers", x: atoms.map((a) => a[0]), y: atoms.map((a) => a[1]), z: atoms.map((a) => a[2]),
+            text: atoms.map((a) => a[3]), hoverinfo: "text",
+            marker: { size: atoms.length > 2000 ? 2 : 5, color: atoms.map((a) => elementColor(a[3])), line: { width: 0 } },
+          };
+          box.dataset.atoms = String(atoms.length);
+        }
+      }
+      if (trace) {
         const Plotly = await loadPlotly();
-        const sample = pts.length > 20000 ? pts.filter((_, i) => i % Math.ceil(pts.length / 20000) === 0) : pts;
         const plot = el("div", { class: "plot3d" });
         box.prepend(plot);
-        Plotly.newPlot(plot, [{
-          type: "scatter3d", mode: "markers", x: sample.map((p) => p[0]), y: sample.map((p) => p[1]), z: sample.map((p) => p[2]),
-          marker: { size: 1.5, color: sample[0].length >= 6 ? sample.map((p) => `rgb(${p[3]},${p[4]},${p[5]})`) : sample.map((p) => p[2]) },
-        }], { margin: { l: 0, r: 0, t: 0, b: 0 }, height: 320 }, { displaylogo: false });
+        const scene = item.kind === "molecule" ? { xaxis: { visible: false }, yaxis: { visible: false }, zaxis: { visible: false }, aspectmode: "data" } : {};
+        Plotly.newPlot(plot, [trace], { margin: { l: 0, r: 0, t: 0, b: 0 }, height: 320, scene }, { displaylogo: false });
       }
     } catch (e) {
       box.append(errorBox(e));
     }
   }
   if (item.caption) box.append(el("figcaption", {}, item.caption));
+  return box;
+}
+
+// A chart computed by the SDK (`plot.line`, `roc_curve`, `confusion_matrix`, ...): its rows
+// (columns and data, a JSON file) drawn by its kind and fields.
+export function chartFigure(spec, body) {
+  const f = spec.fields || {};
+  const col = (name) => body.columns.indexOf(name);
+  const rows = body.data;
+  const pick = (name) => rows.map((r) => r[col(name)]);
+  const layout = {
+    title: spec.title ? { text: spec.title, font: { size: 13 } } : undefined,
+    margin: { l: 60, r: 10, t: spec.title ? 30 : 8, b: 44 }, height: 320, font: { size: 11 },
+  };
+  const axes = (x, y) => {
+    layout.xaxis = { title: { text: x }, automargin: true };
+    layout.yaxis = { title: { text: y }, automargin: true };
+  };
+  let data;
+  switch (spec.kind) {
+    case "line":
+    case "line_series":
+    case "roc":
+    case "pr": {
+      const groups = new Map();
+      const sx = col(f.x);
+      const sy = col(f.y);
+      const ss = f.stroke ? col(f.stroke) : -1;
+      for (const r of rows) {
+        const g = ss >= 0 ? String(r[ss]) : f.y;
+        if (!groups.has(g)) groups.set(g, { x: [], y: [] });
+        groups.get(g).x.push(r[sx]);
+        groups.get(g).y.push(r[sy]);
+      }
+      data = [...groups].map(([name, g]) => ({ type: "scatter", mode: "lines", name, x: g.x, y: g.y, line: { width: 1.5 } }));
+      if (spec.kind === "roc") data.push({ type: "scatter", mode: "lines", x: [0, 1], y: [0, 1], line: { dash: "dot", color: "#999", width: 1 }, hoverinfo: "skip", showlegend: false });
+      layout.showlegend = groups.size > 1;
+      axes(f.x, f.y);
+      break;
+    }
+    case "scatter":
+      data = [{ type: "scatter", mode: "markers", x: pick(f.x), y: pick(f.y), marker: { size: 5 } }];
+      axes(f.x, f.y);
+      break;
+    case "bar":
+      data = [{ type: "bar", x: pick(f.label).map(String), y: pick(f.value) }];
+      axes(f.label, f.value);
+      break;
+    case "histogram":
+      data = [{ type: "histogram", x: pick(f.value) }];
+      axes(f.value, "count");
+      break;
+    case "confusion_matrix":
+    case "heatmap": {
+      const xs = [...new Set(pick(f.x).map(String))];
+      const ys = [...new Set(pick(f.y).map(String))];
+      const z = ys.map(() => xs.map(() => null));
+      for (const r of rows) z[ys.indexOf(String(r[col(f.y)]))][xs.indexOf(String(r[col(f.x)]))] = r[col(f.value)];
+      const text = spec.kind === "confusion_matrix" || f.show_text;
+      data = [{ type: "heatmap", x: xs, y: ys, z, colorscale: "Blues", reversescale: true, texttemplate: text ? "%{z}" : undefined, hoverongaps: false }];
+      axes(f.x, f.y);
+      layout.yaxis.autorange = "reversed";
+      break;
+    }
+    default:
+      return null;
+  }
+  return { data, layout };
+}
+
+async function chartItem(item, cap) {
+  const box = el("figure", { class: "media-item chart" });
+  const body = await (await fetch(item.url)).json();
+  const fig = chartFigure(item.spec || {}, body);
+  if (!fig) {
+    box.append(el("pre", {}, JSON.stringify(body).slice(0, 2000)));
+    if (cap) box.append(cap);
+    return box;
+  }
+  const Plotly = await loadPlotly();
+  const plot = el("div", { class: "plot" });
+  box.append(plot, el("a", { href: item.url + "&download=1", download: "" }, "download data (json)"));
+  if (cap) box.append(cap);
+  requestAnimationFrame(() => Plotly.newPlot(plot, fig.data, fig.layout, { displaylogo: false, responsive: true }).then(() => (box.dataset.drawn = "1")));
   return box;
 }
 
@@ -161,6 +312,8 @@ async function renderItem(item, i) {
       requestAnimationFrame(() => Plotly.newPlot(plot, fig.data || [], { ...(fig.layout || {}), height: 320 }, { displaylogo: false, responsive: true }));
       return box;
     }
+    case "chart":
+      return chartItem(item, cap);
     case "value":
       return el("figure", { class: "media-item" }, el("pre", {}, JSON.stringify(item.value)));
     default:
@@ -190,19 +343,24 @@ export async function mediaView(ctx, root, run) {
   let steps = [];
   let shown = null;
   async function show(step) {
-    shown = step;
+    const k = key;
+    const asked = (shown = `${k}@${step}`); // a later key or step wins over this one
     stepLabel.textContent = String(step);
     replaceQuery({ step });
-    const res = await api(`runs/${enc(run.id)}/media`, { key, step }, ctx.abort.signal);
-    if (!ctx.alive || shown !== step) return;
+    const res = await api(`runs/${enc(run.id)}/media`, { key: k, step }, ctx.abort.signal);
+    if (!ctx.alive || shown !== asked) return;
     const nodes = [];
     for (const [i, it] of res.items.entries()) nodes.push(await renderItem(it, i));
+    if (shown !== asked) return;
     items.replaceChildren(...nodes);
     items.dataset.step = String(step);
+    items.dataset.key = k;
   }
   async function loadKey(keepStep) {
-    const res = await api(`runs/${enc(run.id)}/media`, { key }, ctx.abort.signal);
-    if (!ctx.alive) return;
+    shown = null; // what is still on its way for another key is not shown
+    const k = key;
+    const res = await api(`runs/${enc(run.id)}/media`, { key: k }, ctx.abort.signal);
+    if (!ctx.alive || key !== k) return;
     const atEnd = !steps.length || Number(slider.value) === steps.length - 1;
     steps = res.steps;
     slider.max = Math.max(0, steps.length - 1);
