@@ -48,6 +48,7 @@ def main() -> None:
             "charts": f"/runs/{rid}/charts",
             "system": f"/runs/{sysrun}/system",
             "media": f"/runs/{rid}/media?key=examples&step=200",
+            "plot": f"/runs/{rid}/media?key=roc&step=100",
             "histograms": f"/runs/{rid}/histograms",
             "tables": f"/runs/{rid}/tables",
             "overview": f"/runs/{rid}",
