@@ -16,6 +16,7 @@ from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
 from .records import BadRecord
 
 SERVICE = "trackside.v1.Ingest"
+SEND_GRACE = 30.0  # seconds a run opened by a writer waits for that writer's Send
 
 
 class _GrpcConnection:
@@ -51,6 +52,8 @@ class IngestService(pb_grpc.IngestServicer):
             stream = await self.daemon.open_stream(hello)
         except (BadRecord, ValueError, TypeError, OSError, msgspec.DecodeError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot open run {request.run_id}: {e}")
+        # the writer's Send is a second call, which a busy host may make a while later
+        stream.expect(request.writer, SEND_GRACE)
         return pb.Welcome(
             protocol=PROTOCOL_VERSION,
             acked_seq=stream.seqs.get(request.writer, 0),

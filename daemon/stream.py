@@ -406,6 +406,9 @@ class RunStream:
         self.summary = Summary(self.merger.metrics)
         self.seqs: dict[int, int] = {}  # writer -> highest seq appended to the WAL
         self.connections: set = set()
+        # writers that opened the run and have not connected their stream yet (gRPC: Open and
+        # Send are two calls) -> until when the run waits for them
+        self._expected: dict[int, float] = {}
         self.pids: dict[int, tuple[int, int]] = {}  # training process -> (connections, rank): system metrics watch it
         self.finished_writers: set[int] = set()
         self.system_writer: Optional[int] = None  # this host's system-metrics writer, once it wrote into the WAL
@@ -1095,6 +1098,13 @@ class RunStream:
     def idle(self) -> bool:
         if self.uploader is not None and not self.uploader.caught_up():
             return False
+        if self._expected:
+            now = time.monotonic()
+            for writer, until in list(self._expected.items()):
+                if until <= now:
+                    del self._expected[writer]  # opened and never came: it holds nothing any more
+            if self._expected:
+                return False
         return not self.connections and not (self.commit and self.commit.pending) and self._unstored == 0
 
     async def close(self) -> None:
@@ -1168,9 +1178,15 @@ class RunStream:
         self.warnings.append(message)
         log.warning("run %s: %s", self.run_id, message)
 
+    def expect(self, writer: int, seconds: float) -> None:
+        """``writer`` opened the run and will connect its stream (gRPC Open, then Send): the run
+        is not idle while it may still come, for up to ``seconds``."""
+        self._expected[writer] = time.monotonic() + seconds
+
     def attach(self, conn, writer: int) -> None:
         """A writer connected: it takes part in merging from now on (see Merger.join)."""
         self.connections.add(conn)
+        self._expected.pop(writer, None)
         self._away.pop(writer, None)
         if writer not in self.finished_writers:
             self.merger.join(writer, time.monotonic())

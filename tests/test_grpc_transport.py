@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -115,6 +116,30 @@ print(run.id)
     run_id = run_script(code, env).stdout.split()[-1]
     assert [r["i"] for r in trackside.Api(ts.root).run(run_id).history()] == list(range(100))
     assert not (elsewhere / "daemon.json").exists()  # no second daemon was started
+
+
+def test_a_run_opened_over_grpc_waits_for_its_writers_first_send(ts):
+    """Open and Send are two calls: on a busy host the Send may come a while after the Open.
+    The run stays open for it, not closed as a run whose writers all finished."""
+    import grpc
+    import msgspec
+
+    from trackside import _native as codec
+    from trackside.proto.trackside.v1 import trackside_pb2 as pb
+    from trackside.proto.trackside.v1 import trackside_pb2_grpc as pb_grpc
+
+    start_run().finish()  # starts the daemon
+    target = discovery.read_info(ts.daemon_dir)["grpc"]
+    with grpc.insecure_channel(target) as ch:
+        stub = pb_grpc.IngestStub(ch)
+        info = msgspec.msgpack.encode({"root": ts.root, "project": "grpc"})
+        stub.Open(pb.Hello(protocol=PROTOCOL_VERSION, run_id="slowsend", writer=7, pid=1, run_info=info))
+        time.sleep(1.5)  # several rounds of the daemon's idle check
+        batch = pb.Batch(
+            run_id="slowsend", writer=7, seq=1, record=codec.encode_batch(7, 1, [(0, True, 1_000_000, {"g": 1}, None)])
+        )
+        assert [a.seq for a in stub.Send(iter([batch]))][-1] == 1
+    wait_until(lambda: [r["g"] for r in trackside.Api(ts.root).run("slowsend").history()] == [1], timeout=20)
 
 
 def test_grpc_ingest_and_health(ts):
