@@ -15,6 +15,13 @@ docs/multiserver.md. In short:
   store), and the cursor moves in the transaction that stores the rows, so each record is
   stored once. A server that dies loses its session and with it its locks; another server's
   next poll takes the run over and goes on from the cursor.
+- **A lost owner writes nothing more.** Taking a run, the owner writes a fresh token into
+  ``shared_runs.owner`` (an update that waits for the write transactions of the run still in
+  flight, which hold the row ``FOR SHARE``) before it reads the cursor; each of its store
+  transactions of the run first checks, holding the row ``FOR SHARE``, that the token is still
+  its own (``Store.guard_run``). A server whose coordination session ended while it was writing
+  (a network partition, a stalled process) finishes the transaction it had begun before the new
+  owner reads the cursor, and every later one fails (``FencedOut``) without writing.
 - **No record is skipped.** Identity values are handed out before commit, so a reader could see
   id 12 committed while id 11 is still being inserted. Each ingest transaction holds the run's
   feed lock shared, and the owner takes it exclusively around each read: it sees every
@@ -68,14 +75,19 @@ CREATE INDEX IF NOT EXISTS run_records_arrival ON run_records (id);
 CREATE TABLE IF NOT EXISTS shared_runs (
     run_id        TEXT COLLATE "C" PRIMARY KEY,
     info          BYTEA NOT NULL,
-    done_through  BIGINT NOT NULL DEFAULT 0
+    done_through  BIGINT NOT NULL DEFAULT 0,
+    owner         TEXT
 );
 """
+# shared_runs of a tier from before owner tokens; only run when the column is missing (an ALTER
+# TABLE waits for every transaction on the table, and every later one waits for it)
+ADD_OWNER = "ALTER TABLE shared_runs ADD COLUMN IF NOT EXISTS owner TEXT"
 # ``run_records``: every uploaded record (``body``: the framed WAL record as the daemon sent it),
 # ``id`` its arrival order, which the owner's cursor (the store's ``runs.wal_cursor``) runs over.
 # ``shared_runs``: a run's info from its first upload (msgpack: project, settings ...), and
 # ``done_through``: the id through which an owner materialized everything before it let the run
-# go (a run whose records go past it wants an owner).
+# go (a run whose records go past it wants an owner); ``owner``: the token of the server that took
+# the run last (its store transactions of the run check it first).
 
 POLL = 0.1  # seconds between looks for new records (runs without an owner, owned runs to feed)
 SCAN_EVERY = 2.0  # seconds between looks for runs behind that the quick look cannot see
@@ -89,6 +101,10 @@ _MAX_ID = (1 << 63) - 1
 
 _encode_info = msgspec.msgpack.Encoder().encode
 _decode_info = msgspec.msgpack.Decoder(dict).decode
+
+
+class FencedOut(Exception):
+    """This server's write of a run was refused: another server owns the run now."""
 
 
 def _psycopg():
@@ -158,6 +174,19 @@ def _parse(record) -> tuple[int, int, int]:
     return writer, seq, rtype
 
 
+def _owner_check(run_id: str, token: str):
+    """The guard of an owner's store transactions of ``run_id`` (``Store.guard_run``): the run's
+    token is still ``token``, and stays so until the transaction ends (the row held ``FOR
+    SHARE``: a new owner's claim waits for it). Raises FencedOut otherwise."""
+
+    def check(conn) -> None:
+        row = conn.execute("SELECT owner FROM shared_runs WHERE run_id = ? FOR SHARE", (run_id,)).fetchone()
+        if row is None or row[0] != token:
+            raise FencedOut(f"run {run_id}: another server took it over")
+
+    return check
+
+
 class _Owned:
     """A run this server owns: its stream and the task feeding it."""
 
@@ -189,7 +218,9 @@ class SharedSink(LocalSink):
         self._elsewhere: dict[str, float] = {}  # run -> when its lock was found taken (tried again at a scan)
         self._scanned = 0.0
         self._stopping = False
-        self.stats.update(owned=0, taken_over=0, released=0)
+        self._takes = 0  # runs taken so far: with the server's id, each take's owner token
+        self._id = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.stats.update(owned=0, taken_over=0, released=0, fenced=0)
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -211,6 +242,11 @@ class SharedSink(LocalSink):
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
+                if not conn.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                    " AND table_name = 'shared_runs' AND column_name = 'owner'"
+                ).fetchone():
+                    conn.execute(ADD_OWNER)
 
     async def close(self) -> None:
         self._stopping = True
@@ -398,6 +434,13 @@ class SharedSink(LocalSink):
         """This server holds the run's lock: build its stream from the store's cursor and feed it."""
         try:
             info = await self._coord_call(self._info, run_id)
+            loop = asyncio.get_running_loop()
+            self._takes += 1
+            token = f"{self._id}:{self._takes}"
+            # the token first (waits for a former owner's transaction still in flight), the
+            # cursor after it: a former owner's later writes are refused
+            await loop.run_in_executor(self._db_pool, self._claim, run_id, token)
+            await self.handle.call(self.handle.store.guard_run, run_id, _owner_check(run_id, token))
             await self.handle.call(self.handle.store.forget_run, run_id)  # another server may have written it
             cursor, next_step = await self.handle.call(self.handle.store.run_cursor, run_id)
             stream = RunStream(
@@ -412,7 +455,6 @@ class SharedSink(LocalSink):
                 live=False,
                 reader=lambda offset: self._read(run_id, offset),
             )
-            loop = asyncio.get_running_loop()
             for writer, rtype, body, values in await loop.run_in_executor(self._db_pool, self._before, run_id, cursor):
                 stream.recall(rtype, writer, body, values)
         except Exception:
@@ -424,6 +466,10 @@ class SharedSink(LocalSink):
             self.stats["taken_over"] += 1
         log.info("run %s: materializing here from record %d", run_id, cursor)
         owned.task = asyncio.create_task(self._feed(owned), name=f"own-{run_id}")
+
+    def _claim(self, run_id: str, token: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE shared_runs SET owner = %s WHERE run_id = %s", (token, run_id))
 
     def _before(self, run_id: str, cursor: int) -> list:
         """What a new owner recalls of the records before the cursor: every event, and the
@@ -492,11 +538,15 @@ class SharedSink(LocalSink):
                 if stream.done() or time.monotonic() - owned.fed_at > self.idle_close:
                     owned.release = True
             await stream.close()
+            await self.handle.call(self.handle.store.guard_run, owned.run_id, None)  # its writes are done
             await self._coord_call(self._let_go, owned.run_id, stream.read_offset)
             self.stats["released"] += 1
             log.info("run %s: let go through record %d", owned.run_id, stream.read_offset)
         except asyncio.CancelledError:
             raise
+        except FencedOut as e:
+            self.stats["fenced"] += 1
+            log.warning("%s; this server stopped materializing it", e)
         except Exception:
             log.exception("run %s: materializing failed; letting the run go", owned.run_id)
             with contextlib.suppress(Exception):

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import msgspec
 
@@ -100,6 +100,7 @@ class Store:
         self._keys: dict[int, set] = {}  # rid -> keys known to be in history_keys
         self._console_seq: dict[int, int] = {}  # rid -> next console seq
         self._stale = False  # the caches could not be re-read after a rollback: re-read them first
+        self._guards: dict[str, Callable] = {}  # run id -> check run first in its write transactions
         self._series: SeriesWriter
         if db is None:
             self.path = os.path.join(self.root, DB_NAME)
@@ -260,12 +261,14 @@ class Store:
     # -- plumbing ------------------------------------------------------------------------------
 
     class _Tx:
-        """``with self._tx():`` one write transaction, holding the lock; rolled back on error."""
+        """``with self._tx(run_id):`` one write transaction, holding the lock; rolled back on
+        error. With a ``run_id`` whose writes are guarded (``guard_run``), the guard runs first."""
 
-        __slots__ = ("store",)
+        __slots__ = ("store", "run_id")
 
-        def __init__(self, store):
+        def __init__(self, store, run_id):
             self.store = store
+            self.run_id = run_id
 
         def __enter__(self):
             store = self.store
@@ -280,6 +283,15 @@ class Store:
                 except db.Error as e:
                     store._rollback()
                     raise StoreError(f"cannot write {store.path}: {error_text(e)} ({db.busy_hint})") from None
+                guard = store._guards.get(self.run_id) if store._guards else None
+                if guard is not None:
+                    try:
+                        guard(store._conn)
+                    except BaseException as e:
+                        store._rollback()
+                        if isinstance(e, db.Error):
+                            raise StoreError(f"cannot write {store.path}: {error_text(e)}") from None
+                        raise
             except BaseException:
                 store._lock.release()
                 raise
@@ -306,8 +318,20 @@ class Store:
             finally:
                 store._lock.release()
 
-    def _tx(self) -> "_Tx":
-        return self._Tx(self)
+    def _tx(self, run_id: Optional[str] = None) -> "_Tx":
+        return self._Tx(self, run_id)
+
+    def guard_run(self, run_id: str, check: Optional[Callable] = None) -> None:
+        """Run ``check(conn)`` at the start of every write transaction of ``run_id`` from now on
+        (``None``: no more). A check that raises ends the transaction before anything is written:
+        nothing of the call is stored and the exception reaches the caller. A server of a tier
+        fences its writes of a run with it, so a server that lost the run cannot write it after
+        another took it over (server/shared.py)."""
+        with self._lock:
+            if check is None:
+                self._guards.pop(run_id, None)
+            else:
+                self._guards[run_id] = check
 
     def _live(self):
         if self._conn is None:
@@ -389,7 +413,7 @@ class Store:
         names.check_project(project)
         tags_json = _dumps(list(tags), "tags") if tags else None
         root_dir = os.path.abspath(root_dir) if root_dir is not None else None
-        with self._tx():
+        with self._tx(run_id):
             conn = self._conn
             now = time.time()
             rid = self._rids.get(run_id)
@@ -642,7 +666,7 @@ class Store:
         run's WAL cursor in the same transaction. Raises TypeError for a value msgpack cannot
         encode (nothing of the call is stored).
         """
-        with self._tx():
+        with self._tx(run_id):
             return self._write_rows(self._rid(run_id), rows, cursor)
 
     def _write_rows(self, rid: int, rows, cursor, typed_steps=None) -> int:
@@ -778,7 +802,7 @@ class Store:
         """Append console lines ``(time_us, stream, text)`` after the run's stored ones, in
         order. ``text`` is one line; a trailing newline is dropped. Appending is not idempotent:
         pass ``cursor`` (stored in the same transaction) to know where a replay must start."""
-        with self._tx():
+        with self._tx(run_id):
             self._append_console(self._rid(run_id), lines)
             if cursor is not None:
                 self._conn.execute("UPDATE runs SET wal_cursor = ? WHERE rid = ?", (cursor, self._rids[run_id]))
@@ -836,7 +860,7 @@ class Store:
         if final_state is not None and (final_state[0] == "running" or final_state[0] not in STATES):
             raise ValueError(f"invalid final state {final_state[0]!r}: use one of {', '.join(STATES[1:])}")
         summary_json = _dumps(dict(summary), "summary") if summary is not None else None
-        with self._tx():
+        with self._tx(run_id):
             conn = self._conn
             rid = self._rid(run_id)
             merged = self._write_rows(rid, rows, cursor, typed_steps)
@@ -885,7 +909,7 @@ class Store:
         msgpack-serializable values). A row for a (time, host) already stored replaces it, so
         writing the same rows twice stores them once. Raises TypeError for a value msgpack
         cannot encode (nothing of the call is stored)."""
-        with self._tx():
+        with self._tx(run_id):
             self._write_system(self._rid(run_id), rows)
 
     def _write_system(self, rid: int, rows) -> None:
@@ -914,7 +938,7 @@ class Store:
         the version stored the first time. Raises ValueError/TypeError for bad data.
         """
         artifact = check_artifact(artifact)
-        with self._tx():
+        with self._tx(run_id):
             return self._add_artifact(self._rid(run_id), artifact)
 
     def _add_artifact(self, rid: int, a: Mapping) -> tuple[str, int]:

@@ -270,3 +270,65 @@ def test_a_new_owner_reduces_late_entries_with_what_was_stored(servers, tmp_path
     assert [r["_step"] for r in rows] == list(range(steps))
     assert all(r["n"] == 2.0 for r in rows), [r for r in rows if r["n"] != 2.0][:3]
     assert all(r["h0"] == r["h1"] == r["_step"] for r in rows)
+
+
+def test_a_new_owner_goes_on_after_the_write_a_lost_owner_had_in_flight(servers, tmp_path, postgres_url):
+    """A server stalls (SIGSTOP) with a write of its run in flight and its coordination session
+    ends: the other server takes the run. Its claim waits for that write to end before it reads
+    the run's cursor, so it goes on from there: every step and every console line is stored once
+    (reading the cursor first, it would store the stalled write's console lines a second time)."""
+    import psycopg
+
+    from trackside.server.shared import OWN_LOCK
+
+    root, run_id, writer = tmp_path / "root", "fenced", 4242
+    seq = iter(range(1, 1000))
+
+    def group(first: int, label: str) -> list[bytes]:
+        entries = [(s, True, 1_000_000 * (s + 1), {"x": float(s)}, None) for s in range(first, first + 50)]
+        lines = [[1_000_000 * (first + i + 1), "stdout", f"{label} line {i}"] for i in range(5)]
+        return [codec.encode_batch(writer, next(seq), entries), _event(writer, next(seq), "console", lines)]
+
+    def waiting() -> int:  # how many backends of the database wait for a lock
+        with psycopg.connect(postgres_url, autocommit=True) as c:
+            return c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+
+    tier = start_tier(servers, tmp_path, postgres_url, 2)
+    with UploadClient(",".join(s.url for s in tier)) as client:
+        client.append(run_id, {"project": "p"}, group(0, "first"))
+        wait_until(lambda: stored(root, postgres_url, run_id).history_rows == 50, timeout=30)
+        owner = None
+        for s in tier:
+            with UploadClient(s.url, timeout=5) as c:
+                if c.status()["runs"]:
+                    owner = s
+        assert owner is not None
+        with psycopg.connect(postgres_url) as blocker:
+            # hold the run's row: the owner's next write of the run begins, then waits for it
+            blocker.execute("SELECT 1 FROM runs WHERE run_id = %s FOR UPDATE", (run_id,))
+            client.append(run_id, {"project": "p"}, group(50, "second"))
+            wait_until(lambda: waiting() == 1, timeout=30)
+            # the owner stalls, and its coordination session ends (its run lock goes with it)
+            os.kill(owner.pid, signal.SIGSTOP)
+            try:
+                with psycopg.connect(postgres_url, autocommit=True) as c:
+                    (pid,) = c.execute(
+                        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND granted",
+                        (OWN_LOCK,),
+                    ).fetchone()
+                    c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                # the other server takes the run and waits: for the stalled write (its claim);
+                # reading the cursor first, its own first write would wait behind it instead
+                wait_until(lambda: waiting() == 2, timeout=15)
+                blocker.commit()
+            finally:
+                os.kill(owner.pid, signal.SIGCONT)  # the stalled write commits; the new owner goes on
+        client.append(run_id, {"project": "p"}, [*group(100, "third"), _event(writer, next(seq), "finish", {})])
+    wait_until(lambda: stored(root, postgres_url, run_id).state == "finished", timeout=30)
+    run = stored(root, postgres_url, run_id)
+    assert [r["_step"] for r in run.history()] == list(range(150))
+    assert [line.text for line in run.console_lines()] == [
+        f"{label} line {i}" for label in ("first", "second", "third") for i in range(5)
+    ]

@@ -7,6 +7,8 @@ import sqlite3
 
 import pytest
 
+import trackside
+
 from trackside.store import DB_NAME, SCHEMA_VERSION, SchemaVersionError, Store, StoreError
 
 from conftest import T0, Row, stored_run_ids
@@ -373,3 +375,34 @@ def test_database_files_stay_in_root(tmp_path):
     with Store(tmp_path) as s:
         s.write_rows("r1", rows(5))
     assert sorted(os.listdir(tmp_path)) == [DB_NAME]  # the last close checkpoints and removes -wal/-shm
+
+
+def test_a_guard_that_refuses_a_runs_write_stores_nothing_of_it(tmp_path):
+    """``guard_run``: the check runs first in each write transaction of its run; when it raises,
+    nothing of the call is stored and the caller gets the exception. Other runs are not guarded."""
+
+    class Refused(Exception):
+        pass
+
+    store = Store(tmp_path)
+    store.apply("mine", rows=[Row(0, T0, {"a": 1.0})], console=[(T0, "stdout", "kept")], cursor=1)
+    seen = []
+
+    def check(conn):
+        seen.append(conn.execute("SELECT wal_cursor FROM runs WHERE run_id = ?", ("mine",)).fetchone()[0])
+        raise Refused("another server owns it")
+
+    store.guard_run("mine", check)
+    with pytest.raises(Refused):
+        store.apply("mine", rows=[Row(1, T0, {"a": 2.0})], console=[(T0, "stdout", "lost")], cursor=2)
+    with pytest.raises(Refused):
+        store.write_rows("mine", [Row(2, T0, {"a": 3.0})])
+    store.apply("other", rows=[Row(0, T0, {"b": 1.0})])  # not guarded
+    assert seen == [1, 1]
+    assert store.run_cursor("mine")[0] == 1
+    store.guard_run("mine", None)
+    store.apply("mine", rows=[Row(1, T0, {"a": 2.0})], console=[(T0, "stdout", "then")], cursor=2)
+    store.close()
+    run = trackside.Api(str(tmp_path)).run("mine")
+    assert [r["a"] for r in run.history()] == [1.0, 2.0]
+    assert run.console() == "kept\nthen\n"
