@@ -573,11 +573,12 @@ class Merger:
         return stale
 
     def _emit(self, step: int, row) -> Row:
-        if row.by_writer is not None:
-            self._reduce(row)
+        by = row.by_writer  # made anew: the merger's own
+        if by is not None:
+            self._reduce(row, by)
         if self.metrics.has_reduce_rules:
-            if row.by_writer is not None:
-                kept = self._keep(step, row.by_writer, union=row.values)
+            if by is not None:
+                kept = self._keep(step, by, union=row.values)
             else:
                 kept = self._keep(step, {row.writer: row.values})
             if row.amend and kept is not None:
@@ -632,6 +633,9 @@ class Merger:
         """An amend row: its reduced keys get the value reduced over every writer's kept one."""
         rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
         reduced = False
+        if not row.owned:  # an entry's own values: never changed
+            row.values = dict(row.values)
+            row.owned = True
         for k in list(row.values):
             rule = rules.get(k) or reduce_of(k)
             if rule == "last":
@@ -643,9 +647,9 @@ class Merger:
         if reduced:
             self.stats["late_reduced"] += 1
 
-    def _reduce(self, row) -> None:
-        """Apply the reduce rules to keys that several writers set; count the collisions."""
-        by = row.by_writer
+    def _reduce(self, row, by: dict) -> None:
+        """Apply the reduce rules to keys that several writers set (``by``: the row's values per
+        writer); count the collisions."""
         total = sum(map(len, by.values()))
         if total == len(row.values):
             return  # the writers' keys are disjoint (``values`` holds their union): no collision

@@ -453,11 +453,14 @@ def split_rows(rows, last, keep=()):
 
 
 class PendingRow:
-    """A row still open to entries. ``writer`` is the only writer that touched it, or None
-    once a second one did; from then on ``by_writer`` keeps each writer's own values so the
-    reduce rule can see them all. ``values`` always holds the last-arrived value per key."""
+    """A row still open to entries. ``values`` holds the last-arrived value per key: the
+    entry's own dict while one entry made the row (never changed: ``owned`` is False), a copy
+    once a second one came. ``writer`` is the only writer that touched the row, or None once a
+    second one did; from then on ``parts`` keeps ``writer, values`` of each entry after the
+    first writer's (those first: a copy of what it had), which ``by_writer`` merges per writer
+    for the reduce rule."""
 
-    __slots__ = ("time_us", "values", "payloads", "touched", "writer", "by_writer", "amend")
+    __slots__ = ("time_us", "values", "payloads", "touched", "writer", "parts", "amend", "owned")
 
     def __init__(self, time_us, values, payloads, touched, writer, amend):
         self.time_us = time_us
@@ -465,8 +468,27 @@ class PendingRow:
         self.payloads = payloads
         self.touched = touched
         self.writer = writer
-        self.by_writer = None
+        self.parts = None
         self.amend = bool(amend)
+        self.owned = True
+
+    @property
+    def by_writer(self):
+        """writer -> its latest value per key (new dicts), None while one writer touched the row."""
+        if self.parts is None:
+            return None
+        return _by_writer(self.parts)
+
+
+def _by_writer(parts) -> dict:
+    by: dict = {}
+    for i in range(0, len(parts), 2):
+        mine = by.get(parts[i])
+        if mine is None:
+            by[parts[i]] = dict(parts[i + 1])
+        else:
+            mine.update(parts[i + 1])
+    return by
 
 
 def merge_entries(
@@ -476,8 +498,9 @@ def merge_entries(
     PendingRow, ``heap``: their steps), as ``Merger.add`` does: a new step opens a row (an amend
     row at or below ``emitted_max``, or, with ``drop_late``, none: the entry is dropped), a
     known one takes the values, keeping each writer's own once a second writer touched it.
-    Rows without payloads share ``no_payloads``. Returns ``(cur_step, cur_commit, dropped)``:
-    the writer's cursor after the entries and the steps of the dropped entries (None: none)."""
+    An entry's values are never changed (a row may hold them). Rows without payloads share
+    ``no_payloads``. Returns ``(cur_step, cur_commit, dropped)``: the writer's cursor after the
+    entries and the steps of the dropped entries (None: none)."""
     dropped = None
     for step, commit, time_us, values, payload in entries[start:] if start else entries:
         if cur_step is None or step > cur_step:
@@ -497,20 +520,20 @@ def merge_entries(
                     continue
                 amend = True
             payloads = no_payloads if payload is None else [payload]
-            pending[step] = PendingRow(time_us, dict(values), payloads, now, writer, amend)
+            own = type(values) is not dict
+            row = pending[step] = PendingRow(time_us, dict(values) if own else values, payloads, now, writer, amend)
+            row.owned = own
             _heapq.heappush(heap, step)
             continue
 
         if row.writer is None or row.writer != writer:
-            by = row.by_writer
-            if by is None:  # second writer in this step: start keeping values per writer
-                by = row.by_writer = {row.writer: dict(row.values)}
+            if row.parts is None:  # second writer in this step: keep each writer's values
+                row.parts = [row.writer, row.values if not row.owned else dict(row.values)]
                 row.writer = None
-            mine = by.get(writer)
-            if mine is None:
-                by[writer] = dict(values)
-            else:
-                mine.update(values)
+            row.parts += (writer, values if type(values) is dict else dict(values))
+        if not row.owned:
+            row.values = dict(row.values)
+            row.owned = True
         row.values.update(values)
         if payload is not None:
             if row.payloads is no_payloads:
@@ -535,8 +558,8 @@ def pop_rows(pending, heap, limit, row_type):
         row = pending.pop(step, None)
         if row is None:  # the merge window emitted it already
             continue
-        if row.by_writer is not None:
-            total = sum(map(len, row.by_writer.values()))
+        if row.parts is not None:
+            total = sum(map(len, _by_writer(row.parts).values()))
             if total != len(row.values):  # a key set by c writers: c - 1 collisions
                 collisions += total - len(row.values)
         if row.amend:

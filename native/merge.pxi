@@ -9,17 +9,21 @@ from heapq import heappop as _heappop, heappush as _heappush
 
 
 cdef class PendingRow:
-    """A row still open to entries. ``writer`` is the only writer that touched it, or None
-    once a second one did; from then on ``by_writer`` keeps each writer's own values so the
-    reduce rule can see them all. ``values`` always holds the last-arrived value per key."""
+    """A row still open to entries. ``values`` holds the last-arrived value per key: the
+    entry's own dict while one entry made the row (never changed: ``owned`` is False), a copy
+    once a second one came. ``writer`` is the only writer that touched the row, or None once a
+    second one did; from then on ``parts`` keeps ``writer, values`` of each entry after the
+    first writer's (those first: a copy of what it had), which ``by_writer`` merges per writer
+    for the reduce rule."""
 
     cdef public object time_us
     cdef public dict values
     cdef public list payloads
     cdef public object touched
     cdef public object writer
-    cdef public dict by_writer
+    cdef public list parts
     cdef public bint amend
+    cdef public bint owned
 
     def __init__(self, time_us, dict values, list payloads, touched, writer, bint amend):
         self.time_us = time_us
@@ -27,12 +31,47 @@ cdef class PendingRow:
         self.payloads = payloads
         self.touched = touched
         self.writer = writer
-        self.by_writer = None
+        self.parts = None
         self.amend = amend
+        self.owned = True
+
+    @property
+    def by_writer(self):
+        """writer -> its latest value per key (new dicts), None while one writer touched the row."""
+        if self.parts is None:
+            return None
+        return _by_writer(self.parts)
 
 
-cdef inline dict _copy(object values):
-    return PyDict_Copy(values) if PyDict_CheckExact(values) else dict(values)
+cdef dict _by_writer(list parts):
+    cdef dict by = {}
+    cdef Py_ssize_t i
+    cdef object found
+    for i in range(0, len(parts), 2):
+        found = by.get(parts[i])
+        if found is None:
+            by[parts[i]] = PyDict_Copy(parts[i + 1])
+        else:
+            PyDict_Update(found, parts[i + 1])
+    return by
+
+
+cdef Py_ssize_t _by_writer_sizes(list parts) except -1:
+    """The sum over writers of how many keys each set (what ``by_writer``'s dicts would hold)."""
+    cdef Py_ssize_t i, j, total = 0
+    cdef bint repeated = False
+    for i in range(0, len(parts), 2):
+        for j in range(0, i, 2):
+            if parts[j] == parts[i]:
+                repeated = True
+                break
+        total += len(<dict>parts[i + 1])
+    if not repeated:  # one entry per writer: its keys are its dict's
+        return total
+    total = 0
+    for v in _by_writer(parts).values():
+        total += len(v)
+    return total
 
 
 cdef inline void _update(dict target, object values) except *:
@@ -48,12 +87,12 @@ def merge_entries(dict pending, list heap, entries, Py_ssize_t start, writer, no
     PendingRow, ``heap``: their steps), as ``Merger.add`` does: a new step opens a row (an amend
     row at or below ``emitted_max``, or, with ``drop_late``, none: the entry is dropped), a
     known one takes the values, keeping each writer's own once a second writer touched it.
-    Rows without payloads share ``no_payloads``. Returns ``(cur_step, cur_commit, dropped)``:
-    the writer's cursor after the entries and the steps of the dropped entries (None: none)."""
+    An entry's values are never changed (a row may hold them). Rows without payloads share
+    ``no_payloads``. Returns ``(cur_step, cur_commit, dropped)``: the writer's cursor after the
+    entries and the steps of the dropped entries (None: none)."""
     cdef Py_ssize_t i, n = len(entries)
     cdef PendingRow row
     cdef object entry, step, commit, time_us, values, payload, found
-    cdef dict by, mine
     cdef list dropped = None
     cdef bint amend
     for i in range(start, n):
@@ -77,11 +116,12 @@ def merge_entries(dict pending, list heap, entries, Py_ssize_t start, writer, no
                 amend = True
             row = PendingRow.__new__(PendingRow)
             row.time_us = time_us
-            row.values = _copy(values)
+            row.owned = not PyDict_CheckExact(values)
+            row.values = dict(values) if row.owned else <dict>values
             row.payloads = no_payloads if payload is None else [payload]
             row.touched = now
             row.writer = writer
-            row.by_writer = None
+            row.parts = None
             row.amend = amend
             pending[step] = row
             _heappush(heap, step)
@@ -89,16 +129,14 @@ def merge_entries(dict pending, list heap, entries, Py_ssize_t start, writer, no
 
         row = <PendingRow?>found
         if row.writer is None or row.writer != writer:
-            by = row.by_writer
-            if by is None:  # second writer in this step: start keeping values per writer
-                by = row.by_writer = {row.writer: PyDict_Copy(row.values)}
+            if row.parts is None:  # second writer in this step: keep each writer's values
+                row.parts = [row.writer, row.values if not row.owned else PyDict_Copy(row.values)]
                 row.writer = None
-            found = by.get(writer)
-            if found is None:
-                by[writer] = _copy(values)
-            else:
-                mine = <dict?>found
-                _update(mine, values)
+            row.parts.append(writer)
+            row.parts.append(values if PyDict_CheckExact(values) else dict(values))
+        if not row.owned:
+            row.values = PyDict_Copy(row.values)
+            row.owned = True
         _update(row.values, values)
         if payload is not None:
             if row.payloads is no_payloads:
@@ -119,17 +157,15 @@ def pop_rows(dict pending, list heap, limit, row_type):
     cdef list out = []
     cdef Py_ssize_t collisions = 0, amends = 0, total
     cdef PendingRow row
-    cdef object step, found, v
+    cdef object step, found
     while heap and heap[0] < limit:
         step = _heappop(heap)
         found = pending.pop(step, None)
         if found is None:  # the merge window emitted it already
             continue
         row = <PendingRow?>found
-        if row.by_writer is not None:
-            total = 0
-            for v in row.by_writer.values():
-                total += len(v)
+        if row.parts is not None:
+            total = _by_writer_sizes(row.parts)
             if total != len(row.values):  # a key set by c writers: c - 1 collisions
                 collisions += total - len(row.values)
         if row.amend:
