@@ -574,13 +574,14 @@ class Merger:
 
     def _emit(self, step: int, row) -> Row:
         by = row.by_writer  # made anew: the merger's own
+        reduced = self._reduced_keys(row.values) if self.metrics.has_reduce_rules else None
         if by is not None:
-            self._reduce(row, by)
-        if self.metrics.has_reduce_rules:
+            self._reduce(row, by, reduced)
+        if reduced is not None:
             if by is not None:
-                kept = self._keep(step, by, union=row.values)
+                kept = self._keep(step, by, union=row.values, reduced=reduced)
             else:
-                kept = self._keep(step, {row.writer: row.values})
+                kept = self._keep(step, {row.writer: row.values}, reduced=reduced)
             if row.amend and kept is not None:
                 self._reduce_late(row, kept)
         if step > self._emitted_max:
@@ -602,20 +603,32 @@ class Merger:
             if keep:
                 self._keep(step, {writer: values})
 
-    def _keep(self, step: int, by_writer: dict, union: Optional[dict] = None) -> Optional[dict]:
+    def _reduced_keys(self, values: dict) -> list:
+        """The keys of ``values`` whose reduce rule is not "last"."""
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        return [k for k in values if (rules.get(k) or reduce_of(k)) != "last"]
+
+    def _keep(
+        self, step: int, by_writer: dict, union: Optional[dict] = None, reduced: Optional[list] = None
+    ) -> Optional[dict]:
         """Keep the writers' values of reduced keys for ``step`` (merged into those kept
         already); returns what is kept for the step, None when nothing is. ``union``: the keys
         of all of ``by_writer``, which is then the merger's own (a row's): kept as it is, without
-        a copy, when nothing is kept for the step yet and every key is reduced."""
-        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        a copy, when nothing is kept for the step yet and every key is reduced. ``reduced``: the
+        reduced keys among them, when the caller knows them (``union``'s, or the one writer's)."""
+        if reduced is None:
+            if len(by_writer) == 1:
+                reduced = self._reduced_keys(next(iter(by_writer.values())))
+            else:
+                reduced = self._reduced_keys({k: None for values in by_writer.values() for k in values})
         kept = self._kept.get(step)
-        if kept is None and union is not None and all([(rules.get(k) or reduce_of(k)) != "last" for k in union]):
+        if kept is None and union is not None and len(reduced) == len(union):
             kept = self._kept[step] = by_writer
             if len(self._kept) > KEEP_STEPS:
                 del self._kept[next(iter(self._kept))]
             return kept
         for writer, values in by_writer.items():
-            mine = {k: v for k, v in values.items() if (rules.get(k) or reduce_of(k)) != "last"}
+            mine = {k: values[k] for k in reduced if k in values}
             if not mine:
                 continue
             if kept is None:
@@ -647,23 +660,21 @@ class Merger:
         if reduced:
             self.stats["late_reduced"] += 1
 
-    def _reduce(self, row, by: dict) -> None:
+    def _reduce(self, row, by: dict, reduced: Optional[list]) -> None:
         """Apply the reduce rules to keys that several writers set (``by``: the row's values per
-        writer); count the collisions."""
+        writer; ``reduced``: the row's keys whose rule is not "last"); count the collisions."""
         total = sum(map(len, by.values()))
         if total == len(row.values):
             return  # the writers' keys are disjoint (``values`` holds their union): no collision
         stats = self.stats
         stats["collisions"] += total - len(row.values)  # a key set by c writers: c - 1 collisions
-        if not self.metrics.has_reduce_rules:
+        if not reduced:
             return  # every key "last": row.values already holds the last-arrived values
-        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        rules = self.metrics.rules  # the reduced keys' rules were looked up: all in it
         writers = list(by.values())
         values = row.values
-        for k in values:
-            rule = rules.get(k) or reduce_of(k)
-            if rule == "last":
-                continue
+        for k in reduced:
+            rule = rules[k]
             vs = [vals[k] for vals in writers if k in vals]
             if len(vs) < 2:
                 continue
