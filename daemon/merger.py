@@ -30,6 +30,7 @@ import fnmatch
 import re
 from heapq import heappop, heappush
 from typing import Callable, Iterable, NamedTuple, Optional
+from trackside import _native as codec
 from trackside.contracts.constants import LATE_STEPS, REDUCE_RULES, SUMMARY_KINDS
 
 __all__ = ["Merger", "MetricDef", "Metrics", "Row", "REDUCE_RULES", "SUMMARY_KINDS", "LATE_STEPS"]
@@ -208,23 +209,6 @@ def _mean(vs):
 _REDUCERS = {"mean": _mean, "sum": sum, "min": min, "max": max}
 
 
-class _Pending:
-    """A row still open to entries. ``writer`` is the only writer that touched it, or ``None``
-    once a second one did; from then on ``by_writer`` keeps each writer's own values so the
-    reduce rule can see them all. ``values`` always holds the last-arrived value per key."""
-
-    __slots__ = ("time_us", "values", "payloads", "touched", "writer", "by_writer", "amend")
-
-    def __init__(self, time_us, values, payloads, touched, writer, amend):
-        self.time_us = time_us
-        self.values = values
-        self.payloads = payloads
-        self.touched = touched
-        self.writer = writer
-        self.by_writer = None
-        self.amend = amend
-
-
 _NO_STEP = float("-inf")
 _NO_PAYLOADS: list = []  # rows without payloads share it: one object less per row for the GC to track
 
@@ -288,7 +272,7 @@ class Merger:
         self._kept: dict[int, dict] = {}
         # live writer -> [highest step, committed] or None before its first entry
         self._cursors: dict[int, Optional[list]] = {}
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, codec.PendingRow] = {}
         # steps of pending rows; may hold steps already emitted by the window (skipped on pop)
         self._heap: list[int] = []
         self._emitted_max = _NO_STEP
@@ -420,49 +404,25 @@ class Merger:
                 cur_step, cur_commit = entries[n - 1][0], True
         if n < len(entries):
             self._spill()
-        heap = self._heap
-        emitted_max = self._emitted_max
-        # The usual path costs a dict probe, one _Pending and a values copy per entry; the other
-        # branches run only when writers share a step.
-        for step, commit, time_us, values, payload in entries[n:] if n else entries:
-            n += 1
-            if cur_step is None or step > cur_step:
-                cur_step = step
-                cur_commit = commit
-            elif step == cur_step and commit:
-                cur_commit = True
-
-            row = pending.get(step)
-            if row is None:
-                amend = False
-                if step <= emitted_max:
-                    if self.late_steps == "drop":
-                        self._drop(writer, step)
-                        continue
-                    amend = True
-                pending[step] = _Pending(
-                    time_us, dict(values), [] if payload is None else [payload], now, writer, amend
-                )
-                heappush(heap, step)
-                continue
-
-            if row.writer != writer:
-                by = row.by_writer
-                if by is None:  # second writer in this step: start keeping values per writer
-                    by = row.by_writer = {row.writer: dict(row.values)}
-                    row.writer = None
-                mine = by.get(writer)
-                if mine is None:
-                    by[writer] = dict(values)
-                else:
-                    mine.update(values)
-            row.values.update(values)
-            if payload is not None:
-                row.payloads.append(payload)
-            if time_us > row.time_us:
-                row.time_us = time_us
-            row.touched = now
-
+        # the usual path, in the codec's loop: a dict probe, a row or an update per entry
+        if n < len(entries):
+            cur_step, cur_commit, dropped = codec.merge_entries(
+                pending,
+                self._heap,
+                entries,
+                n,
+                writer,
+                now,
+                self._emitted_max,
+                self.late_steps == "drop",
+                cur_step,
+                cur_commit,
+                _NO_PAYLOADS,
+            )
+            if dropped:
+                for step in dropped:
+                    self._drop(writer, step)
+            n = len(entries)
         cursors[writer] = [cur_step, cur_commit] if cur_step is not None else None
         self.stats["entries"] += n
         self.stats["pending"] = len(pending) + len(self._ready)
@@ -502,7 +462,9 @@ class Merger:
         ends = [start for start, _ in marks[1:]] + [len(ready)]
         for (start, touched), end in zip(marks, ends):
             for row in ready[start:end]:
-                pending[row.step] = _Pending(row.time_us, dict(row.values), list(row.payloads), touched, writer, False)
+                pending[row.step] = codec.PendingRow(
+                    row.time_us, dict(row.values), row.payloads, touched, writer, False
+                )
                 heappush(self._heap, row.step)
         self._ready = []
         marks.clear()
@@ -567,11 +529,20 @@ class Merger:
         else:
             heap = self._heap
             w = self.watermark()
-            while heap and heap[0] < w:
-                step = heappop(heap)
-                row = pending.pop(step, None)
-                if row is not None:  # None: the window emitted it already
-                    out.append(self._emit(step, row))
+            if not self.metrics.has_reduce_rules:  # every key "last": the codec's loop makes the rows
+                out, collisions, amends = codec.pop_rows(pending, heap, w, Row)
+                if out:
+                    self._emitted_max = max(self._emitted_max, out[-1].step)
+                    stats = self.stats
+                    stats["rows_emitted"] += len(out)
+                    stats["amends"] += amends
+                    stats["collisions"] += collisions
+            else:
+                while heap and heap[0] < w:
+                    step = heappop(heap)
+                    row = pending.pop(step, None)
+                    if row is not None:  # None: the window emitted it already
+                        out.append(self._emit(step, row))
             if now is not None and self.merge_window is not None and pending and now >= self._next_window_check:
                 stale = self._scan_window(now)
                 if stale:
@@ -601,14 +572,16 @@ class Merger:
         self._next_window_check = oldest + self.merge_window
         return stale
 
-    def _emit(self, step: int, row: _Pending) -> Row:
-        if row.by_writer is not None:
-            self._reduce(row)
-        if self.metrics.has_reduce_rules:
-            if row.by_writer is not None:
-                kept = self._keep(step, row.by_writer, union=row.values)
+    def _emit(self, step: int, row) -> Row:
+        by = row.by_writer  # made anew: the merger's own
+        reduced = self._reduced_keys(row.values) if self.metrics.has_reduce_rules else None
+        if by is not None:
+            self._reduce(row, by, reduced)
+        if reduced is not None:
+            if by is not None:
+                kept = self._keep(step, by, union=row.values, reduced=reduced)
             else:
-                kept = self._keep(step, {row.writer: row.values})
+                kept = self._keep(step, {row.writer: row.values}, reduced=reduced)
             if row.amend and kept is not None:
                 self._reduce_late(row, kept)
         if step > self._emitted_max:
@@ -630,20 +603,32 @@ class Merger:
             if keep:
                 self._keep(step, {writer: values})
 
-    def _keep(self, step: int, by_writer: dict, union: Optional[dict] = None) -> Optional[dict]:
+    def _reduced_keys(self, values: dict) -> list:
+        """The keys of ``values`` whose reduce rule is not "last"."""
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        return [k for k in values if (rules.get(k) or reduce_of(k)) != "last"]
+
+    def _keep(
+        self, step: int, by_writer: dict, union: Optional[dict] = None, reduced: Optional[list] = None
+    ) -> Optional[dict]:
         """Keep the writers' values of reduced keys for ``step`` (merged into those kept
         already); returns what is kept for the step, None when nothing is. ``union``: the keys
         of all of ``by_writer``, which is then the merger's own (a row's): kept as it is, without
-        a copy, when nothing is kept for the step yet and every key is reduced."""
-        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        a copy, when nothing is kept for the step yet and every key is reduced. ``reduced``: the
+        reduced keys among them, when the caller knows them (``union``'s, or the one writer's)."""
+        if reduced is None:
+            if len(by_writer) == 1:
+                reduced = self._reduced_keys(next(iter(by_writer.values())))
+            else:
+                reduced = self._reduced_keys({k: None for values in by_writer.values() for k in values})
         kept = self._kept.get(step)
-        if kept is None and union is not None and all([(rules.get(k) or reduce_of(k)) != "last" for k in union]):
+        if kept is None and union is not None and len(reduced) == len(union):
             kept = self._kept[step] = by_writer
             if len(self._kept) > KEEP_STEPS:
                 del self._kept[next(iter(self._kept))]
             return kept
         for writer, values in by_writer.items():
-            mine = {k: v for k, v in values.items() if (rules.get(k) or reduce_of(k)) != "last"}
+            mine = {k: values[k] for k in reduced if k in values}
             if not mine:
                 continue
             if kept is None:
@@ -657,10 +642,13 @@ class Merger:
                 old.update(mine)
         return kept
 
-    def _reduce_late(self, row: _Pending, kept: dict) -> None:
+    def _reduce_late(self, row, kept: dict) -> None:
         """An amend row: its reduced keys get the value reduced over every writer's kept one."""
         rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
         reduced = False
+        if not row.owned:  # an entry's own values: never changed
+            row.values = dict(row.values)
+            row.owned = True
         for k in list(row.values):
             rule = rules.get(k) or reduce_of(k)
             if rule == "last":
@@ -672,23 +660,21 @@ class Merger:
         if reduced:
             self.stats["late_reduced"] += 1
 
-    def _reduce(self, row: _Pending) -> None:
-        """Apply the reduce rules to keys that several writers set; count the collisions."""
-        by = row.by_writer
+    def _reduce(self, row, by: dict, reduced: Optional[list]) -> None:
+        """Apply the reduce rules to keys that several writers set (``by``: the row's values per
+        writer; ``reduced``: the row's keys whose rule is not "last"); count the collisions."""
         total = sum(map(len, by.values()))
         if total == len(row.values):
             return  # the writers' keys are disjoint (``values`` holds their union): no collision
         stats = self.stats
         stats["collisions"] += total - len(row.values)  # a key set by c writers: c - 1 collisions
-        if not self.metrics.has_reduce_rules:
+        if not reduced:
             return  # every key "last": row.values already holds the last-arrived values
-        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        rules = self.metrics.rules  # the reduced keys' rules were looked up: all in it
         writers = list(by.values())
         values = row.values
-        for k in values:
-            rule = rules.get(k) or reduce_of(k)
-            if rule == "last":
-                continue
+        for k in reduced:
+            rule = rules[k]
             vs = [vals[k] for vals in writers if k in vals]
             if len(vs) < 2:
                 continue

@@ -702,13 +702,21 @@ class RunStream:
 
     async def _merge_backlog(self, drain: bool = False) -> None:
         """Merge and store what the backlog serves, a group at a time, until it serves nothing.
-        (The next group is not merged while one is stored: both need the GIL, and the store
-        thread, waiting for it after each SQLite call, slows down more than merging gains.)"""
-        while True:
-            group = await self._next_group(drain)
-            if group is None:
-                return
-            await self._store_group(*group)
+        The next group is merged while the store writes the one before (one write in flight,
+        so groups are stored in order)."""
+        writing = None
+        try:
+            while True:
+                group = await self._next_group(drain)
+                if writing is not None:
+                    await writing
+                    writing = None
+                if group is None:
+                    return
+                writing = asyncio.ensure_future(self._store_group(*group))
+        finally:
+            if writing is not None:
+                await writing
 
     async def _next_group(self, drain: bool):
         """Merge records the backlog serves, up to ``MERGE_GROUP`` bytes, and finalize: the

@@ -16,6 +16,9 @@ _API = (
     "decode_batch",
     "parse_record",
     "split_rows",
+    "PendingRow",
+    "merge_entries",
+    "pop_rows",
 )
 
 from . import constants
@@ -40,10 +43,14 @@ BatchEncoder = _impl.BatchEncoder
 decode_batch = _impl.decode_batch
 parse_record = _impl.parse_record
 split_rows = _impl.split_rows
+PendingRow = _impl.PendingRow
+merge_entries = _impl.merge_entries
+pop_rows = _impl.pop_rows
 
 __all__ = [
     "IMPLEMENTATION",
     "BatchEncoder",
+    "PendingRow",
     "CodecError",
     "RecordTooLarge",
     "constants",
@@ -51,6 +58,8 @@ __all__ = [
     "decode_batch",
     "encode_batch",
     "frame",
+    "merge_entries",
     "parse_record",
+    "pop_rows",
     "split_rows",
 ]

@@ -34,3 +34,30 @@ class BatchEncoder:
         payload: Optional[_Bytes] = None,
     ) -> int: ...
     def take(self, writer: int, seq: int) -> bytes: ...
+
+def split_rows(rows, last, keep=()) -> tuple: ...
+
+class PendingRow:
+    time_us: int
+    values: dict
+    payloads: list
+    touched: Optional[float]
+    writer: Optional[int]
+    by_writer: Optional[dict]
+    amend: bool
+    def __init__(self, time_us: int, values: dict, payloads: list, touched, writer, amend: bool) -> None: ...
+
+def merge_entries(
+    pending: dict,
+    heap: list,
+    entries,
+    start: int,
+    writer,
+    now,
+    emitted_max,
+    drop_late: bool,
+    cur_step,
+    cur_commit,
+    no_payloads: list,
+) -> tuple: ...
+def pop_rows(pending: dict, heap: list, limit, row_type) -> tuple[list, int, int]: ...

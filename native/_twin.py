@@ -11,6 +11,7 @@ Entries are tuples ``(step, commit, time_us, values, payload)``:
 from __future__ import annotations
 
 import array as _array
+import heapq as _heapq
 import struct
 import zlib
 
@@ -446,3 +447,122 @@ def split_rows(rows, last, keep=()):
         if other:
             rest.append((r, other))
     return steps, times, floats, ints, late, rest
+
+
+# -- the merge stage's per-entry loops (daemon/merger.py) -----------------------------------------
+
+
+class PendingRow:
+    """A row still open to entries. ``values`` holds the last-arrived value per key: the
+    entry's own dict while one entry made the row (never changed: ``owned`` is False), a copy
+    once a second one came. ``writer`` is the only writer that touched the row, or None once a
+    second one did; from then on ``parts`` keeps ``writer, values`` of each entry after the
+    first writer's (those first: a copy of what it had), which ``by_writer`` merges per writer
+    for the reduce rule."""
+
+    __slots__ = ("time_us", "values", "payloads", "touched", "writer", "parts", "amend", "owned")
+
+    def __init__(self, time_us, values, payloads, touched, writer, amend):
+        self.time_us = time_us
+        self.values = values
+        self.payloads = payloads
+        self.touched = touched
+        self.writer = writer
+        self.parts = None
+        self.amend = bool(amend)
+        self.owned = True
+
+    @property
+    def by_writer(self):
+        """writer -> its latest value per key (new dicts), None while one writer touched the row."""
+        if self.parts is None:
+            return None
+        return _by_writer(self.parts)
+
+
+def _by_writer(parts) -> dict:
+    by: dict = {}
+    for i in range(0, len(parts), 2):
+        mine = by.get(parts[i])
+        if mine is None:
+            by[parts[i]] = dict(parts[i + 1])
+        else:
+            mine.update(parts[i + 1])
+    return by
+
+
+def merge_entries(
+    pending, heap, entries, start, writer, now, emitted_max, drop_late, cur_step, cur_commit, no_payloads
+):
+    """Merge ``entries[start:]`` of ``writer`` into the pending rows (``pending``: step ->
+    PendingRow, ``heap``: their steps), as ``Merger.add`` does: a new step opens a row (an amend
+    row at or below ``emitted_max``, or, with ``drop_late``, none: the entry is dropped), a
+    known one takes the values, keeping each writer's own once a second writer touched it.
+    An entry's values are never changed (a row may hold them). Rows without payloads share
+    ``no_payloads``. Returns ``(cur_step, cur_commit, dropped)``: the writer's cursor after the
+    entries and the steps of the dropped entries (None: none)."""
+    dropped = None
+    for step, commit, time_us, values, payload in entries[start:] if start else entries:
+        if cur_step is None or step > cur_step:
+            cur_step = step
+            cur_commit = commit
+        elif commit and step == cur_step:
+            cur_commit = True
+
+        row = pending.get(step)
+        if row is None:
+            amend = False
+            if step <= emitted_max:
+                if drop_late:
+                    if dropped is None:
+                        dropped = []
+                    dropped.append(step)
+                    continue
+                amend = True
+            payloads = no_payloads if payload is None else [payload]
+            own = type(values) is not dict
+            row = pending[step] = PendingRow(time_us, dict(values) if own else values, payloads, now, writer, amend)
+            row.owned = own
+            _heapq.heappush(heap, step)
+            continue
+
+        if row.writer is None or row.writer != writer:
+            if row.parts is None:  # second writer in this step: keep each writer's values
+                row.parts = [row.writer, row.values if not row.owned else dict(row.values)]
+                row.writer = None
+            row.parts += (writer, values if type(values) is dict else dict(values))
+        if not row.owned:
+            row.values = dict(row.values)
+            row.owned = True
+        row.values.update(values)
+        if payload is not None:
+            if row.payloads is no_payloads:
+                row.payloads = [payload]
+            else:
+                row.payloads.append(payload)
+        if time_us > row.time_us:
+            row.time_us = time_us
+        row.touched = now
+    return cur_step, cur_commit, dropped
+
+
+def pop_rows(pending, heap, limit, row_type):
+    """Pop the pending rows whose steps are below ``limit``, in step order, for a merger whose
+    keys all reduce by "last" (``values`` holds the last-arrived values already): ``(rows,
+    collisions, amends)``, the rows as ``row_type(step, time_us, values, payloads, amend)``
+    tuples, the collisions counted as ``Merger._reduce`` counts them."""
+    out = []
+    collisions = amends = 0
+    while heap and heap[0] < limit:
+        step = _heapq.heappop(heap)
+        row = pending.pop(step, None)
+        if row is None:  # the merge window emitted it already
+            continue
+        if row.parts is not None:
+            total = sum(map(len, _by_writer(row.parts).values()))
+            if total != len(row.values):  # a key set by c writers: c - 1 collisions
+                collisions += total - len(row.values)
+        if row.amend:
+            amends += 1
+        out.append(tuple.__new__(row_type, (step, row.time_us, row.values, row.payloads, row.amend)))
+    return out, collisions, amends

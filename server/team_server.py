@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import gc
 import hashlib
 import hmac
 import inspect
@@ -826,6 +827,8 @@ def serve(args: argparse.Namespace, prog: str = "trackside server") -> int:
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    # the daemon's pipeline, the daemon's reason (daemon/server.py): collect rarely
+    gc.set_threshold(100_000, 20, 20)
     try:
         import uvloop  # optional: uvloop (not on Windows)
     except ImportError:  # uvloop is a dependency, but the server runs without it

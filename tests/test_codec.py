@@ -897,3 +897,56 @@ def test_split_rows_puts_each_value_in_its_column(codec):
         (rows[0], {"f": 1.5, "i": 7, "b": True, "s": "x", "big": 2**63}),
         (rows[2], {"f": rest[1][1]["f"], "i": 8}),
     ]
+
+
+_merge_batches = st.lists(
+    st.tuples(
+        st.integers(1, 3),  # writer
+        st.lists(
+            st.tuples(
+                st.integers(0, 12),  # step
+                st.sampled_from([True, False, None]),
+                st.integers(0, 50),  # time_us
+                st.dictionaries(st.sampled_from("abcd"), st.integers(-3, 3) | st.floats(allow_nan=False), max_size=3),
+                st.none() | st.binary(max_size=3),
+            ),
+            max_size=8,
+        ),
+        st.integers(-1, 14),  # the watermark of the finalize after the batch
+    ),
+    max_size=10,
+)
+
+
+def _pending_state(pending, heap) -> tuple:
+    rows = {
+        step: (r.time_us, r.values, r.payloads, r.touched, r.writer, r.by_writer, r.amend)
+        for step, r in pending.items()
+    }
+    return rows, sorted(heap)
+
+
+@fast
+@given(batches=_merge_batches, drop=st.booleans())
+def test_merge_entries_and_pop_rows_agree(batches, drop):
+    """The merger's per-entry loops (daemon/merger.py): pending rows, cursors, drops, emitted
+    rows and collision counts are the same in both codecs."""
+    from trackside.daemon.merger import Row
+
+    states = []
+    for impl in (twin, cy):
+        pending, heap, none = {}, [], []
+        cursor, emitted, trace = (None, False), float("-inf"), []
+        for i, (writer, entries, limit) in enumerate(batches):
+            before = [dict(e[3]) for e in entries]
+            got = impl.merge_entries(pending, heap, entries, i % 2, writer, float(i), emitted, drop, *cursor, none)
+            assert [e[3] for e in entries] == before  # the entries' values are never changed
+            cursor = got[:2]
+            rows, collisions, amends = impl.pop_rows(pending, heap, limit, Row)
+            assert all(type(r) is Row for r in rows) and [r.step for r in rows] == sorted(r.step for r in rows)
+            if rows:
+                emitted = max(emitted, rows[-1].step)
+            trace.append((got, rows, collisions, amends, _pending_state(pending, heap)))
+        assert none == []  # rows without payloads share it; nothing is appended to it
+        states.append(trace)
+    assert states[0] == states[1]

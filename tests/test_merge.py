@@ -60,14 +60,17 @@ def test_payloads_kept_in_arrival_order_and_time_is_latest():
     assert row.time_us == 9
 
 
-def test_values_are_copied():
+def test_values_are_never_changed():
+    # a row may hold an entry's own values (add's contract: the caller leaves them alone), but
+    # what merges into the row later never changes them
     m = Merger()
-    v = {"a": 1}
+    v, w = {"a": 1}, {"a": 3}
     m.add(1, [e(0, v, commit=False)])
-    v["a"] = 99
     m.add(1, [e(0, {"b": 2})])
-    assert m.finalize()[0].values == {"a": 1, "b": 2}
-    assert v == {"a": 99}
+    m.add(2, [e(1, w, commit=False)])
+    m.add(3, [e(1, {"a": 4}, commit=False)])
+    assert m.finalize(everything=True) == [Row(0, 0, {"a": 1, "b": 2}, [], False), Row(1, 0, {"a": 4}, [], False)]
+    assert v == {"a": 1} and w == {"a": 3}
 
 
 def test_single_writer_same_step_again_merges_into_its_row():

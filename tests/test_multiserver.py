@@ -256,11 +256,14 @@ def test_a_new_owner_reduces_late_entries_with_what_was_stored(servers, tmp_path
         return len(rows) == steps and all(r["n"] == 1.0 for r in rows)
 
     wait_until(rows_of_a, timeout=20)
-    for s in tier:  # kill whichever server owns the run (the other one never did)
-        with UploadClient(s.url, timeout=5) as c:
+    owners = []
+    for s in tier:  # whichever server owns the run (the other one never did), asked before any
+        with UploadClient(s.url, timeout=5) as c:  # kill: the other may take it over at once
             if c.status()["runs"]:
-                os.kill(s.pid, signal.SIGKILL)
-                s.proc.wait(10)
+                owners.append(s)
+    for s in owners:
+        os.kill(s.pid, signal.SIGKILL)
+        s.proc.wait(10)
     survivor = next(s for s in tier if s.proc.poll() is None)
     with UploadClient(survivor.url) as c:
         c.append("late", {"project": "p"}, b)
