@@ -108,6 +108,7 @@ class Daemon:
         self._lock_fd = None
         self._grpc = None
         self._opening: dict[str, asyncio.Lock] = {}
+        self._store_opening: dict[str, asyncio.Lock] = {}  # root -> held while its store opens
         # one sampler for the host, shared by every run (defaults for runs that set no intervals)
         # (a run whose training writers all finished is no longer sampled: see _idle_watch)
         self.sampler = Sampler(
@@ -299,11 +300,14 @@ class Daemon:
             await loop.run_in_executor(None, registry.add, self.folder, run_id, root)
             handle = None
             if dest == "local":  # offline and uploading runs keep no store on this host
-                handle = self.stores.get(root)
-                if handle is None:
-                    handle = await loop.run_in_executor(None, StoreHandle, root)
-                    self.stores[root] = handle
-                handle.runs += 1
+                # one store per root, opened once: runs of one root opening at the same moment
+                # (another run's lock) wait here for the first one's store, not open their own
+                async with self._store_opening.setdefault(root, asyncio.Lock()):
+                    handle = self.stores.get(root)
+                    if handle is None:
+                        handle = await loop.run_in_executor(None, StoreHandle, root)
+                        self.stores[root] = handle
+                    handle.runs += 1
             stream = RunStream(
                 run_id, root, run_dir, info, handle and handle.store, handle and handle.call, self.io_pool
             )

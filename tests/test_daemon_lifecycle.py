@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import trackside
 from trackside.contracts import discovery
@@ -68,3 +69,47 @@ def test_daemon_start_logs_no_refused_connection(ts):
     with open(os.path.join(ts.daemon_dir, "daemon.log")) as f:
         text = f.read()
     assert "first frame must be hello" not in text and "closing connection" not in text, text
+
+
+STARTER = """
+import os, sys, time, trackside
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+run = trackside.init(project="crowd", settings={"system_metrics": False, "finish_timeout": 30})
+for i in range(int(sys.argv[2])):
+    run.log({"x": float(i)})
+run.finish()
+print(run.id)
+"""
+
+
+def test_runs_opened_at_once_under_one_root_share_one_store(ts):
+    """Processes that start their runs at the same moment on a fresh daemon (ranks of a job,
+    a sweep's workers) open one store for their root between them: a run that ends early does
+    not close the store under the others."""
+    subprocess.run([sys.executable, "-m", "trackside.cli", "daemon", "start"], env=ts.env, check=True, timeout=60)
+    go = ts.tmp / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(go), str(50 if k % 2 else 5000)],
+            env=ts.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(6)
+    ]
+    try:
+        time.sleep(1.5)  # every process imported trackside and waits
+        go.touch()
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    api = trackside.Api(ts.root)
+    for k, (out, _) in enumerate(outs):
+        assert api.run(out.split()[-1]).history_rows == (50 if k % 2 else 5000)
+    log = open(os.path.join(ts.daemon_dir, "daemon.log")).read()
+    assert "Traceback" not in log, log[-3000:]
