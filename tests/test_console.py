@@ -45,6 +45,36 @@ def test_console_output_and_metadata_are_recorded(ts, tmp_path):
     assert "trackside" in {k.lower() for k in meta["packages"]}
 
 
+def test_the_package_list_is_read_once_per_environment(ts, tmp_path):
+    """Reading every installed package costs a run's start ~0.2 s of CPU: the list is kept in
+    the daemon's folder for the environment, and read again once a folder of the import path
+    changes (a package installed, upgraded or removed)."""
+    import glob
+    import json
+    import os
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    env = dict(ts.env, PYTHONPATH=str(extra))
+    code = "import trackside\nrun = trackside.init(project='p')\nrun.finish()\nprint(run.id)\n"
+
+    def packages() -> dict:
+        run_id = run_script(code, env).stdout.split()[-1]
+        return trackside.Api(ts.root).run(run_id).metadata["packages"]
+
+    first = packages()
+    assert "trackside" in {k.lower() for k in first} and "fakepkg" not in first
+    (cached,) = glob.glob(os.path.join(ts.daemon_dir, "packages-*.json"))
+    assert json.load(open(cached)) == first
+    json.dump({"read": "from the cache"}, open(cached, "w"))  # the next run takes the kept list
+    assert packages() == {"read": "from the cache"}
+    dist = extra / "fakepkg-1.0.dist-info"  # installing a package changes its folder
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.0\n")
+    again = packages()
+    assert again["fakepkg"] == "1.0" and "trackside" in {k.lower() for k in again}
+
+
 @pytest.mark.parametrize("mode", ["online", "offline"])
 def test_finish_returns_when_console_lines_ride_behind_the_finish_event(ts, mode):
     """Output printed just before finish() is framed after the finish event; the daemon must
