@@ -59,6 +59,8 @@ PACED = """
 import os, sys, time, trackside
 rate, seconds, go = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 run = trackside.init(project="scale", settings={"system_metrics": False})
+if getattr(run, "_meta_thread", None) is not None:
+    run._meta_thread.join()  # start-up ends once the run's environment (git, packages) is recorded
 print(run.id, flush=True)
 while not os.path.exists(go):  # every writer started: their start-up is not part of the figures
     time.sleep(0.01)
