@@ -812,6 +812,7 @@ def _installed_packages() -> dict:
     large environment, at every run's start (64 processes starting at once: seconds of both
     cores): the list is kept in the daemon's folder under a key of the import path's folders and
     their modification times, which an install, upgrade or removal changes."""
+    import contextlib
     import hashlib
     import json
 
@@ -834,14 +835,16 @@ def _installed_packages() -> dict:
     from importlib import metadata as md  # lazy: importlib.metadata (~15 ms), on the environment thread only
 
     packages = {d.metadata["Name"]: d.version for d in md.distributions() if d.metadata["Name"]}
-    if path is not None:
+    if path is not None:  # private (0600), whole or not at all; one temporary file per process
+        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
                 json.dump(packages, f)
             os.replace(tmp, path)
         except OSError:
-            pass
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return packages
 
 
