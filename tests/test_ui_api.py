@@ -4,6 +4,7 @@ over runs logged by the SDK: what a script (and the page) reads back equals what
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -262,8 +263,14 @@ def test_the_page_and_plotly_come_from_the_installed_packages(world):
     assert src in html
     js, headers = world.ui.get(src, raw=True)
     with open(os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js"), "rb") as f:
-        assert js == f.read()
+        shipped = f.read()
+    assert js == shipped and "content-encoding" not in headers
     assert "immutable" in headers["cache-control"]
+    # a browser asks for gzip: compressed once, when the app started, not per request
+    req = urllib.request.Request(world.ui.url + src, headers={"Accept-Encoding": "gzip, deflate"})
+    with urllib.request.urlopen(req, timeout=30) as res:
+        assert res.headers["content-encoding"] == "gzip" and "Accept-Encoding" in res.headers["vary"]
+        assert gzip.decompress(res.read()) == shipped
     app_js, _ = world.ui.get("/static/app.js", raw=True)
     assert b"import " in app_js
     # any page path is the page (links can be shared); unknown API calls are JSON 404s
