@@ -41,7 +41,7 @@ from trackside.contracts.protocol import (
 from . import registry
 from .metrics import start_metrics
 from .signals import drain_on_signals
-from .sink import StoreHandle, run_info
+from .sink import GC_THRESHOLD, StoreHandle, run_info
 from .records import BadRecord
 from .stream import RunStream
 from .sysmetrics import Sampler
@@ -480,12 +480,9 @@ def main(argv=None) -> int:
         help="sample no system metrics (CPU, memory, disk, network, GPUs) for any run",
     )
     args = p.parse_args(argv)
-    # The daemon allocates millions of short-lived rows and dicts, none in cycles that matter:
-    # collecting every 700 allocations cost ~0.6 us per record, every 20,000 still ~0.25 us
-    # (a merge group's entries, rows and dicts live longer than that and were traversed again
-    # and again). Past 100,000 a group's objects are mostly gone before a collection comes.
-    # Collect that rarely, and keep what start-up loaded out of the collector's sight.
-    gc.set_threshold(100_000, 20, 20)
+    # collect rarely (GC_THRESHOLD's reasons), and keep what start-up loaded out of the
+    # collector's sight (gc.freeze below)
+    gc.set_threshold(*GC_THRESHOLD)
     # a daemon spawned from an SDK background thread inherits that thread's blocked signals
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     for flag in ("sample_interval", "log_interval"):

@@ -409,6 +409,7 @@ class RunStream:
         # writers that opened the run and have not connected their stream yet (gRPC: Open and
         # Send are two calls) -> until when the run waits for them
         self._expected: dict[int, float] = {}
+        self._writing: Optional[asyncio.Future] = None  # the group being stored while the next one merges
         self.pids: dict[int, tuple[int, int]] = {}  # training process -> (connections, rank): system metrics watch it
         self.finished_writers: set[int] = set()
         self.system_writer: Optional[int] = None  # this host's system-metrics writer, once it wrote into the WAL
@@ -704,18 +705,18 @@ class RunStream:
         """Merge and store what the backlog serves, a group at a time, until it serves nothing.
         The next group is merged while the store writes the one before (one write in flight,
         so groups are stored in order)."""
-        writing = None
         try:
             while True:
                 group = await self._next_group(drain)
-                if writing is not None:
-                    await writing
-                    writing = None
+                if self._writing is not None:
+                    await self._writing
+                    self._writing = None
                 if group is None:
                     return
-                writing = asyncio.ensure_future(self._store_group(*group))
+                self._writing = asyncio.ensure_future(self._store_group(*group))
         finally:
-            if writing is not None:
+            if self._writing is not None:
+                writing, self._writing = self._writing, None
                 await writing
 
     async def _next_group(self, drain: bool):
@@ -913,6 +914,8 @@ class RunStream:
         elif kind == "meta":
             meta.update(data)
         elif kind == "run":
+            if self._writing is not None:  # the groups before this event are stored before it
+                await self._writing
             await self._store_call(self.store.upsert_run, self.run_id, **_run_fields(data, self.root))
         elif kind == "join":
             self.merger.join(writer)

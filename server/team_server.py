@@ -53,7 +53,7 @@ from trackside.contracts.constants import SERVER_PORT
 from trackside.contracts.network import is_loopback
 from trackside.daemon.signals import drain_on_signals
 from trackside.server.options import add_server_arguments
-from trackside.daemon.sink import LocalSink, SinkBusy, check_file_path
+from trackside.daemon.sink import GC_THRESHOLD, LocalSink, SinkBusy, check_file_path
 from trackside.store import StoreError
 from trackside.store.dialect import is_postgres
 from trackside.store.sampling import to_wire
@@ -827,8 +827,7 @@ def serve(args: argparse.Namespace, prog: str = "trackside server") -> int:
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    # the daemon's pipeline, the daemon's reason (daemon/server.py): collect rarely
-    gc.set_threshold(100_000, 20, 20)
+    gc.set_threshold(*GC_THRESHOLD)  # the daemon's pipeline: collect as rarely as a daemon does
     try:
         import uvloop  # optional: uvloop (not on Windows)
     except ImportError:  # uvloop is a dependency, but the server runs without it

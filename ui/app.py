@@ -162,14 +162,15 @@ class _Compressed:
         try:
             with open(path, "rb") as f:
                 self._data = gzip.compress(f.read(), 9)
+        except OSError:
+            pass  # sent plain then
         finally:
             self._done.set()
 
-    def bytes(self) -> bytes:
+    def bytes(self) -> Optional[bytes]:
+        """The gzip, or None when the file could not be read (the caller sends it plain)."""
         self._done.wait()
-        if not self._data:
-            raise OSError("cannot read plotly.js to compress it")
-        return self._data
+        return self._data or None
 
 
 def create_app(api, *, token: Optional[str] = None, title: str = "trackside") -> Starlette:
@@ -345,9 +346,9 @@ def create_app(api, *, token: Optional[str] = None, title: str = "trackside") ->
     def plotly(request: Request) -> Response:
         # the URL names plotly's version, so a browser may keep it
         headers = {"Cache-Control": "public, max-age=604800, immutable", "Vary": "Accept-Encoding"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            headers["Content-Encoding"] = "gzip"
-            return Response(plotly_gz.bytes(), media_type="text/javascript", headers=headers)
+        gz = plotly_gz.bytes() if "gzip" in request.headers.get("accept-encoding", "") else None
+        if gz is not None:
+            return Response(gz, media_type="text/javascript", headers={**headers, "Content-Encoding": "gzip"})
         return FileResponse(plotly_path, media_type="text/javascript", headers=headers)
 
     api_routes = [
