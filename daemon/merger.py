@@ -33,6 +33,8 @@ from typing import Callable, Iterable, NamedTuple, Optional
 from trackside import _native as codec
 from trackside.contracts.constants import LATE_STEPS, REDUCE_RULES, SUMMARY_KINDS
 
+from .columns import Block, ColumnRows
+
 __all__ = ["Merger", "MetricDef", "Metrics", "Row", "REDUCE_RULES", "SUMMARY_KINDS", "LATE_STEPS"]
 
 _GOALS = ("minimize", "maximize")
@@ -285,6 +287,9 @@ class Merger:
         self._ready: list[Row] = []
         self._ready_marks: list[tuple] = []  # (index in _ready, now) of each add that extended it
         self._ready_writer: Optional[int] = None
+        # The column path (see columns.py): writer -> its plain blocks not emitted yet, in step
+        # order. Like _ready, never both these and _pending: _spill_blocks makes them rows.
+        self._blocks: dict[int, list[Block]] = {}
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -318,19 +323,30 @@ class Merger:
 
     def pending(self) -> int:
         """How many rows are pending (not emitted yet)."""
-        return len(self._pending) + len(self._ready)
+        return len(self._pending) + len(self._ready) + self._block_entries()
+
+    def _block_entries(self) -> int:
+        # entries rather than rows: writers' blocks at the same steps make one row per step
+        return sum(len(b.steps) for blocks in self._blocks.values() for b in blocks) if self._blocks else 0
 
     def lowest_pending(self) -> Optional[int]:
         """The lowest step of a pending row, None when no row is pending."""
         low = min(self._pending) if self._pending else None
         if self._ready and (low is None or self._ready[0].step < low):
             low = self._ready[0].step
+        for blocks in self._blocks.values():
+            if low is None or blocks[0].steps[0] < low:
+                low = blocks[0].steps[0]
         return low
 
     def is_pending(self, step: int) -> bool:
         """Whether the row of ``step`` is pending (added, not emitted yet)."""
         if step in self._pending:
             return True
+        for blocks in self._blocks.values():
+            for b in blocks:
+                if b.holds(step):
+                    return True
         ready = self._ready
         return bool(ready) and ready[0].step <= step <= ready[-1].step and any(r.step == step for r in ready)
 
@@ -374,16 +390,9 @@ class Merger:
         order, without decoding. A late entry dropped under ``late_steps="drop"`` still moves
         the writer's cursor: the writer did reach that step.
         """
-        if now is None:
-            now = self._now
-        else:
-            self._now = now
-        if self.merge_window is not None:
-            if now is None:
-                self._next_window_check = _NO_STEP  # unstamped rows: stamp them at the next scan
-            elif now + self.merge_window < self._next_window_check:
-                self._next_window_check = now + self.merge_window
-
+        if self._blocks:
+            self._spill_blocks()
+        now = self._stamp(now)
         cursors = self._cursors
         cursor = cursors.get(writer)
         if cursor is None:
@@ -426,6 +435,104 @@ class Merger:
         cursors[writer] = [cur_step, cur_commit] if cur_step is not None else None
         self.stats["entries"] += n
         self.stats["pending"] = len(pending) + len(self._ready)
+
+    def _stamp(self, now: Optional[float]) -> Optional[float]:
+        """The time of an add (the latest seen when None); schedules the merge window's scan."""
+        if now is None:
+            now = self._now
+        else:
+            self._now = now
+        if self.merge_window is not None:
+            if now is None:
+                self._next_window_check = _NO_STEP  # unstamped rows: stamp them at the next scan
+            elif now + self.merge_window < self._next_window_check:
+                self._next_window_check = now + self.merge_window
+        return now
+
+    def add_blocks(self, writer: int, blocks: list, now: Optional[float] = None) -> bool:
+        """Take ``writer``'s plain entries as columns (the blocks of ``decode_columns``), when
+        no row needs them merged key by key: nothing pending as rows, every step above those
+        emitted and the writer's own, no key with a reduce rule, and no key that another
+        writer's pending block has at the same steps. Returns False, taking nothing, otherwise:
+        add the entries (``Block.entries``) then."""
+        if self._pending or self._ready:
+            return False
+        cursor = self._cursors.get(writer)
+        floor = self._emitted_max if cursor is None or cursor[0] < self._emitted_max else cursor[0]
+        first, top = blocks[0][0][0], blocks[-1][0][-1]
+        if first <= floor:
+            return False
+        reduced = self.metrics.has_reduce_rules
+        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+        for _, _, keys, _, _ in blocks:
+            if reduced and any((rules.get(k) or reduce_of(k)) != "last" for k in keys):
+                return False
+            for other, theirs in self._blocks.items():
+                if other != writer:
+                    for b in theirs:
+                        if b.steps[0] <= top and first <= b.steps[-1] and not b.keyset.isdisjoint(keys):
+                            return False
+        now = self._stamp(now)
+        mine = self._blocks.get(writer)
+        if mine is None:
+            mine = self._blocks[writer] = []
+        n = 0
+        for steps, times, keys, cols, commit in blocks:
+            mine.append(Block(steps, times, keys, cols, commit, now))
+            n += len(steps)
+        self._cursors[writer] = [top, blocks[-1][4]]
+        self.stats["entries"] += n
+        self.stats["pending"] = self._block_entries()
+        return True
+
+    def _spill_blocks(self) -> None:
+        """Turn the blocks into pending rows, as the row path would have left them, before
+        anything that needs rows (an entry that is not plain, a reduce rule, the merge window)."""
+        blocks, self._blocks = self._blocks, {}
+        for writer, mine in blocks.items():
+            for b in mine:
+                codec.merge_entries(
+                    self._pending,
+                    self._heap,
+                    b.entries(),
+                    0,
+                    writer,
+                    b.touched,
+                    self._emitted_max,
+                    False,
+                    None,
+                    False,
+                    _NO_PAYLOADS,
+                )
+
+    def _emit_blocks(self, everything: bool) -> list:
+        """The blocks' rows that are final (every one with ``everything``), as ColumnRows."""
+        w = float("inf") if everything else self.watermark()
+        out = []
+        for writer in list(self._blocks):
+            mine = self._blocks[writer]
+            i = 0
+            while i < len(mine) and mine[i].steps[-1] < w:
+                i += 1
+            out.extend(mine[:i])
+            del mine[:i]
+            if mine:
+                head, tail = mine[0].split(w)
+                if head is not None:
+                    out.append(head)
+                    mine[0] = tail
+            else:
+                del self._blocks[writer]
+        self.stats["pending"] = self._block_entries()
+        if self.merge_window is not None:  # the next look at the window: the oldest block's
+            touched = [b.touched for bs in self._blocks.values() for b in bs if b.touched is not None]
+            self._next_window_check = min(touched) + self.merge_window if touched else float("inf")
+        if not out:
+            return []
+        rows = ColumnRows(out)
+        self._emitted_max = max(self._emitted_max, rows.steps[-1])
+        self.stats["rows_emitted"] += len(rows)
+        return rows
 
     def _add_alone(self, writer: int, entries, cur_step, now) -> int:
         """The fast path of :meth:`add` for ``writer`` logging alone (no other live writer,
@@ -507,6 +614,10 @@ class Merger:
         pending = self._pending
         if now is not None:
             self._now = now
+        if self._blocks:
+            if not self._blocks_stale(now):
+                return self._emit_blocks(everything)
+            self._spill_blocks()
         if self._ready:  # final by construction, and nothing else is pending
             out, self._ready = self._ready, []
             self._ready_marks.clear()
@@ -555,6 +666,21 @@ class Merger:
         self.stats["pending"] = len(pending)
         return out
 
+    def _blocks_stale(self, now: Optional[float]) -> bool:
+        """Whether the blocks must become rows: a block waited past the merge window (the row
+        path's scan lets it go), or a key of one got a reduce rule since it came."""
+        if now is not None and self.merge_window is not None and now >= self._next_window_check:
+            cutoff = now - self.merge_window
+            if any(b.touched is None or b.touched < cutoff for bs in self._blocks.values() for b in bs):
+                return True
+        if self.metrics.has_reduce_rules:
+            rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
+            for bs in self._blocks.values():
+                for b in bs:
+                    if any((rules.get(k) or reduce_of(k)) != "last" for k in b.keys):
+                        return True
+        return False
+
     def _scan_window(self, now: float) -> list[int]:
         """Steps of rows last touched more than ``merge_window`` ago; also schedules the next
         scan for when the oldest remaining row can go stale, so most calls skip the scan."""
@@ -596,6 +722,8 @@ class Merger:
         """Entries stored before this merger existed (a server's stream started again on its
         WAL): nothing is emitted; their steps count as emitted (later entries for them amend),
         and their reduced keys' values are kept for the reduce rule of late entries."""
+        if self._blocks:
+            self._spill_blocks()
         keep = self.metrics.has_reduce_rules
         for step, _, _, values, _ in entries:
             if step > self._emitted_max:

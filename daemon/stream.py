@@ -58,6 +58,7 @@ from trackside._native.constants import (
 from trackside.contracts.discovery import pid_alive
 from trackside.contracts.protocol import Ack, Done, Event, encode_event, event_decoder
 
+from .columns import ColumnRows
 from .merger import Merger
 from .records import BadRecord, read_writer_seq, record_writer_seq
 from .summary import Summary
@@ -774,6 +775,14 @@ class RunStream:
         does not decode is reported and skipped, and its writer is no longer waited for.
         Returns the highest step of a LOG record's entries (None for anything else)."""
         if rtype == RECORD_LOG:
+            plain = codec.decode_columns(body)  # numbers only, steps rising: no row per entry
+            if plain is not None:
+                if writer not in self.merger.writers:
+                    self.merger.join(writer)
+                blocks = plain[2]
+                if self.merger.add_blocks(writer, blocks, now):
+                    self.stats["entries"] += sum(len(b[0]) for b in blocks)
+                    return blocks[-1][0][-1]
             try:
                 _, _, entries = codec.decode_batch(body)
             except codec.CodecError as e:
@@ -973,7 +982,7 @@ class RunStream:
         (plain entries carry scalars only)."""
         if not self._typed_steps or not rows:
             return set()
-        typed = self._typed_steps.intersection([r.step for r in rows])
+        typed = self._typed_steps.intersection(rows.steps if isinstance(rows, ColumnRows) else [r.step for r in rows])
         self._typed_steps -= typed
         return typed
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Iterable, Optional
 
+from .columns import ColumnRows
 from .merger import Metrics, Row
 
 __all__ = ["Summary"]
@@ -114,6 +115,8 @@ class Summary:
                 self.set(k, v)
         elif isinstance(rows_or_mapping, Row):
             self._add_rows((rows_or_mapping,))
+        elif isinstance(rows_or_mapping, ColumnRows):
+            self._add_columns(rows_or_mapping)
         else:
             self._add_rows(rows_or_mapping)
 
@@ -146,6 +149,26 @@ class Summary:
         if self.metrics.has_summary_rules:
             for row in rows:
                 self._add_stats(row.step, row.values)
+
+    def _add_columns(self, rows: ColumnRows) -> None:
+        """Rows as columns: each key's last value is its column's last, when the rows come after
+        every step folded in and no key has a summary rule; row by row otherwise."""
+        if self.metrics.has_summary_rules or not rows or rows.steps[0] < self._max_step:
+            self._add_rows(list(rows))
+            return
+        last = self._last
+        last_step = self._last_step
+        for k in rows.keys:  # new keys enter in the order the rows first have them
+            if k not in last:
+                last[k] = None
+        fresh: dict = {}  # key -> its last step in these rows (ints and floats of one key: the later)
+        for kind in (rows.floats, rows.ints):
+            for k, (steps, col) in kind.items():
+                if steps[-1] >= fresh.get(k, _NO_STEP):
+                    fresh[k] = steps[-1]
+                    last[k] = col[-1]
+        last_step.update(fresh)
+        self._max_step = rows.steps[-1]
 
     def _fold_in_order(self, rows: list) -> None:
         """Fold rows in step order into the last values: each key takes its value and step from

@@ -14,6 +14,7 @@ _API = (
     "encode_batch",
     "BatchEncoder",
     "decode_batch",
+    "decode_columns",
     "parse_record",
     "split_rows",
     "PendingRow",
@@ -41,6 +42,7 @@ frame = _impl.frame
 encode_batch = _impl.encode_batch
 BatchEncoder = _impl.BatchEncoder
 decode_batch = _impl.decode_batch
+decode_columns = _impl.decode_columns
 parse_record = _impl.parse_record
 split_rows = _impl.split_rows
 PendingRow = _impl.PendingRow
@@ -56,6 +58,7 @@ __all__ = [
     "constants",
     "crc32",
     "decode_batch",
+    "decode_columns",
     "encode_batch",
     "frame",
     "merge_entries",

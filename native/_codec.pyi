@@ -1,7 +1,8 @@
 """Type stubs of the Cython codec; the pure-Python twin ``_twin`` has the same API."""
 
+from array import array
 from collections.abc import Iterable
-from typing import Final, Optional, Tuple, Union
+from typing import Any, Final, Optional, Tuple, Union
 
 _Bytes = Union[bytes, bytearray, memoryview]
 _Scalar = Union[int, float, bool, str, None]
@@ -18,6 +19,10 @@ def crc32(data: _Bytes, value: int = 0) -> int: ...
 def frame(rtype: int, body: _Bytes, flags: int = 0) -> bytes: ...
 def encode_batch(writer: int, seq: int, entries: Iterable[_Entry]) -> bytes: ...
 def decode_batch(body: _Bytes) -> tuple[int, int, list[_Decoded]]: ...
+# (steps, times, keys, columns, commit): a run of entries with the same keys, as columns
+_Block = Tuple["array[int]", "array[int]", Tuple[str, ...], list["array[Any]"], bool]
+
+def decode_columns(body: _Bytes) -> Optional[tuple[int, int, list[_Block]]]: ...
 def parse_record(buf: _Bytes, pos: int = 0, end: int = -1) -> tuple[int, int, int, int]: ...
 
 class BatchEncoder:

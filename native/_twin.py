@@ -353,6 +353,93 @@ def decode_batch(body) -> tuple[int, int, list]:
     return writer, seq, entries
 
 
+def decode_columns(body):
+    """``(writer, seq, blocks)`` of a LOG body whose entries are plain numbers, None otherwise;
+    see ``_codec.decode_columns``."""
+    mv = memoryview(body)
+    if not mv.c_contiguous or mv.itemsize != 1:
+        mv = memoryview(mv.tobytes())
+    try:
+        return _decode_columns(_Reader(mv, 0, len(mv)))
+    except CodecError:
+        return None
+
+
+def _decode_columns(r: _Reader):
+    writer = r.uvarint()
+    seq = r.uvarint()
+    count = r.uvarint()
+    if count == 0 or count > r.end:
+        return None
+    t = r.svarint()
+    names: list[str] = []
+    blocks: list = []
+    keys: list | None = None
+    steps = times = _array.array("q")
+    cols: list = []
+    tags: list = []
+    step = commit = None
+    for e in range(count):
+        flags = r.byte()
+        if flags & ~ENTRY_FLAGS_KNOWN or not flags & ENTRY_HAS_STEP or flags & ENTRY_HAS_PAYLOAD:
+            return None
+        s = r.svarint()
+        if e and s <= step:
+            return None
+        step = s
+        commit = bool(flags & ENTRY_COMMIT_SET and flags & ENTRY_COMMIT)
+        t += r.svarint()
+        if not INT64_MIN <= t <= INT64_MAX:
+            return None
+        if not flags & ENTRY_SAME_KEYS or keys is None:
+            if flags & ENTRY_SAME_KEYS:
+                return None
+            if keys is not None:
+                blocks.append((steps, times, tuple(keys), cols, True))
+            n = r.uvarint()
+            if n == 0 or n > (r.end - r.pos) // 2:
+                return None
+            keys, cols, tags = [], [], []
+            steps, times = _array.array("q"), _array.array("q")
+            for _ in range(n):
+                i = r.uvarint()
+                if i == len(names):
+                    try:
+                        names.append(str(r.take(r.uvarint()), "utf-8"))
+                    except UnicodeDecodeError as exc:
+                        raise CodecError(f"key is not UTF-8: {exc}") from None
+                elif i > len(names):
+                    return None
+                keys.append(names[i])
+                if r.pos >= r.end or r.buf[r.pos] not in (TAG_FLOAT, TAG_INT):
+                    return None
+                tags.append(r.buf[r.pos])
+                cols.append(_array.array("d" if tags[-1] == TAG_FLOAT else "q"))
+                if not _read_number(r, tags[-1], cols[-1]):
+                    return None
+            if len(set(keys)) != len(keys):
+                return None
+        else:
+            for tag, col in zip(tags, cols):
+                if not _read_number(r, tag, col):
+                    return None
+        steps.append(step)
+        times.append(t)
+    if r.pos != r.end:
+        return None
+    blocks.append((steps, times, tuple(keys), cols, commit))
+    if len(blocks) > max(4, count >> 6):
+        return None
+    return writer, seq, blocks
+
+
+def _read_number(r: _Reader, tag: int, col) -> bool:
+    if r.byte() != tag:
+        return False
+    col.append(_double.unpack(r.take(8))[0] if tag == TAG_FLOAT else r.svarint())
+    return True
+
+
 def _get_value(r: _Reader):
     tag = r.byte()
     if tag == TAG_FLOAT:

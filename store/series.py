@@ -204,7 +204,12 @@ class SeriesWriter:
         the rows hold."""
         run = self._run(rid)
         clock = self._key(rid, run, TIME_KEY)
-        steps, times, floats, ints, late, rest = split_rows(rows, clock.last, _KEEP)
+        as_columns = getattr(rows, "as_columns", None)  # rows kept as columns (the daemon's merge)
+        if as_columns is not None and (clock.last is None or rows.steps[0] > clock.last) and TIME_KEY not in rows.keys:
+            steps, times, floats, ints = as_columns()
+            late, rest = [], []
+        else:
+            steps, times, floats, ints, late, rest = split_rows(rows, clock.last, _KEEP)
         new = len(steps)
         seen = set(floats) | set(ints)
         if steps:

@@ -671,7 +671,7 @@ class Store:
 
     def _write_rows(self, rid: int, rows, cursor, typed_steps=None) -> int:
         conn = self._conn
-        if not isinstance(rows, (list, tuple)):
+        if not isinstance(rows, (list, tuple)) and not hasattr(rows, "as_columns"):
             rows = list(rows)
         if rows:
             # the numbers go into their series; the row table keeps a step's other values
@@ -718,10 +718,13 @@ class Store:
                     [(rid, k) for k in new_keys],
                 )
                 known |= new_keys
-            for r in rows:
-                if r.payloads:
-                    self._add_payloads(rid, r.step, r.payloads)
-            top = max(r.step for r in rows)
+            if hasattr(rows, "as_columns"):  # rows kept as columns: numbers only, steps rising
+                top = rows.steps[-1]
+            else:
+                for r in rows:
+                    if r.payloads:
+                        self._add_payloads(rid, r.step, r.payloads)
+                top = max(r.step for r in rows)
             conn.execute(
                 "UPDATE runs SET history_rows = history_rows + ?,"
                 " last_step = CASE WHEN last_step IS NULL OR last_step < ? THEN ? ELSE last_step END,"
