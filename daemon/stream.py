@@ -437,6 +437,9 @@ class RunStream:
         self._done: dict[int, int] = {}  # finished writer -> the seq through which it is stored (Done)
         self._away: dict[int, Optional[int]] = {}  # writer -> pid: connection ended, process alive then
         self._typed_steps: set[int] = set()  # steps given rich values, until their rows are stored
+        # plain batches as columns (see columns.py); TRACKSIDE_NO_COLUMNS=1 merges every entry
+        # as a row, as before it (bench/bench_scale.py measures one against the other)
+        self._columns = os.environ.get("TRACKSIDE_NO_COLUMNS", "") in ("", "0")
 
     @property
     def local(self) -> bool:
@@ -775,7 +778,7 @@ class RunStream:
         does not decode is reported and skipped, and its writer is no longer waited for.
         Returns the highest step of a LOG record's entries (None for anything else)."""
         if rtype == RECORD_LOG:
-            plain = codec.decode_columns(body)  # numbers only, steps rising: no row per entry
+            plain = codec.decode_columns(body) if self._columns else None  # numbers only, steps rising
             if plain is not None:
                 if writer not in self.merger.writers:
                     self.merger.join(writer)

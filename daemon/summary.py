@@ -151,9 +151,11 @@ class Summary:
                 self._add_stats(row.step, row.values)
 
     def _add_columns(self, rows: ColumnRows) -> None:
-        """Rows as columns: each key's last value is its column's last, when the rows come after
-        every step folded in and no key has a summary rule; row by row otherwise."""
-        if self.metrics.has_summary_rules or not rows or rows.steps[0] < self._max_step:
+        """Rows as columns: each key's last value is its column's last, and a key with a summary
+        rule adds its column's values to its statistics. Row by row when the rows do not all
+        come after the steps folded in, or a key with a rule has ints and floats in them."""
+        rules = self.metrics.has_summary_rules
+        if not rows or rows.steps[0] < self._max_step or (rules and not rows.floats.keys().isdisjoint(rows.ints)):
             self._add_rows(list(rows))
             return
         last = self._last
@@ -169,6 +171,13 @@ class Summary:
                     last[k] = col[-1]
         last_step.update(fresh)
         self._max_step = rows.steps[-1]
+        if rules:
+            for kind in (rows.floats, rows.ints):
+                for k, (steps, col) in kind.items():
+                    s = self._stats_of(k)
+                    if s is not None:
+                        for step, v in zip(steps, col):
+                            s.add(step, v)
 
     def _fold_in_order(self, rows: list) -> None:
         """Fold rows in step order into the last values: each key takes its value and step from
@@ -202,16 +211,20 @@ class Summary:
         self._last_step.update(steps_of)
 
     def _add_stats(self, step: int, values: dict) -> None:
-        lookup = self.metrics.lookup
-        stats = self._stats
         for k, v in values.items():
-            d = lookup(k)
-            if d is None or not d.summary or d.summary == ("last",):
-                continue
-            s = stats.get(k)
-            if s is None:
-                s = stats[k] = _Stats()
-            s.add(step, v)
+            s = self._stats_of(k)
+            if s is not None:
+                s.add(step, v)
+
+    def _stats_of(self, k: str) -> Optional[_Stats]:
+        """The statistics of ``k``, None when its definition asks for its last value only."""
+        d = self.metrics.lookup(k)
+        if d is None or not d.summary or d.summary == ("last",):
+            return None
+        s = self._stats.get(k)
+        if s is None:
+            s = self._stats[k] = _Stats()
+        return s
 
     def set(self, key: str, value) -> None:
         """Assign ``key``; it keeps this value whatever history logs later."""

@@ -30,7 +30,16 @@ cy = load_codec("cython")
 
 INT64_MIN, INT64_MAX = C.INT64_MIN, C.INT64_MAX
 T0 = 1_764_215_400_000_000  # 2025-11-27 03:50 UTC in microseconds: the worked example's time
-PUBLIC = {"IMPLEMENTATION", "crc32", "frame", "encode_batch", "BatchEncoder", "decode_batch", "parse_record"}
+PUBLIC = {
+    "IMPLEMENTATION",
+    "crc32",
+    "frame",
+    "encode_batch",
+    "BatchEncoder",
+    "decode_batch",
+    "decode_columns",
+    "parse_record",
+}
 
 # a longer search: TRACKSIDE_HYPOTHESIS_EXAMPLES=5000 pytest tests/test_codec.py
 fast = settings(
@@ -54,6 +63,8 @@ def norm(x):
         return (type(x).__name__, [norm(v) for v in x])
     if isinstance(x, (bytearray, memoryview)):
         return ("bytes", bytes(x))
+    if isinstance(x, array.array):  # the bits of each item: NaN equals NaN
+        return ("array", x.typecode, x.tobytes())
     return (type(x).__name__, x)
 
 
@@ -870,6 +881,165 @@ def test_decode_damaged_bodies_agrees(batch, data):
         got = outcome(cy.decode_batch, chunk)
         assert got == outcome(twin.decode_batch, chunk)
         assert got[0] == "ok" or got[1] is CodecError
+
+
+# -- decode_columns: plain batches as columns (the merge stage's column path) ---------------------
+
+
+def is_number(v) -> bool:
+    return type(v) is float or type(v) is int
+
+
+def plain_blocks(entries):
+    """What decode_columns must give for ``entries`` (None where they are not plain): runs of
+    entries with the same keys in the same order (the encoder's SAME_KEYS), as 5-tuples of
+    steps, times, keys, columns and the last entry's commit."""
+    if not entries or len(entries) > 10_000:
+        return None
+    blocks, keys = [], None
+    for i, (step, commit, t, values, payload) in enumerate(entries):
+        if step is None or payload is not None or not values or not all(map(is_number, values.values())):
+            return None
+        if i and step <= entries[i - 1][0]:
+            return None
+        if tuple(values) != keys:
+            keys = tuple(values)
+            blocks.append(
+                (
+                    array.array("q"),
+                    array.array("q"),
+                    keys,
+                    [array.array("d" if type(v) is float else "q") for v in values.values()],
+                    True,
+                )
+            )
+        steps, times, _, cols, _ = blocks[-1]
+        for col, v in zip(cols, values.values()):
+            if (type(v) is float) != (col.typecode == "d"):
+                return None
+            col.append(v)
+        steps.append(step)
+        times.append(t)
+    last = blocks[-1]
+    blocks[-1] = last[:4] + (bool(entries[-1][1]),)
+    if len(blocks) > max(4, len(entries) >> 6):
+        return None
+    return blocks
+
+
+@fast
+@given(batches())
+def test_decode_columns_is_the_rows_of_decode_batch_as_columns(batch):
+    writer, seq, entries = batch
+    b = body(twin.encode_batch(writer, seq, entries))
+    got = cy.decode_columns(b)
+    assert norm(got) == norm(twin.decode_columns(b))
+    want = plain_blocks(twin.decode_batch(b)[2])
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and got[:2] == (writer, seq)
+        assert norm(got[2]) == norm(want)
+
+
+@st.composite
+def plain_batches(draw):
+    """Batches that are mostly plain: rising steps, numbers only, a few key sets whose keys
+    keep their kind; now and then a value that is not (a kind changing, a bool)."""
+    shapes = draw(st.lists(st.lists(keys_st, min_size=1, max_size=5, unique=True), min_size=1, max_size=3))
+    kinds = {k: draw(st.sampled_from(["d", "q"])) for shape in shapes for k in shape}
+    step = draw(st.integers(INT64_MIN, INT64_MAX - 10**6))
+    t = draw(st.integers(0, C.TIME_US_LIMIT - 10**8))
+    entries = []
+    for _ in range(draw(st.integers(1, 150))):
+        shape = draw(st.sampled_from(shapes)) if draw(st.integers(0, 60)) == 0 or not entries else list(entries[-1][3])
+        values = {}
+        for k in shape:
+            if draw(st.integers(0, 3000)) == 0:
+                values[k] = draw(value_st)
+            elif kinds[k] == "d":
+                values[k] = draw(st.floats(allow_nan=True, allow_infinity=True))
+            else:
+                values[k] = draw(st.integers(INT64_MIN, INT64_MAX))
+        step += draw(st.integers(1, 3))
+        t += draw(st.integers(0, 10**6))
+        entries.append((step, draw(st.sampled_from([None, True, False])), t, values, None))
+    return draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 300)), entries
+
+
+@fast
+@given(plain_batches())
+def test_decode_columns_of_plain_batches(batch):
+    writer, seq, entries = batch
+    b = body(twin.encode_batch(writer, seq, entries))
+    got = cy.decode_columns(b)
+    assert norm(got) == norm(twin.decode_columns(b))
+    want = plain_blocks(entries)
+    assert norm(None if got is None else got[2]) == norm(want)
+
+
+def plain(n, step0=0, keys=("loss", "lr"), value=lambda i, j: i + j / 8):
+    return [(step0 + i, True, T0 + i, {k: value(i, j) for j, k in enumerate(keys)}, None) for i in range(n)]
+
+
+def test_decode_columns_of_a_training_loop(codec):
+    entries = plain(300) + [(300 + i, True, T0 + 300 + i, {"loss": 1.5, "epoch": i}, None) for i in range(200)]
+    entries[-1] = entries[-1][:1] + (False,) + entries[-1][2:]
+    writer, seq, blocks = codec.decode_columns(body(codec.encode_batch(7, 3, entries)))
+    assert (writer, seq, len(blocks)) == (7, 3, 2)
+    steps, times, keys, cols, commit = blocks[0]
+    assert (list(steps), list(times), keys, commit) == (
+        list(range(300)),
+        [T0 + i for i in range(300)],
+        ("loss", "lr"),
+        True,
+    )
+    assert [c.typecode for c in cols] == ["d", "d"] and cols[1][3] == 3.125
+    steps, _, keys, cols, commit = blocks[1]
+    assert (steps[0], keys, [c.typecode for c in cols], list(cols[1][:3]), commit) == (
+        300,
+        ("loss", "epoch"),
+        ["d", "q"],
+        [0, 1, 2],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "why, entries",
+    [
+        ("a payload", plain(3)[:2] + [(2, True, T0, {"loss": 1.0, "lr": 2.0}, b"media")]),
+        ("a bool", plain(2) + [(2, True, T0, {"loss": True, "lr": 2.0}, None)]),
+        ("text", plain(2) + [(2, True, T0, {"loss": "nan", "lr": 2.0}, None)]),
+        ("None", plain(2) + [(2, True, T0, {"loss": None, "lr": 2.0}, None)]),
+        ("no step", plain(2) + [(None, True, T0, {"loss": 1.0, "lr": 2.0}, None)]),
+        ("the same step again", plain(2) + [(1, True, T0, {"loss": 1.0, "lr": 2.0}, None)]),
+        ("a lower step", plain(2) + [(0, True, T0, {"loss": 1.0, "lr": 2.0}, None)]),
+        ("no values", plain(2) + [(2, True, T0, {}, None)]),
+        ("a float key turned int", plain(2) + [(2, True, T0, {"loss": 1, "lr": 2.0}, None)]),
+        ("keys changing all the time", [(i, True, T0, {f"k{i % 2}": 1.0}, None) for i in range(10)]),
+        ("nothing", []),
+    ],
+)
+def test_decode_columns_leaves_to_rows_what_is_not_plain(codec, why, entries):
+    assert codec.decode_columns(body(codec.encode_batch(1, 1, entries))) is None, why
+
+
+@fast
+@given(batches(), st.data())
+def test_decode_columns_of_damaged_bodies_agrees_and_never_raises(batch, data):
+    writer, seq, entries = batch
+    b = bytearray(body(twin.encode_batch(writer, seq, entries)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not b:
+            break
+        b[data.draw(st.integers(0, len(b) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(b)))
+    for chunk in (bytes(b), bytes(b[:cut]), data.draw(st.binary(max_size=60))):
+        got = cy.decode_columns(chunk)
+        assert norm(got) == norm(twin.decode_columns(chunk))
+        if got is not None:  # what decodes as columns decodes as the same rows
+            assert norm(got[2]) == norm(plain_blocks(twin.decode_batch(chunk)[2]))
 
 
 def test_split_rows_puts_each_value_in_its_column(codec):
