@@ -418,7 +418,8 @@ class RunStream:
         self.ranks: dict[int, int] = {}  # writer -> the rank it announced (its "join" event)
         self.world_size = 0  # the largest world size a writer announced (0: none did)
         self.storing = StoreStage(run_id, store, store_call) if store is not None else None
-        self.stats = {"records": 0, "entries": 0, "duplicates": 0, "bytes": 0}
+        # entries_as_columns: the entries merged on the column path (the rest went as rows)
+        self.stats = {"records": 0, "entries": 0, "entries_as_columns": 0, "duplicates": 0, "bytes": 0}
         self.next_step = 0
         self.commit = None if self.wal is None else CommitStage(run_id, self.wal, io_pool, self._committed)
         self._backlog = Backlog(MERGE_MEMORY, MERGE_LEAD)
@@ -784,7 +785,9 @@ class RunStream:
                     self.merger.join(writer)
                 blocks = plain[2]
                 if self.merger.add_blocks(writer, blocks, now):
-                    self.stats["entries"] += sum(len(b[0]) for b in blocks)
+                    n = sum(len(b[0]) for b in blocks)
+                    self.stats["entries"] += n
+                    self.stats["entries_as_columns"] += n
                     return blocks[-1][0][-1]
             try:
                 _, _, entries = codec.decode_batch(body)

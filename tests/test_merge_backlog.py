@@ -64,15 +64,20 @@ def open_stream(root, run_id="r1", **settings):
 
 
 def watch_pending(stream):
-    """The most rows the stream's merger held pending after any add."""
+    """The most rows the stream's merger held pending after any add, of rows or of columns."""
     seen = [0]
-    add = stream.merger.add
+    merger = stream.merger
 
-    def counting_add(*a, **kw):
-        add(*a, **kw)
-        seen[0] = max(seen[0], stream.merger.pending())
+    def counting(add):
+        def counting_add(*a, **kw):
+            taken = add(*a, **kw)
+            seen[0] = max(seen[0], merger.pending())
+            return taken
 
-    stream.merger.add = counting_add
+        return counting_add
+
+    merger.add = counting(merger.add)
+    merger.add_blocks = counting(merger.add_blocks)
     return seen
 
 
@@ -323,3 +328,42 @@ def test_rich_entries_dropped_as_late_leave_no_step_behind(tmp_path):
     assert typed == set()
     rows = trackside.Api(str(tmp_path)).run("r1").history()
     assert len(rows) == 101 and rows[100]["img"] == {"_type": "point", "x": 1}
+
+
+def test_plain_batches_are_merged_as_columns_and_the_rest_as_rows(tmp_path):
+    """Two writers' plain records (numbers, rising steps) go the column path; a record with
+    text in it turns what waits into rows; every step is stored once with both writers' keys,
+    and the summary has the last values."""
+
+    async def main():
+        stream, close = open_stream(tmp_path)
+        await stream.start()
+        ca, cb = FakeConn(A), FakeConn(B)
+        stream.attach(ca, A)
+        stream.attach(cb, B)
+        for seq, s in enumerate(range(0, 1000, 100), 1):
+            stream.accept(ca, A, seq, batch(A, seq, range(s, s + 100), "a"))
+            if seq == 6:  # B's sixth record is not plain: text next to its number
+                entries = [
+                    (x, True, 1_700_000_000_000_000 + x, {"b": float(x), "note": "x"}, None) for x in range(s, s + 100)
+                ]
+                stream.accept(cb, B, seq, codec.encode_batch(B, seq, entries))
+            else:
+                stream.accept(cb, B, seq, batch(B, seq, range(s, s + 100), "b"))
+        stream.accept(ca, A, 11, finish_record(A, 11))
+        stream.accept(cb, B, 11, finish_record(B, 11))
+        await settle(stream)
+        status = stream.status()
+        await close()
+        return status
+
+    status = asyncio.run(main())
+    assert status["entries"] == 2000 and 1000 <= status["entries_as_columns"] <= 1900
+    with trackside.Api(str(tmp_path)) as api:
+        run = api.run("r1")
+        rows = run.history()
+        summary = run.summary
+    assert [r["_step"] for r in rows] == list(range(1000))
+    assert all(r["a"] == r["b"] == r["_step"] for r in rows)
+    assert [r["_step"] for r in rows if "note" in r] == list(range(500, 600))
+    assert (summary["a"], summary["b"], summary["note"]) == (999.0, 999.0, "x")
