@@ -145,7 +145,7 @@ cdef object decode_columns_body(const unsigned char *data, Py_ssize_t size):
     cdef uint64_t writer, seq, count, u, nvalues, ki, e
     cdef int64_t t, d, step = 0
     cdef uint8_t flags = 0, tag = 0
-    cdef Py_ssize_t j, n = 0, nkeys = 0, nnames, left
+    cdef Py_ssize_t j, n = 0, nkeys = 0, nnames, cap = 0
     cdef bint commit = False
     cdef list names = []
     cdef list blocks = []
@@ -184,10 +184,13 @@ cdef object decode_columns_body(const unsigned char *data, Py_ssize_t size):
             r_uvarint(&r, &nvalues)
             if nvalues == 0 or nvalues > <uint64_t>(r.end - r.pos) // 2:
                 return None
-            left = <Py_ssize_t>(count - e)
+            # room for every entry the rest of the body can hold: each one after this takes a
+            # flags byte, a step, a time and a tag and a byte per key at least (a bound on what a
+            # bad count or key count could make this allocate: ~8x the body)
+            cap = <Py_ssize_t>min(count - e, <uint64_t>((r.end - r.pos) // (3 + 2 * nvalues) + 1))
             keys, cols, tags = [], [], bytearray(<Py_ssize_t>nvalues)
-            steps = carray.clone(_STEPS, left, False)
-            times = carray.clone(_STEPS, left, False)
+            steps = carray.clone(_STEPS, cap, False)
+            times = carray.clone(_STEPS, cap, False)
             n = 0
             for j in range(<Py_ssize_t>nvalues):
                 r_uvarint(&r, &ki)
@@ -203,13 +206,15 @@ cdef object decode_columns_body(const unsigned char *data, Py_ssize_t size):
                 if tag != TAG_FLOAT and tag != TAG_INT:
                     return None
                 tags[j] = tag
-                cols.append(_new_column(tag, left))
+                cols.append(_new_column(tag, cap))
                 if _read_number(&r, tag, <carray.array>cols[j], 0):
                     return None
             if len(set(keys)) != len(keys):
                 return None
             nkeys = len(keys)
         else:
+            if n >= cap:  # cannot happen (see cap): refused rather than written past the end
+                return None
             for j in range(nkeys):
                 if _read_number(&r, tags[j], <carray.array>cols[j], n):
                     return None

@@ -15,6 +15,7 @@ import math
 import os
 import struct
 import threading
+import tracemalloc
 import zlib
 
 import pytest
@@ -1023,6 +1024,26 @@ def test_decode_columns_of_a_training_loop(codec):
 )
 def test_decode_columns_leaves_to_rows_what_is_not_plain(codec, why, entries):
     assert codec.decode_columns(body(codec.encode_batch(1, 1, entries))) is None, why
+
+
+def test_decode_columns_of_a_body_that_lies_about_its_size_allocates_little(codec):
+    """A count and a key count that the bytes cannot hold must not size the columns: 30,000
+    keys in one entry, and a count of entries as large as the body."""
+    keys = {f"k{i}": 0 for i in range(30_000)}
+    b = bytearray(body(codec.encode_batch(1, 1, [(0, True, T0, keys, None)])))
+    assert b[2] == 1  # writer, seq, count: one byte each here
+    count, varint = len(b) // 2, bytearray()
+    while count >= 0x80:
+        varint.append(0x80 | (count & 0x7F))
+        count >>= 7
+    fat = b[:2] + varint + bytes([count]) + b[3:]
+    tracemalloc.start()
+    try:
+        assert codec.decode_columns(bytes(fat)) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * len(fat), peak  # unbounded: 30,000 columns x a count of ~100,000 x 8 bytes
 
 
 @fast
