@@ -22,6 +22,9 @@ means. The rules, in one place:
   carries the value reduced over every writer's, old and new (a rank on another host, whose
   first upload reached the server after the other ranks' rows were final, is summed in, not
   written over them).
+
+Plain batches (numbers only, steps rising) may be kept as columns instead of rows (``add_blocks``,
+``columns.py``) while that changes nothing of the above; final rows then come as ``ColumnRows``.
 """
 
 from __future__ import annotations
@@ -322,7 +325,8 @@ class Merger:
         return len(self._cursors)
 
     def pending(self) -> int:
-        """How many rows are pending (not emitted yet)."""
+        """How many rows are pending (not emitted yet); entries kept as columns count one each
+        (two writers' entries at one step will make one row)."""
         return len(self._pending) + len(self._ready) + self._block_entries()
 
     def _block_entries(self) -> int:
