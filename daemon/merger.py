@@ -463,6 +463,9 @@ class Merger:
             return False
         cursor = self._cursors.get(writer)
         floor = self._emitted_max if cursor is None or cursor[0] < self._emitted_max else cursor[0]
+        mine = self._blocks.get(writer)
+        if mine and mine[-1].steps[-1] > floor:  # a writer that left and came back: past those too
+            floor = mine[-1].steps[-1]
         first, top = blocks[0][0][0], blocks[-1][0][-1]
         if first <= floor:
             return False
@@ -477,7 +480,6 @@ class Merger:
                         if b.steps[0] <= top and first <= b.steps[-1] and not b.keyset.isdisjoint(keys):
                             return False
         now = self._stamp(now)
-        mine = self._blocks.get(writer)
         if mine is None:
             mine = self._blocks[writer] = []
         n = 0
