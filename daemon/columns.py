@@ -21,18 +21,19 @@ import numpy as np
 class Block:
     """A run of one writer's entries with the same keys, as columns: ``steps`` (rising) and
     ``times`` as ``array("q")``, ``keys``, one array per key in ``cols``, ``commit`` (whether
-    the last entry committed its step), and ``touched`` (when it arrived, for the merge
-    window)."""
+    the last entry committed its step), ``touched`` (when it arrived, for the merge window)
+    and ``arrival`` (its place among all writers' blocks: they become rows in that order)."""
 
-    __slots__ = ("steps", "times", "keys", "cols", "commit", "touched", "keyset")
+    __slots__ = ("steps", "times", "keys", "cols", "commit", "touched", "arrival", "keyset")
 
-    def __init__(self, steps, times, keys: tuple, cols: list, commit: bool, touched: Optional[float]):
+    def __init__(self, steps, times, keys: tuple, cols: list, commit: bool, touched: Optional[float], arrival: int):
         self.steps = steps
         self.times = times
         self.keys = keys
         self.cols = cols
         self.commit = commit
         self.touched = touched
+        self.arrival = arrival
         self.keyset = frozenset(keys)
 
     def holds(self, step: int) -> bool:
@@ -48,8 +49,11 @@ class Block:
             return None, self
         if i == len(steps):
             return self, None
-        head = Block(steps[:i], self.times[:i], self.keys, [c[:i] for c in self.cols], True, self.touched)
-        tail = Block(steps[i:], self.times[i:], self.keys, [c[i:] for c in self.cols], self.commit, self.touched)
+        cols = self.cols
+        head = Block(steps[:i], self.times[:i], self.keys, [c[:i] for c in cols], True, self.touched, self.arrival)
+        tail = Block(
+            steps[i:], self.times[i:], self.keys, [c[i:] for c in cols], self.commit, self.touched, self.arrival
+        )
         return head, tail
 
     def entries(self) -> list:

@@ -293,6 +293,7 @@ class Merger:
         # The column path (see columns.py): writer -> its plain blocks not emitted yet, in step
         # order. Like _ready, never both these and _pending: _spill_blocks makes them rows.
         self._blocks: dict[int, list[Block]] = {}
+        self._arrivals = 0  # blocks taken so far: their order of arrival across writers
 
     # -- writers ----------------------------------------------------------------------------
 
@@ -484,7 +485,8 @@ class Merger:
             mine = self._blocks[writer] = []
         n = 0
         for steps, times, keys, cols, commit in blocks:
-            mine.append(Block(steps, times, keys, cols, commit, now))
+            self._arrivals += 1
+            mine.append(Block(steps, times, keys, cols, commit, now, self._arrivals))
             n += len(steps)
         self._cursors[writer] = [top, blocks[-1][4]]
         self.stats["entries"] += n
@@ -492,24 +494,25 @@ class Merger:
         return True
 
     def _spill_blocks(self) -> None:
-        """Turn the blocks into pending rows, as the row path would have left them, before
-        anything that needs rows (an entry that is not plain, a reduce rule, the merge window)."""
-        blocks, self._blocks = self._blocks, {}
-        for writer, mine in blocks.items():
-            for b in mine:
-                codec.merge_entries(
-                    self._pending,
-                    self._heap,
-                    b.entries(),
-                    0,
-                    writer,
-                    b.touched,
-                    self._emitted_max,
-                    False,
-                    None,
-                    False,
-                    _NO_PAYLOADS,
-                )
+        """Turn the blocks into pending rows, as the row path would have left them (the blocks
+        in the order they came: a row is last touched by its last one), before anything that
+        needs rows (an entry that is not plain, a reduce rule, the merge window)."""
+        blocks = sorted(((b.arrival, w, b) for w, mine in self._blocks.items() for b in mine), key=lambda x: x[0])
+        self._blocks = {}
+        for _, writer, b in blocks:
+            codec.merge_entries(
+                self._pending,
+                self._heap,
+                b.entries(),
+                0,
+                writer,
+                b.touched,
+                self._emitted_max,
+                False,
+                None,
+                False,
+                _NO_PAYLOADS,
+            )
 
     def _emit_blocks(self, everything: bool) -> list:
         """The blocks' rows that are final (every one with ``everything``), as ColumnRows."""
