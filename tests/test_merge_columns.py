@@ -129,7 +129,7 @@ def test_a_reduce_rule_defined_while_blocks_wait_turns_them_into_rows():
 
 _ops = st.lists(
     st.tuples(
-        st.sampled_from(["log", "log", "log", "log", "finalize", "leave", "define"]),
+        st.sampled_from(["log", "log", "log", "log", "finalize", "leave", "join", "define"]),
         st.integers(0, 2),  # writer
         st.integers(-2, 3),  # first step from the writer's next one
         st.integers(1, 6),  # entries
@@ -142,9 +142,10 @@ _ops = st.lists(
 
 
 @settings(max_examples=int(os.environ.get("TRACKSIDE_HYPOTHESIS_EXAMPLES", "300")), deadline=None)
-@given(ops=_ops, window=st.sampled_from([None, None, 2.5, 6.0]))
-def test_property_columns_give_the_rows_of_the_row_path(ops, window):
-    rows_way, cols_way = Merger(merge_window=window), Merger(merge_window=window)
+@given(ops=_ops, window=st.sampled_from([None, None, 2.5, 6.0]), late=st.sampled_from(["amend", "drop"]))
+def test_property_columns_give_the_rows_of_the_row_path(ops, window, late):
+    rows_way = Merger(merge_window=window, late_steps=late)
+    cols_way = Merger(merge_window=window, late_steps=late)
     nxt: dict = {}
     seq: dict = {}
     now = 0.0
@@ -156,6 +157,9 @@ def test_property_columns_give_the_rows_of_the_row_path(ops, window):
         elif op == "leave":
             rows_way.leave(w + 1)
             cols_way.leave(w + 1)
+        elif op == "join":  # a rank connected: it holds rows back until it logs (or the window passed)
+            rows_way.join(w + 1, now=now)
+            cols_way.join(w + 1, now=now)
         elif op == "define":
             rows_way.define_metric("shared/b", reduce="sum")
             cols_way.define_metric("shared/b", reduce="sum")
@@ -177,6 +181,8 @@ def test_property_columns_give_the_rows_of_the_row_path(ops, window):
         assert cols_way.lowest_pending() == rows_way.lowest_pending()
     assert rows_of(cols_way.finalize(now, everything=True)) == rows_of(rows_way.finalize(now, everything=True))
     assert cols_way.pending() == rows_way.pending() == 0
+    for counted in ("rows_emitted", "amends", "collisions", "late_dropped", "late_reduced"):
+        assert cols_way.stats[counted] == rows_way.stats[counted], counted
     event(f"batches taken as columns: {min(taken, 3)}+")
 
 
