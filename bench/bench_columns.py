@@ -80,16 +80,14 @@ def run(batches: list, group: int, columns: bool, root: str) -> dict:
 
     gc.collect()
     for n, (writer, body) in enumerate(batches, 1):
+        # Merger.add_plain's two steps, timed one by one
         t0 = clock()
         plain = codec.decode_columns(body) if columns else None
         entries = codec.decode_batch(body)[2] if plain is None else None
         t1 = clock()
-        if writer not in merger.writers:
-            merger.join(writer)
+        merger.join(writer)
         if plain is None or not merger.add_blocks(writer, plain[2], now):
-            if entries is None:
-                entries = codec.decode_batch(body)[2]
-            merger.add(writer, entries, now)
+            merger.add(writer, entries if entries is not None else codec.decode_batch(body)[2], now)
         spent["decode"] += t1 - t0
         spent["merge"] += clock() - t1
         if n % group == 0:

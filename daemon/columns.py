@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import array
 from bisect import bisect_left
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -66,14 +66,6 @@ class Block:
         ]
 
 
-class _Row(NamedTuple):  # what ColumnRows gives row by row: the fields of merger.Row
-    step: int
-    time_us: int
-    values: dict
-    payloads: list
-    amend: bool = False
-
-
 _NO_PAYLOADS: list = []
 
 
@@ -83,12 +75,14 @@ class ColumnRows:
     ``steps``/``times``: each row's step (rising) and time (the latest of its entries), as
     ``array("q")``; ``floats``/``ints``: key -> ``(steps, values)`` of its float and int
     values; ``keys``: every key, in the order the rows first have them. A sequence of rows as
-    well (``len``, iteration, ``[i]``), made on demand for readers that want rows: the summary
-    and the store take the columns as they are (``as_columns``)."""
+    well (``len``, iteration, ``[i]``: ``row_type(step, time_us, values, payloads, amend)``),
+    made on demand for readers that want rows: the summary and the store take the columns as
+    they are (``as_columns``)."""
 
-    __slots__ = ("steps", "times", "floats", "ints", "keys")
+    __slots__ = ("steps", "times", "floats", "ints", "keys", "row_type")
 
-    def __init__(self, blocks: list):
+    def __init__(self, blocks: list, row_type):
+        self.row_type = row_type
         floats: dict = {}
         ints: dict = {}
         pieces: dict = {}
@@ -106,7 +100,8 @@ class ColumnRows:
                 (floats if col.typecode == "d" else ints)[k] = (steps, col)
         self.floats = floats
         self.ints = ints
-        self.keys = sorted(pieces, key=lambda k: pieces[k][0][0][0])  # stable: arrival order among ties
+        # by the first step of each key's first piece; the sort is stable: arrival order among ties
+        self.keys = sorted(pieces, key=lambda k: pieces[k][0][0][0])
         if len(blocks) == 1:
             self.steps, self.times = blocks[0].steps, blocks[0].times
         else:
@@ -119,7 +114,7 @@ class ColumnRows:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __getitem__(self, i: int) -> _Row:
+    def __getitem__(self, i: int):
         step = self.steps[i]
         values = {}
         for k in self.keys:
@@ -127,7 +122,7 @@ class ColumnRows:
                 j = bisect_left(steps, step)
                 if j < len(steps) and steps[j] == step:
                     values[k] = col[j]
-        return _Row(step, self.times[i], values, _NO_PAYLOADS)
+        return self.row_type(step, self.times[i], values, _NO_PAYLOADS, False)
 
     def __iter__(self):
         rows: dict = {step: {} for step in self.steps}
@@ -136,7 +131,7 @@ class ColumnRows:
                 for step, v in zip(steps, col):
                     rows[step][k] = v
         for step, t in zip(self.steps, self.times):
-            yield _Row(step, t, rows[step], _NO_PAYLOADS)
+            yield self.row_type(step, t, rows[step], _NO_PAYLOADS, False)
 
     def __repr__(self) -> str:
         return f"ColumnRows({len(self)} rows, {len(self.keys)} keys)"

@@ -454,6 +454,21 @@ class Merger:
                 self._next_window_check = now + self.merge_window
         return now
 
+    def add_plain(self, writer: int, body, now: Optional[float] = None) -> Optional[tuple[int, int]]:
+        """Merge a LOG body as columns when it is plain (``decode_columns``) and ``add_blocks``
+        takes it, joining its writer: ``(entries, highest step)``. None: it goes the row way
+        (``decode_batch`` it and ``add`` its entries)."""
+        if self._pending or self._ready:  # add_blocks would refuse it: spare the decoding
+            return None
+        plain = codec.decode_columns(body)
+        if plain is None:
+            return None
+        blocks = plain[2]
+        self.join(writer)  # joining again keeps the writer's cursor
+        if not self.add_blocks(writer, blocks, now):
+            return None
+        return sum(len(b[0]) for b in blocks), blocks[-1][0][-1]
+
     def add_blocks(self, writer: int, blocks: list, now: Optional[float] = None) -> bool:
         """Take ``writer``'s plain entries as columns (the blocks of ``decode_columns``), when
         no row needs them merged key by key: nothing pending as rows, every step above those
@@ -471,9 +486,8 @@ class Merger:
         if first <= floor:
             return False
         reduced = self.metrics.has_reduce_rules
-        rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
         for _, _, keys, _, _ in blocks:
-            if reduced and any((rules.get(k) or reduce_of(k)) != "last" for k in keys):
+            if reduced and self._reduced_keys(keys):
                 return False
             for other, theirs in self._blocks.items():
                 if other != writer:
@@ -538,7 +552,7 @@ class Merger:
             self._next_window_check = min(touched) + self.merge_window if touched else float("inf")
         if not out:
             return []
-        rows = ColumnRows(out)
+        rows = ColumnRows(out, Row)
         self._emitted_max = max(self._emitted_max, rows.steps[-1])
         self.stats["rows_emitted"] += len(rows)
         return rows
@@ -683,11 +697,7 @@ class Merger:
             if any(b.touched is None or b.touched < cutoff for bs in self._blocks.values() for b in bs):
                 return True
         if self.metrics.has_reduce_rules:
-            rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
-            for bs in self._blocks.values():
-                for b in bs:
-                    if any((rules.get(k) or reduce_of(k)) != "last" for k in b.keys):
-                        return True
+            return any(self._reduced_keys(b.keys) for bs in self._blocks.values() for b in bs)
         return False
 
     def _scan_window(self, now: float) -> list[int]:
@@ -740,8 +750,8 @@ class Merger:
             if keep:
                 self._keep(step, {writer: values})
 
-    def _reduced_keys(self, values: dict) -> list:
-        """The keys of ``values`` whose reduce rule is not "last"."""
+    def _reduced_keys(self, values) -> list:
+        """The keys of ``values`` (a dict or the keys) whose reduce rule is not "last"."""
         rules, reduce_of = self.metrics.rules, self.metrics.reduce_of
         return [k for k in values if (rules.get(k) or reduce_of(k)) != "last"]
 

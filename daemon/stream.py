@@ -779,16 +779,12 @@ class RunStream:
         does not decode is reported and skipped, and its writer is no longer waited for.
         Returns the highest step of a LOG record's entries (None for anything else)."""
         if rtype == RECORD_LOG:
-            plain = codec.decode_columns(body) if self._columns else None  # numbers only, steps rising
-            if plain is not None:
-                if writer not in self.merger.writers:
-                    self.merger.join(writer)
-                blocks = plain[2]
-                if self.merger.add_blocks(writer, blocks, now):
-                    n = sum(len(b[0]) for b in blocks)
-                    self.stats["entries"] += n
-                    self.stats["entries_as_columns"] += n
-                    return blocks[-1][0][-1]
+            taken = self.merger.add_plain(writer, body, now) if self._columns else None  # numbers, steps rising
+            if taken is not None:
+                n, top = taken
+                self.stats["entries"] += n
+                self.stats["entries_as_columns"] += n
+                return top
             try:
                 _, _, entries = codec.decode_batch(body)
             except codec.CodecError as e:

@@ -303,6 +303,18 @@ class _Reader:
         self.pos += n
         return chunk
 
+    def key(self, names: list) -> str:
+        """The key at the reader, appended to ``names`` where the batch defines it."""
+        i = self.uvarint()
+        if i == len(names):
+            try:
+                names.append(str(self.take(self.uvarint()), "utf-8"))
+            except UnicodeDecodeError as e:
+                raise CodecError(f"key is not UTF-8: {e}") from None
+        elif i > len(names):
+            raise CodecError(f"key index {i} before its definition")
+        return names[i]
+
 
 def decode_batch(body) -> tuple[int, int, list]:
     """``(writer, seq, entries)`` from the body of a LOG record; CodecError if malformed."""
@@ -334,15 +346,7 @@ def decode_batch(body) -> tuple[int, int, list]:
             n = r.uvarint()
             cur = []
             for _ in range(n):
-                i = r.uvarint()
-                if i == len(names):
-                    try:
-                        names.append(str(r.take(r.uvarint()), "utf-8"))
-                    except UnicodeDecodeError as e:
-                        raise CodecError(f"key is not UTF-8: {e}") from None
-                elif i > len(names):
-                    raise CodecError(f"key index {i} before its definition")
-                k = names[i]
+                k = r.key(names)
                 cur.append(k)
                 values[k] = _get_value(r)
             prev_keys = cur
@@ -402,15 +406,7 @@ def _decode_columns(r: _Reader):
             keys, cols, tags = [], [], []
             steps, times = _array.array("q"), _array.array("q")
             for _ in range(n):
-                i = r.uvarint()
-                if i == len(names):
-                    try:
-                        names.append(str(r.take(r.uvarint()), "utf-8"))
-                    except UnicodeDecodeError as exc:
-                        raise CodecError(f"key is not UTF-8: {exc}") from None
-                elif i > len(names):
-                    return None
-                keys.append(names[i])
+                keys.append(r.key(names))
                 if r.pos >= r.end or r.buf[r.pos] not in (TAG_FLOAT, TAG_INT):
                     return None
                 tags.append(r.buf[r.pos])

@@ -142,10 +142,10 @@ cdef tuple _block(carray.array steps, carray.array times, list keys, list cols, 
 
 cdef object decode_columns_body(const unsigned char *data, Py_ssize_t size):
     cdef Reader r
-    cdef uint64_t writer, seq, count, u, nvalues, ki, e
+    cdef uint64_t writer, seq, count, u, nvalues, e
     cdef int64_t t, d, step = 0
     cdef uint8_t flags = 0, tag = 0
-    cdef Py_ssize_t j, n = 0, nkeys = 0, nnames, cap = 0
+    cdef Py_ssize_t j, n = 0, nkeys = 0, cap = 0
     cdef bint commit = False
     cdef list names = []
     cdef list blocks = []
@@ -193,13 +193,7 @@ cdef object decode_columns_body(const unsigned char *data, Py_ssize_t size):
             times = carray.clone(_STEPS, cap, False)
             n = 0
             for j in range(<Py_ssize_t>nvalues):
-                r_uvarint(&r, &ki)
-                nnames = PyList_GET_SIZE(names)
-                if ki == <uint64_t>nnames:
-                    names.append(r_utf8(&r, "key"))
-                elif ki > <uint64_t>nnames:
-                    return None
-                keys.append(names[<Py_ssize_t>ki])
+                keys.append(names[r_key(&r, names)])
                 if r.pos >= r.end:
                     return None
                 tag = r.pos[0]  # the key's kind for the whole block

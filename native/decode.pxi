@@ -60,6 +60,17 @@ cdef str r_utf8(Reader *r, str what):
         raise CodecError(f"{what} is not UTF-8: {e}") from None
 
 
+cdef Py_ssize_t r_key(Reader *r, list names) except -1:
+    """The index in ``names`` of the key at ``r``, appended to them where the batch defines it."""
+    cdef uint64_t ki
+    r_uvarint(r, &ki)
+    if ki == <uint64_t>PyList_GET_SIZE(names):
+        names.append(r_utf8(r, "key"))
+    elif ki > <uint64_t>PyList_GET_SIZE(names):
+        raise CodecError(f"key index {ki} before its definition")
+    return <Py_ssize_t>ki
+
+
 cdef object r_value(Reader *r):
     cdef uint8_t tag = 0
     cdef uint64_t u
@@ -87,10 +98,10 @@ cdef object r_value(Reader *r):
 
 cdef tuple decode_body(const unsigned char *data, Py_ssize_t size):
     cdef Reader r
-    cdef uint64_t writer, seq, count, u, nvalues, ki, e
+    cdef uint64_t writer, seq, count, u, nvalues, e
     cdef int64_t t, d, t2
     cdef uint8_t flags = 0
-    cdef Py_ssize_t j, nnames, prev_n = 0, cap = 0
+    cdef Py_ssize_t j, prev_n = 0, cap = 0
     cdef Py_ssize_t *prev_idx = NULL
     cdef Py_ssize_t *cur_idx = NULL
     cdef Py_ssize_t *swap
@@ -160,14 +171,8 @@ cdef tuple decode_body(const unsigned char *data, Py_ssize_t size):
                     cur_idx = swap
                 values = {}
                 for j in range(<Py_ssize_t>nvalues):
-                    r_uvarint(&r, &ki)
-                    nnames = PyList_GET_SIZE(names)
-                    if ki == <uint64_t>nnames:
-                        names.append(r_utf8(&r, "key"))
-                    elif ki > <uint64_t>nnames:
-                        raise CodecError(f"key index {ki} before its definition")
-                    cur_idx[j] = <Py_ssize_t>ki
-                    PyDict_SetItem(values, <object>PyList_GET_ITEM_(names, <Py_ssize_t>ki), r_value(&r))
+                    cur_idx[j] = r_key(&r, names)
+                    PyDict_SetItem(values, <object>PyList_GET_ITEM_(names, cur_idx[j]), r_value(&r))
                 swap = prev_idx
                 prev_idx = cur_idx
                 cur_idx = swap

@@ -671,7 +671,8 @@ class Store:
 
     def _write_rows(self, rid: int, rows, cursor, typed_steps=None) -> int:
         conn = self._conn
-        if not isinstance(rows, (list, tuple)) and not hasattr(rows, "as_columns"):
+        columns = hasattr(rows, "as_columns")  # rows kept as columns: numbers only, steps rising
+        if not isinstance(rows, (list, tuple)) and not columns:
             rows = list(rows)
         if rows:
             # the numbers go into their series; the row table keeps a step's other values
@@ -718,7 +719,7 @@ class Store:
                     [(rid, k) for k in new_keys],
                 )
                 known |= new_keys
-            if hasattr(rows, "as_columns"):  # rows kept as columns: numbers only, steps rising
+            if columns:  # no payloads
                 top = rows.steps[-1]
             else:
                 for r in rows:

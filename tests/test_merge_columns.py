@@ -27,12 +27,9 @@ def body(writer: int, seq: int, entries) -> bytes:
 
 def feed(m: Merger, writer: int, b: bytes, now: float, columns: bool) -> bool:
     """One batch into ``m`` as the run stream feeds it; True if it went in as columns."""
-    if writer not in m.writers:
-        m.join(writer)
-    if columns:
-        plain = codec.decode_columns(b)
-        if plain is not None and m.add_blocks(writer, plain[2], now):
-            return True
+    if columns and m.add_plain(writer, b, now) is not None:
+        return True
+    m.join(writer)
     m.add(writer, codec.decode_batch(b)[2], now)
     return False
 
